@@ -1,0 +1,156 @@
+//! Connect to the backend and perform the HTTP/1.1 upgrade handshake with it.
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::UPGRADE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+use crate::Tunnels;
+use crate::detect::{SEC_WEBSOCKET_ACCEPT, accept_key, has_token};
+use crate::upstream::Upstream;
+
+/// What the backend answered.
+#[derive(Debug)]
+pub(crate) enum Answer {
+    /// A valid 101: the response head and the upgraded connection.
+    Upgraded(Response<()>, Upgraded),
+    /// Any other status; relay it to the client as it is.
+    Refused(Response<Incoming>),
+}
+
+/// Why no answer could be relayed from the backend.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// TCP connect failed (refused, unreachable, name not resolved).
+    Connect(io::Error),
+    /// TCP connect did not finish within the connect timeout.
+    ConnectTimeout(Duration),
+    /// No complete answer within the handshake timeout.
+    HandshakeTimeout(Duration),
+    /// The backend broke the HTTP exchange.
+    Http(hyper::Error),
+    /// A 101 without `Upgrade: websocket`.
+    WrongUpgrade,
+    /// A 101 whose `Sec-WebSocket-Accept` does not match the key.
+    WrongAccept,
+}
+
+impl Failure {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Failure::ConnectTimeout(_) | Failure::HandshakeTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Connect(e) => write!(f, "cannot connect to the backend: {e}"),
+            Failure::ConnectTimeout(t) => write!(f, "backend connect timed out after {t:?}"),
+            Failure::HandshakeTimeout(t) => {
+                write!(f, "backend did not answer the handshake within {t:?}")
+            }
+            Failure::Http(e) => write!(f, "backend handshake failed: {e}"),
+            Failure::WrongUpgrade => f.write_str("backend answered 101 without Upgrade: websocket"),
+            Failure::WrongAccept => f.write_str("backend answered 101 with a wrong Sec-WebSocket-Accept"),
+        }
+    }
+}
+
+impl Error for Failure {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            Failure::Connect(e) => Some(e),
+            Failure::Http(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Open a TCP connection to `upstream` within `timeout`.
+pub(crate) async fn connect(upstream: &Upstream, timeout: Duration) -> Result<TcpStream, Failure> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect((upstream.host(), upstream.port())))
+        .await
+        .map_err(|_| Failure::ConnectTimeout(timeout))?
+        .map_err(Failure::Connect)?;
+    // Small WebSocket frames must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// Send the upgrade `request` over `stream` and classify the answer,
+/// all within `timeout`. `key` is the `Sec-WebSocket-Key` that was sent.
+pub(crate) async fn handshake(
+    stream: TcpStream,
+    request: Request<Empty<Bytes>>,
+    key: &HeaderValue,
+    timeout: Duration,
+    tunnels: &Tunnels,
+) -> Result<Answer, Failure> {
+    let exchange = async {
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(Failure::Http)?;
+        // The connection task drives the exchange, hands the socket over on
+        // a 101, and streams the body of any other answer to the client.
+        let closing = tunnels.closing();
+        let mut driver = AbortOnDrop(Some(tunnels.spawn(async move {
+            tokio::select! {
+                result = conn.with_upgrades() => if let Err(e) = result {
+                    tracing::debug!(error = %e, "backend connection ended with an error");
+                },
+                () = closing.cancelled() => {}
+            }
+        })));
+        let mut response = sender.send_request(request).await.map_err(Failure::Http)?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            driver.disarm();
+            return Ok(Answer::Refused(response));
+        }
+        if !has_token(response.headers(), &UPGRADE, "websocket") {
+            return Err(Failure::WrongUpgrade);
+        }
+        if response.headers().get(SEC_WEBSOCKET_ACCEPT) != Some(&accept_key(key.as_bytes())) {
+            return Err(Failure::WrongAccept);
+        }
+        let upgraded = hyper::upgrade::on(&mut response).await.map_err(Failure::Http)?;
+        let (parts, _) = response.into_parts();
+        Ok(Answer::Upgraded(Response::from_parts(parts, ()), upgraded))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| Failure::HandshakeTimeout(timeout))?
+}
+
+/// Aborts the backend connection task unless disarmed, so a failed or
+/// timed-out handshake never leaves a task or socket behind.
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl AbortOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Detect and validate WebSocket opening handshakes (RFC 6455 §4.2.1).
+//!
+//! [`is_handshake`] decides whether a request is an HTTP/1.1 WebSocket opening
+//! handshake at all; only those are candidates for the proxy. [`validate`]
+//! then checks the parts a backend would otherwise reject, so that a broken
+//! request never reaches a backend.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
+use sha1::{Digest, Sha1};
+
+pub(crate) const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+pub(crate) const SEC_WEBSOCKET_VERSION: HeaderName =
+    HeaderName::from_static("sec-websocket-version");
+pub(crate) const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
+
+/// Is `req` an HTTP/1.1 WebSocket opening handshake?
+///
+/// A `GET` whose `Upgrade` header holds the token `websocket` and whose
+/// `Connection` header holds the token `upgrade`, both compared
+/// case-insensitively in comma-separated lists (Firefox sends
+/// `Connection: keep-alive, Upgrade`).
+pub(crate) fn is_handshake<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && has_token(req.headers(), &UPGRADE, "websocket")
+        && has_token(req.headers(), &CONNECTION, "upgrade")
+}
+
+/// Does any `name` header hold `token` in its comma-separated list?
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Why a handshake was refused before any backend was contacted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Invalid {
+    /// No `Sec-WebSocket-Key`, or more than one.
+    MissingKey,
+    /// A key that is not base64 of 16 bytes.
+    MalformedKey,
+    /// `Sec-WebSocket-Version` missing or not 13.
+    UnsupportedVersion,
+    /// A handshake that announces a request body.
+    UnexpectedBody,
+}
+
+impl Invalid {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Invalid::MissingKey => "missing Sec-WebSocket-Key",
+            Invalid::MalformedKey => "Sec-WebSocket-Key is not base64 of 16 bytes",
+            Invalid::UnsupportedVersion => "Sec-WebSocket-Version must be 13",
+            Invalid::UnexpectedBody => "a WebSocket handshake must not have a body",
+        }
+    }
+}
+
+/// Check the handshake headers; returns the client's key on success.
+pub(crate) fn validate(headers: &HeaderMap) -> Result<HeaderValue, Invalid> {
+    let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(key), None) => key,
+        _ => return Err(Invalid::MissingKey),
+    };
+    let decoded_len = STANDARD
+        .decode(key.as_bytes().trim_ascii())
+        .map(|k| k.len())
+        .unwrap_or(0);
+    if decoded_len != 16 {
+        return Err(Invalid::MalformedKey);
+    }
+    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => {}
+        _ => return Err(Invalid::UnsupportedVersion),
+    }
+    let has_body = headers.contains_key(TRANSFER_ENCODING)
+        || headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.as_bytes().trim_ascii() != b"0");
+    if has_body {
+        return Err(Invalid::UnexpectedBody);
+    }
+    Ok(key.clone())
+}
+
+/// The `Sec-WebSocket-Accept` value for `key` (RFC 6455 §4.2.2).
+pub(crate) fn accept_key(key: &[u8]) -> HeaderValue {
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let digest = Sha1::new().chain_update(key).chain_update(GUID).finalize();
+    HeaderValue::try_from(STANDARD.encode(digest)).expect("base64 is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(connection: &str, upgrade: &str) -> Request<()> {
+        Request::get("/")
+            .header(CONNECTION, connection)
+            .header(UPGRADE, upgrade)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn token_variants_are_detected() {
+        for (connection, upgrade) in [
+            ("Upgrade", "websocket"),
+            ("upgrade", "WebSocket"),
+            ("keep-alive, Upgrade", "websocket"),
+            ("keep-alive,UPGRADE", "websocket"),
+            ("Upgrade", "h2c, websocket"),
+        ] {
+            assert!(is_handshake(&request(connection, upgrade)), "{connection} / {upgrade}");
+        }
+    }
+
+    #[test]
+    fn non_handshakes_are_not_detected() {
+        assert!(!is_handshake(&request("keep-alive", "websocket")));
+        assert!(!is_handshake(&request("Upgrade", "h2c")));
+        assert!(!is_handshake(&request("Upgrades", "websocket")));
+        let mut post = request("Upgrade", "websocket");
+        *post.method_mut() = Method::POST;
+        assert!(!is_handshake(&post));
+        let mut http10 = request("Upgrade", "websocket");
+        *http10.version_mut() = Version::HTTP_10;
+        assert!(!is_handshake(&http10));
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn validation() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        assert!(validate(&headers(&[("sec-websocket-key", key), ("sec-websocket-version", "13")])).is_ok());
+        assert_eq!(
+            validate(&headers(&[("sec-websocket-version", "13")])),
+            Err(Invalid::MissingKey)
+        );
+        assert_eq!(
+            validate(&headers(&[("sec-websocket-key", "c2hvcnQ="), ("sec-websocket-version", "13")])),
+            Err(Invalid::MalformedKey)
+        );
+        assert_eq!(
+            validate(&headers(&[("sec-websocket-key", "not base64!"), ("sec-websocket-version", "13")])),
+            Err(Invalid::MalformedKey)
+        );
+        assert_eq!(
+            validate(&headers(&[("sec-websocket-key", key), ("sec-websocket-version", "8")])),
+            Err(Invalid::UnsupportedVersion)
+        );
+        assert_eq!(
+            validate(&headers(&[("sec-websocket-key", key)])),
+            Err(Invalid::UnsupportedVersion)
+        );
+        assert_eq!(
+            validate(&headers(&[
+                ("sec-websocket-key", key),
+                ("sec-websocket-version", "13"),
+                ("content-length", "5")
+            ])),
+            Err(Invalid::UnexpectedBody)
+        );
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+}

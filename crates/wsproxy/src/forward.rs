@@ -1,0 +1,269 @@
+//! Headers sent to the backend: end-to-end headers pass, hop-by-hop headers
+//! do not, and forwarding headers say who the client was.
+//!
+//! # Forwarding headers
+//!
+//! The proxy sets `X-Forwarded-For`, `X-Forwarded-Proto` and
+//! `X-Forwarded-Host`, and optionally RFC 7239 `Forwarded`
+//! ([`WebSocketProxyLayer::forwarded_header`](crate::WebSocketProxyLayer::forwarded_header)).
+//!
+//! Whether the values a client sent are kept depends on the peer that
+//! connected to us:
+//!
+//! - By default no peer is trusted: any `X-Forwarded-*` or `Forwarded`
+//!   header from the client is **replaced**, so a client cannot claim to be
+//!   someone else (`X-Forwarded-For: <peer ip>`).
+//! - When the peer address lies in one of the
+//!   [trusted proxies](crate::WebSocketProxyLayer::trusted_proxies), the
+//!   peer is **appended** to the client's `X-Forwarded-For` / `Forwarded`
+//!   and its `X-Forwarded-Proto` / `X-Forwarded-Host` are kept.
+//!
+//! # The client address
+//!
+//! The peer address comes from the request extensions: a [`ClientAddr`] set
+//! by a hyper server, or axum's `ConnectInfo<SocketAddr>` (feature `axum`,
+//! on by default; serve with `into_make_service_with_connect_info`). When
+//! neither is present the proxy does not know the client: it trusts no
+//! forwarding header, sends no `X-Forwarded-For`, sends `for=unknown` in
+//! `Forwarded`, and logs `client=unknown`.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+
+use http::header::{self, HeaderName};
+use http::{Extensions, HeaderMap, HeaderValue};
+use ipnet::IpNet;
+
+/// The address of the peer that sent a request.
+///
+/// Insert it into request extensions when serving with plain hyper; with
+/// axum, `ConnectInfo<SocketAddr>` is read instead (feature `axum`).
+///
+/// # Example
+///
+/// ```
+/// use wsproxy::ClientAddr;
+///
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(ClientAddr("127.0.0.1:50000".parse().unwrap()));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// The `Host` header sent to the backend.
+///
+/// The default, [`HostHeader::Upstream`], is what nginx does
+/// (`$proxy_host`); the client's `Host` then travels in
+/// `X-Forwarded-Host`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HostHeader {
+    /// The upstream URL's authority, e.g. `127.0.0.1:9001` (the default).
+    #[default]
+    Upstream,
+    /// The `Host` the client sent (what Caddy does).
+    Client,
+    /// A fixed value.
+    Fixed(HeaderValue),
+}
+
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+pub(crate) fn client_addr(extensions: &Extensions) -> Option<SocketAddr> {
+    if let Some(ClientAddr(addr)) = extensions.get() {
+        return Some(*addr);
+    }
+    #[cfg(feature = "axum")]
+    if let Some(axum::extract::ConnectInfo(addr)) =
+        extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
+    {
+        return Some(*addr);
+    }
+    None
+}
+
+/// Remove hop-by-hop headers (RFC 9110 §7.6.1): the fixed list plus every
+/// header the message's `Connection` names.
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        PROXY_CONNECTION,
+        KEEP_ALIVE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// What the proxy knows about the client when it forwards a request.
+#[derive(Debug)]
+pub(crate) struct Forwarding<'a> {
+    pub(crate) peer: Option<SocketAddr>,
+    pub(crate) trusted: &'a [IpNet],
+    pub(crate) rfc7239: bool,
+    pub(crate) proto: &'static str,
+}
+
+impl Forwarding<'_> {
+    fn peer_is_trusted(&self) -> bool {
+        self.peer
+            .is_some_and(|peer| self.trusted.iter().any(|net| net.contains(&peer.ip())))
+    }
+
+    /// Rewrite the forwarding headers of a request on its way to a backend.
+    /// `client_host` is the `Host` the client asked for.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap, client_host: Option<&HeaderValue>) {
+        let trusted = self.peer_is_trusted();
+        if !trusted {
+            for name in [
+                X_FORWARDED_FOR,
+                X_FORWARDED_PROTO,
+                X_FORWARDED_HOST,
+                header::FORWARDED,
+            ] {
+                headers.remove(name);
+            }
+        }
+        if let Some(peer) = self.peer {
+            append_list(headers, X_FORWARDED_FOR, &peer.ip().to_string());
+        }
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
+        }
+        if let Some(host) = client_host {
+            if !headers.contains_key(X_FORWARDED_HOST) {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+        }
+        if self.rfc7239 {
+            let mut element = String::with_capacity(64);
+            match self.peer.map(|p| p.ip()) {
+                Some(IpAddr::V4(ip)) => write!(element, "for={ip}").unwrap(),
+                Some(IpAddr::V6(ip)) => write!(element, "for=\"[{ip}]\"").unwrap(),
+                None => element.push_str("for=unknown"),
+            }
+            if let Some(host) = client_host.and_then(|h| h.to_str().ok()) {
+                if is_token(host) {
+                    write!(element, ";host={host}").unwrap();
+                } else {
+                    write!(element, ";host=\"{}\"", host.replace(['"', '\\'], "")).unwrap();
+                }
+            }
+            write!(element, ";proto={}", self.proto).unwrap();
+            append_list(headers, header::FORWARDED, &element);
+        }
+    }
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Append `value` to a comma-separated list header, merging repeated
+/// headers into one line.
+fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    let mut line = String::new();
+    for existing in headers.get_all(&name) {
+        if let Ok(existing) = existing.to_str() {
+            line.push_str(existing);
+            line.push_str(", ");
+        }
+    }
+    line.push_str(value);
+    if let Ok(line) = HeaderValue::try_from(line) {
+        headers.insert(name, line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forwarding(peer: &str, trusted: &[IpNet], rfc7239: bool) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
+        headers.insert(X_FORWARDED_HOST, "evil".parse().unwrap());
+        headers.insert(header::FORWARDED, "for=6.6.6.6".parse().unwrap());
+        Forwarding {
+            peer: Some(peer.parse().unwrap()),
+            trusted,
+            rfc7239,
+            proto: "http",
+        }
+        .apply(&mut headers, Some(&"app.example".parse().unwrap()));
+        headers
+    }
+
+    #[test]
+    fn untrusted_peer_replaces_client_headers() {
+        let h = forwarding("192.0.2.1:1234", &[], true);
+        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1");
+        assert_eq!(h[X_FORWARDED_HOST], "app.example");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[header::FORWARDED], "for=192.0.2.1;host=app.example;proto=http");
+    }
+
+    #[test]
+    fn trusted_peer_appends() {
+        let trusted = ["192.0.2.0/24".parse().unwrap()];
+        let h = forwarding("192.0.2.1:1234", &trusted, true);
+        assert_eq!(h[X_FORWARDED_FOR], "6.6.6.6, 192.0.2.1");
+        assert_eq!(h[X_FORWARDED_HOST], "evil");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=6.6.6.6, for=192.0.2.1;host=app.example;proto=http"
+        );
+        let h = forwarding("[::1]:1", &["::1/128".parse().unwrap()], true);
+        assert_eq!(h[X_FORWARDED_FOR], "6.6.6.6, ::1");
+        assert!(h[header::FORWARDED].to_str().unwrap().contains("for=\"[::1]\""));
+    }
+
+    #[test]
+    fn unknown_peer_sends_no_xff() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
+        Forwarding { peer: None, trusted: &[], rfc7239: true, proto: "http" }.apply(&mut headers, None);
+        assert!(!headers.contains_key(X_FORWARDED_FOR));
+        assert_eq!(headers[header::FORWARDED], "for=unknown;proto=http");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, Upgrade, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("cookie", "a=b"),
+            ("origin", "http://o"),
+        ] {
+            headers.append(name, value.parse().unwrap());
+        }
+        remove_hop_by_hop(&mut headers);
+        let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["cookie", "origin"]);
+    }
+}

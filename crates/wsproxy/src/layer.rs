@@ -1,0 +1,201 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tower::Layer;
+
+use crate::relay::Timeouts;
+use crate::{HostHeader, Route, Tunnels, UpgradeRequired, Upstream, WebSocketProxy};
+
+/// Default TCP connect timeout toward a backend.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time a backend has to answer the upgrade request.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default idle timeout of a tunnel.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// Default linger after one side of a tunnel closed its sending half.
+pub const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Applies [`WebSocketProxy`] to a service: WebSocket handshakes that match
+/// the [`Route`] go to the [`Upstream`], everything else to the service.
+///
+/// See the [crate docs](crate) for the path of one connection.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use wsproxy::{Route, WebSocketProxyLayer};
+///
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .layer(
+///         WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse().unwrap())
+///             .route(Route::prefix("/chat"))
+///             .strip_prefix(true)
+///             .idle_timeout(Some(Duration::from_secs(3600))),
+///     );
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct WebSocketProxyLayer {
+    config: Config,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) upstream: Upstream,
+    pub(crate) route: Route,
+    pub(crate) strip_prefix: bool,
+    pub(crate) host_header: HostHeader,
+    pub(crate) forwarded_header: bool,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) half_close_timeout: Duration,
+    pub(crate) tunnels: Tunnels,
+}
+
+impl Config {
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            idle: self.idle_timeout,
+            half_close: self.half_close_timeout,
+        }
+    }
+}
+
+impl WebSocketProxyLayer {
+    /// Proxy every WebSocket handshake to `upstream`.
+    pub fn new(upstream: Upstream) -> Self {
+        Self {
+            config: Config {
+                upstream,
+                route: Route::any(),
+                strip_prefix: false,
+                host_header: HostHeader::Upstream,
+                forwarded_header: false,
+                trusted_proxies: Vec::new(),
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+                half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
+                tunnels: Tunnels::new(),
+            },
+        }
+    }
+
+    /// Claim only handshakes that match `route` (default: [`Route::any`]).
+    pub fn route(mut self, route: Route) -> Self {
+        self.config.route = route;
+        self
+    }
+
+    /// With a [`Route::prefix`], remove the prefix from the path before
+    /// appending it to the upstream's path (default: `false`).
+    ///
+    /// With route `/chat` and upstream `ws://b/base`, a request for
+    /// `/chat/room?id=1` goes to `/base/room?id=1` when stripping and to
+    /// `/base/chat/room?id=1` when not.
+    pub fn strip_prefix(mut self, strip: bool) -> Self {
+        self.config.strip_prefix = strip;
+        self
+    }
+
+    /// The `Host` header sent to the backend (default:
+    /// [`HostHeader::Upstream`]).
+    pub fn host_header(mut self, host: HostHeader) -> Self {
+        self.config.host_header = host;
+        self
+    }
+
+    /// Also send an RFC 7239 `Forwarded` header (default: `false`;
+    /// `X-Forwarded-For/-Proto/-Host` are always sent). See
+    /// [the forwarding rules](crate::forward).
+    pub fn forwarded_header(mut self, enabled: bool) -> Self {
+        self.config.forwarded_header = enabled;
+        self
+    }
+
+    /// Peers whose forwarding headers are trusted and appended to (default:
+    /// none, so a client's `X-Forwarded-For` is replaced by its address).
+    pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = IpNet>) -> Self {
+        self.config.trusted_proxies = proxies.into_iter().collect();
+        self
+    }
+
+    /// Time allowed for the TCP connect to the backend (default: 5 s);
+    /// exceeding it answers `504 Gateway Timeout`.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Time allowed for the backend to answer the upgrade request once
+    /// connected (default: 10 s); exceeding it answers
+    /// `504 Gateway Timeout`. It also bounds the wait for the client's side
+    /// of the upgrade to complete.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.config.handshake_timeout = timeout;
+        self
+    }
+
+    /// Close a tunnel when no byte has moved in either direction for this
+    /// long (default: 10 minutes; `None` never closes an idle tunnel).
+    ///
+    /// Unlike nginx's `proxy_read_timeout` (60 s by default, which cuts
+    /// quiet WebSockets), traffic either way counts, and the default is
+    /// far above the ping intervals of common clients (socket.io 25 s,
+    /// graphql-ws 12 s) while still reclaiming dead tunnels.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// After one side ends its sending half (TCP FIN), how long the other
+    /// direction may keep flowing before the tunnel is closed (default:
+    /// 5 s). A WebSocket closing handshake finishes well within it.
+    pub fn half_close_timeout(mut self, timeout: Duration) -> Self {
+        self.config.half_close_timeout = timeout;
+        self
+    }
+
+    /// Track this layer's tunnels in `tunnels`, e.g. to share one handle
+    /// between several layers (default: a handle of its own).
+    pub fn tunnels(mut self, tunnels: Tunnels) -> Self {
+        self.config.tunnels = tunnels;
+        self
+    }
+
+    /// The handle over this layer's tunnels.
+    pub fn tunnels_handle(&self) -> &Tunnels {
+        &self.config.tunnels
+    }
+
+    /// A standalone proxy service whose non-WebSocket requests are answered
+    /// `426 Upgrade Required`, for `Router::route_service` and
+    /// `Router::nest_service`.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use axum::Router;
+    /// use wsproxy::WebSocketProxyLayer;
+    ///
+    /// let proxy = WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse().unwrap());
+    /// let app: Router = Router::new().route_service("/ws", proxy.into_service());
+    /// ```
+    pub fn into_service(self) -> WebSocketProxy<UpgradeRequired> {
+        self.layer(UpgradeRequired::default())
+    }
+}
+
+impl<S> Layer<S> for WebSocketProxyLayer {
+    type Service = WebSocketProxy<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WebSocketProxy::from_config(inner, Arc::new(self.config.clone()))
+    }
+}

@@ -1,0 +1,110 @@
+//! A tower middleware that proxies WebSocket upgrades to backends while
+//! every other request passes through to your service unchanged.
+//!
+//! Add [`WebSocketProxyLayer`] to an axum `Router` or any tower service of
+//! a hyper server. It claims requests that are WebSocket opening
+//! handshakes *and* match its [`Route`]; the app keeps everything else,
+//! including its own WebSocket handlers on other paths.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::net::SocketAddr;
+//! use axum::{Router, routing::get};
+//! use wsproxy::{Route, WebSocketProxyLayer};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let app = Router::new()
+//!     .route("/", get(|| async { "plain HTTP stays with the app" }))
+//!     .layer(WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse()?).route(Route::prefix("/chat")));
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # The path of one connection
+//!
+//! 1. **Detect.** An HTTP/1.1 `GET` with `Upgrade: websocket` and
+//!    `Connection: upgrade` (tokens compared case-insensitively in
+//!    comma-separated lists) that the [`Route`] matches is claimed.
+//!    Anything else — plain requests, `Upgrade: h2c`, `Upgrade: websocket`
+//!    on a `POST` — goes to the inner service untouched.
+//! 2. **Validate.** A missing or malformed `Sec-WebSocket-Key` (or a
+//!    handshake with a body) is answered `400`; a `Sec-WebSocket-Version`
+//!    other than 13 is answered `426` with `Sec-WebSocket-Version: 13`.
+//!    Nothing reaches a backend. While [shutting down](Tunnels::shutdown),
+//!    handshakes are answered `503`.
+//! 3. **Connect and hand-shake.** TCP connect within the
+//!    [connect timeout](WebSocketProxyLayer::connect_timeout), then the
+//!    upgrade request with the client's end-to-end headers, minus
+//!    hop-by-hop ones, plus [forwarding headers](forward), within the
+//!    [handshake timeout](WebSocketProxyLayer::handshake_timeout):
+//!    - a `101` with `Upgrade: websocket` and the right
+//!      `Sec-WebSocket-Accept` opens a tunnel;
+//!    - any other status goes to the client as an ordinary response
+//!      (status, headers, body) and no tunnel ever opens, so bytes the
+//!      client sends next are parsed as HTTP, never tunnelled (this is what
+//!      stops WebSocket request smuggling);
+//!    - a `101` with a wrong accept key or protocol is answered `502`;
+//!    - a refused connection or unresolvable host is answered `502`, a
+//!      connect or handshake timeout `504`.
+//! 4. **Respond.** `101` to the client with the backend's headers as sent
+//!    (`Sec-WebSocket-Protocol`, `Sec-WebSocket-Extensions`, `Set-Cookie`,
+//!    ...), minus hop-by-hop ones.
+//! 5. **Relay.** A task tracked by [`Tunnels`] relays bytes both ways,
+//!    untouched, so subprotocols and extensions such as
+//!    `permessage-deflate` work end to end. See [`relay`](crate#relay)
+//!    below.
+//!
+//! # Relay
+//!
+//! Bytes out equal bytes in; frames are never decoded. A TCP half-close is
+//! passed on and the other direction keeps flowing for the
+//! [half-close timeout](WebSocketProxyLayer::half_close_timeout); a reset
+//! on one side closes the other at once; no traffic in either direction
+//! for the [idle timeout](WebSocketProxyLayer::idle_timeout) closes both.
+//! An idle tunnel holds no copy buffers. Each tunnel logs one `tunnel`
+//! span (client, route, upstream, status) with a closing event carrying
+//! the duration, bytes each way and how it ended.
+//!
+//! # Serving
+//!
+//! The client's side of the upgrade needs a server that supports upgrades:
+//! `axum::serve`, or hyper's `serve_connection(..).with_upgrades()`
+//! (hyper-util's `serve_connection_with_upgrades`). Without it, claimed
+//! handshakes are answered `500` and logged. For the client address, serve
+//! with `into_make_service_with_connect_info::<SocketAddr>()` or insert a
+//! [`ClientAddr`]; see [`forward`] for what happens without one.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod connect;
+mod detect;
+pub mod forward;
+mod future;
+mod layer;
+mod proxy;
+mod relay;
+mod route;
+mod service;
+mod tunnels;
+mod upstream;
+
+pub use body::ResponseBody;
+pub use forward::{ClientAddr, HostHeader};
+pub use future::ResponseFuture;
+pub use layer::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, WebSocketProxyLayer,
+};
+pub use route::Route;
+pub use service::{UpgradeRequired, WebSocketProxy};
+pub use tunnels::Tunnels;
+pub use upstream::{InvalidUpstream, Upstream};
+
+/// Errors of different origins meeting in a response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,205 @@
+//! One claimed handshake, from validation to the spawned tunnel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::{Instrument, Span};
+
+use crate::body::ResponseBody;
+use crate::connect::{self, Answer};
+use crate::detect::{self, SEC_WEBSOCKET_VERSION};
+use crate::forward::{self, Forwarding, HostHeader};
+use crate::layer::Config;
+use crate::relay;
+use crate::route;
+
+/// Proxy one WebSocket handshake that the route claimed.
+pub(crate) async fn proxy<ReqBody, ResBody>(
+    req: Request<ReqBody>,
+    config: Arc<Config>,
+) -> Response<ResponseBody<ResBody>> {
+    let (mut parts, body) = req.into_parts();
+    drop(body);
+    let peer = forward::client_addr(&parts.extensions);
+    let span = tracing::info_span!(
+        "tunnel",
+        client = %DisplayPeer(peer),
+        route = %config.route,
+        upstream = %config.upstream,
+        status = tracing::field::Empty,
+    );
+    async move {
+        let key = match detect::validate(&parts.headers) {
+            Ok(key) => key,
+            Err(invalid) => {
+                let status = match invalid {
+                    detect::Invalid::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                tracing::info!(status = status.as_u16(), reason = invalid.as_str(), "handshake refused");
+                let mut response = refusal(status, invalid.as_str());
+                if status == StatusCode::UPGRADE_REQUIRED {
+                    response
+                        .headers_mut()
+                        .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+                }
+                return response;
+            }
+        };
+        if config.tunnels.is_draining() {
+            tracing::info!(status = 503, "handshake refused: shutting down");
+            return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        }
+        let Some(on_client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
+            tracing::error!(
+                status = 500,
+                "the server does not support upgrades on this connection \
+                 (serve with hyper's `with_upgrades()` or axum::serve)"
+            );
+            return refusal(StatusCode::INTERNAL_SERVER_ERROR, "this connection cannot be upgraded");
+        };
+
+        let Some(request) = backend_request(&parts, &config, peer) else {
+            tracing::info!(status = 400, "handshake refused: request target cannot be mapped to the backend");
+            return refusal(StatusCode::BAD_REQUEST, "bad request target");
+        };
+        let started = Instant::now();
+        let answer = match connect::connect(&config.upstream, config.connect_timeout).await {
+            Ok(stream) => {
+                connect::handshake(stream, request, &key, config.handshake_timeout, &config.tunnels).await
+            }
+            Err(failure) => Err(failure),
+        };
+        let (head, backend) = match answer {
+            Ok(Answer::Upgraded(head, backend)) => (head, backend),
+            Ok(Answer::Refused(response)) => {
+                Span::current().record("status", response.status().as_u16());
+                tracing::info!(status = response.status().as_u16(), "backend refused the upgrade; relayed, no tunnel");
+                let (mut head, body) = response.into_parts();
+                forward::remove_hop_by_hop(&mut head.headers);
+                return Response::from_parts(head, ResponseBody::upstream(body));
+            }
+            Err(failure) => {
+                let status = failure.status();
+                Span::current().record("status", status.as_u16());
+                tracing::warn!(status = status.as_u16(), error = %failure, "backend handshake failed");
+                return refusal(status, &failure.to_string());
+            }
+        };
+        Span::current().record("status", 101);
+
+        let (mut head, ()) = head.into_parts();
+        forward::remove_hop_by_hop(&mut head.headers);
+        head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+
+        let guard = config.tunnels.guard();
+        let closing = config.tunnels.closing();
+        let timeouts = config.timeouts();
+        let handshake_timeout = config.handshake_timeout;
+        config.tunnels.spawn(
+            async move {
+                let _guard = guard;
+                let client = match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {
+                    Ok(Ok(client)) => client,
+                    Ok(Err(e)) => {
+                        tracing::info!(error = %e, "client went away before the upgrade completed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!("client upgrade did not complete in time");
+                        return;
+                    }
+                };
+                let (end, totals) =
+                    relay::relay(TokioIo::new(client), TokioIo::new(backend), timeouts, closing).await;
+                let duration_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(
+                    duration_ms, bytes_up = totals.up, bytes_down = totals.down, end = %end,
+                    "tunnel closed"
+                );
+            }
+            .instrument(Span::current()),
+        );
+        Response::from_parts(head, ResponseBody::empty())
+    }
+    .instrument(span)
+    .await
+}
+
+/// The upgrade request sent to the backend.
+fn backend_request(
+    parts: &http::request::Parts,
+    config: &Config,
+    peer: Option<SocketAddr>,
+) -> Option<Request<Empty<Bytes>>> {
+    let path = parts.uri.path();
+    let rest = match (config.strip_prefix, config.route.prefix_str()) {
+        (true, Some(prefix)) => route::strip(prefix, path).unwrap_or(path),
+        _ => path,
+    };
+    let target = config.upstream.target(rest, parts.uri.query());
+
+    let mut headers = parts.headers.clone();
+    forward::remove_hop_by_hop(&mut headers);
+    let client_host = parts
+        .headers
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    Forwarding {
+        peer,
+        trusted: &config.trusted_proxies,
+        rfc7239: config.forwarded_header,
+        proto: if parts.uri.scheme_str() == Some("https") { "https" } else { "http" },
+    }
+    .apply(&mut headers, client_host.as_ref());
+    let host = match &config.host_header {
+        HostHeader::Upstream => Some(config.upstream.host_header()),
+        HostHeader::Client => client_host,
+        HostHeader::Fixed(value) => Some(value.clone()),
+    };
+    match host {
+        Some(host) => headers.insert(header::HOST, host),
+        None => headers.remove(header::HOST),
+    };
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+
+    let mut request = Request::new(Empty::new());
+    *request.uri_mut() = target.parse().ok()?;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// A short plain-text response written by the proxy itself.
+pub(crate) fn refusal<B>(status: StatusCode, reason: &str) -> Response<ResponseBody<B>> {
+    let mut body = String::with_capacity(reason.len() + 1);
+    body.push_str(reason);
+    body.push('\n');
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+struct DisplayPeer(Option<SocketAddr>);
+
+impl std::fmt::Display for DisplayPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(addr) => addr.fmt(f),
+            None => f.write_str("unknown"),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Which WebSocket handshakes a proxy claims.
+//!
+//! A [`WebSocketProxy`](crate::WebSocketProxy) only takes requests that are
+//! WebSocket opening handshakes *and* match its [`Route`]; everything else,
+//! including the app's own WebSocket handlers on other paths, goes to the
+//! inner service untouched.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, Uri};
+
+/// Which handshakes a proxy claims: all, a path prefix, or a predicate.
+///
+/// # Example
+///
+/// ```
+/// use wsproxy::Route;
+///
+/// let route = Route::prefix("/chat");
+/// assert!(route.matches(&"/chat".parse().unwrap(), &Default::default()));
+/// assert!(route.matches(&"/chat/room?id=1".parse().unwrap(), &Default::default()));
+/// assert!(!route.matches(&"/chatty".parse().unwrap(), &Default::default()));
+/// ```
+#[derive(Clone)]
+pub struct Route {
+    kind: Kind,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Any,
+    Prefix(Arc<str>),
+    Predicate(Arc<dyn Fn(&Uri, &HeaderMap) -> bool + Send + Sync>),
+}
+
+impl Route {
+    /// Claim every WebSocket handshake (the default).
+    pub fn any() -> Self {
+        Self { kind: Kind::Any }
+    }
+
+    /// Claim handshakes whose path is `prefix` or lies below it, by whole
+    /// segments: `/chat` matches `/chat`, `/chat/` and `/chat/room`, not
+    /// `/chatty`. A trailing `/` on `prefix` is ignored; `/` matches all.
+    ///
+    /// # Panics
+    ///
+    /// If `prefix` does not start with `/`.
+    pub fn prefix(prefix: &str) -> Self {
+        assert!(prefix.starts_with('/'), "a route prefix starts with '/'");
+        let trimmed = prefix.trim_end_matches('/');
+        if trimmed.is_empty() {
+            return Self::any();
+        }
+        Self {
+            kind: Kind::Prefix(trimmed.into()),
+        }
+    }
+
+    /// Claim handshakes for which `predicate` returns `true`.
+    pub fn predicate<F>(predicate: F) -> Self
+    where
+        F: Fn(&Uri, &HeaderMap) -> bool + Send + Sync + 'static,
+    {
+        Self {
+            kind: Kind::Predicate(Arc::new(predicate)),
+        }
+    }
+
+    /// Does this route claim a handshake for `uri` with `headers`?
+    pub fn matches(&self, uri: &Uri, headers: &HeaderMap) -> bool {
+        match &self.kind {
+            Kind::Any => true,
+            Kind::Prefix(prefix) => strip(prefix, uri.path()).is_some(),
+            Kind::Predicate(predicate) => predicate(uri, headers),
+        }
+    }
+
+    /// The path prefix this route matches, if it is a prefix route.
+    pub(crate) fn prefix_str(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Prefix(prefix) => Some(prefix),
+            _ => None,
+        }
+    }
+}
+
+/// `path` without `prefix`, if `path` lies at or below `prefix`.
+pub(crate) fn strip<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+impl Default for Route {
+    fn default() -> Self {
+        Self::any()
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Any => f.write_str("/"),
+            Kind::Prefix(prefix) => f.write_str(prefix),
+            Kind::Predicate(_) => f.write_str("<predicate>"),
+        }
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Route({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matches(route: &Route, path: &str) -> bool {
+        route.matches(&path.parse().unwrap(), &HeaderMap::new())
+    }
+
+    #[test]
+    fn prefix_matches_whole_segments() {
+        let route = Route::prefix("/chat/");
+        assert!(matches(&route, "/chat"));
+        assert!(matches(&route, "/chat/"));
+        assert!(matches(&route, "/chat/a/b?x=1"));
+        assert!(!matches(&route, "/chatty"));
+        assert!(!matches(&route, "/"));
+        assert!(matches(&Route::prefix("/"), "/anything"));
+    }
+
+    #[test]
+    fn predicate_sees_uri_and_headers() {
+        let route = Route::predicate(|uri, headers| {
+            uri.query() == Some("proxy") && headers.contains_key("x-proxy")
+        });
+        let mut headers = HeaderMap::new();
+        assert!(!route.matches(&"/a?proxy".parse().unwrap(), &headers));
+        headers.insert("x-proxy", "1".parse().unwrap());
+        assert!(route.matches(&"/a?proxy".parse().unwrap(), &headers));
+    }
+}

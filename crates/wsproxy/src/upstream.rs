@@ -1,0 +1,194 @@
+//! The backend a route proxies to, and how a request's target maps onto it.
+
+use std::error::Error;
+use std::fmt;
+use std::str::FromStr;
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Uri};
+
+/// A WebSocket backend: `ws://host[:port][/path][?query]`.
+///
+/// The request path is appended to the upstream's path (after optional
+/// prefix stripping, see
+/// [`WebSocketProxyLayer::strip_prefix`](crate::WebSocketProxyLayer::strip_prefix))
+/// and the request's query string is kept.
+///
+/// # Example
+///
+/// ```
+/// use wsproxy::Upstream;
+///
+/// let upstream: Upstream = "ws://127.0.0.1:9001/base".parse().unwrap();
+/// assert_eq!(upstream.authority(), "127.0.0.1:9001");
+/// assert!("http://127.0.0.1:9001".parse::<Upstream>().is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upstream {
+    host: String,
+    port: u16,
+    authority: Authority,
+    path: String,
+    query: Option<String>,
+}
+
+impl Upstream {
+    /// The host name or IP address (IPv6 without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The TCP port (80 when the URL has none).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The authority as written in the URL, the default `Host` sent to it.
+    pub fn authority(&self) -> &str {
+        self.authority.as_str()
+    }
+
+    pub(crate) fn host_header(&self) -> HeaderValue {
+        HeaderValue::from_str(self.authority.as_str()).expect("an authority is a valid header value")
+    }
+
+    /// The request target sent to this upstream for a client request with
+    /// path `rest` (already stripped of any prefix) and `query`.
+    pub(crate) fn target(&self, rest: &str, query: Option<&str>) -> String {
+        let base = self.path.trim_end_matches('/');
+        let mut target = String::with_capacity(base.len() + rest.len() + 16);
+        target.push_str(base);
+        if rest.is_empty() {
+            if self.path.ends_with('/') || base.is_empty() {
+                target.push('/');
+            }
+        } else {
+            if !rest.starts_with('/') {
+                target.push('/');
+            }
+            target.push_str(rest);
+        }
+        match (self.query.as_deref(), query) {
+            (Some(a), Some(b)) => {
+                target.push('?');
+                target.push_str(a);
+                target.push('&');
+                target.push_str(b);
+            }
+            (Some(q), None) | (None, Some(q)) => {
+                target.push('?');
+                target.push_str(q);
+            }
+            (None, None) => {}
+        }
+        target
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ws://{}{}", self.authority, self.path)?;
+        if let Some(query) = &self.query {
+            write!(f, "?{query}")?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Upstream {
+    type Err = InvalidUpstream;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let uri: Uri = s.parse().map_err(|_| InvalidUpstream::new(s, "not a URL"))?;
+        match uri.scheme_str() {
+            Some("ws") => {}
+            Some("wss") => {
+                return Err(InvalidUpstream::new(s, "wss:// backends are not supported yet"));
+            }
+            _ => return Err(InvalidUpstream::new(s, "the scheme must be ws://")),
+        }
+        debug_assert_ne!(uri.scheme(), Some(&Scheme::HTTPS));
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| InvalidUpstream::new(s, "no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(InvalidUpstream::new(s, "user information is not supported"));
+        }
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(InvalidUpstream::new(s, "no host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port: authority.port_u16().unwrap_or(80),
+            path: uri.path().to_owned(),
+            query: uri.query().map(str::to_owned),
+            authority,
+        })
+    }
+}
+
+impl TryFrom<&str> for Upstream {
+    type Error = InvalidUpstream;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+/// The error returned when an [`Upstream`] URL cannot be parsed.
+#[derive(Debug, Clone)]
+pub struct InvalidUpstream {
+    url: String,
+    reason: &'static str,
+}
+
+impl InvalidUpstream {
+    fn new(url: &str, reason: &'static str) -> Self {
+        Self {
+            url: url.to_owned(),
+            reason,
+        }
+    }
+}
+
+impl fmt::Display for InvalidUpstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid upstream {:?}: {}", self.url, self.reason)
+    }
+}
+
+impl Error for InvalidUpstream {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(s: &str) -> Upstream {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses() {
+        let u = up("ws://[::1]:9000/x");
+        assert_eq!((u.host(), u.port(), u.authority()), ("::1", 9000, "[::1]:9000"));
+        assert_eq!(up("ws://example.com").port(), 80);
+        for bad in ["http://a", "wss://a", "a:1", "ws://u@a/", "ws:///x", "nonsense"] {
+            assert!(bad.parse::<Upstream>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(up("ws://a").target("/x", None), "/x");
+        assert_eq!(up("ws://a").target("", None), "/");
+        assert_eq!(up("ws://a/").target("/x", Some("q=1")), "/x?q=1");
+        assert_eq!(up("ws://a/base").target("/x", None), "/base/x");
+        assert_eq!(up("ws://a/base/").target("/x", None), "/base/x");
+        assert_eq!(up("ws://a/base").target("", None), "/base");
+        assert_eq!(up("ws://a/base/").target("", None), "/base/");
+        assert_eq!(up("ws://a/base").target("/", None), "/base/");
+        assert_eq!(up("ws://a/b?k=v").target("/x", Some("q=1")), "/b/x?k=v&q=1");
+    }
+}

@@ -1,0 +1,1 @@
+//! Examples for wsproxy: see the files under `examples/`.
