@@ -89,7 +89,9 @@ where
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
             Kind::Upstream { body } => body.size_hint(),
-            Kind::Full { data } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
         }
     }
 }

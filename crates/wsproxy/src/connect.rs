@@ -66,7 +66,9 @@ impl fmt::Display for Failure {
             }
             Failure::Http(e) => write!(f, "backend handshake failed: {e}"),
             Failure::WrongUpgrade => f.write_str("backend answered 101 without Upgrade: websocket"),
-            Failure::WrongAccept => f.write_str("backend answered 101 with a wrong Sec-WebSocket-Accept"),
+            Failure::WrongAccept => {
+                f.write_str("backend answered 101 with a wrong Sec-WebSocket-Accept")
+            }
         }
     }
 }
@@ -83,10 +85,13 @@ impl Error for Failure {
 
 /// Open a TCP connection to `upstream` within `timeout`.
 pub(crate) async fn connect(upstream: &Upstream, timeout: Duration) -> Result<TcpStream, Failure> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect((upstream.host(), upstream.port())))
-        .await
-        .map_err(|_| Failure::ConnectTimeout(timeout))?
-        .map_err(Failure::Connect)?;
+    let stream = tokio::time::timeout(
+        timeout,
+        TcpStream::connect((upstream.host(), upstream.port())),
+    )
+    .await
+    .map_err(|_| Failure::ConnectTimeout(timeout))?
+    .map_err(Failure::Connect)?;
     // Small WebSocket frames must not wait for Nagle.
     let _ = stream.set_nodelay(true);
     Ok(stream)
@@ -128,7 +133,9 @@ pub(crate) async fn handshake(
         if response.headers().get(SEC_WEBSOCKET_ACCEPT) != Some(&accept_key(key.as_bytes())) {
             return Err(Failure::WrongAccept);
         }
-        let upgraded = hyper::upgrade::on(&mut response).await.map_err(Failure::Http)?;
+        let upgraded = hyper::upgrade::on(&mut response)
+            .await
+            .map_err(Failure::Http)?;
         let (parts, _) = response.into_parts();
         Ok(Answer::Upgraded(Response::from_parts(parts, ()), upgraded))
     };

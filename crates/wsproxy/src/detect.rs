@@ -121,7 +121,10 @@ mod tests {
             ("keep-alive,UPGRADE", "websocket"),
             ("Upgrade", "h2c, websocket"),
         ] {
-            assert!(is_handshake(&request(connection, upgrade)), "{connection} / {upgrade}");
+            assert!(
+                is_handshake(&request(connection, upgrade)),
+                "{connection} / {upgrade}"
+            );
         }
     }
 
@@ -149,21 +152,36 @@ mod tests {
     #[test]
     fn validation() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
-        assert!(validate(&headers(&[("sec-websocket-key", key), ("sec-websocket-version", "13")])).is_ok());
+        assert!(
+            validate(&headers(&[
+                ("sec-websocket-key", key),
+                ("sec-websocket-version", "13")
+            ]))
+            .is_ok()
+        );
         assert_eq!(
             validate(&headers(&[("sec-websocket-version", "13")])),
             Err(Invalid::MissingKey)
         );
         assert_eq!(
-            validate(&headers(&[("sec-websocket-key", "c2hvcnQ="), ("sec-websocket-version", "13")])),
+            validate(&headers(&[
+                ("sec-websocket-key", "c2hvcnQ="),
+                ("sec-websocket-version", "13")
+            ])),
             Err(Invalid::MalformedKey)
         );
         assert_eq!(
-            validate(&headers(&[("sec-websocket-key", "not base64!"), ("sec-websocket-version", "13")])),
+            validate(&headers(&[
+                ("sec-websocket-key", "not base64!"),
+                ("sec-websocket-version", "13")
+            ])),
             Err(Invalid::MalformedKey)
         );
         assert_eq!(
-            validate(&headers(&[("sec-websocket-key", key), ("sec-websocket-version", "8")])),
+            validate(&headers(&[
+                ("sec-websocket-key", key),
+                ("sec-websocket-version", "8")
+            ])),
             Err(Invalid::UnsupportedVersion)
         );
         assert_eq!(
@@ -182,6 +200,9 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }

@@ -148,10 +148,10 @@ impl Forwarding<'_> {
         if !headers.contains_key(X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
         }
-        if let Some(host) = client_host {
-            if !headers.contains_key(X_FORWARDED_HOST) {
-                headers.insert(X_FORWARDED_HOST, host.clone());
-            }
+        if let Some(host) = client_host
+            && !headers.contains_key(X_FORWARDED_HOST)
+        {
+            headers.insert(X_FORWARDED_HOST, host.clone());
         }
         if self.rfc7239 {
             let mut element = String::with_capacity(64);
@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1");
         assert_eq!(h[X_FORWARDED_HOST], "app.example");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
-        assert_eq!(h[header::FORWARDED], "for=192.0.2.1;host=app.example;proto=http");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=192.0.2.1;host=app.example;proto=http"
+        );
     }
 
     #[test]
@@ -235,14 +238,25 @@ mod tests {
         );
         let h = forwarding("[::1]:1", &["::1/128".parse().unwrap()], true);
         assert_eq!(h[X_FORWARDED_FOR], "6.6.6.6, ::1");
-        assert!(h[header::FORWARDED].to_str().unwrap().contains("for=\"[::1]\""));
+        assert!(
+            h[header::FORWARDED]
+                .to_str()
+                .unwrap()
+                .contains("for=\"[::1]\"")
+        );
     }
 
     #[test]
     fn unknown_peer_sends_no_xff() {
         let mut headers = HeaderMap::new();
         headers.insert(X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
-        Forwarding { peer: None, trusted: &[], rfc7239: true, proto: "http" }.apply(&mut headers, None);
+        Forwarding {
+            peer: None,
+            trusted: &[],
+            rfc7239: true,
+            proto: "http",
+        }
+        .apply(&mut headers, None);
         assert!(!headers.contains_key(X_FORWARDED_FOR));
         assert_eq!(headers[header::FORWARDED], "for=unknown;proto=http");
     }

@@ -149,16 +149,21 @@ fn backend_request(
 
     let mut headers = parts.headers.clone();
     forward::remove_hop_by_hop(&mut headers);
-    let client_host = parts
-        .headers
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
     Forwarding {
         peer,
         trusted: &config.trusted_proxies,
         rfc7239: config.forwarded_header,
-        proto: if parts.uri.scheme_str() == Some("https") { "https" } else { "http" },
+        proto: if parts.uri.scheme_str() == Some("https") {
+            "https"
+        } else {
+            "http"
+        },
     }
     .apply(&mut headers, client_host.as_ref());
     let host = match &config.host_header {

@@ -64,7 +64,11 @@ impl fmt::Display for End {
         match self {
             End::Closed { client_first } => write!(f, "{} closed first", side(*client_first)),
             End::HalfCloseTimeout { client_first } => {
-                write!(f, "{} closed, the other side did not follow in time", side(*client_first))
+                write!(
+                    f,
+                    "{} closed, the other side did not follow in time",
+                    side(*client_first)
+                )
             }
             End::Idle => f.write_str("idle timeout"),
             End::Shutdown => f.write_str("shutdown"),
@@ -152,10 +156,10 @@ where
             }
             ready!(timer.as_mut().poll(cx));
             let now = Instant::now();
-            if let Some((at, client_first)) = half_closed {
-                if now >= at {
-                    return Poll::Ready(End::HalfCloseTimeout { client_first });
-                }
+            if let Some((at, client_first)) = half_closed
+                && now >= at
+            {
+                return Poll::Ready(End::HalfCloseTimeout { client_first });
             }
             if idle_deadline.is_some_and(|at| now >= at) {
                 return Poll::Ready(End::Idle);
@@ -379,7 +383,10 @@ mod tests {
         ));
         client.shutdown().await.unwrap();
         let (end, _) = task.await.unwrap();
-        assert!(matches!(end, End::HalfCloseTimeout { client_first: true }), "{end}");
+        assert!(
+            matches!(end, End::HalfCloseTimeout { client_first: true }),
+            "{end}"
+        );
     }
 
     #[tokio::test]
@@ -387,7 +394,12 @@ mod tests {
         let (_client, client_side) = duplex(64);
         let (backend_side, _backend) = duplex(64);
         let token = CancellationToken::new();
-        let task = tokio::spawn(relay(client_side, backend_side, timeouts(None, 1), token.clone()));
+        let task = tokio::spawn(relay(
+            client_side,
+            backend_side,
+            timeouts(None, 1),
+            token.clone(),
+        ));
         token.cancel();
         let (end, _) = task.await.unwrap();
         assert!(matches!(end, End::Shutdown), "{end}");

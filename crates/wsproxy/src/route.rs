@@ -31,8 +31,10 @@ pub struct Route {
 enum Kind {
     Any,
     Prefix(Arc<str>),
-    Predicate(Arc<dyn Fn(&Uri, &HeaderMap) -> bool + Send + Sync>),
+    Predicate(Arc<Predicate>),
 }
+
+type Predicate = dyn Fn(&Uri, &HeaderMap) -> bool + Send + Sync;
 
 impl Route {
     /// Claim every WebSocket handshake (the default).

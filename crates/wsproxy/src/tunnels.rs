@@ -83,7 +83,10 @@ impl Tunnels {
                 .await
                 .is_err()
             {
-                tracing::info!(open = shared.open.load(Ordering::Relaxed), "shutdown deadline reached, closing tunnels");
+                tracing::info!(
+                    open = shared.open.load(Ordering::Relaxed),
+                    "shutdown deadline reached, closing tunnels"
+                );
                 shared.close.cancel();
                 shared.tasks.wait().await;
             }

@@ -49,7 +49,8 @@ impl Upstream {
     }
 
     pub(crate) fn host_header(&self) -> HeaderValue {
-        HeaderValue::from_str(self.authority.as_str()).expect("an authority is a valid header value")
+        HeaderValue::from_str(self.authority.as_str())
+            .expect("an authority is a valid header value")
     }
 
     /// The request target sent to this upstream for a client request with
@@ -99,11 +100,16 @@ impl FromStr for Upstream {
     type Err = InvalidUpstream;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let uri: Uri = s.parse().map_err(|_| InvalidUpstream::new(s, "not a URL"))?;
+        let uri: Uri = s
+            .parse()
+            .map_err(|_| InvalidUpstream::new(s, "not a URL"))?;
         match uri.scheme_str() {
             Some("ws") => {}
             Some("wss") => {
-                return Err(InvalidUpstream::new(s, "wss:// backends are not supported yet"));
+                return Err(InvalidUpstream::new(
+                    s,
+                    "wss:// backends are not supported yet",
+                ));
             }
             _ => return Err(InvalidUpstream::new(s, "the scheme must be ws://")),
         }
@@ -115,7 +121,10 @@ impl FromStr for Upstream {
         if authority.as_str().contains('@') {
             return Err(InvalidUpstream::new(s, "user information is not supported"));
         }
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
         if host.is_empty() {
             return Err(InvalidUpstream::new(s, "no host"));
         }
@@ -172,9 +181,19 @@ mod tests {
     #[test]
     fn parses() {
         let u = up("ws://[::1]:9000/x");
-        assert_eq!((u.host(), u.port(), u.authority()), ("::1", 9000, "[::1]:9000"));
+        assert_eq!(
+            (u.host(), u.port(), u.authority()),
+            ("::1", 9000, "[::1]:9000")
+        );
         assert_eq!(up("ws://example.com").port(), 80);
-        for bad in ["http://a", "wss://a", "a:1", "ws://u@a/", "ws:///x", "nonsense"] {
+        for bad in [
+            "http://a",
+            "wss://a",
+            "a:1",
+            "ws://u@a/",
+            "ws:///x",
+            "nonsense",
+        ] {
             assert!(bad.parse::<Upstream>().is_err(), "{bad}");
         }
     }
