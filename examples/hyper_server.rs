@@ -1,0 +1,59 @@
+//! The proxy layer in front of a plain hyper service, without axum.
+//!
+//! Run with `cargo run -p wsproxy-examples --example hyper_server`, then
+//! connect a WebSocket client to `ws://127.0.0.1:8080/ws` (it is echoed by
+//! an embedded backend) or `curl http://127.0.0.1:8080/` (answered by the
+//! service itself).
+//!
+//! A hyper server must serve connections `with_upgrades()` for the proxy
+//! to take over the client's connection, and should insert a
+//! [`wsproxy::ClientAddr`] so forwarding headers carry the client address.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use tower::{ServiceBuilder, service_fn};
+use wsproxy::{ClientAddr, Route, WebSocketProxyLayer};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt::init();
+
+    let (backend, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse()?).await?;
+    let proxy = WebSocketProxyLayer::new(format!("ws://{backend}").parse()?).route(Route::prefix("/ws"));
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let service = ServiceBuilder::new()
+            .map_request(move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                req
+            })
+            .layer(proxy.clone())
+            .service(service_fn(app));
+        tokio::spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .with_upgrades();
+            if let Err(e) = connection.await {
+                eprintln!("connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+async fn app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let peer: Option<SocketAddr> = req.extensions().get::<ClientAddr>().map(|c| c.0);
+    Ok(Response::new(Full::from(format!(
+        "plain HTTP to {} from {peer:?} is answered by the app\n",
+        req.uri().path()
+    ))))
+}

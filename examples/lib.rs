@@ -1,0 +1,1 @@
+//! Example apps for wsproxy; each `*.rs` file here says how to run it.

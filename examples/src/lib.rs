@@ -1,1 +1,0 @@
-//! Examples for wsproxy: see the files under `examples/`.

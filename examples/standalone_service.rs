@@ -1,0 +1,22 @@
+//! The proxy as a plain service under `Router::route_service`, with no
+//! inner app: requests that are not WebSocket handshakes get
+//! `426 Upgrade Required`.
+//!
+//! Run with `cargo run -p wsproxy-examples --example standalone_service`,
+//! then connect to `ws://127.0.0.1:8080/ws`.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use wsproxy::WebSocketProxyLayer;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (backend, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse()?).await?;
+    let proxy = WebSocketProxyLayer::new(format!("ws://{backend}").parse()?);
+    let app = Router::new().route_service("/ws", proxy.into_service());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    Ok(())
+}

@@ -1,0 +1,108 @@
+//! Each tunnel logs one span with the client, route and upstream, and a
+//! closing event with the status, duration, bytes each way and how it
+//! ended.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tracing_subscriber::fmt::MakeWriter;
+use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let tunnels = Tunnels::new();
+    let layer = WebSocketProxyLayer::new(format!("ws://{backend}").parse().unwrap())
+        .route(Route::prefix("/logged"))
+        .tunnels(tunnels.clone());
+    let app = axum::Router::new().layer(layer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .unwrap();
+    });
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/logged"))
+        .await
+        .unwrap();
+    let client_addr = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(s) => s.local_addr().unwrap(),
+        _ => unreachable!(),
+    };
+    ws.send(Message::text("0123456789")).await.unwrap();
+    let echo = timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(echo, Message::text("0123456789"));
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
+    drop(ws);
+    timeout(Duration::from_secs(10), async {
+        while tunnels.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the tunnel closes");
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("tunnel closed"))
+        .unwrap_or_else(|| panic!("no closing event in:\n{log}"));
+    for expected in [
+        format!("client={client_addr}"),
+        "route=/logged".to_owned(),
+        format!("upstream=ws://{backend}/"),
+        "status=101".to_owned(),
+        "duration_ms=".to_owned(),
+        "bytes_up=".to_owned(),
+        "bytes_down=".to_owned(),
+        "end=".to_owned(),
+    ] {
+        assert!(line.contains(&expected), "{expected:?} missing from: {line}");
+    }
+    let bytes = |key: &str| -> u64 {
+        let start = line.find(key).unwrap() + key.len();
+        line[start..].split(' ').next().unwrap().parse().unwrap()
+    };
+    // A masked 10-byte text frame is 16 bytes, its unmasked echo 12.
+    assert!(bytes("bytes_up=") >= 16, "{line}");
+    assert!(bytes("bytes_down=") >= 12, "{line}");
+}
