@@ -1,1 +1,146 @@
-fn main() {}
+//! `wsgate`: a standalone WebSocket gateway built on the `wsproxy` library.
+//!
+//! Run with `cargo run --release -p wsproxy-gateway -- --demo` for a demo
+//! with embedded echo and chat backends (open <http://127.0.0.1:8080/>), or
+//! route to your own backends:
+//!
+//! ```text
+//! wsgate --listen 127.0.0.1:8080 \
+//!     --route /echo=ws://127.0.0.1:9001 --route /chat=ws://127.0.0.1:9002 \
+//!     --connect-timeout 5s --handshake-timeout 10s --idle-timeout 10m --strip-prefix
+//! ```
+//!
+//! Every route is one `WebSocketProxyLayer`; the layers share one
+//! `Tunnels` handle. Plain HTTP gets a status page at `/` and `/healthz`.
+//! SIGTERM or SIGINT stops accepting, refuses new upgrades with 503, and
+//! gives open tunnels `--shutdown-timeout` to finish before closing them.
+
+mod cli;
+mod demo;
+mod page;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use axum::Router;
+use clap::{CommandFactory, Parser};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing_subscriber::EnvFilter;
+use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
+
+use crate::cli::{Args, RouteSpec};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.routes.is_empty() && !args.demo {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "no route: give --route PREFIX=ws://HOST:PORT/PATH (repeatable) or --demo",
+            )
+            .exit();
+    }
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // A gateway holds two descriptors per tunnel.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
+
+    let demo_tasks = TaskTracker::new();
+    let stop_demo = CancellationToken::new();
+    let mut routes = args.routes.clone();
+    if args.demo {
+        let backends = demo::start(&demo_tasks, stop_demo.clone()).await?;
+        tracing::info!(echo = %backends.echo, chat = %backends.chat, "demo backends started");
+        routes.push(RouteSpec::new("/echo", &format!("ws://{}", backends.echo))?);
+        routes.push(RouteSpec::new("/chat", &format!("ws://{}", backends.chat))?);
+    }
+
+    let tunnels = Tunnels::new();
+    let app = router(&args, &routes, &tunnels);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let local = listener.local_addr()?;
+    for route in &routes {
+        tracing::info!(prefix = %route.prefix, upstream = %route.upstream, "route");
+    }
+    println!("wsgate listening on {local}");
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
+    tracing::info!(open = tunnels.open(), timeout = ?args.shutdown_timeout, "draining tunnels");
+    tunnels.shutdown(args.shutdown_timeout).await;
+    stop_demo.cancel();
+    demo_tasks.close();
+    demo_tasks.wait().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The app: a status page, with one proxy layer per route. The layer of the
+/// longest prefix is outermost, so it sees a handshake first.
+fn router(args: &Args, routes: &[RouteSpec], tunnels: &Tunnels) -> Router {
+    let mut app = page::router(routes, tunnels.clone(), args.demo);
+    let mut ordered: Vec<&RouteSpec> = routes.iter().collect();
+    ordered.sort_by_key(|r| r.prefix.len());
+    for route in ordered {
+        let layer = WebSocketProxyLayer::new(route.upstream.clone())
+            .route(Route::prefix(&route.prefix))
+            .strip_prefix(args.strip_prefix || args.demo)
+            .connect_timeout(args.connect_timeout)
+            .handshake_timeout(args.handshake_timeout)
+            .idle_timeout(args.idle_timeout.0)
+            .half_close_timeout(args.half_close_timeout)
+            .forwarded_header(args.forwarded)
+            .trusted_proxies(args.trusted_proxies.iter().copied())
+            .tunnels(tunnels.clone());
+        app = app.layer(layer);
+    }
+    app
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = interrupt => tracing::info!("SIGINT received, shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+        tracing::info!("interrupt received, shutting down");
+    }
+}

@@ -1,0 +1,156 @@
+//! Command-line flags.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use wsproxy::Upstream;
+
+/// A standalone WebSocket gateway built on the wsproxy library.
+#[derive(Debug, Parser)]
+#[command(name = "wsgate", version, about)]
+pub(crate) struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) listen: SocketAddr,
+
+    /// A route, PREFIX=ws://HOST:PORT/PATH; repeat for more.
+    #[arg(long = "route", value_name = "PREFIX=URL")]
+    pub(crate) routes: Vec<RouteSpec>,
+
+    /// Time allowed for the TCP connect to a backend (e.g. 500ms, 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub(crate) connect_timeout: Duration,
+
+    /// Time allowed for a backend to answer the upgrade request.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) handshake_timeout: Duration,
+
+    /// Close a tunnel with no traffic either way for this long ("off" or 0
+    /// never closes idle tunnels).
+    #[arg(long, default_value = "10m")]
+    pub(crate) idle_timeout: IdleTimeout,
+
+    /// How long the other direction may flow after one side closed its
+    /// sending half.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub(crate) half_close_timeout: Duration,
+
+    /// Remove the route prefix from the path sent to the backend.
+    #[arg(long)]
+    pub(crate) strip_prefix: bool,
+
+    /// Also send an RFC 7239 `Forwarded` header.
+    #[arg(long)]
+    pub(crate) forwarded: bool,
+
+    /// A peer network (CIDR) whose X-Forwarded-For is trusted and appended
+    /// to; repeat for more.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// On SIGTERM/SIGINT, how long open tunnels may take to finish.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) shutdown_timeout: Duration,
+
+    /// Start embedded echo and chat backends and route /echo and /chat to
+    /// them (prefix stripped).
+    #[arg(long)]
+    pub(crate) demo: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration '{s}' ({e}); use e.g. 500ms, 5s, 10m"))
+}
+
+/// An idle timeout, or none.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdleTimeout(pub(crate) Option<Duration>);
+
+impl FromStr for IdleTimeout {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "off" {
+            return Ok(Self(None));
+        }
+        let duration = parse_duration(s)?;
+        Ok(Self((!duration.is_zero()).then_some(duration)))
+    }
+}
+
+/// One `--route PREFIX=URL`.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteSpec {
+    pub(crate) prefix: String,
+    pub(crate) upstream: Upstream,
+}
+
+impl RouteSpec {
+    pub(crate) fn new(prefix: &str, url: &str) -> Result<Self, RouteError> {
+        if !prefix.starts_with('/') {
+            return Err(RouteError(format!(
+                "the prefix '{prefix}' must start with '/'"
+            )));
+        }
+        let upstream = url.parse().map_err(|e| RouteError(format!("{e}")))?;
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            upstream,
+        })
+    }
+}
+
+impl FromStr for RouteSpec {
+    type Err = RouteError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (prefix, url) = s.split_once('=').ok_or_else(|| {
+            RouteError(format!(
+                "invalid route '{s}': expected PREFIX=ws://HOST:PORT/PATH"
+            ))
+        })?;
+        Self::new(prefix, url)
+    }
+}
+
+/// Why a `--route` was rejected.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteError(String);
+
+impl fmt::Display for RouteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RouteError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse() {
+        let route: RouteSpec = "/chat=ws://127.0.0.1:9002/x".parse().unwrap();
+        assert_eq!(route.prefix, "/chat");
+        assert_eq!(route.upstream.port(), 9002);
+        assert!("chat=ws://a".parse::<RouteSpec>().is_err());
+        assert!("/chat".parse::<RouteSpec>().is_err());
+        assert!("/chat=http://a".parse::<RouteSpec>().is_err());
+    }
+
+    #[test]
+    fn idle_timeouts_parse() {
+        assert_eq!("off".parse::<IdleTimeout>().unwrap().0, None);
+        assert_eq!("0s".parse::<IdleTimeout>().unwrap().0, None);
+        assert_eq!(
+            "10m".parse::<IdleTimeout>().unwrap().0,
+            Some(Duration::from_secs(600))
+        );
+        assert!("ten".parse::<IdleTimeout>().is_err());
+    }
+}
