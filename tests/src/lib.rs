@@ -1,1 +1,325 @@
-//! End-to-end tests for wsproxy live in `tests/*.rs`.
+//! Shared helpers for the end-to-end tests in `tests/tests/`: real servers
+//! on 127.0.0.1:0, recording backends, raw sockets.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use http::HeaderMap;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+/// Generous bound for anything a test waits for.
+pub const LIMIT: Duration = Duration::from_secs(10);
+
+/// Serve `app` with `ConnectInfo` on 127.0.0.1:0; returns its address.
+pub async fn serve(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+/// Wait until `condition` holds, polling every 10 ms, for at most `limit`.
+pub async fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}
+
+/// Await `future` for at most [`LIMIT`], panicking with `what` otherwise.
+pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(LIMIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// What a [`Backend`] saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Request target of each handshake.
+    pub uris: Vec<String>,
+    /// Headers of each handshake.
+    pub headers: Vec<HeaderMap>,
+    /// Messages received (text, binary, ping, pong, close).
+    pub messages: Vec<Message>,
+}
+
+/// A tokio-tungstenite echo backend that records what it sees.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// TCP connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    /// WebSocket sessions that are still running.
+    pub live: Arc<AtomicUsize>,
+    /// What it saw.
+    pub seen: Arc<Mutex<Seen>>,
+}
+
+/// How a [`Backend`] answers.
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    /// Subprotocol to choose when offered.
+    pub protocol: Option<&'static str>,
+    /// Extra headers on the 101.
+    pub headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Backend {
+    /// Start an echo backend with default options.
+    pub async fn start() -> Self {
+        Self::with(BackendOptions::default()).await
+    }
+
+    /// Start an echo backend with `options`.
+    pub async fn with(options: BackendOptions) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Backend {
+            addr: listener.local_addr().unwrap(),
+            connections: Arc::default(),
+            live: Arc::default(),
+            seen: Arc::default(),
+        };
+        let this = backend.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                this.connections.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(this.clone().session(stream, options.clone()));
+            }
+        });
+        backend
+    }
+
+    async fn session(self, stream: TcpStream, options: BackendOptions) {
+        let seen = self.seen.clone();
+        let callback = |req: &Request, mut res: Response| {
+            let mut seen = seen.lock().unwrap();
+            seen.uris.push(req.uri().to_string());
+            seen.headers.push(req.headers().clone());
+            if let Some(protocol) = options.protocol {
+                let offered = req
+                    .headers()
+                    .get_all("sec-websocket-protocol")
+                    .iter()
+                    .any(|v| v.to_str().unwrap().split(',').any(|p| p.trim() == protocol));
+                if offered {
+                    res.headers_mut()
+                        .insert("sec-websocket-protocol", protocol.parse().unwrap());
+                }
+            }
+            for (name, value) in &options.headers {
+                res.headers_mut().append(*name, value.parse().unwrap());
+            }
+            Ok(res)
+        };
+        let Ok(mut ws) =
+            tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(big())).await
+        else {
+            return;
+        };
+        self.live.fetch_add(1, Ordering::SeqCst);
+        while let Some(Ok(message)) = ws.next().await {
+            self.seen.lock().unwrap().messages.push(message.clone());
+            let reply = match &message {
+                Message::Text(t) if t.as_str() == "server-ping" => Message::Ping("srv".into()),
+                Message::Text(t) if t.as_str() == "server-close" => {
+                    let _ = ws
+                        .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                            code: 4001.into(),
+                            reason: "backend says bye".into(),
+                        }))
+                        .await;
+                    continue;
+                }
+                Message::Text(t) if t.as_str() == "server-drop" => break,
+                Message::Text(_) | Message::Binary(_) => message,
+                _ => continue,
+            };
+            if ws.send(reply).await.is_err() {
+                break;
+            }
+        }
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Headers of the last handshake.
+    pub fn last_headers(&self) -> HeaderMap {
+        self.seen
+            .lock()
+            .unwrap()
+            .headers
+            .last()
+            .cloned()
+            .expect("a handshake")
+    }
+
+    /// Request target of the last handshake.
+    pub fn last_uri(&self) -> String {
+        self.seen
+            .lock()
+            .unwrap()
+            .uris
+            .last()
+            .cloned()
+            .expect("a handshake")
+    }
+}
+
+/// A WebSocket config allowing 32 MiB messages.
+pub fn big() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(32 << 20))
+        .max_frame_size(Some(32 << 20))
+}
+
+/// A proxy app for `backend` with `layer` settings applied by `configure`.
+pub async fn proxy_to(
+    backend: SocketAddr,
+    configure: impl FnOnce(wsproxy::WebSocketProxyLayer) -> wsproxy::WebSocketProxyLayer,
+) -> (SocketAddr, wsproxy::Tunnels) {
+    let layer = configure(wsproxy::WebSocketProxyLayer::new(
+        format!("ws://{backend}").parse().unwrap(),
+    ));
+    let tunnels = layer.tunnels_handle().clone();
+    let app = axum::Router::new()
+        .route("/app", axum::routing::get(|| async { "app" }))
+        .layer(layer);
+    (serve(app).await, tunnels)
+}
+
+/// A valid handshake request for `path` with extra header lines.
+pub fn handshake(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: proxy.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// Send raw `bytes` on a new connection to `addr`; returns the connection.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// A parsed HTTP response head.
+#[derive(Debug)]
+pub struct Head {
+    /// Status code.
+    pub status: u16,
+    /// The whole head as text.
+    pub text: String,
+    /// Bytes read past the head.
+    pub rest: Vec<u8>,
+}
+
+impl Head {
+    /// The first header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.text, name)
+    }
+}
+
+/// The first header `name` in an HTTP head.
+pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Read one HTTP response head from `stream`.
+pub async fn read_head(stream: &mut TcpStream) -> Head {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    within("a response head", async {
+        loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before a full head: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let rest = buf.split_off(end + 4);
+                let text = String::from_utf8(buf).unwrap();
+                let status = text[9..12].parse().unwrap();
+                return Head { status, text, rest };
+            }
+        }
+    })
+    .await
+}
+
+/// Read until `stream` has produced at least `n` bytes past `have`.
+pub async fn read_at_least(stream: &mut TcpStream, mut have: Vec<u8>, n: usize) -> Vec<u8> {
+    let mut chunk = [0u8; 4096];
+    within("more bytes", async {
+        while have.len() < n {
+            let got = stream.read(&mut chunk).await.unwrap();
+            assert!(got > 0, "closed after {} bytes", have.len());
+            have.extend_from_slice(&chunk[..got]);
+        }
+        have
+    })
+    .await
+}
+
+/// A closed port on 127.0.0.1.
+pub async fn dead_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Connect a tokio-tungstenite client to `url` allowing big messages.
+pub async fn connect(
+    url: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+    let (ws, _) = within(
+        "client handshake",
+        tokio_tungstenite::connect_async_with_config(url, Some(big()), false),
+    )
+    .await
+    .unwrap();
+    ws
+}
+
+/// Send `message` and expect it echoed.
+pub async fn echo<S>(ws: &mut S, message: Message)
+where
+    S: futures_util::Sink<Message>
+        + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+    S::Error: std::fmt::Debug,
+{
+    ws.send(message.clone()).await.unwrap();
+    let got = within("echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(got.len(), message.len());
+    assert!(got == message, "echo differs");
+}

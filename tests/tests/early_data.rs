@@ -21,9 +21,12 @@ async fn serve_proxy(backend: SocketAddr) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
     addr
 }
@@ -33,7 +36,10 @@ async fn read_head(stream: &mut TcpStream) -> (String, Vec<u8>) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let n = timeout(LIMIT, stream.read(&mut chunk)).await.unwrap().unwrap();
+        let n = timeout(LIMIT, stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "connection closed before the end of the head");
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -70,7 +76,10 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     while rest.len() < 7 {
         let mut chunk = [0u8; 64];
-        let n = timeout(LIMIT, client.read(&mut chunk)).await.unwrap().unwrap();
+        let n = timeout(LIMIT, client.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed before the echo");
         rest.extend_from_slice(&chunk[..n]);
     }
@@ -99,10 +108,13 @@ async fn backend_bytes_sent_with_its_101_reach_the_client_first() {
     });
     let proxy = serve_proxy(backend).await;
 
-    let (mut ws, _) = timeout(LIMIT, tokio_tungstenite::connect_async(format!("ws://{proxy}/")))
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut ws, _) = timeout(
+        LIMIT,
+        tokio_tungstenite::connect_async(format!("ws://{proxy}/")),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     for expected in ["hello", "world"] {
         let message = timeout(LIMIT, ws.next()).await.unwrap().unwrap().unwrap();
         assert_eq!(message, Message::text(expected));

@@ -55,9 +55,12 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
     });
 
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/logged"))
@@ -68,7 +71,11 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
         _ => unreachable!(),
     };
     ws.send(Message::text("0123456789")).await.unwrap();
-    let echo = timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+    let echo = timeout(Duration::from_secs(10), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(echo, Message::text("0123456789"));
     ws.close(None).await.unwrap();
     while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
@@ -96,7 +103,10 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
         "bytes_down=".to_owned(),
         "end=".to_owned(),
     ] {
-        assert!(line.contains(&expected), "{expected:?} missing from: {line}");
+        assert!(
+            line.contains(&expected),
+            "{expected:?} missing from: {line}"
+        );
     }
     let bytes = |key: &str| -> u64 {
         let start = line.find(key).unwrap() + key.len();

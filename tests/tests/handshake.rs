@@ -1,0 +1,379 @@
+//! The opening handshake: what is claimed, what is refused before any
+//! backend is touched, and every outcome of the backend's answer.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use wsproxy_e2e::*;
+
+#[tokio::test]
+async fn connection_and_upgrade_token_variants_open_a_tunnel() {
+    let backend = Backend::start().await;
+    let (proxy, _) = proxy_to(backend.addr, |l| l).await;
+    for (connection, upgrade) in [
+        ("keep-alive, Upgrade", "websocket"),
+        ("upgrade", "WebSocket"),
+        ("Upgrade", "websocket"),
+        ("keep-alive,UPGRADE", "WEBSOCKET"),
+    ] {
+        let request = format!(
+            "GET /x HTTP/1.1\r\nHost: p\r\nUpgrade: {upgrade}\r\nConnection: {connection}\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let mut stream = raw(proxy, request.as_bytes()).await;
+        let head = read_head(&mut stream).await;
+        assert_eq!(head.status, 101, "{connection} / {upgrade}: {}", head.text);
+        assert_eq!(
+            head.header("sec-websocket-accept"),
+            Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        );
+        // A masked "hi" is echoed unmasked.
+        stream
+            .write_all(&[0x81, 0x82, 0, 0, 0, 0, b'h', b'i'])
+            .await
+            .unwrap();
+        let echoed = read_at_least(&mut stream, head.rest, 4).await;
+        assert_eq!(&echoed[..4], b"\x81\x02hi");
+    }
+    assert_eq!(backend.connections(), 4);
+}
+
+#[tokio::test]
+async fn bad_handshakes_are_refused_before_the_backend() {
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let base = "GET / HTTP/1.1\r\nHost: p\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+    for (extra, status) in [
+        ("Sec-WebSocket-Version: 13\r\n", 400),
+        (
+            "Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n",
+            400,
+        ),
+        (
+            "Sec-WebSocket-Key: !!notbase64!!!!!!!!!!!!!\r\nSec-WebSocket-Version: 13\r\n",
+            400,
+        ),
+        (
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n",
+            426,
+        ),
+        ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", 426),
+    ] {
+        let mut stream = raw(proxy, format!("{base}{extra}\r\n").as_bytes()).await;
+        let head = read_head(&mut stream).await;
+        assert_eq!(head.status, status, "{extra:?}: {}", head.text);
+        if status == 426 {
+            assert_eq!(head.header("sec-websocket-version"), Some("13"));
+        }
+    }
+    assert_eq!(backend.connections(), 0, "nothing reached the backend");
+    assert_eq!(tunnels.open(), 0);
+}
+
+#[tokio::test]
+async fn backend_subprotocol_and_headers_reach_the_client() {
+    let backend = Backend::with(BackendOptions {
+        protocol: Some("b"),
+        headers: vec![("set-cookie", "session=42; HttpOnly"), ("x-backend", "yes")],
+    })
+    .await;
+    let (proxy, _) = proxy_to(backend.addr, |l| l).await;
+    let mut request = format!("ws://{proxy}/").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("sec-websocket-protocol", "a, b".parse().unwrap());
+    let (mut ws, response) = within("handshake", tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["sec-websocket-protocol"], "b");
+    assert_eq!(response.headers()["set-cookie"], "session=42; HttpOnly");
+    assert_eq!(response.headers()["x-backend"], "yes");
+    echo(&mut ws, Message::text("with protocol b")).await;
+}
+
+/// A raw backend that answers every connection with `answer` (after
+/// substituting `{accept}`), and records every byte it receives.
+async fn raw_backend(
+    answer: &'static str,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let index = {
+                    let mut log = log.lock().unwrap();
+                    log.push(Vec::new());
+                    log.len() - 1
+                };
+                let mut buf = [0u8; 4096];
+                let mut answered = false;
+                loop {
+                    let n = match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let all = {
+                        let mut log = log.lock().unwrap();
+                        log[index].extend_from_slice(&buf[..n]);
+                        log[index].clone()
+                    };
+                    if !answered && all.windows(4).any(|w| w == b"\r\n\r\n") {
+                        answered = true;
+                        let text = String::from_utf8_lossy(&all).into_owned();
+                        let key = header(&text, "sec-websocket-key").unwrap_or("");
+                        let reply = answer.replace("{accept}", &derive_accept_key(key.as_bytes()));
+                        let _ = stream.write_all(reply.as_bytes()).await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test]
+async fn a_refusal_is_relayed_with_its_body_and_no_tunnel_opens() {
+    let (backend, _) = raw_backend(
+        "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nX-Reason: no-entry\r\nContent-Length: 11\r\n\r\ngo away now",
+    )
+    .await;
+    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 403, "{}", head.text);
+    assert_eq!(head.header("x-reason"), Some("no-entry"));
+    let body = read_at_least(&mut stream, head.rest, 11).await;
+    assert_eq!(body, b"go away now");
+    assert_eq!(tunnels.open(), 0);
+}
+
+/// After the backend refused, the client's next bytes on the same
+/// connection are HTTP for the app, never tunnelled to the backend.
+async fn smuggling_is_not_possible(answer: &'static str) {
+    let (backend, received) = raw_backend(answer).await;
+    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_ne!(head.status, 101);
+    let body_len: usize = head.header("content-length").unwrap().parse().unwrap();
+    let rest = read_at_least(&mut stream, head.rest, body_len).await;
+    assert_eq!(rest.len(), body_len, "nothing after the body");
+
+    stream
+        .write_all(b"GET /app HTTP/1.1\r\nHost: internal\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 200, "the app answered: {}", head.text);
+    let body = read_at_least(&mut stream, head.rest, 3).await;
+    assert_eq!(body, b"app");
+
+    let received = received.lock().unwrap();
+    assert_eq!(received.len(), 1, "one backend connection");
+    let text = String::from_utf8_lossy(&received[0]);
+    assert_eq!(
+        text.matches("HTTP/1.1").count(),
+        1,
+        "one request reached the backend: {text}"
+    );
+    assert!(!text.contains("internal"));
+    assert_eq!(tunnels.open(), 0);
+}
+
+#[tokio::test]
+async fn smuggling_after_a_403_is_rejected() {
+    smuggling_is_not_possible("HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno").await;
+}
+
+#[tokio::test]
+async fn smuggling_after_a_200_is_rejected() {
+    smuggling_is_not_possible("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
+}
+
+#[tokio::test]
+async fn a_wrong_accept_or_protocol_is_a_bad_gateway() {
+    for answer in [
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: d3JvbmcgYWNjZXB0IGtleQ==\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n",
+    ] {
+        let (backend, _) = raw_backend(answer).await;
+        let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+        let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+        let head = read_head(&mut stream).await;
+        assert_eq!(head.status, 502, "{answer:?}: {}", head.text);
+        assert_eq!(tunnels.open(), 0);
+    }
+}
+
+#[tokio::test]
+async fn a_dead_port_is_a_bad_gateway() {
+    let dead = dead_port().await;
+    let (proxy, _) = proxy_to(dead, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 502);
+}
+
+#[tokio::test]
+async fn an_unresolvable_host_is_a_bad_gateway() {
+    // A slow resolver must still end in 502, not in a connect timeout.
+    let layer = wsproxy::WebSocketProxyLayer::new("ws://no-such-host.invalid:80".parse().unwrap())
+        .connect_timeout(Duration::from_secs(9));
+    let proxy = serve(axum::Router::new().layer(layer)).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 502);
+}
+
+#[tokio::test]
+async fn a_silent_backend_is_a_gateway_timeout() {
+    // Accepts TCP, never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let (proxy, _) = proxy_to(silent, |l| l.handshake_timeout(Duration::from_millis(500))).await;
+    let start = Instant::now();
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 504);
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn paths_map_onto_the_upstream_with_or_without_the_prefix() {
+    let backend = Backend::start().await;
+    for (strip, expected) in [
+        (true, "/base/room/7?token=abc"),
+        (false, "/base/chat/room/7?token=abc"),
+    ] {
+        let layer = wsproxy::WebSocketProxyLayer::new(
+            format!("ws://{}/base", backend.addr).parse().unwrap(),
+        )
+        .route(wsproxy::Route::prefix("/chat"))
+        .strip_prefix(strip);
+        let proxy = serve(axum::Router::new().layer(layer)).await;
+        let mut ws = connect(&format!("ws://{proxy}/chat/room/7?token=abc")).await;
+        echo(&mut ws, Message::text("hi")).await;
+        assert_eq!(backend.last_uri(), expected);
+    }
+}
+
+#[tokio::test]
+async fn end_to_end_headers_pass_and_hop_by_hop_headers_do_not() {
+    let backend = Backend::start().await;
+    let (proxy, _) = proxy_to(backend.addr, |l| l).await;
+    let extra = "Origin: https://app.example\r\nCookie: a=b\r\nAuthorization: Bearer t\r\n\
+                 X-Custom: 1\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+                 Proxy-Authorization: Basic eA==\r\n";
+    let request =
+        handshake("/", extra).replace("Connection: Upgrade", "Connection: Upgrade, X-Hop");
+    let mut stream = raw(proxy, request.as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 101);
+    let headers = backend.last_headers();
+    assert_eq!(headers["origin"], "https://app.example");
+    assert_eq!(headers["cookie"], "a=b");
+    assert_eq!(headers["authorization"], "Bearer t");
+    assert_eq!(headers["x-custom"], "1");
+    assert_eq!(headers["upgrade"], "websocket");
+    assert_eq!(headers["connection"], "Upgrade");
+    for gone in ["x-hop", "keep-alive", "te", "proxy-authorization"] {
+        assert!(!headers.contains_key(gone), "{gone} must not be forwarded");
+    }
+}
+
+#[tokio::test]
+async fn forwarding_headers_replace_a_spoofed_xff_unless_the_peer_is_trusted() {
+    let backend = Backend::start().await;
+    let spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6\r\n";
+
+    let (proxy, _) = proxy_to(backend.addr, |l| l.forwarded_header(true)).await;
+    let mut stream = raw(proxy, handshake("/", spoof).as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 101);
+    let headers = backend.last_headers();
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "proxy.test");
+    assert_eq!(
+        headers["forwarded"],
+        "for=127.0.0.1;host=proxy.test;proto=http"
+    );
+    assert_eq!(
+        headers["host"],
+        backend.addr.to_string(),
+        "Host is the upstream's by default"
+    );
+
+    let (proxy, _) = proxy_to(backend.addr, |l| {
+        l.forwarded_header(true)
+            .trusted_proxies(["127.0.0.1/32".parse().unwrap()])
+    })
+    .await;
+    let mut stream = raw(proxy, handshake("/", spoof).as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 101);
+    let headers = backend.last_headers();
+    assert_eq!(headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-host"], "evil");
+    assert_eq!(
+        headers["forwarded"],
+        "for=6.6.6.6, for=127.0.0.1;host=proxy.test;proto=http"
+    );
+}
+
+#[tokio::test]
+async fn host_header_policies() {
+    let backend = Backend::start().await;
+    for (policy, expected) in [
+        (wsproxy::HostHeader::Client, "proxy.test".to_owned()),
+        (
+            wsproxy::HostHeader::Fixed("backend.internal".parse().unwrap()),
+            "backend.internal".to_owned(),
+        ),
+        (wsproxy::HostHeader::Upstream, backend.addr.to_string()),
+    ] {
+        let (proxy, _) = proxy_to(backend.addr, |l| l.host_header(policy)).await;
+        let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+        assert_eq!(read_head(&mut stream).await.status, 101);
+        assert_eq!(backend.last_headers()["host"], expected.as_str());
+    }
+}
+
+#[tokio::test]
+async fn no_connect_info_means_no_xff_and_an_unknown_client() {
+    let backend = Backend::start().await;
+    let layer =
+        wsproxy::WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
+            .forwarded_header(true);
+    // Served without `into_make_service_with_connect_info`.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let app = axum::Router::new().layer(layer);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut stream = raw(
+        proxy,
+        handshake("/", "X-Forwarded-For: 6.6.6.6\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(read_head(&mut stream).await.status, 101);
+    let headers = backend.last_headers();
+    assert!(!headers.contains_key("x-forwarded-for"), "{headers:?}");
+    assert_eq!(
+        headers["forwarded"],
+        "for=unknown;host=proxy.test;proto=http"
+    );
+}
