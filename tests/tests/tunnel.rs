@@ -1,0 +1,275 @@
+//! The tunnel: bytes and frames pass untouched both ways; closes, drops,
+//! half-closes, idle timeouts and shutdown end it cleanly, and the open
+//! tunnel count returns to zero.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use wsproxy_e2e::*;
+
+#[tokio::test]
+async fn text_and_binary_messages_arrive_intact_at_every_size() {
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+    for size in [0, 125, 126, 65_535, 65_536, 16 << 20] {
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 31 % 251) as u8).collect();
+        echo(&mut ws, Message::binary(bytes)).await;
+        let text: String = (0..size)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        echo(&mut ws, Message::text(text)).await;
+    }
+    drop(ws);
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+}
+
+#[tokio::test]
+async fn pings_are_answered_end_to_end_from_either_side() {
+    let backend = Backend::start().await;
+    let (proxy, _) = proxy_to(backend.addr, |l| l).await;
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+
+    ws.send(Message::Ping("from-client".into())).await.unwrap();
+    let pong = within("pong", ws.next()).await.unwrap().unwrap();
+    assert_eq!(
+        pong,
+        Message::Pong("from-client".into()),
+        "the backend's pong"
+    );
+
+    // The backend pings on request; tungstenite answers with a pong.
+    ws.send(Message::text("server-ping")).await.unwrap();
+    let ping = within("ping", ws.next()).await.unwrap().unwrap();
+    assert_eq!(ping, Message::Ping("srv".into()));
+    // Reading drives the automatic pong; a later echo flushes it.
+    echo(&mut ws, Message::text("after ping")).await;
+    let seen = backend.seen.clone();
+    assert!(
+        wait_until(LIMIT, || seen
+            .lock()
+            .unwrap()
+            .messages
+            .contains(&Message::Pong("srv".into())))
+        .await,
+        "the client's pong reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn close_code_and_reason_travel_both_ways() {
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Library(4000),
+        reason: "client done".into(),
+    }))
+    .await
+    .unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, ws.next()).await {}
+    let seen = backend.seen.clone();
+    assert!(
+        wait_until(LIMIT, || seen.lock().unwrap().messages.iter().any(|m| matches!(
+            m,
+            Message::Close(Some(f)) if f.code == CloseCode::Library(4000) && f.reason == "client done"
+        )))
+        .await,
+        "the backend got the client's close frame"
+    );
+    drop(ws);
+
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+    ws.send(Message::text("server-close")).await.unwrap();
+    let close = within("close", ws.next()).await.unwrap().unwrap();
+    match close {
+        Message::Close(Some(frame)) => {
+            assert_eq!(frame.code, CloseCode::Library(4001));
+            assert_eq!(frame.reason, "backend says bye");
+        }
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, ws.next()).await {}
+    drop(ws);
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+}
+
+#[tokio::test]
+async fn an_abrupt_client_drop_closes_the_backend_side() {
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+    echo(&mut ws, Message::text("hello")).await;
+    assert_eq!(backend.live.load(Ordering::SeqCst), 1);
+    let start = Instant::now();
+    drop(ws); // TCP closed without a close frame.
+    let live = backend.live.clone();
+    assert!(wait_until(LIMIT, || live.load(Ordering::SeqCst) == 0).await);
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_abrupt_backend_drop_ends_the_client_stream() {
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+    echo(&mut ws, Message::text("hello")).await;
+    let start = Instant::now();
+    ws.send(Message::text("server-drop")).await.unwrap();
+    // The backend drops its socket without a close frame: the client's
+    // stream ends (tungstenite reports the missing close handshake).
+    let end = within("client stream end", ws.next()).await;
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(ws);
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+}
+
+#[tokio::test]
+async fn a_half_close_is_passed_on_and_the_other_direction_keeps_flowing() {
+    // A raw backend: after the handshake it waits for the client's FIN,
+    // then still sends a frame, then closes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (saw_fin_tx, saw_fin) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let key = header(&text, "sec-websocket-key").unwrap().to_owned();
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+            derive_accept_key(key.as_bytes())
+        );
+        stream.write_all(answer.as_bytes()).await.unwrap();
+        let mut after = Vec::new();
+        stream.read_to_end(&mut after).await.unwrap(); // up to the FIN
+        let _ = saw_fin_tx.send(after);
+        stream.write_all(b"\x81\x05after").await.unwrap();
+        stream.shutdown().await.unwrap();
+    });
+    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    let mut client = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut client).await;
+    assert_eq!(head.status, 101);
+    client
+        .write_all(&[0x81, 0x82, 0, 0, 0, 0, b'h', b'i'])
+        .await
+        .unwrap();
+    client.shutdown().await.unwrap(); // FIN toward the proxy
+    let before_fin = within("backend sees the FIN", saw_fin).await.unwrap();
+    assert_eq!(before_fin, [0x81, 0x82, 0, 0, 0, 0, b'h', b'i']);
+    let mut rest = head.rest;
+    within("the rest", client.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert_eq!(
+        rest, b"\x81\x05after",
+        "data still flowed to the client after its FIN"
+    );
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_and_traffic_either_way_keeps_it_open() {
+    let backend = Backend::start().await;
+    let idle = Duration::from_millis(300);
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l.idle_timeout(Some(idle))).await;
+
+    let mut busy = connect(&format!("ws://{proxy}/")).await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_millis(1_200) {
+        echo(&mut busy, Message::text("still here")).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    echo(&mut busy, Message::text("alive after 4 idle timeouts")).await;
+
+    let mut quiet = connect(&format!("ws://{proxy}/")).await;
+    let start = Instant::now();
+    let end = within("idle close", quiet.next()).await;
+    let elapsed = start.elapsed();
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    drop((busy, quiet));
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_tunnels_echo_correctly() {
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let url = format!("ws://{proxy}/");
+    let clients: Vec<_> = (0..200)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut ws = connect(&url).await;
+                for round in 0..5 {
+                    echo(&mut ws, Message::text(format!("client {i} round {round}"))).await;
+                    echo(&mut ws, Message::binary(vec![i as u8; 1000 + round])).await;
+                }
+                ws.close(None).await.unwrap();
+                while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, ws.next()).await {}
+            })
+        })
+        .collect();
+    for client in clients {
+        within("client", client).await.unwrap();
+    }
+    assert_eq!(backend.connections(), 200);
+    assert!(
+        wait_until(LIMIT, || tunnels.open() == 0).await,
+        "open: {}",
+        tunnels.open()
+    );
+}
+
+#[tokio::test]
+async fn shutdown_refuses_new_upgrades_and_closes_open_tunnels_by_the_deadline() {
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+    echo(&mut ws, Message::text("before")).await;
+    assert_eq!(tunnels.open(), 1);
+
+    let start = Instant::now();
+    let shutdown = tokio::spawn(tunnels.shutdown(Duration::from_millis(500)));
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 503);
+    // The open tunnel still works until the deadline...
+    echo(&mut ws, Message::text("during drain")).await;
+    // ...then it is closed.
+    let end = within("tunnel closed at the deadline", ws.next()).await;
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    within("shutdown resolves", shutdown).await.unwrap();
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert_eq!(tunnels.open(), 0);
+    // Plain HTTP still reaches the app.
+    let mut stream = raw(proxy, b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(read_head(&mut stream).await.status, 200);
+}
