@@ -1,0 +1,26 @@
+"""A permessage-deflate echo backend (Python `websockets`).
+
+Prints `listening on PORT` once bound to 127.0.0.1:0, then echoes every
+message until its standard input closes.
+"""
+
+import asyncio
+import sys
+
+from websockets.asyncio.server import serve
+
+
+async def echo(ws):
+    async for message in ws:
+        await ws.send(message)
+
+
+async def main():
+    async with serve(echo, "127.0.0.1", 0, max_size=None) as server:
+        port = server.sockets[0].getsockname()[1]
+        print(f"listening on {port}", flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)
+
+
+asyncio.run(main())
