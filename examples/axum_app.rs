@@ -14,6 +14,7 @@ use axum::Router;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use tower_http::trace::TraceLayer;
 use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
 
@@ -35,13 +36,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .layer(chat)
         .layer(TraceLayer::new_for_http());
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    // TCP_NODELAY on accepted sockets, as nginx's `tcp_nodelay on`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080")
+        .await?
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     // Refuse new upgrades, give open tunnels 5 s, then close them.
     tunnels.shutdown(Duration::from_secs(5)).await;
     Ok(())

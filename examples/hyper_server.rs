@@ -26,12 +26,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt::init();
 
     let (backend, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse()?).await?;
-    let proxy = WebSocketProxyLayer::new(format!("ws://{backend}").parse()?).route(Route::prefix("/ws"));
+    let proxy =
+        WebSocketProxyLayer::new(format!("ws://{backend}").parse()?).route(Route::prefix("/ws"));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
     println!("listening on http://{}", listener.local_addr()?);
     loop {
         let (stream, peer) = listener.accept().await?;
+        // As nginx's `tcp_nodelay on`; the proxy cannot reach this socket.
+        let _ = stream.set_nodelay(true);
         let service = ServiceBuilder::new()
             .map_request(move |mut req: Request<Incoming>| {
                 req.extensions_mut().insert(ClientAddr(peer));

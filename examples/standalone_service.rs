@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use wsproxy::WebSocketProxyLayer;
 
 #[tokio::main]
@@ -15,8 +16,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (backend, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse()?).await?;
     let proxy = WebSocketProxyLayer::new(format!("ws://{backend}").parse()?);
     let app = Router::new().route_service("/ws", proxy.into_service());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+    // TCP_NODELAY on accepted sockets, as nginx's `tcp_nodelay on`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080")
+        .await?
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     println!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }

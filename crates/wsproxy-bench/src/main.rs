@@ -1,1 +1,380 @@
-fn main() {}
+//! Benchmarks for wsproxy: an echo backend, a load generator, and a
+//! side-by-side comparison of a direct connection, the `wsgate` gateway
+//! and nginx.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo build --release -p wsproxy-gateway -p wsproxy-bench
+//! cargo run --release -p wsproxy-bench -- compare
+//! ```
+//!
+//! See BENCHMARKS.md for what each figure means and recorded results.
+
+mod load;
+mod procs;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::load::Sample;
+use crate::procs::Proc;
+
+/// Echo backend, load generator and proxy comparison for wsproxy.
+#[derive(Debug, Parser)]
+#[command(name = "wsproxy-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run the echo backend until killed.
+    Echo {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: std::net::SocketAddr,
+    },
+    /// Load one WebSocket URL.
+    Load {
+        /// The URL, e.g. ws://127.0.0.1:8080/echo.
+        #[arg(long)]
+        url: String,
+        /// What to measure.
+        #[arg(long, value_enum, default_value = "rtt")]
+        mode: Mode,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Message size in bytes.
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+        /// Duration of the run.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// Compare direct, wsgate and nginx side by side, alternating rounds.
+    Compare {
+        /// Short phases and fewer idle connections: a smoke run.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds per target (alternating targets).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per phase.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        phase: Duration,
+        /// Idle connections for the memory figure.
+        #[arg(long, default_value_t = 5_000)]
+        idle: usize,
+        /// The gateway binary.
+        #[arg(long)]
+        gateway: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Mode {
+    Rtt,
+    Throughput,
+    Handshake,
+    Idle,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("cannot raise the open file limit: {e}");
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Echo { listen } => echo(listen).await,
+            Cmd::Load {
+                url,
+                mode,
+                connections,
+                size,
+                duration,
+            } => {
+                load_once(&url, mode, connections, size, duration).await;
+                Ok(())
+            }
+            Cmd::Compare {
+                quick,
+                rounds,
+                phase,
+                idle,
+                gateway,
+            } => {
+                let (rounds, phase, idle) = if quick {
+                    (1, Duration::from_millis(500), idle.min(500))
+                } else {
+                    (rounds.max(1), phase, idle)
+                };
+                compare(rounds, phase, idle, gateway).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsproxy-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn echo(listen: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let (addr, task) = wsproxy_bench::spawn_echo(listen).await?;
+    println!("listening on {addr}");
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    task.await?;
+    Ok(())
+}
+
+async fn load_once(url: &str, mode: Mode, connections: usize, size: usize, duration: Duration) {
+    let sample = match mode {
+        Mode::Rtt => load::round_trips(url, connections, size, duration).await,
+        Mode::Throughput => load::throughput(url, connections, 8, size, duration).await,
+        Mode::Handshake => load::handshakes(url, connections, duration).await,
+        Mode::Idle => {
+            let (open, errors) = load::open_idle(url, connections, 64).await;
+            println!(
+                "holding {} idle connections ({errors} failed) for {duration:?}",
+                open.len()
+            );
+            tokio::time::sleep(duration).await;
+            return;
+        }
+    };
+    println!(
+        "{:.0} ops/s, {:.1} MB/s, p50 {:.0} us, p99 {:.0} us, {} errors",
+        sample.rate(),
+        sample.mb_per_s(),
+        sample.quantile_us(0.5),
+        sample.quantile_us(0.99),
+        sample.errors
+    );
+}
+
+/// One proxied or direct target of the comparison.
+struct Target<'a> {
+    name: &'static str,
+    url: String,
+    proxy: Option<&'a Proc>,
+}
+
+/// Figures per target, one value per round.
+type Figures = BTreeMap<(&'static str, &'static str), Vec<f64>>;
+
+const METRICS: &[(&str, &str)] = &[
+    ("rtt1_rate", "round trips/s, 1 conn (32 B)"),
+    ("rtt1_p50", "  p50 latency, us"),
+    ("rtt1_p99", "  p99 latency, us"),
+    ("rtt64_rate", "round trips/s, 64 conns (32 B)"),
+    ("rtt64_p50", "  p50 latency, us"),
+    ("rtt64_p99", "  p99 latency, us"),
+    ("rtt64_cpu", "  proxy CPU per message, us"),
+    ("tput_mb", "throughput, 16 KiB msgs, MB/s"),
+    ("tput_cpu", "  proxy CPU per MB, ms"),
+    ("hs_rate", "handshakes/s (8 parallel)"),
+    ("hs_p50", "  p50 handshake, us"),
+    ("hs_p99", "  p99 handshake, us"),
+    ("hs_cpu", "  proxy CPU per handshake, us"),
+    ("idle_kib", "proxy RSS per idle conn, KiB"),
+];
+
+async fn compare(
+    rounds: usize,
+    phase: Duration,
+    idle: usize,
+    gateway: Option<PathBuf>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let gateway = gateway.unwrap_or_else(|| root.join("target/release/wsgate"));
+    if !gateway.exists() {
+        return Err(format!(
+            "{} not found: cargo build --release -p wsproxy-gateway",
+            gateway.display()
+        )
+        .into());
+    }
+    let scratch = std::env::temp_dir().join(format!("wsproxy-bench-{}", std::process::id()));
+
+    let (echo, echo_addr) = Proc::spawn_announcing(
+        "echo backend",
+        Command::new(std::env::current_exe()?).args(["echo", "--listen", "127.0.0.1:0"]),
+        "listening on ",
+    )?;
+    let (wsgate, wsgate_addr) = Proc::spawn_announcing(
+        "wsgate",
+        Command::new(&gateway)
+            .args(["--listen", "127.0.0.1:0", "--idle-timeout", "off"])
+            .arg("--route")
+            .arg(format!("/=ws://{echo_addr}"))
+            // Per-tunnel logs off, as nginx's access_log is off.
+            .env("RUST_LOG", "warn"),
+        "listening on ",
+    )?;
+    let nginx_port = procs::free_port()?;
+    let nginx = procs::start_nginx(&scratch, nginx_port, &echo_addr)?;
+    let targets = [
+        Target {
+            name: "direct",
+            url: format!("ws://{echo_addr}/"),
+            proxy: None,
+        },
+        Target {
+            name: "wsgate",
+            url: format!("ws://{wsgate_addr}/"),
+            proxy: Some(&wsgate),
+        },
+        Target {
+            name: "nginx",
+            url: format!("ws://127.0.0.1:{nginx_port}/"),
+            proxy: Some(&nginx),
+        },
+    ];
+    println!(
+        "cores: {}, rounds: {rounds}, phase: {phase:?}, idle connections: {idle}",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+
+    let mut figures = Figures::new();
+    for round in 0..rounds {
+        for target in &targets {
+            eprintln!("round {}/{rounds}: {}", round + 1, target.name);
+            run_phases(target, phase, &mut figures).await;
+        }
+    }
+    for target in targets.iter().filter(|t| t.proxy.is_some()) {
+        eprintln!("idle: {} x {}", target.name, idle);
+        let per_conn = idle_rss(target, idle).await;
+        figures
+            .entry((target.name, "idle_kib"))
+            .or_default()
+            .push(per_conn);
+    }
+    drop(echo);
+    let _ = std::fs::remove_dir_all(&scratch);
+    print_table(&figures);
+    Ok(())
+}
+
+async fn run_phases(target: &Target<'_>, phase: Duration, figures: &mut Figures) {
+    let cpu = || target.proxy.map(Proc::cpu_seconds);
+    let mut record = |metric: &'static str, value: f64| {
+        figures
+            .entry((target.name, metric))
+            .or_default()
+            .push(value);
+    };
+
+    let s = load::round_trips(&target.url, 1, 32, phase).await;
+    report_errors(target.name, "rtt1", &s);
+    record("rtt1_rate", s.rate());
+    record("rtt1_p50", s.quantile_us(0.5));
+    record("rtt1_p99", s.quantile_us(0.99));
+
+    let before = cpu();
+    let s = load::round_trips(&target.url, 64, 32, phase).await;
+    report_errors(target.name, "rtt64", &s);
+    record("rtt64_rate", s.rate());
+    record("rtt64_p50", s.quantile_us(0.5));
+    record("rtt64_p99", s.quantile_us(0.99));
+    if let (Some(a), Some(b)) = (before, cpu()) {
+        record("rtt64_cpu", (b - a) * 1e6 / s.ops.max(1) as f64);
+    }
+
+    let before = cpu();
+    let s = load::throughput(&target.url, 4, 8, 16 * 1024, phase).await;
+    report_errors(target.name, "throughput", &s);
+    record("tput_mb", s.mb_per_s());
+    if let (Some(a), Some(b)) = (before, cpu()) {
+        record("tput_cpu", (b - a) * 1e3 / (s.bytes as f64 / 1e6).max(1e-9));
+    }
+
+    let before = cpu();
+    let s = load::handshakes(&target.url, 8, phase).await;
+    report_errors(target.name, "handshakes", &s);
+    record("hs_rate", s.rate());
+    record("hs_p50", s.quantile_us(0.5));
+    record("hs_p99", s.quantile_us(0.99));
+    if let (Some(a), Some(b)) = (before, cpu()) {
+        record("hs_cpu", (b - a) * 1e6 / s.ops.max(1) as f64);
+    }
+}
+
+fn report_errors(target: &str, phase: &str, sample: &Sample) {
+    if sample.errors > 0 {
+        eprintln!("  {target} {phase}: {} errors", sample.errors);
+    }
+}
+
+/// Proxy RSS growth per idle connection, in KiB.
+async fn idle_rss(target: &Target<'_>, count: usize) -> f64 {
+    let proxy = target.proxy.expect("a proxy");
+    let settle = Duration::from_millis(500);
+    tokio::time::sleep(settle).await;
+    let before = proxy.rss_kib();
+    let (open, errors) = load::open_idle(&target.url, count, 64).await;
+    if errors > 0 {
+        eprintln!("  {}: {errors} idle connections failed", target.name);
+    }
+    tokio::time::sleep(settle).await;
+    let after = proxy.rss_kib();
+    let opened = open.len().max(1);
+    drop(open);
+    tokio::time::sleep(settle).await;
+    after.saturating_sub(before) as f64 / opened as f64
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
+}
+
+fn print_table(figures: &Figures) {
+    println!(
+        "\n{:<36} {:>10} {:>10} {:>10} {:>14} {:>13}",
+        "figure (median of rounds)", "direct", "wsgate", "nginx", "wsgate/direct", "wsgate/nginx"
+    );
+    for (key, label) in METRICS {
+        let get = |target| figures.get(&(target, *key)).map_or(f64::NAN, |v| median(v));
+        let (direct, wsgate, nginx) = (get("direct"), get("wsgate"), get("nginx"));
+        let ratio = |a: f64, b: f64| {
+            if a.is_finite() && b.is_finite() && b != 0.0 {
+                format!("{:.2}", a / b)
+            } else {
+                "-".to_owned()
+            }
+        };
+        let cell = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.1}")
+            } else {
+                "-".to_owned()
+            }
+        };
+        println!(
+            "{:<36} {:>10} {:>10} {:>10} {:>14} {:>13}",
+            label,
+            cell(direct),
+            cell(wsgate),
+            cell(nginx),
+            ratio(wsgate, direct),
+            ratio(wsgate, nginx)
+        );
+    }
+}

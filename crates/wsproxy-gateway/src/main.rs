@@ -23,6 +23,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -89,6 +90,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
+    // Like nginx's `tcp_nodelay on`: a tunnel relays partial frames, which
+    // must not wait for Nagle's algorithm and the peer's delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

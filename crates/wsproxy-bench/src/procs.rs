@@ -1,0 +1,268 @@
+//! Child processes of the benchmark (echo backend, gateway, nginx) and
+//! their CPU time and memory, read from `/proc`.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed (by its PID, which we started) and reaped on drop.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    /// What it is, for messages.
+    pub(crate) name: &'static str,
+    child: Child,
+    /// Signal that stops the process and its children gracefully
+    /// (nginx: `QUIT`); without one the process is killed.
+    quit: Option<&'static str>,
+}
+
+impl Proc {
+    /// Spawn `command`, and read the first stdout line that ends in a
+    /// socket address after `marker` (e.g. `listening on `), waiting at
+    /// most 10 s.
+    pub(crate) fn spawn_announcing(
+        name: &'static str,
+        command: &mut Command,
+        marker: &str,
+    ) -> Result<(Self, String), Box<dyn std::error::Error>> {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let proc = Proc {
+            name,
+            child,
+            quit: None,
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| format!("{name} did not announce its address within 10 s"))?;
+        let addr = line
+            .trim()
+            .split_once(marker)
+            .map(|(_, addr)| addr.to_owned())
+            .ok_or_else(|| format!("{name} printed {line:?} instead of its address"))?;
+        Ok((proc, addr))
+    }
+
+    /// Spawn `command` that does not announce itself.
+    pub(crate) fn spawn(
+        name: &'static str,
+        command: &mut Command,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        Ok(Proc {
+            name,
+            child,
+            quit: None,
+        })
+    }
+
+    /// The process ID.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The PID and the PIDs of its direct children (nginx workers).
+    pub(crate) fn family(&self) -> Vec<u32> {
+        let pid = self.pid();
+        let mut pids = vec![pid];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(child) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if stat_fields(child).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
+                    == Some(pid)
+                {
+                    pids.push(child);
+                }
+            }
+        }
+        pids
+    }
+
+    /// CPU seconds (user + system) used by the process and its children.
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        let ticks: u64 = self
+            .family()
+            .into_iter()
+            .filter_map(stat_fields)
+            .map(|f| {
+                // After the command name: state is [0], utime [11], stime [12].
+                f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            })
+            .sum();
+        ticks as f64 / clock_ticks()
+    }
+
+    /// Resident memory in KiB of the process and its children.
+    pub(crate) fn rss_kib(&self) -> u64 {
+        self.family()
+            .into_iter()
+            .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+            .filter_map(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .sum()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            eprintln!("{} exited early: {status}", self.name);
+            return;
+        }
+        // Every PID here is one we started: the process and its children.
+        let family = self.family();
+        if let Some(signal) = self.quit {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.pid().to_string())
+                .status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(3) {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in family.into_iter().skip(1) {
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// Fields of `/proc/PID/stat` after the `(comm)` field.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    Some(after.split_whitespace().map(str::to_owned).collect())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Wait until `addr` accepts TCP connections, for at most 10 s.
+pub(crate) fn wait_listening(addr: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!("nothing listens on {addr} after 10 s").into())
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub(crate) fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Start nginx from Debian in `dir`, configured as an expert would for
+/// WebSockets, proxying 127.0.0.1:`port` to the echo backend.
+pub(crate) fn start_nginx(
+    dir: &Path,
+    port: u16,
+    backend: &str,
+) -> Result<Proc, Box<dyn std::error::Error>> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or("nginx is not installed: apt-get install nginx")?;
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let config = format!(
+        r#"worker_processes {workers};
+worker_rlimit_nofile 20000;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    tcp_nodelay on;
+    map $http_upgrade $connection_upgrade {{
+        default upgrade;
+        ''      close;
+    }}
+    upstream echo {{ server {backend}; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://echo;
+            proxy_http_version 1.1;
+            proxy_set_header Upgrade $http_upgrade;
+            proxy_set_header Connection $connection_upgrade;
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_buffering off;
+            proxy_read_timeout 3600s;
+            proxy_send_timeout 3600s;
+        }}
+    }}
+}}
+"#,
+        dir = dir.display()
+    );
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, config)?;
+    let mut proc = Proc::spawn(
+        "nginx",
+        Command::new(nginx)
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off;"]),
+    )?;
+    proc.quit = Some("QUIT");
+    wait_listening(&format!("127.0.0.1:{port}"))?;
+    Ok(proc)
+}
