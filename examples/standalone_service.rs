@@ -17,12 +17,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proxy = WebSocketProxyLayer::new(format!("ws://{backend}").parse()?);
     let app = Router::new().route_service("/ws", proxy.into_service());
     // TCP_NODELAY on accepted sockets, as nginx's `tcp_nodelay on`.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080")
-        .await?
-        .tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
     println!("listening on http://{}", listener.local_addr()?);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -110,6 +110,8 @@ impl Backend {
         backend
     }
 
+    // tungstenite's handshake callback returns its error response by value.
+    #[allow(clippy::result_large_err)]
     async fn session(self, stream: TcpStream, options: BackendOptions) {
         let seen = self.seen.clone();
         let callback = |req: &Request, mut res: Response| {
