@@ -12,8 +12,10 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 use crate::Tunnels;
 use crate::detect::{SEC_WEBSOCKET_ACCEPT, accept_key, has_token};
@@ -39,6 +41,8 @@ pub(crate) enum Failure {
     HandshakeTimeout(Duration),
     /// The backend broke the HTTP exchange.
     Http(hyper::Error),
+    /// The backend closed the connection without an answer.
+    Closed,
     /// A 101 without `Upgrade: websocket`.
     WrongUpgrade,
     /// A 101 whose `Sec-WebSocket-Accept` does not match the key.
@@ -65,6 +69,7 @@ impl fmt::Display for Failure {
                 write!(f, "backend did not answer the handshake within {t:?}")
             }
             Failure::Http(e) => write!(f, "backend handshake failed: {e}"),
+            Failure::Closed => f.write_str("backend closed the connection without an answer"),
             Failure::WrongUpgrade => f.write_str("backend answered 101 without Upgrade: websocket"),
             Failure::WrongAccept => {
                 f.write_str("backend answered 101 with a wrong Sec-WebSocket-Accept")
@@ -111,20 +116,46 @@ pub(crate) async fn handshake(
             .handshake(TokioIo::new(stream))
             .await
             .map_err(Failure::Http)?;
-        // The connection task drives the exchange, hands the socket over on
-        // a 101, and streams the body of any other answer to the client.
-        let closing = tunnels.closing();
-        let mut driver = AbortOnDrop(Some(tunnels.spawn(async move {
-            tokio::select! {
-                result = conn.with_upgrades() => if let Err(e) = result {
-                    tracing::debug!(error = %e, "backend connection ended with an error");
-                },
-                () = closing.cancelled() => {}
+        // The connection is driven here, in the handshake's own task: no
+        // extra task and no cross-thread wake-ups on the common path.
+        let mut conn = Some(conn.with_upgrades());
+        let mut send = std::pin::pin!(sender.send_request(request));
+        let mut response = poll_fn(|cx| {
+            if let Poll::Ready(response) = send.as_mut().poll(cx) {
+                return Poll::Ready(response.map_err(Failure::Http));
             }
-        })));
-        let mut response = sender.send_request(request).await.map_err(Failure::Http)?;
+            let Some(driving) = conn.as_mut() else {
+                return Poll::Pending;
+            };
+            match Pin::new(driving).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::Http(e))),
+                // Done: it handed the socket over after a 101, or the
+                // backend closed. Either way any answer is ready now.
+                Poll::Ready(Ok(())) => {
+                    conn = None;
+                    match send.as_mut().poll(cx) {
+                        Poll::Ready(response) => Poll::Ready(response.map_err(Failure::Http)),
+                        Poll::Pending => Poll::Ready(Err(Failure::Closed)),
+                    }
+                }
+            }
+        })
+        .await?;
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-            driver.disarm();
+            // The body of a refusal streams to the client through the
+            // connection, which now needs a task of its own.
+            if let Some(conn) = conn {
+                let closing = tunnels.closing();
+                tunnels.spawn(async move {
+                    tokio::select! {
+                        result = conn => if let Err(e) = result {
+                            tracing::debug!(error = %e, "backend connection ended with an error");
+                        },
+                        () = closing.cancelled() => {}
+                    }
+                });
+            }
             return Ok(Answer::Refused(response));
         }
         if !has_token(response.headers(), &UPGRADE, "websocket") {
@@ -133,31 +164,20 @@ pub(crate) async fn handshake(
         if response.headers().get(SEC_WEBSOCKET_ACCEPT) != Some(&accept_key(key.as_bytes())) {
             return Err(Failure::WrongAccept);
         }
-        let upgraded = hyper::upgrade::on(&mut response)
-            .await
-            .map_err(Failure::Http)?;
+        // Driving the connection to its end hands the socket to the upgrade.
+        let upgraded = match conn {
+            Some(conn) => {
+                let (driven, upgraded) = tokio::join!(conn, hyper::upgrade::on(&mut response));
+                driven.map_err(Failure::Http)?;
+                upgraded
+            }
+            None => hyper::upgrade::on(&mut response).await,
+        }
+        .map_err(Failure::Http)?;
         let (parts, _) = response.into_parts();
         Ok(Answer::Upgraded(Response::from_parts(parts, ()), upgraded))
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| Failure::HandshakeTimeout(timeout))?
-}
-
-/// Aborts the backend connection task unless disarmed, so a failed or
-/// timed-out handshake never leaves a task or socket behind.
-struct AbortOnDrop(Option<JoinHandle<()>>);
-
-impl AbortOnDrop {
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
-    }
 }
