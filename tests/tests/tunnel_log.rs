@@ -3,12 +3,10 @@
 //! ended.
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tracing_subscriber::fmt::MakeWriter;
@@ -51,17 +49,7 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
     let layer = WebSocketProxyLayer::new(format!("ws://{backend}").parse().unwrap())
         .route(Route::prefix("/logged"))
         .tunnels(tunnels.clone());
-    let app = axum::Router::new().layer(layer);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let proxy = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let proxy = wsproxy_e2e::serve(axum::Router::new().layer(layer)).await;
 
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/logged"))
         .await

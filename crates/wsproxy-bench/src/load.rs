@@ -75,6 +75,27 @@ async fn connect(url: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error>
     Ok(ws)
 }
 
+/// Open `count` connections one after the other.
+async fn connect_all(
+    url: &str,
+    count: usize,
+) -> Vec<Result<Ws, tokio_tungstenite::tungstenite::Error>> {
+    let mut clients = Vec::with_capacity(count);
+    for _ in 0..count {
+        clients.push(connect(url).await);
+    }
+    clients
+}
+
+/// Merge the samples of a phase's tasks.
+async fn gather(tasks: Vec<tokio::task::JoinHandle<Sample>>, start: Instant) -> Sample {
+    let mut total = Sample::default();
+    for task in tasks {
+        total = total.merge(task.await.unwrap_or_default());
+    }
+    total.finish(start.elapsed())
+}
+
 /// `connections` clients each send a `size`-byte message and wait for its
 /// echo, again and again, for `duration`.
 pub(crate) async fn round_trips(
@@ -83,10 +104,7 @@ pub(crate) async fn round_trips(
     size: usize,
     duration: Duration,
 ) -> Sample {
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        clients.push(connect(url).await);
-    }
+    let clients = connect_all(url, connections).await;
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = clients
@@ -124,11 +142,7 @@ pub(crate) async fn round_trips(
             })
         })
         .collect();
-    let mut total = Sample::default();
-    for task in tasks {
-        total = total.merge(task.await.unwrap_or_default());
-    }
-    total.finish(start.elapsed())
+    gather(tasks, start).await
 }
 
 /// `connections` clients each keep `window` messages of `size` bytes in
@@ -140,10 +154,7 @@ pub(crate) async fn throughput(
     size: usize,
     duration: Duration,
 ) -> Sample {
-    let mut clients = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        clients.push(connect(url).await);
-    }
+    let clients = connect_all(url, connections).await;
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = clients
@@ -186,11 +197,7 @@ pub(crate) async fn throughput(
             })
         })
         .collect();
-    let mut total = Sample::default();
-    for task in tasks {
-        total = total.merge(task.await.unwrap_or_default());
-    }
-    total.finish(start.elapsed())
+    gather(tasks, start).await
 }
 
 /// `concurrency` loops each open a WebSocket (timing the handshake), then
@@ -222,11 +229,7 @@ pub(crate) async fn handshakes(url: &str, concurrency: usize, duration: Duration
             })
         })
         .collect();
-    let mut total = Sample::default();
-    for task in tasks {
-        total = total.merge(task.await.unwrap_or_default());
-    }
-    total.finish(start.elapsed())
+    gather(tasks, start).await
 }
 
 /// Open `count` WebSockets and keep them, `parallel` handshakes at a time.
