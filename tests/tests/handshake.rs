@@ -222,7 +222,11 @@ async fn a_dead_port_is_a_bad_gateway() {
     let dead = dead_port().await;
     let (proxy, _) = proxy_to(dead, |l| l).await;
     let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
-    assert_eq!(read_head(&mut stream).await.status, 502);
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 502);
+    // The cause goes to the log, not to the client.
+    let body = read_at_least(&mut stream, head.rest, 12).await;
+    assert_eq!(body, b"Bad Gateway\n");
 }
 
 #[tokio::test]

@@ -43,6 +43,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                     detect::Invalid::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
                     _ => StatusCode::BAD_REQUEST,
                 };
+                Span::current().record("status", status.as_u16());
                 tracing::info!(status = status.as_u16(), reason = invalid.as_str(), "handshake refused");
                 let mut response = refusal(status, invalid.as_str());
                 if status == StatusCode::UPGRADE_REQUIRED {
@@ -54,6 +55,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
             }
         };
         if config.tunnels.is_draining() {
+            Span::current().record("status", 503);
             tracing::info!(status = 503, "handshake refused: shutting down");
             return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         }
@@ -90,7 +92,8 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                 let status = failure.status();
                 Span::current().record("status", status.as_u16());
                 tracing::warn!(status = status.as_u16(), error = %failure, "backend handshake failed");
-                return refusal(status, &failure.to_string());
+                // The cause is for the log; the client learns only the status.
+                return refusal(status, status.canonical_reason().unwrap_or("bad gateway"));
             }
         };
         Span::current().record("status", 101);
