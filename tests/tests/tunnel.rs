@@ -222,6 +222,11 @@ async fn two_hundred_concurrent_tunnels_echo_correctly() {
     let backend = Backend::start().await;
     let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
     let url = format!("ws://{proxy}/");
+    // Clients, proxy and backend share this process: after the load, its
+    // descriptors and tasks must be back where they started.
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let fds_before = open_fds();
+    let tasks_before = metrics.num_alive_tasks();
     let clients: Vec<_> = (0..200)
         .map(|i| {
             let url = url.clone();
@@ -245,6 +250,20 @@ async fn two_hundred_concurrent_tunnels_echo_correctly() {
         "open: {}",
         tunnels.open()
     );
+    assert!(
+        wait_until(LIMIT, || open_fds() <= fds_before).await,
+        "descriptors: {fds_before} before, {} after",
+        open_fds()
+    );
+    assert!(
+        wait_until(LIMIT, || metrics.num_alive_tasks() <= tasks_before).await,
+        "tasks: {tasks_before} before, {} after",
+        metrics.num_alive_tasks()
+    );
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
 }
 
 #[tokio::test]
