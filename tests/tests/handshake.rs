@@ -260,6 +260,40 @@ async fn a_silent_backend_is_a_gateway_timeout() {
 }
 
 #[tokio::test]
+async fn a_backend_that_never_accepts_is_a_gateway_timeout() {
+    // A listener whose accept queue (backlog 0: one slot) is full drops
+    // further SYNs, so a connect to it hangs until the connect timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(0).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..2 {
+        // The second one may itself hang; that is the point.
+        if let Ok(Ok(stream)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(stream);
+        }
+    }
+    let (proxy, _) = proxy_to(addr, |l| {
+        l.connect_timeout(Duration::from_millis(300))
+            .handshake_timeout(Duration::from_secs(30))
+    })
+    .await;
+    let start = Instant::now();
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 504);
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    drop((full, fillers));
+}
+
+#[tokio::test]
 async fn paths_map_onto_the_upstream_with_or_without_the_prefix() {
     let backend = Backend::start().await;
     for (strip, expected) in [
