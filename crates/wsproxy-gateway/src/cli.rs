@@ -55,6 +55,12 @@ pub(crate) struct Args {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) shutdown_timeout: Duration,
 
+    /// Worker threads, each with its own runtime and `SO_REUSEPORT`
+    /// listener (default: one per core, like nginx's
+    /// `worker_processes auto`).
+    #[arg(long)]
+    pub(crate) workers: Option<usize>,
+
     /// Start embedded echo and chat backends and route /echo and /chat to
     /// them (prefix stripped).
     #[arg(long)]

@@ -18,12 +18,11 @@
 mod cli;
 mod demo;
 mod page;
+mod workers;
 
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use axum::Router;
-use axum::serve::ListenerExt;
 use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,7 +31,7 @@ use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
 
 use crate::cli::{Args, RouteSpec};
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
     if args.routes.is_empty() && !args.demo {
@@ -79,30 +78,51 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let tunnels = Tunnels::new();
     let app = router(&args, &routes, &tunnels);
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut listeners = workers::bind(args.listen, workers)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let local = listener.local_addr()?;
+    let local = listeners[0].local_addr()?;
     for route in &routes {
         tracing::info!(prefix = %route.prefix, upstream = %route.upstream, "route");
     }
+    tracing::info!(workers, "serving");
     println!("wsgate listening on {local}");
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
-    // Like nginx's `tcp_nodelay on`: a tunnel relays partial frames, which
-    // must not wait for Nagle's algorithm and the peer's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown_signal())
-    .await?;
+    let stop = CancellationToken::new();
+    let mut threads = Vec::with_capacity(workers - 1);
+    for (index, listener) in listeners.drain(1..).enumerate() {
+        threads.push(workers::spawn(
+            index + 1,
+            listener,
+            app.clone(),
+            stop.clone(),
+            tunnels.clone(),
+            args.shutdown_timeout,
+        )?);
+    }
+    let first = listeners.pop().expect("one listener at least");
+    let serving = tokio::spawn(workers::serve(
+        first,
+        app,
+        stop.clone(),
+        tunnels.clone(),
+        args.shutdown_timeout,
+    ));
+    shutdown_signal().await;
+    stop.cancel();
     tracing::info!(open = tunnels.open(), timeout = ?args.shutdown_timeout, "draining tunnels");
-    tunnels.shutdown(args.shutdown_timeout).await;
+    serving.await??;
+    tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+    .await?;
     stop_demo.cancel();
     demo_tasks.close();
     demo_tasks.wait().await;
