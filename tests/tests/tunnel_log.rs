@@ -65,7 +65,12 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
         .unwrap()
         .unwrap();
     assert_eq!(echo, Message::text("0123456789"));
-    ws.close(None).await.unwrap();
+    ws.close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: 4000.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
     while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
     drop(ws);
     timeout(Duration::from_secs(10), async {
@@ -90,6 +95,14 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
         "bytes_up=".to_owned(),
         "bytes_down=".to_owned(),
         "end=".to_owned(),
+        // A text message and a close frame each way; tungstenite answers
+        // a close with the same code.
+        "frames_up=2".to_owned(),
+        "frames_down=2".to_owned(),
+        "messages_up=1".to_owned(),
+        "messages_down=1".to_owned(),
+        "client_close=4000".to_owned(),
+        "backend_close=4000".to_owned(),
     ] {
         assert!(
             line.contains(&expected),

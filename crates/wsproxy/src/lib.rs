@@ -98,6 +98,7 @@ mod body;
 mod connect;
 mod detect;
 pub mod forward;
+mod frame;
 mod future;
 mod layer;
 mod proxy;

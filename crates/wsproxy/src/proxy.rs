@@ -124,8 +124,18 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                 let (end, totals) =
                     relay::relay(TokioIo::new(client), TokioIo::new(backend), timeouts, closing).await;
                 let duration_ms = started.elapsed().as_millis() as u64;
+                let (up, down) = (&totals.up, &totals.down);
                 tracing::info!(
-                    duration_ms, bytes_up = totals.up, bytes_down = totals.down, end = %end,
+                    duration_ms,
+                    bytes_up = up.bytes,
+                    bytes_down = down.bytes,
+                    frames_up = up.frames,
+                    frames_down = down.frames,
+                    messages_up = up.messages,
+                    messages_down = down.messages,
+                    client_close = %CloseCode(up.close_code),
+                    backend_close = %CloseCode(down.close_code),
+                    end = %end,
                     "tunnel closed"
                 );
             }
@@ -208,6 +218,18 @@ impl std::fmt::Display for DisplayPeer {
         match self.0 {
             Some(addr) => addr.fmt(f),
             None => f.write_str("unknown"),
+        }
+    }
+}
+
+/// A close code in logs: the number, or `none`.
+struct CloseCode(Option<u16>);
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(code) => code.fmt(f),
+            None => f.write_str("none"),
         }
     }
 }

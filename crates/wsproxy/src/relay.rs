@@ -33,6 +33,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::frame::FrameTracker;
+
 /// Size of the per-thread scratch buffer reads go into.
 pub(crate) const SCRATCH_SIZE: usize = 64 * 1024;
 
@@ -85,13 +87,26 @@ pub(crate) struct Timeouts {
     pub(crate) half_close: Duration,
 }
 
-/// Byte counts of a finished tunnel.
-#[derive(Debug, Clone, Copy, Default)]
+/// What crossed a finished tunnel, per direction.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Totals {
     /// Client to backend.
-    pub(crate) up: u64,
+    pub(crate) up: Direction,
     /// Backend to client.
-    pub(crate) down: u64,
+    pub(crate) down: Direction,
+}
+
+/// What crossed one direction of a tunnel.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Direction {
+    /// Bytes written to the other side.
+    pub(crate) bytes: u64,
+    /// Frame headers seen.
+    pub(crate) frames: u64,
+    /// Complete data messages seen.
+    pub(crate) messages: u64,
+    /// Status code of the sender's Close frame, if it sent one with a code.
+    pub(crate) close_code: Option<u16>,
 }
 
 /// Relay between `client` and `backend` until the tunnel ends.
@@ -169,11 +184,13 @@ where
         }
     })
     .await;
-    let totals = Totals {
-        up: up.bytes,
-        down: down.bytes,
-    };
-    (end, totals)
+    (
+        end,
+        Totals {
+            up: up.totals(),
+            down: down.totals(),
+        },
+    )
 }
 
 enum Failure {
@@ -193,6 +210,8 @@ struct Pump {
     /// Written bytes must be flushed before waiting for more input.
     unflushed: bool,
     bytes: u64,
+    /// Frame boundaries of what passes, read from headers only.
+    frames: FrameTracker,
 }
 
 struct Pending {
@@ -201,6 +220,15 @@ struct Pending {
 }
 
 impl Pump {
+    fn totals(&self) -> Direction {
+        Direction {
+            bytes: self.bytes,
+            frames: self.frames.frames,
+            messages: self.frames.messages,
+            close_code: self.frames.close_code,
+        }
+    }
+
     /// Move bytes from `src` to `dst`; ready once `src` ended and `dst` was
     /// shut down. When the other direction is already `done`, `dst` is not
     /// shut down: the tunnel closes both sockets next, and closing sends
@@ -251,6 +279,7 @@ impl Pump {
                         if data.is_empty() {
                             return Poll::Ready(Ok(0));
                         }
+                        self.frames.feed(data);
                         self.write_through(cx, dst.as_mut(), data)?;
                         Poll::Ready(Ok(data.len()))
                     }
@@ -351,7 +380,7 @@ mod tests {
         assert_eq!(reply, b"late reply");
         let (end, totals) = task.await.unwrap();
         assert!(matches!(end, End::Closed { client_first: true }), "{end}");
-        assert_eq!((totals.up, totals.down), (100_000, 10));
+        assert_eq!((totals.up.bytes, totals.down.bytes), (100_000, 10));
     }
 
     #[tokio::test(start_paused = true)]
@@ -394,6 +423,52 @@ mod tests {
             matches!(end, End::HalfCloseTimeout { client_first: true }),
             "{end}"
         );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Any bytes, written in any chunks, both ways at once: what comes
+        /// out is what went in, whatever the frame tracker makes of it.
+        #[test]
+        fn bytes_out_equal_bytes_in(
+            up in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
+            down in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
+            chunk in 1usize..3000,
+            pipe in 1usize..5000,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (got_up, got_down) = runtime.block_on(async {
+                let (client, client_side) = duplex(pipe);
+                let (backend_side, backend) = duplex(pipe);
+                let relay = tokio::spawn(relay(
+                    client_side,
+                    backend_side,
+                    timeouts(None, 5_000),
+                    CancellationToken::new(),
+                ));
+                let pump = |mut writer: tokio::io::DuplexStream, data: Vec<u8>| async move {
+                    let (mut read, mut write) = tokio::io::split(&mut writer);
+                    let send = async {
+                        for piece in data.chunks(chunk) {
+                            write.write_all(piece).await.unwrap();
+                        }
+                        write.shutdown().await.unwrap();
+                    };
+                    let mut received = Vec::new();
+                    let receive = read.read_to_end(&mut received);
+                    let ((), got) = tokio::join!(send, receive);
+                    got.unwrap();
+                    received
+                };
+                let (at_backend, at_client) =
+                    tokio::join!(pump(backend, down.clone()), pump(client, up.clone()));
+                relay.await.unwrap();
+                (at_backend, at_client)
+            });
+            proptest::prop_assert_eq!(got_up, up);
+            proptest::prop_assert_eq!(got_down, down);
+        }
     }
 
     #[tokio::test]
