@@ -67,12 +67,13 @@ pub(crate) struct Args {
     pub(crate) demo: bool,
 }
 
+/// A duration in humantime's syntax (`500ms`, `5s`, `10m`).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration '{s}' ({e}); use e.g. 500ms, 5s, 10m"))
 }
 
-/// An idle timeout, or none.
+/// An idle timeout, or none (`off` or `0`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IdleTimeout(pub(crate) Option<Duration>);
 
@@ -91,11 +92,17 @@ impl FromStr for IdleTimeout {
 /// One `--route PREFIX=URL`.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteSpec {
+    /// The path prefix, as given; starts with `/`.
     pub(crate) prefix: String,
+    /// Where the route's handshakes go.
     pub(crate) upstream: Upstream,
+    /// Whether the prefix is removed from the path sent to the backend
+    /// (`--strip-prefix`; always for the demo routes).
+    pub(crate) strip_prefix: bool,
 }
 
 impl RouteSpec {
+    /// A route from `prefix` to the upstream `url`, prefix kept.
     pub(crate) fn new(prefix: &str, url: &str) -> Result<Self, RouteError> {
         if !prefix.starts_with('/') {
             return Err(RouteError(format!(
@@ -106,7 +113,15 @@ impl RouteSpec {
         Ok(Self {
             prefix: prefix.to_owned(),
             upstream,
+            strip_prefix: false,
         })
+    }
+
+    /// The paths this route claims, by whole segments (a trailing `/` is
+    /// ignored, as [`wsproxy::Route::prefix`] does): two routes with the
+    /// same scope would leave one unreachable.
+    pub(crate) fn scope(&self) -> &str {
+        self.prefix.trim_end_matches('/')
     }
 }
 
@@ -147,12 +162,17 @@ mod tests {
         assert!("chat=ws://a".parse::<RouteSpec>().is_err());
         assert!("/chat".parse::<RouteSpec>().is_err());
         assert!("/chat=http://a".parse::<RouteSpec>().is_err());
+        let slash: RouteSpec = "/chat/=ws://127.0.0.1:9002".parse().unwrap();
+        assert_eq!(slash.scope(), route.scope());
+        let root: RouteSpec = "/=ws://127.0.0.1:9002".parse().unwrap();
+        assert_eq!(root.scope(), "");
     }
 
     #[test]
     fn idle_timeouts_parse() {
         assert_eq!("off".parse::<IdleTimeout>().unwrap().0, None);
         assert_eq!("0s".parse::<IdleTimeout>().unwrap().0, None);
+        assert_eq!("0".parse::<IdleTimeout>().unwrap().0, None);
         assert_eq!(
             "10m".parse::<IdleTimeout>().unwrap().0,
             Some(Duration::from_secs(600))

@@ -12,7 +12,9 @@ use tokio_util::task::TaskTracker;
 /// The addresses of the embedded backends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Backends {
+    /// The echo backend: sends every text or binary message back.
     pub(crate) echo: SocketAddr,
+    /// The chat backend: broadcasts every text message to all clients.
     pub(crate) chat: SocketAddr,
 }
 
@@ -36,6 +38,7 @@ pub(crate) async fn start(
     Ok(backends)
 }
 
+/// Accept on `listener` and run `session` on each connection, until `stop`.
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     tasks: TaskTracker,
@@ -65,6 +68,7 @@ async fn accept_loop<F, Fut>(
     }
 }
 
+/// One echo client: every text or binary message goes back.
 async fn echo_session(stream: TcpStream) {
     let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
@@ -76,6 +80,7 @@ async fn echo_session(stream: TcpStream) {
     }
 }
 
+/// One chat client: its text messages go to the room, the room's to it.
 async fn chat_session(stream: TcpStream, room: broadcast::Sender<String>) {
     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
         return;

@@ -31,6 +31,7 @@ use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
 
 use crate::cli::{Args, RouteSpec};
 
+/// Parse the flags, set up logging, and run the gateway until a signal.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
@@ -39,6 +40,14 @@ async fn main() -> ExitCode {
             .error(
                 clap::error::ErrorKind::MissingRequiredArgument,
                 "no route: give --route PREFIX=ws://HOST:PORT/PATH (repeatable) or --demo",
+            )
+            .exit();
+    }
+    if let Some(prefix) = duplicate_prefix(&args) {
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                format!("two routes claim the prefix '{prefix}'; give each prefix once"),
             )
             .exit();
     }
@@ -58,21 +67,29 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Start the demo backends (with `--demo`), bind, serve on every worker
+/// until SIGTERM/SIGINT, then drain the tunnels and stop the demo.
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // A gateway holds two descriptors per tunnel.
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Ok(limit) => tracing::info!(limit, "open file limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
     }
 
     let demo_tasks = TaskTracker::new();
     let stop_demo = CancellationToken::new();
     let mut routes = args.routes.clone();
+    for route in &mut routes {
+        route.strip_prefix = args.strip_prefix;
+    }
     if args.demo {
         let backends = demo::start(&demo_tasks, stop_demo.clone()).await?;
         tracing::info!(echo = %backends.echo, chat = %backends.chat, "demo backends started");
-        routes.push(RouteSpec::new("/echo", &format!("ws://{}", backends.echo))?);
-        routes.push(RouteSpec::new("/chat", &format!("ws://{}", backends.chat))?);
+        for (prefix, addr) in [("/echo", backends.echo), ("/chat", backends.chat)] {
+            let mut route = RouteSpec::new(prefix, &format!("ws://{addr}"))?;
+            route.strip_prefix = true;
+            routes.push(route);
+        }
     }
 
     let tunnels = Tunnels::new();
@@ -86,7 +103,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let local = listeners[0].local_addr()?;
     for route in &routes {
-        tracing::info!(prefix = %route.prefix, upstream = %route.upstream, "route");
+        tracing::info!(
+            prefix = %route.prefix,
+            upstream = %route.upstream,
+            strip_prefix = route.strip_prefix,
+            "route"
+        );
     }
     tracing::info!(workers, "serving");
     println!("wsgate listening on {local}");
@@ -130,16 +152,27 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// A prefix that two routes claim (the demo's `/echo` and `/chat` count
+/// with `--demo`), if any.
+fn duplicate_prefix(args: &Args) -> Option<&str> {
+    let demo: &[&str] = if args.demo { &["/echo", "/chat"] } else { &[] };
+    let mut seen = std::collections::HashSet::new();
+    demo.iter()
+        .copied()
+        .chain(args.routes.iter().map(|r| r.prefix.as_str()))
+        .find(|prefix| !seen.insert(prefix.trim_end_matches('/')))
+}
+
 /// The app: a status page, with one proxy layer per route. The layer of the
 /// longest prefix is outermost, so it sees a handshake first.
 fn router(args: &Args, routes: &[RouteSpec], tunnels: &Tunnels) -> Router {
     let mut app = page::router(routes, tunnels.clone(), args.demo);
     let mut ordered: Vec<&RouteSpec> = routes.iter().collect();
-    ordered.sort_by_key(|r| r.prefix.len());
+    ordered.sort_by_key(|r| r.scope().len());
     for route in ordered {
         let layer = WebSocketProxyLayer::new(route.upstream.clone())
             .route(Route::prefix(&route.prefix))
-            .strip_prefix(args.strip_prefix || args.demo)
+            .strip_prefix(route.strip_prefix)
             .connect_timeout(args.connect_timeout)
             .handshake_timeout(args.handshake_timeout)
             .idle_timeout(args.idle_timeout.0)
@@ -152,6 +185,7 @@ fn router(args: &Args, routes: &[RouteSpec], tunnels: &Tunnels) -> Router {
     app
 }
 
+/// Resolve on the first SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

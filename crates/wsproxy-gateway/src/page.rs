@@ -8,10 +8,14 @@ use wsproxy::Tunnels;
 
 use crate::cli::RouteSpec;
 
+/// What the status page shows.
 #[derive(Clone)]
 struct PageState {
+    /// The routes, as HTML list items.
     routes: String,
+    /// The shared tunnels, for the open count.
     tunnels: Tunnels,
+    /// Whether to add the demo client.
     demo: bool,
 }
 
@@ -37,6 +41,7 @@ pub(crate) fn router(routes: &[RouteSpec], tunnels: Tunnels, demo: bool) -> Rout
         })
 }
 
+/// `GET /`: the routes, the open tunnels and, in demo mode, a client.
 async fn index(State(state): State<PageState>) -> Html<String> {
     let demo = if state.demo { DEMO_CLIENT } else { "" };
     Html(format!(
@@ -47,12 +52,14 @@ async fn index(State(state): State<PageState>) -> Html<String> {
     ))
 }
 
+/// Escape text for HTML.
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
+/// A tiny browser client for the demo's `/echo` and `/chat`.
 const DEMO_CLIENT: &str = r#"<h2>Try it</h2>
 <p><input id="text" value="hello"> <button id="echo">send to /echo</button> <button id="chat">say in /chat</button></p>
 <pre id="log"></pre>

@@ -5,6 +5,7 @@
 //! its tunnel and its backend socket then stay on one thread, with no
 //! work stealing and no cross-thread wake-ups.
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ pub(crate) fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::n
     Ok(listeners)
 }
 
+/// A non-blocking `SO_REUSEADDR` + `SO_REUSEPORT` listener on `addr`.
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -36,8 +38,9 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Serve `app` on `listener` until `stop`, then drain this worker's
-/// tunnels for up to `grace`.
+/// Serve `app` on `listener` until `stop`, then drain for up to `grace`:
+/// HTTP connections finish their requests while open tunnels get the same
+/// time to end, after which both are closed.
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
     app: Router,
@@ -50,16 +53,28 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(
+    let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await?;
+    .with_graceful_shutdown(stop.clone().cancelled_owned())
+    .into_future();
+    let mut server = std::pin::pin!(server);
+    tokio::select! {
+        served = &mut server => return served,
+        () = stop.cancelled() => {}
+    }
     // Tunnels live on the runtime that accepted them: keep it running
-    // until they are gone.
-    tunnels.shutdown(grace).await;
-    Ok(())
+    // until they are gone. A request still in flight at the deadline is
+    // dropped with the runtime.
+    let (served, ()) = tokio::join!(tokio::time::timeout(grace, server), tunnels.shutdown(grace));
+    match served {
+        Ok(served) => served,
+        Err(_) => {
+            tracing::warn!("HTTP connections still open at the shutdown deadline, dropping them");
+            Ok(())
+        }
+    }
 }
 
 /// Run [`serve`] on a new thread with a single-threaded runtime.

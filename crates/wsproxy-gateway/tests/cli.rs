@@ -3,12 +3,17 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
@@ -27,10 +32,23 @@ impl Gateway {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn wsgate");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        // Read the first line on a thread, so the wait is bounded, and keep
+        // reading so the gateway never writes to a closed pipe.
+        let stdout = child.stdout.take().unwrap();
+        let (first, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let _ = first.send(line.unwrap_or_default());
+            }
+        });
+        let line = match lines.recv_timeout(LIMIT) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("wsgate printed no address: {e}");
+            }
+        };
         let addr = line
             .trim()
             .strip_prefix("wsgate listening on ")
@@ -68,6 +86,49 @@ impl Drop for Gateway {
     }
 }
 
+/// Open a WebSocket through the gateway.
+async fn connect(addr: SocketAddr, path: &str) -> Client {
+    timeout(
+        LIMIT,
+        tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake succeeds")
+    .0
+}
+
+/// The next message, within [`LIMIT`].
+async fn next(ws: &mut Client) -> Message {
+    timeout(LIMIT, ws.next())
+        .await
+        .expect("a message in time")
+        .expect("the tunnel is open")
+        .expect("a valid message")
+}
+
+/// Read messages until `text` arrives.
+async fn hear(ws: &mut Client, text: &str) {
+    while next(ws).await != Message::text(text) {}
+}
+
+/// A plain HTTP/1.1 GET; the whole response as text.
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let mut http = timeout(LIMIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    http.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    timeout(LIMIT, http.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    response
+}
+
+/// Run wsgate with `args` and expect a usage error (exit code 2); its stderr.
 fn refused(args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_wsgate"))
         .args(args)
@@ -98,6 +159,22 @@ fn bad_flags_exit_with_a_clear_message() {
         "soon",
     ]);
     assert!(stderr.contains("invalid duration 'soon'"), "{stderr}");
+    let stderr = refused(&["--route", "chat=ws://127.0.0.1:1"]);
+    assert!(stderr.contains("must start with '/'"), "{stderr}");
+    let stderr = refused(&["--route", "/a=ws://127.0.0.1:1", "--idle-timeout", "10"]);
+    assert!(stderr.contains("invalid duration '10'"), "{stderr}");
+    let stderr = refused(&[
+        "--route",
+        "/a=ws://127.0.0.1:1",
+        "--route",
+        "/a/=ws://127.0.0.1:2",
+    ]);
+    assert!(stderr.contains("two routes claim the prefix"), "{stderr}");
+    let stderr = refused(&["--demo", "--route", "/echo=ws://127.0.0.1:1"]);
+    assert!(
+        stderr.contains("two routes claim the prefix '/echo'"),
+        "{stderr}"
+    );
     let stderr = refused(&[]);
     assert!(stderr.contains("no route"), "{stderr}");
 }
@@ -107,63 +184,51 @@ async fn demo_echoes_chats_and_serves_a_page() {
     let gateway = Gateway::start(&["--demo"]);
     let addr = gateway.addr;
 
-    let (mut echo, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/echo"))
-        .await
-        .unwrap();
+    let mut echo = connect(addr, "/echo").await;
     echo.send(Message::text("ping me")).await.unwrap();
-    let got = timeout(LIMIT, echo.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(got, Message::text("ping me"));
+    assert_eq!(next(&mut echo).await, Message::text("ping me"));
+    echo.send(Message::binary(vec![0, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut echo).await, Message::binary(vec![0, 1, 2, 255]));
 
-    let (mut alice, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/chat"))
-        .await
-        .unwrap();
-    let (mut bob, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/chat"))
-        .await
-        .unwrap();
-    // Both are subscribed once each has heard its own first message.
+    let mut alice = connect(addr, "/chat").await;
+    let mut bob = connect(addr, "/chat").await;
+    // Each is subscribed to the room once it has heard its own message.
     alice.send(Message::text("alice here")).await.unwrap();
-    let heard = timeout(LIMIT, alice.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(heard, Message::text("alice here"));
+    hear(&mut alice, "alice here").await;
+    bob.send(Message::text("bob here")).await.unwrap();
+    hear(&mut bob, "bob here").await;
+    alice.send(Message::text("hi bob")).await.unwrap();
+    hear(&mut bob, "hi bob").await;
     bob.send(Message::text("hi alice")).await.unwrap();
-    loop {
-        let heard = timeout(LIMIT, alice.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if heard == Message::text("hi alice") {
-            break;
-        }
-    }
+    hear(&mut alice, "hi alice").await;
 
-    let mut http = tokio::net::TcpStream::connect(addr).await.unwrap();
-    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut page = String::new();
-    timeout(LIMIT, http.read_to_string(&mut page))
-        .await
-        .unwrap()
-        .unwrap();
+    let page = get(addr, "/").await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(
-        page.contains("<code>/echo</code>") && page.contains("Open tunnels: 3"),
+        page.to_ascii_lowercase()
+            .contains("content-type: text/html"),
         "{page}"
     );
+    assert!(
+        page.contains("<code>/echo</code>")
+            && page.contains("<code>/chat</code>")
+            && page.contains("Open tunnels: 3")
+            && page.contains("<script>"),
+        "{page}"
+    );
+    let health = get(addr, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
 }
 
 #[tokio::test]
 async fn sigterm_closes_open_tunnels_within_the_shutdown_timeout() {
     let mut gateway = Gateway::start(&["--demo", "--shutdown-timeout", "1s"]);
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/echo", gateway.addr))
-        .await
-        .unwrap();
+    let mut ws = connect(gateway.addr, "/echo").await;
     ws.send(Message::text("x")).await.unwrap();
-    timeout(LIMIT, ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next(&mut ws).await, Message::text("x"));
 
     let start = Instant::now();
     gateway.terminate();
@@ -181,4 +246,36 @@ async fn sigterm_closes_open_tunnels_within_the_shutdown_timeout() {
         "the tunnel had its grace period: {elapsed:?}"
     );
     assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn sigterm_does_not_wait_past_the_deadline_for_a_stuck_request() {
+    // One worker: the stuck connection is accepted and read before the
+    // health check on the same runtime is answered.
+    let mut gateway = Gateway::start(&["--demo", "--shutdown-timeout", "1s", "--workers", "1"]);
+    // A request whose head never ends keeps its HTTP connection busy.
+    let mut stuck = timeout(LIMIT, TcpStream::connect(gateway.addr))
+        .await
+        .unwrap()
+        .unwrap();
+    stuck
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    assert!(
+        get(gateway.addr, "/healthz")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+
+    let start = Instant::now();
+    gateway.terminate();
+    let status = tokio::task::spawn_blocking(move || gateway.wait_exit(LIMIT))
+        .await
+        .unwrap()
+        .expect("wsgate exits after SIGTERM");
+    assert!(status.success(), "{status}");
+    let elapsed = start.elapsed();
+    assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
+    drop(stuck);
 }
