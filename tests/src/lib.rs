@@ -210,6 +210,10 @@ pub async fn proxy_to(
     let tunnels = layer.tunnels_handle().clone();
     let app = axum::Router::new()
         .route("/app", axum::routing::get(|| async { "app" }))
+        .route(
+            "/internal",
+            axum::routing::get(|| async { "internal app route" }),
+        )
         .layer(layer);
     (serve(app).await, tunnels)
 }
@@ -245,6 +249,77 @@ impl Head {
     pub fn header(&self, name: &str) -> Option<&str> {
         header(&self.text, name)
     }
+
+    /// Every header `name` (case-insensitive), in order.
+    pub fn headers(&self, name: &str) -> Vec<&str> {
+        self.text
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let (n, v) = line.split_once(':')?;
+                n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+            .collect()
+    }
+}
+
+/// Read the body of the response whose head is `head`: by
+/// `Content-Length`, chunked, or (neither) up to the end of the stream.
+/// Panics if bytes follow the body.
+pub async fn read_body(stream: &mut TcpStream, head: &Head) -> Vec<u8> {
+    let (body, rest) = read_body_and_rest(stream, head).await;
+    assert!(
+        rest.is_empty(),
+        "{} bytes past the body: {:?}",
+        rest.len(),
+        String::from_utf8_lossy(&rest)
+    );
+    body
+}
+
+/// Like [`read_body`], also returning the bytes read past the body (e.g.
+/// the start of a pipelined response).
+pub async fn read_body_and_rest(stream: &mut TcpStream, head: &Head) -> (Vec<u8>, Vec<u8>) {
+    let mut raw = head.rest.clone();
+    if let Some(len) = head.header("content-length") {
+        let len: usize = len.parse().unwrap();
+        raw = read_at_least(stream, raw, len).await;
+        let rest = raw.split_off(len);
+        return (raw, rest);
+    }
+    let chunked = head
+        .header("transfer-encoding")
+        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"));
+    if !chunked {
+        within("a close-delimited body", stream.read_to_end(&mut raw))
+            .await
+            .unwrap();
+        return (raw, Vec::new());
+    }
+    let mut body = Vec::new();
+    // Each round consumes one chunk; the last one has size 0.
+    for _ in 0..100_000 {
+        let line_end = loop {
+            if let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
+                break end;
+            }
+            let len = raw.len();
+            raw = read_at_least(stream, raw, len + 1).await;
+        };
+        let size_line = String::from_utf8_lossy(&raw[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap().trim(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {size_line:?}"));
+        let need = line_end + 2 + size + 2;
+        raw = read_at_least(stream, raw, need).await;
+        if size > 0 {
+            body.extend_from_slice(&raw[line_end + 2..line_end + 2 + size]);
+        }
+        raw.drain(..need);
+        if size == 0 {
+            return (body, raw);
+        }
+    }
+    panic!("too many chunks");
 }
 
 /// The first header `name` in an HTTP head.
@@ -257,10 +332,21 @@ pub fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 /// Read one HTTP response head from `stream`.
 pub async fn read_head(stream: &mut TcpStream) -> Head {
-    let mut buf = Vec::new();
+    read_head_after(stream, Vec::new()).await
+}
+
+/// Read one HTTP response head from `stream`, starting with the bytes
+/// `buf` that were already read from it.
+pub async fn read_head_after(stream: &mut TcpStream, mut buf: Vec<u8>) -> Head {
     let mut chunk = [0u8; 4096];
     within("a response head", async {
         loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let rest = buf.split_off(end + 4);
+                let text = String::from_utf8(buf).unwrap();
+                let status = text[9..12].parse().unwrap();
+                return Head { status, text, rest };
+            }
             let n = stream.read(&mut chunk).await.unwrap();
             assert!(
                 n > 0,
@@ -268,12 +354,6 @@ pub async fn read_head(stream: &mut TcpStream) -> Head {
                 String::from_utf8_lossy(&buf)
             );
             buf.extend_from_slice(&chunk[..n]);
-            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let rest = buf.split_off(end + 4);
-                let text = String::from_utf8(buf).unwrap();
-                let status = text[9..12].parse().unwrap();
-                return Head { status, text, rest };
-            }
         }
     })
     .await
@@ -291,6 +371,122 @@ pub async fn read_at_least(stream: &mut TcpStream, mut have: Vec<u8>, n: usize) 
         have
     })
     .await
+}
+
+/// A raw TCP backend that answers the first request head on each
+/// connection with a fixed text and records every byte it receives.
+///
+/// In the answer, `{accept}` is replaced by the `Sec-WebSocket-Accept`
+/// that matches the request's key.
+#[derive(Clone, Debug)]
+pub struct RawBackend {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Bytes received, one entry per accepted connection.
+    pub received: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Connections that have ended (end of stream or error from the proxy).
+    pub ended: Arc<AtomicUsize>,
+}
+
+impl RawBackend {
+    /// Answer `answer` and keep each connection open, reading until the
+    /// proxy closes it.
+    pub async fn start(answer: &'static str) -> Self {
+        Self::spawn(answer, false).await
+    }
+
+    /// Answer `answer` (which may be empty) and close the connection.
+    pub async fn start_closing(answer: &'static str) -> Self {
+        Self::spawn(answer, true).await
+    }
+
+    async fn spawn(answer: &'static str, close: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = RawBackend {
+            addr: listener.local_addr().unwrap(),
+            received: Arc::default(),
+            ended: Arc::default(),
+        };
+        let this = backend.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(this.clone().session(stream, answer, close));
+            }
+        });
+        backend
+    }
+
+    async fn session(self, mut stream: TcpStream, answer: &'static str, close: bool) {
+        let index = {
+            let mut received = self.received.lock().unwrap();
+            received.push(Vec::new());
+            received.len() - 1
+        };
+        let mut buf = [0u8; 4096];
+        let mut answered = false;
+        loop {
+            let n = match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let all = {
+                let mut received = self.received.lock().unwrap();
+                received[index].extend_from_slice(&buf[..n]);
+                received[index].clone()
+            };
+            if !answered && all.windows(4).any(|w| w == b"\r\n\r\n") {
+                answered = true;
+                let text = String::from_utf8_lossy(&all).into_owned();
+                let key = header(&text, "sec-websocket-key").unwrap_or("");
+                let reply = answer.replace("{accept}", &accept_key(key));
+                let _ = stream.write_all(reply.as_bytes()).await;
+                if close {
+                    break;
+                }
+            }
+        }
+        self.ended.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// What the `index`th connection received, as text.
+    pub fn received_text(&self, index: usize) -> String {
+        String::from_utf8_lossy(&self.received.lock().unwrap()[index]).into_owned()
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.received.lock().unwrap().len()
+    }
+}
+
+/// The `Sec-WebSocket-Accept` for `key`.
+pub fn accept_key(key: &str) -> String {
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+}
+
+/// Read one HTTP request head from `stream` (a raw backend's side).
+pub async fn read_request_head(stream: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    within("a request head", async {
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before a full request head");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    String::from_utf8(buf).unwrap()
+}
+
+/// A `101` answering the handshake request `head`.
+pub fn switching_protocols(head: &str) -> String {
+    let key = header(head, "sec-websocket-key").unwrap();
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(key)
+    )
 }
 
 /// A closed port on 127.0.0.1.

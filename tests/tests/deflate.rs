@@ -2,9 +2,10 @@
 //! compressed messages intact. tungstenite has no deflate, so both ends
 //! are Python's `websockets` (installed by `.ci/test`).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use wsproxy_e2e::*;
 
@@ -43,10 +44,17 @@ async fn permessage_deflate_works_end_to_end() {
             .spawn()
             .unwrap(),
     );
-    let mut line = String::new();
-    BufReader::new(backend.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let stdout = backend.0.stdout.take().unwrap();
+    let line = within(
+        "the Python backend's port",
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let port: u16 = line
         .trim()
         .strip_prefix("listening on ")
@@ -55,18 +63,38 @@ async fn permessage_deflate_works_end_to_end() {
         .unwrap();
 
     let (proxy, tunnels) = proxy_to(([127, 0, 0, 1], port).into(), |l| l).await;
-    let client = tokio::process::Command::new("python3")
-        .arg(script("deflate_client.py"))
-        .arg(format!("ws://{proxy}/"))
-        .kill_on_drop(true)
-        .output();
-    let output = within("python client", client).await.unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "client failed: {stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let mut client = Reaped(
+        Command::new("python3")
+            .arg(script("deflate_client.py"))
+            .arg(format!("ws://{proxy}/"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
+    let stdout = drain(client.0.stdout.take().unwrap());
+    let stderr = drain(client.0.stderr.take().unwrap());
+    let status = within("the Python client", async {
+        loop {
+            if let Some(status) = client.0.try_wait().unwrap() {
+                break status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let stdout = within("client output", stdout).await.unwrap();
+    let stderr = within("client output", stderr).await.unwrap();
+    assert!(status.success(), "client failed: {stdout}\n{stderr}");
     assert!(stdout.starts_with("ok permessage-deflate"), "{stdout}");
     assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+}
+
+/// Read all of `pipe` on a blocking thread.
+fn drain(mut pipe: impl Read + Send + 'static) -> tokio::task::JoinHandle<String> {
+    tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        text
+    })
 }

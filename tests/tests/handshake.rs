@@ -1,13 +1,13 @@
 //! The opening handshake: what is claimed, what is refused before any
 //! backend is touched, and every outcome of the backend's answer.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use wsproxy_e2e::*;
 
 #[tokio::test]
@@ -47,31 +47,47 @@ async fn bad_handshakes_are_refused_before_the_backend() {
     let backend = Backend::start().await;
     let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
     let base = "GET / HTTP/1.1\r\nHost: p\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
-    for (extra, status) in [
-        ("Sec-WebSocket-Version: 13\r\n", 400),
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let v13 = "Sec-WebSocket-Version: 13\r\n";
+    for (headers, body, status) in [
+        // Missing, short, not base64, repeated keys.
+        (v13.to_owned(), "", 400),
+        (format!("Sec-WebSocket-Key: c2hvcnQ=\r\n{v13}"), "", 400),
         (
-            "Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\n",
+            format!("Sec-WebSocket-Key: !!notbase64!!!!!!!!!!!!!\r\n{v13}"),
+            "",
             400,
         ),
         (
-            "Sec-WebSocket-Key: !!notbase64!!!!!!!!!!!!!\r\nSec-WebSocket-Version: 13\r\n",
+            format!("{key}Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n{v13}"),
+            "",
             400,
         ),
+        // A handshake with a body.
+        (format!("{key}{v13}Content-Length: 5\r\n"), "hello", 400),
         (
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n",
-            426,
+            format!("{key}{v13}Transfer-Encoding: chunked\r\n"),
+            "5\r\nhello\r\n0\r\n\r\n",
+            400,
         ),
-        ("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", 426),
+        // Versions other than 13, or none.
+        (format!("{key}Sec-WebSocket-Version: 8\r\n"), "", 426),
+        (key.to_owned(), "", 426),
     ] {
-        let mut stream = raw(proxy, format!("{base}{extra}\r\n").as_bytes()).await;
+        let mut stream = raw(proxy, format!("{base}{headers}\r\n{body}").as_bytes()).await;
         let head = read_head(&mut stream).await;
-        assert_eq!(head.status, status, "{extra:?}: {}", head.text);
+        assert_eq!(head.status, status, "{headers:?}: {}", head.text);
         if status == 426 {
             assert_eq!(head.header("sec-websocket-version"), Some("13"));
         }
     }
-    assert_eq!(backend.connections(), 0, "nothing reached the backend");
     assert_eq!(tunnels.open(), 0);
+    // A valid handshake afterwards is the backend's first connection: none
+    // of the refused ones reached it (accepts are in order).
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+    echo(&mut ws, Message::text("valid")).await;
+    assert_eq!(backend.connections(), 1, "nothing else reached the backend");
+    assert_eq!(backend.seen.lock().unwrap().uris.len(), 1);
 }
 
 #[tokio::test]
@@ -95,110 +111,143 @@ async fn backend_subprotocol_and_headers_reach_the_client() {
     echo(&mut ws, Message::text("with protocol b")).await;
 }
 
-/// A raw backend that answers every connection with `answer` (after
-/// substituting `{accept}`), and records every byte it receives.
-async fn raw_backend(
-    answer: &'static str,
-) -> (
-    std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let log = received.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let index = {
-                    let mut log = log.lock().unwrap();
-                    log.push(Vec::new());
-                    log.len() - 1
-                };
-                let mut buf = [0u8; 4096];
-                let mut answered = false;
-                loop {
-                    let n = match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => n,
-                    };
-                    let all = {
-                        let mut log = log.lock().unwrap();
-                        log[index].extend_from_slice(&buf[..n]);
-                        log[index].clone()
-                    };
-                    if !answered && all.windows(4).any(|w| w == b"\r\n\r\n") {
-                        answered = true;
-                        let text = String::from_utf8_lossy(&all).into_owned();
-                        let key = header(&text, "sec-websocket-key").unwrap_or("");
-                        let reply = answer.replace("{accept}", &derive_accept_key(key.as_bytes()));
-                        let _ = stream.write_all(reply.as_bytes()).await;
-                    }
-                }
-            });
-        }
-    });
-    (addr, received)
-}
-
 #[tokio::test]
 async fn a_refusal_is_relayed_with_its_body_and_no_tunnel_opens() {
-    let (backend, _) = raw_backend(
+    let backend = RawBackend::start(
         "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nX-Reason: no-entry\r\nContent-Length: 11\r\n\r\ngo away now",
     )
     .await;
-    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
     let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
     let head = read_head(&mut stream).await;
     assert_eq!(head.status, 403, "{}", head.text);
     assert_eq!(head.header("x-reason"), Some("no-entry"));
-    let body = read_at_least(&mut stream, head.rest, 11).await;
-    assert_eq!(body, b"go away now");
+    assert_eq!(head.header("content-type"), Some("text/plain"));
+    assert_eq!(read_body(&mut stream, &head).await, b"go away now");
+    assert_eq!(tunnels.open(), 0);
+    // The proxy does not keep the backend connection once the refusal
+    // has been relayed.
+    let ended = backend.ended.clone();
+    assert!(
+        wait_until(LIMIT, || ended.load(Ordering::SeqCst) == 1).await,
+        "the backend connection was closed"
+    );
+    assert_eq!(tunnels.open(), 0);
+}
+
+#[tokio::test]
+async fn refusal_bodies_of_every_framing_arrive_whole() {
+    // Close-delimited (no length, connection closed after the body).
+    let backend = RawBackend::start_closing(
+        "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nConnection: close\r\n\r\nclose-delimited body",
+    )
+    .await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 401, "{}", head.text);
+    assert_eq!(head.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(read_body(&mut stream, &head).await, b"close-delimited body");
+
+    // Chunked.
+    let backend = RawBackend::start(
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nTransfer-Encoding: chunked\r\n\r\n\
+         6\r\nchunk \r\n3\r\none\r\n0\r\n\r\n",
+    )
+    .await;
+    let (proxy, _) = proxy_to(backend.addr, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 429, "{}", head.text);
+    assert_eq!(head.header("retry-after"), Some("7"));
+    assert_eq!(read_body(&mut stream, &head).await, b"chunk one");
+    assert_eq!(tunnels.open(), 0);
+}
+
+#[tokio::test]
+async fn a_large_refusal_body_streams_intact() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+    let sent = body.clone();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        read_request_head(&mut stream).await;
+        let head = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\n\r\n",
+            sent.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&sent).await.unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 503, "{}", head.text);
+    assert!(read_body(&mut stream, &head).await == body, "body differs");
     assert_eq!(tunnels.open(), 0);
 }
 
 /// After the backend refused, the client's next bytes on the same
 /// connection are HTTP for the app, never tunnelled to the backend.
-async fn smuggling_is_not_possible(answer: &'static str) {
-    let (backend, received) = raw_backend(answer).await;
-    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
-    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+async fn smuggling_is_not_possible(answer: &'static str, status: u16, pipelined: bool) {
+    let backend = RawBackend::start(answer).await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let next = "GET /internal HTTP/1.1\r\nHost: internal\r\n\r\n";
+    let first = if pipelined {
+        // The second request travels in the same write as the handshake.
+        format!("{}{next}", handshake("/", ""))
+    } else {
+        handshake("/", "")
+    };
+    let mut stream = raw(proxy, first.as_bytes()).await;
     let head = read_head(&mut stream).await;
-    assert_ne!(head.status, 101);
-    let body_len: usize = head.header("content-length").unwrap().parse().unwrap();
-    let rest = read_at_least(&mut stream, head.rest, body_len).await;
-    assert_eq!(rest.len(), body_len, "nothing after the body");
+    assert_eq!(head.status, status, "{}", head.text);
+    let (body, rest) = read_body_and_rest(&mut stream, &head).await;
+    if status != 502 {
+        assert_eq!(body, answer.split("\r\n\r\n").nth(1).unwrap().as_bytes());
+    }
 
-    stream
-        .write_all(b"GET /app HTTP/1.1\r\nHost: internal\r\n\r\n")
-        .await
-        .unwrap();
-    let head = read_head(&mut stream).await;
+    if !pipelined {
+        assert!(rest.is_empty(), "{rest:?}");
+        stream.write_all(next.as_bytes()).await.unwrap();
+    }
+    let head = read_head_after(&mut stream, rest).await;
     assert_eq!(head.status, 200, "the app answered: {}", head.text);
-    let body = read_at_least(&mut stream, head.rest, 3).await;
-    assert_eq!(body, b"app");
+    assert_eq!(read_body(&mut stream, &head).await, b"internal app route");
 
-    let received = received.lock().unwrap();
-    assert_eq!(received.len(), 1, "one backend connection");
-    let text = String::from_utf8_lossy(&received[0]);
+    assert_eq!(backend.connections(), 1, "one backend connection");
+    let text = backend.received_text(0);
     assert_eq!(
         text.matches("HTTP/1.1").count(),
         1,
         "one request reached the backend: {text}"
     );
-    assert!(!text.contains("internal"));
+    assert!(!text.contains("internal"), "{text}");
     assert_eq!(tunnels.open(), 0);
 }
 
 #[tokio::test]
 async fn smuggling_after_a_403_is_rejected() {
-    smuggling_is_not_possible("HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno").await;
+    let answer = "HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
+    smuggling_is_not_possible(answer, 403, false).await;
+    smuggling_is_not_possible(answer, 403, true).await;
 }
 
 #[tokio::test]
 async fn smuggling_after_a_200_is_rejected() {
-    smuggling_is_not_possible("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
+    let answer = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+    smuggling_is_not_possible(answer, 200, false).await;
+    smuggling_is_not_possible(answer, 200, true).await;
+}
+
+#[tokio::test]
+async fn smuggling_after_a_bad_101_is_rejected() {
+    let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n";
+    smuggling_is_not_possible(answer, 502, false).await;
+    smuggling_is_not_possible(answer, 502, true).await;
 }
 
 #[tokio::test]
@@ -207,14 +256,59 @@ async fn a_wrong_accept_or_protocol_is_a_bad_gateway() {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: d3JvbmcgYWNjZXB0IGtleQ==\r\n\r\n",
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n",
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n",
     ] {
-        let (backend, _) = raw_backend(answer).await;
-        let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+        let backend = RawBackend::start(answer).await;
+        let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+        let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+        let head = read_head(&mut stream).await;
+        assert_eq!(head.status, 502, "{answer:?}: {}", head.text);
+        assert_eq!(tunnels.open(), 0);
+        let ended = backend.ended.clone();
+        assert!(
+            wait_until(LIMIT, || ended.load(Ordering::SeqCst) == 1).await,
+            "the backend connection was closed"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_hangs_up_or_talks_nonsense_is_a_bad_gateway() {
+    for answer in ["", "SSH-2.0-OpenSSH_9.6\r\n\r\n", "HTTP/1.1 abc\r\n\r\n"] {
+        let backend = RawBackend::start_closing(answer).await;
+        let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
         let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
         let head = read_head(&mut stream).await;
         assert_eq!(head.status, 502, "{answer:?}: {}", head.text);
         assert_eq!(tunnels.open(), 0);
     }
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_of_the_101_do_not_reach_the_client() {
+    let backend = RawBackend::start(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade, X-Secret\r\n\
+         X-Secret: s\r\nKeep-Alive: timeout=5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+         X-End-To-End: yes\r\nSec-WebSocket-Accept: {accept}\r\n\r\n",
+    )
+    .await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 101, "{}", head.text);
+    assert_eq!(
+        head.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    assert_eq!(head.headers("set-cookie"), ["a=1", "b=2"]);
+    assert_eq!(head.header("x-end-to-end"), Some("yes"));
+    assert_eq!(head.header("x-secret"), None, "{}", head.text);
+    assert_eq!(head.header("keep-alive"), None, "{}", head.text);
+    assert!(
+        head.header("upgrade")
+            .is_some_and(|u| u.eq_ignore_ascii_case("websocket"))
+    );
+    assert!(wait_until(LIMIT, || tunnels.open() == 1).await);
 }
 
 #[tokio::test]
@@ -296,19 +390,41 @@ async fn a_backend_that_never_accepts_is_a_gateway_timeout() {
 #[tokio::test]
 async fn paths_map_onto_the_upstream_with_or_without_the_prefix() {
     let backend = Backend::start().await;
-    for (strip, expected) in [
-        (true, "/base/room/7?token=abc"),
-        (false, "/base/chat/room/7?token=abc"),
+    for (upstream_path, strip, request, expected) in [
+        (
+            "/base",
+            true,
+            "/chat/room/7?token=abc",
+            "/base/room/7?token=abc",
+        ),
+        (
+            "/base",
+            false,
+            "/chat/room/7?token=abc",
+            "/base/chat/room/7?token=abc",
+        ),
+        ("/base", true, "/chat?x=1", "/base?x=1"),
+        ("/base/", true, "/chat", "/base/"),
+        ("", true, "/chat", "/"),
+        ("", true, "/chat/", "/"),
+        ("", false, "/chat/a%20b/c?q=%2F&r", "/chat/a%20b/c?q=%2F&r"),
+        ("/base?k=v", true, "/chat/x?q=1", "/base/x?k=v&q=1"),
     ] {
         let layer = wsproxy::WebSocketProxyLayer::new(
-            format!("ws://{}/base", backend.addr).parse().unwrap(),
+            format!("ws://{}{upstream_path}", backend.addr)
+                .parse()
+                .unwrap(),
         )
         .route(wsproxy::Route::prefix("/chat"))
         .strip_prefix(strip);
         let proxy = serve(axum::Router::new().layer(layer)).await;
-        let mut ws = connect(&format!("ws://{proxy}/chat/room/7?token=abc")).await;
+        let mut ws = connect(&format!("ws://{proxy}{request}")).await;
         echo(&mut ws, Message::text("hi")).await;
-        assert_eq!(backend.last_uri(), expected);
+        assert_eq!(
+            backend.last_uri(),
+            expected,
+            "upstream {upstream_path:?}, strip {strip}, request {request}"
+        );
     }
 }
 
@@ -338,7 +454,8 @@ async fn end_to_end_headers_pass_and_hop_by_hop_headers_do_not() {
 #[tokio::test]
 async fn forwarding_headers_replace_a_spoofed_xff_unless_the_peer_is_trusted() {
     let backend = Backend::start().await;
-    let spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nForwarded: for=6.6.6.6\r\n";
+    let spoof = "X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Proto: https\r\n\
+                 Forwarded: for=6.6.6.6\r\n";
 
     let (proxy, _) = proxy_to(backend.addr, |l| l.forwarded_header(true)).await;
     let mut stream = raw(proxy, handshake("/", spoof).as_bytes()).await;
@@ -367,6 +484,7 @@ async fn forwarding_headers_replace_a_spoofed_xff_unless_the_peer_is_trusted() {
     let headers = backend.last_headers();
     assert_eq!(headers["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
     assert_eq!(headers["x-forwarded-host"], "evil");
+    assert_eq!(headers["x-forwarded-proto"], "https");
     assert_eq!(
         headers["forwarded"],
         "for=6.6.6.6, for=127.0.0.1;host=proxy.test;proto=http"

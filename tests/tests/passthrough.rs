@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use wsproxy::{Route, WebSocketProxyLayer};
 use wsproxy_e2e::*;
@@ -178,4 +179,36 @@ async fn composes_with_service_builder_over_a_hyper_style_service() {
     let mut stream = raw(proxy, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(read_head(&mut stream).await.status, 200);
     stream.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_predicate_route_claims_only_what_it_matches() {
+    let backend = Backend::start().await;
+    let layer = WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap()).route(
+        Route::predicate(|_uri, headers| headers.contains_key("x-to-backend")),
+    );
+    let proxy = serve(app().layer(layer)).await;
+
+    // Without the header: the app's own handler on the same path.
+    let mut local = connect(&format!("ws://{proxy}/local-ws")).await;
+    let got = within("app message", local.next()).await.unwrap().unwrap();
+    assert_eq!(got, Message::text("the app's own handler"));
+    assert_eq!(backend.connections(), 0);
+
+    // With it: the backend.
+    let mut request = format!("ws://{proxy}/local-ws")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("x-to-backend", "1".parse().unwrap());
+    let (mut proxied, _) = within(
+        "handshake",
+        tokio_tungstenite::connect_async_with_config(request, Some(big()), false),
+    )
+    .await
+    .unwrap();
+    echo(&mut proxied, Message::text("claimed by the predicate")).await;
+    assert_eq!(backend.connections(), 1);
+    assert_eq!(backend.last_uri(), "/local-ws");
 }

@@ -9,7 +9,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wsproxy_e2e::*;
@@ -151,19 +150,11 @@ async fn a_half_close_is_passed_on_and_the_other_direction_keeps_flowing() {
     let (saw_fin_tx, saw_fin) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut chunk).await.unwrap();
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let key = header(&text, "sec-websocket-key").unwrap().to_owned();
-        let answer = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-            derive_accept_key(key.as_bytes())
-        );
-        stream.write_all(answer.as_bytes()).await.unwrap();
+        let head = read_request_head(&mut stream).await;
+        stream
+            .write_all(switching_protocols(&head).as_bytes())
+            .await
+            .unwrap();
         let mut after = Vec::new();
         stream.read_to_end(&mut after).await.unwrap(); // up to the FIN
         let _ = saw_fin_tx.send(after);
@@ -213,8 +204,12 @@ async fn an_idle_tunnel_is_closed_and_traffic_either_way_keeps_it_open() {
     assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
     assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
-    drop((busy, quiet));
+    // Both tunnels are idle by now; the backend's sides are closed too,
+    // while the clients still hold theirs.
+    let live = backend.live.clone();
+    assert!(wait_until(LIMIT, || live.load(Ordering::SeqCst) == 0).await);
     assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    drop((busy, quiet));
 }
 
 #[tokio::test]
@@ -288,7 +283,233 @@ async fn shutdown_refuses_new_upgrades_and_closes_open_tunnels_by_the_deadline()
     assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
     assert_eq!(tunnels.open(), 0);
+    // The backend's side was closed too.
+    let live = backend.live.clone();
+    assert!(wait_until(LIMIT, || live.load(Ordering::SeqCst) == 0).await);
     // Plain HTTP still reaches the app.
     let mut stream = raw(proxy, b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(read_head(&mut stream).await.status, 200);
+}
+
+#[tokio::test]
+async fn shutdown_resolves_as_soon_as_the_tunnels_end_on_their_own() {
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+    echo(&mut ws, Message::text("before")).await;
+    let start = Instant::now();
+    let mut shutdown = tokio::spawn(tunnels.shutdown(Duration::from_secs(60)));
+    assert!(tunnels.is_draining());
+    // Still open while the tunnel lives.
+    echo(&mut ws, Message::text("during drain")).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), &mut shutdown)
+            .await
+            .is_err(),
+        "shutdown waits for the open tunnel"
+    );
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, ws.next()).await {}
+    drop(ws);
+    within("shutdown resolves", shutdown).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(tunnels.open(), 0);
+
+    // With nothing open, a shutdown resolves at once.
+    let (_, idle) = proxy_to(backend.addr, |l| l).await;
+    within("idle shutdown", idle.shutdown(Duration::from_secs(60))).await;
+}
+
+/// Drop `stream` with a TCP reset instead of a FIN.
+fn reset(stream: tokio::net::TcpStream) {
+    stream.set_zero_linger().unwrap();
+    drop(stream);
+}
+
+#[tokio::test]
+async fn a_client_reset_closes_the_backend_side() {
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let mut client = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut client).await;
+    assert_eq!(head.status, 101);
+    client
+        .write_all(&[0x81, 0x82, 0, 0, 0, 0, b'h', b'i'])
+        .await
+        .unwrap();
+    let echoed = read_at_least(&mut client, head.rest, 4).await;
+    assert_eq!(&echoed[..4], b"\x81\x02hi");
+    assert_eq!(backend.live.load(Ordering::SeqCst), 1);
+    let start = Instant::now();
+    reset(client);
+    let live = backend.live.clone();
+    assert!(wait_until(LIMIT, || live.load(Ordering::SeqCst) == 0).await);
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_backend_reset_ends_the_client_stream() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let head = read_request_head(&mut stream).await;
+        let mut answer = switching_protocols(&head).into_bytes();
+        answer.extend_from_slice(b"\x81\x05ready");
+        stream.write_all(&answer).await.unwrap();
+        let _ = go.await;
+        reset(stream);
+    });
+    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+    let ready = within("ready", ws.next()).await.unwrap().unwrap();
+    assert_eq!(ready, Message::text("ready"));
+    let start = Instant::now();
+    go_tx.send(()).unwrap();
+    let end = within("client stream end", ws.next()).await;
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+}
+
+#[tokio::test]
+async fn a_half_closed_tunnel_is_closed_after_the_half_close_timeout() {
+    // A raw backend that reads the client's FIN, then neither writes nor
+    // closes until the test ends.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (release_tx, release) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let head = read_request_head(&mut stream).await;
+        stream
+            .write_all(switching_protocols(&head).as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = stream.read_to_end(&mut got).await; // up to the client's FIN
+        let _ = release.await;
+    });
+    let (proxy, tunnels) = proxy_to(backend, |l| {
+        l.half_close_timeout(Duration::from_millis(300))
+    })
+    .await;
+    let mut client = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut client).await;
+    assert_eq!(head.status, 101);
+    assert!(wait_until(LIMIT, || tunnels.open() == 1).await);
+    let start = Instant::now();
+    client.shutdown().await.unwrap();
+    // The backend never follows, so the proxy closes the tunnel.
+    let mut rest = head.rest;
+    within("the client's side closes", client.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(250), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
+    drop(release_tx);
+}
+
+#[tokio::test]
+async fn a_handshake_in_flight_when_shutdown_starts_opens_no_tunnel_after_it() {
+    // A raw backend that answers 101 only when told to.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (answer_tx, answer) = tokio::sync::oneshot::channel::<()>();
+    let (got_request_tx, got_request) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let head = read_request_head(&mut stream).await;
+        let _ = got_request_tx.send(());
+        let _ = answer.await;
+        let _ = stream
+            .write_all(switching_protocols(&head).as_bytes())
+            .await;
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    let mut client = raw(proxy, handshake("/", "").as_bytes()).await;
+    within("the backend got the handshake", got_request)
+        .await
+        .unwrap();
+
+    // Shut down while the backend has not answered yet.
+    within(
+        "shutdown resolves",
+        tunnels.shutdown(Duration::from_millis(200)),
+    )
+    .await;
+    answer_tx.send(()).unwrap();
+    let head = read_head(&mut client).await;
+    // After shutdown() resolved, no tunnel may open (or, if one does, it
+    // must close at once): the proxy was told to stop claiming upgrades
+    // and has reported that every tunnel is gone.
+    if head.status == 101 {
+        let mut rest = head.rest;
+        let closed =
+            tokio::time::timeout(Duration::from_secs(2), client.read_to_end(&mut rest)).await;
+        panic!(
+            "a tunnel opened after shutdown() resolved; 2 s later it is {} and open() = {}",
+            if closed.is_ok() {
+                "closed"
+            } else {
+                "still open"
+            },
+            tunnels.open()
+        );
+    }
+    assert_eq!(tunnels.open(), 0);
+}
+
+#[tokio::test]
+async fn one_tunnels_handle_counts_and_shuts_down_several_layers() {
+    let chat = Backend::start().await;
+    let game = Backend::start().await;
+    let tunnels = wsproxy::Tunnels::new();
+    let layer = |backend: &Backend, prefix: &str| {
+        wsproxy::WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
+            .route(wsproxy::Route::prefix(prefix))
+            .tunnels(tunnels.clone())
+    };
+    let app = axum::Router::new()
+        .layer(layer(&chat, "/chat"))
+        .layer(layer(&game, "/game"));
+    let proxy = serve(app).await;
+    let mut to_chat = connect(&format!("ws://{proxy}/chat")).await;
+    let mut to_game = connect(&format!("ws://{proxy}/game")).await;
+    echo(&mut to_chat, Message::text("chat")).await;
+    echo(&mut to_game, Message::text("game")).await;
+    assert_eq!((chat.connections(), game.connections()), (1, 1));
+    assert_eq!(tunnels.open(), 2);
+
+    let shutdown = tokio::spawn(tunnels.shutdown(Duration::from_millis(300)));
+    for path in ["/chat", "/game"] {
+        let mut stream = raw(proxy, handshake(path, "").as_bytes()).await;
+        assert_eq!(read_head(&mut stream).await.status, 503, "{path}");
+    }
+    within("shutdown resolves", shutdown).await.unwrap();
+    assert_eq!(tunnels.open(), 0);
+    for ws in [&mut to_chat, &mut to_game] {
+        let end = within("tunnel closed", ws.next()).await;
+        assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    }
 }

@@ -96,6 +96,14 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                 return refusal(status, status.canonical_reason().unwrap_or("bad gateway"));
             }
         };
+        // A shutdown may have started while the backend was answering; it
+        // promised that no tunnel opens after it, and the client has not
+        // seen the 101 yet. Dropping `backend` closes that connection.
+        if config.tunnels.is_draining() {
+            Span::current().record("status", 503);
+            tracing::info!(status = 503, "handshake refused: shutdown started during the handshake");
+            return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        }
         Span::current().record("status", 101);
 
         let (mut head, ()) = head.into_parts();
