@@ -477,6 +477,7 @@ async fn a_handshake_in_flight_when_shutdown_starts_opens_no_tunnel_after_it() {
             tunnels.open()
         );
     }
+    assert_eq!(head.status, 503, "{}", head.text);
     assert_eq!(tunnels.open(), 0);
 }
 
