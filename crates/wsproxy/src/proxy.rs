@@ -99,11 +99,11 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         // A shutdown may have started while the backend was answering; it
         // promised that no tunnel opens after it, and the client has not
         // seen the 101 yet. Dropping `backend` closes that connection.
-        if config.tunnels.is_draining() {
+        let Some(guard) = config.tunnels.admit() else {
             Span::current().record("status", 503);
             tracing::info!(status = 503, "handshake refused: shutdown started during the handshake");
             return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
-        }
+        };
         Span::current().record("status", 101);
 
         let (mut head, ()) = head.into_parts();
@@ -111,11 +111,10 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 
-        let guard = config.tunnels.guard();
         let closing = config.tunnels.closing();
         let timeouts = config.timeouts();
         let handshake_timeout = config.handshake_timeout;
-        config.tunnels.spawn(
+        tokio::spawn(
             async move {
                 let _guard = guard;
                 let client = match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {

@@ -2,8 +2,8 @@
 //! open, and shutting them down.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -46,6 +46,9 @@ pub struct Tunnels {
 struct Shared {
     open: AtomicUsize,
     draining: AtomicBool,
+    /// Held while deciding to admit a tunnel and while a shutdown starts,
+    /// so that no tunnel is admitted after `shutdown` saw none left.
+    admission: Mutex<()>,
     tasks: TaskTracker,
     close: CancellationToken,
 }
@@ -76,8 +79,14 @@ impl Tunnels {
     /// server is the server's job (e.g. axum's `with_graceful_shutdown`).
     pub fn shutdown(&self, deadline: Duration) -> impl Future<Output = ()> + Send + 'static {
         let shared = self.shared.clone();
-        shared.draining.store(true, Ordering::Relaxed);
-        shared.tasks.close();
+        {
+            let _admission = shared
+                .admission
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            shared.draining.store(true, Ordering::Relaxed);
+            shared.tasks.close();
+        }
         async move {
             if tokio::time::timeout(deadline, shared.tasks.wait())
                 .await
@@ -105,12 +114,23 @@ impl Tunnels {
         self.shared.close.clone()
     }
 
-    /// Count a tunnel as open until the guard drops.
-    pub(crate) fn guard(&self) -> TunnelGuard {
-        self.shared.open.fetch_add(1, Ordering::Relaxed);
-        TunnelGuard {
-            shared: self.shared.clone(),
+    /// Admit one tunnel unless a shutdown has started. The returned guard
+    /// counts the tunnel as open, and keeps `shutdown` from resolving,
+    /// until it drops: move it into the relay task.
+    pub(crate) fn admit(&self) -> Option<TunnelGuard> {
+        let _admission = self
+            .shared
+            .admission
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.shared.draining.load(Ordering::Relaxed) {
+            return None;
         }
+        self.shared.open.fetch_add(1, Ordering::Relaxed);
+        Some(TunnelGuard {
+            shared: self.shared.clone(),
+            _task: self.shared.tasks.token(),
+        })
     }
 }
 
@@ -118,6 +138,7 @@ impl Tunnels {
 #[derive(Debug)]
 pub(crate) struct TunnelGuard {
     shared: Arc<Shared>,
+    _task: tokio_util::task::task_tracker::TaskTrackerToken,
 }
 
 impl Drop for TunnelGuard {
