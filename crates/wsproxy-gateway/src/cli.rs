@@ -51,7 +51,39 @@ pub(crate) struct Args {
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
 
-    /// On SIGTERM/SIGINT, how long open tunnels may take to finish.
+    /// Ping clients silent for this long; close those that stay silent for
+    /// --ping-timeout after the ping (default: off).
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_duration)]
+    pub(crate) client_ping: Option<Duration>,
+
+    /// Ping backends silent for this long (default: off).
+    #[arg(long, value_name = "INTERVAL", value_parser = parse_duration)]
+    pub(crate) backend_ping: Option<Duration>,
+
+    /// How long a pinged peer has to show any sign of life.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) ping_timeout: Duration,
+
+    /// Largest frame payload a client may send, e.g. 64KiB (default: no
+    /// limit); a larger one closes the WebSocket with 1009.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub(crate) max_frame: Option<u64>,
+
+    /// Largest message (all fragments) a client may send, e.g. 1MiB
+    /// (default: no limit).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub(crate) max_message: Option<u64>,
+
+    /// Largest frame payload a backend may send (default: no limit).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub(crate) backend_max_frame: Option<u64>,
+
+    /// Largest message a backend may send (default: no limit).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub(crate) backend_max_message: Option<u64>,
+
+    /// On SIGTERM/SIGINT, how long open WebSockets have to finish their
+    /// closing handshakes after the proxy's Close 1001.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub(crate) shutdown_timeout: Duration,
 
@@ -71,6 +103,29 @@ pub(crate) struct Args {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration '{s}' ({e}); use e.g. 500ms, 5s, 10m"))
+}
+
+/// A size in bytes: a number with an optional `KiB`, `MiB`, `GiB` (or `K`,
+/// `M`, `G`) suffix, all powers of 1024.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let shift = match &s[digits.len()..] {
+        "" | "B" => 0,
+        "K" | "KiB" | "k" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        unit => {
+            return Err(format!(
+                "invalid size '{s}': unknown unit '{unit}'; use e.g. 65536, 64KiB, 1MiB"
+            ));
+        }
+    };
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size '{s}'; use e.g. 65536, 64KiB, 1MiB"))?;
+    number
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 /// An idle timeout, or none (`off` or `0`).
@@ -166,6 +221,19 @@ mod tests {
         assert_eq!(slash.scope(), route.scope());
         let root: RouteSpec = "/=ws://127.0.0.1:9002".parse().unwrap();
         assert_eq!(root.scope(), "");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert!(parse_size("1MB").unwrap_err().contains("unknown unit 'MB'"));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999G").is_err());
     }
 
     #[test]

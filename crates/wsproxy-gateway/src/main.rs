@@ -12,8 +12,10 @@
 //!
 //! Every route is one `WebSocketProxyLayer`; the layers share one
 //! `Tunnels` handle. Plain HTTP gets a status page at `/` and `/healthz`.
-//! SIGTERM or SIGINT stops accepting, refuses new upgrades with 503, and
-//! gives open tunnels `--shutdown-timeout` to finish before closing them.
+//! SIGTERM or SIGINT stops accepting, refuses new upgrades with 503, sends
+//! every open WebSocket Close 1001 ("going away") at a frame boundary, and
+//! gives the closing handshakes `--shutdown-timeout` before closing what is
+//! left.
 
 mod cli;
 mod demo;
@@ -27,7 +29,7 @@ use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
-use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
+use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
 use crate::cli::{Args, RouteSpec};
 
@@ -137,7 +139,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     ));
     shutdown_signal().await;
     stop.cancel();
-    tracing::info!(open = tunnels.open(), timeout = ?args.shutdown_timeout, "draining tunnels");
+    tracing::info!(open = tunnels.open(), timeout = ?args.shutdown_timeout, "draining tunnels with Close 1001");
     serving.await??;
     tokio::task::spawn_blocking(move || {
         for thread in threads {
@@ -177,12 +179,33 @@ fn router(args: &Args, routes: &[RouteSpec], tunnels: &Tunnels) -> Router {
             .handshake_timeout(args.handshake_timeout)
             .idle_timeout(args.idle_timeout.0)
             .half_close_timeout(args.half_close_timeout)
+            .client_keepalive(
+                args.client_ping
+                    .map(|i| Keepalive::new(i, args.ping_timeout)),
+            )
+            .backend_keepalive(
+                args.backend_ping
+                    .map(|i| Keepalive::new(i, args.ping_timeout)),
+            )
+            .client_limits(limits(args.max_frame, args.max_message))
+            .backend_limits(limits(args.backend_max_frame, args.backend_max_message))
             .forwarded_header(args.forwarded)
             .trusted_proxies(args.trusted_proxies.iter().copied())
             .tunnels(tunnels.clone());
         app = app.layer(layer);
     }
     app
+}
+
+fn limits(max_frame: Option<u64>, max_message: Option<u64>) -> MessageLimits {
+    let mut limits = MessageLimits::new();
+    if let Some(max) = max_frame {
+        limits = limits.max_frame(max);
+    }
+    if let Some(max) = max_message {
+        limits = limits.max_message(max);
+    }
+    limits
 }
 
 /// Resolve on the first SIGINT or SIGTERM.

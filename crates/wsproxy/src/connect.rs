@@ -146,13 +146,13 @@ pub(crate) async fn handshake(
             // The body of a refusal streams to the client through the
             // connection, which now needs a task of its own.
             if let Some(conn) = conn {
-                let closing = tunnels.closing();
+                let drain = tunnels.drain();
                 tunnels.spawn(async move {
                     tokio::select! {
                         result = conn => if let Err(e) = result {
                             tracing::debug!(error = %e, "backend connection ended with an error");
                         },
-                        () = closing.cancelled() => {}
+                        () = drain.hard_close() => {}
                     }
                 });
             }

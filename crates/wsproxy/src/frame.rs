@@ -25,6 +25,14 @@ pub(crate) struct FrameTracker {
     offset: u64,
     /// Opcode of the current frame.
     opcode: u8,
+    /// FIN bit of the current frame.
+    fin: bool,
+    /// Header length of the current frame.
+    header_len: u8,
+    /// Payload length of the current frame.
+    len: u64,
+    /// Payload bytes of the data message in progress, all fragments so far.
+    message_len: u64,
     /// Masking key of the current frame, if masked.
     mask: Option<[u8; 4]>,
     /// A data message was started with FIN clear and is not finished.
@@ -37,14 +45,93 @@ pub(crate) struct FrameTracker {
     pub(crate) messages: u64,
     /// Status code of the first Close frame with one.
     pub(crate) close_code: Option<u16>,
+    /// Complete Close frames seen.
+    pub(crate) closes: u32,
 }
 
-const OP_CONTINUATION: u8 = 0x0;
-const OP_CLOSE: u8 = 0x8;
+/// The header of the frame that just started, as read by
+/// [`FrameTracker::feed_to_header`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) opcode: u8,
+    pub(crate) fin: bool,
+    /// Header length in bytes (2 to 14).
+    pub(crate) header_len: usize,
+    /// Payload length.
+    pub(crate) len: u64,
+    /// Payload bytes of the message this frame belongs to, this frame
+    /// included (0 for control frames).
+    pub(crate) message_len: u64,
+    pub(crate) mask: Option<[u8; 4]>,
+}
+
+pub(crate) const OP_CONTINUATION: u8 = 0x0;
+pub(crate) const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xA;
 
 impl FrameTracker {
     /// Observe `data`, the next bytes of the stream.
-    pub(crate) fn feed(&mut self, mut data: &[u8]) {
+    pub(crate) fn feed(&mut self, data: &[u8]) {
+        self.scan::<false>(data);
+    }
+
+    /// Observe `data` up to the end of the next complete frame header (the
+    /// frame's payload is not consumed) and return how many bytes were
+    /// consumed and that header, or all of `data` and `None`.
+    pub(crate) fn feed_to_header(&mut self, data: &[u8]) -> (usize, Option<Head>) {
+        let (consumed, header) = self.scan::<true>(data);
+        (consumed, header.then(|| self.head()))
+    }
+
+    /// The header of the current (or last) frame.
+    pub(crate) fn head(&self) -> Head {
+        Head {
+            opcode: self.opcode,
+            fin: self.fin,
+            header_len: usize::from(self.header_len),
+            len: self.len,
+            message_len: if self.opcode & 0x8 == 0 {
+                self.message_len
+            } else {
+                0
+            },
+            mask: self.mask,
+        }
+    }
+
+    /// Undo the start of the current control frame, whose header was just
+    /// read and none of whose payload was consumed: the stream is back
+    /// before its first byte (used to hold a frame back until it is whole).
+    pub(crate) fn unread_control_frame(&mut self) {
+        debug_assert!(self.opcode & 0x8 != 0 && self.offset == 0);
+        self.have = 0;
+        self.remaining = 0;
+        self.frames -= 1;
+    }
+
+    /// Forget a partial header at the end of what was fed, returning its
+    /// bytes: the caller feeds them again, in front of what follows.
+    pub(crate) fn take_partial_header(&mut self) -> Option<([u8; 14], usize)> {
+        if self.have == 0 {
+            return None;
+        }
+        let have = usize::from(self.have);
+        self.have = 0;
+        Some((self.header, have))
+    }
+
+    /// Between two frames: a control frame may be inserted here.
+    pub(crate) fn at_frame_boundary(&self) -> bool {
+        self.have == 0 && self.remaining == 0
+    }
+
+    /// Shared loop of [`feed`](Self::feed) and
+    /// [`feed_to_header`](Self::feed_to_header); `STOP` stops after a
+    /// header.
+    #[inline]
+    fn scan<const STOP: bool>(&mut self, mut data: &[u8]) -> (usize, bool) {
+        let total = data.len();
         while !data.is_empty() {
             if self.remaining > 0 {
                 let take =
@@ -73,19 +160,16 @@ impl FrameTracker {
             data = &data[take..];
             if self.have as usize == self.header_len() {
                 self.start_frame();
+                if STOP {
+                    return (total - data.len(), true);
+                }
             }
         }
+        (total, false)
     }
 
-    /// Between two frames, and not inside a fragmented message: a place
-    /// where the proxy may insert a frame of its own.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the graceful drain (issue 3) inserts its Close frames here"
-        )
-    )]
+    /// Between two frames, and not inside a fragmented message.
+    #[cfg(test)]
     pub(crate) fn at_message_boundary(&self) -> bool {
         self.have == 0 && self.remaining == 0 && !self.fragmented
     }
@@ -106,8 +190,10 @@ impl FrameTracker {
     }
 
     fn start_frame(&mut self) {
+        self.header_len = self.header_len() as u8;
         let h = &self.header;
         let fin = h[0] & 0x80 != 0;
+        self.fin = fin;
         self.opcode = h[0] & 0x0f;
         let len7 = h[1] & 0x7f;
         let (len, rest) = match len7 {
@@ -121,14 +207,17 @@ impl FrameTracker {
         self.mask = (h[1] & 0x80 != 0).then(|| [h[rest], h[rest + 1], h[rest + 2], h[rest + 3]]);
         self.have = 0;
         self.frames += 1;
+        self.len = len;
         match self.opcode {
             OP_CONTINUATION if fin && self.fragmented => {
                 self.fragmented = false;
                 self.messages += 1;
+                self.message_len = self.message_len.saturating_add(len);
             }
-            OP_CONTINUATION => {}
+            OP_CONTINUATION => self.message_len = self.message_len.saturating_add(len),
             // Text, binary and the reserved data opcodes start a message.
             0x1..=0x7 => {
+                self.message_len = len;
                 if fin {
                     self.messages += 1;
                 } else {
@@ -145,20 +234,23 @@ impl FrameTracker {
     }
 
     fn end_of_frame(&mut self) {
-        if self.opcode == OP_CLOSE && self.offset >= 2 && self.close_code.is_none() {
-            self.close_code = Some(u16::from_be_bytes(self.close));
+        if self.opcode == OP_CLOSE {
+            self.closes = self.closes.saturating_add(1);
+            if self.offset >= 2 && self.close_code.is_none() {
+                self.close_code = Some(u16::from_be_bytes(self.close));
+            }
         }
         self.offset = 0;
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     /// Encode one frame as a client (`masked`) or server would.
-    fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    pub(crate) fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
         let mut out = vec![(u8::from(fin) << 7) | opcode];
         let mask_bit = if mask.is_some() { 0x80 } else { 0 };
         match payload.len() {

@@ -4,8 +4,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tower::Layer;
 
-use crate::relay::Timeouts;
-use crate::{HostHeader, Route, Tunnels, UpgradeRequired, Upstream, WebSocketProxy};
+use crate::relay::Settings;
+use crate::{
+    HostHeader, Keepalive, MessageLimits, Route, Tunnels, UpgradeRequired, Upstream, WebSocketProxy,
+};
 
 /// Default TCP connect timeout toward a backend.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,14 +57,22 @@ pub(crate) struct Config {
     pub(crate) handshake_timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) half_close_timeout: Duration,
+    pub(crate) client_keepalive: Option<Keepalive>,
+    pub(crate) backend_keepalive: Option<Keepalive>,
+    pub(crate) client_limits: MessageLimits,
+    pub(crate) backend_limits: MessageLimits,
     pub(crate) tunnels: Tunnels,
 }
 
 impl Config {
-    pub(crate) fn timeouts(&self) -> Timeouts {
-        Timeouts {
+    pub(crate) fn settings(&self) -> Settings {
+        Settings {
             idle: self.idle_timeout,
             half_close: self.half_close_timeout,
+            client_keepalive: self.client_keepalive,
+            backend_keepalive: self.backend_keepalive,
+            client_limits: self.client_limits,
+            backend_limits: self.backend_limits,
         }
     }
 }
@@ -82,6 +92,10 @@ impl WebSocketProxyLayer {
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
                 half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
+                client_keepalive: None,
+                backend_keepalive: None,
+                client_limits: MessageLimits::new(),
+                backend_limits: MessageLimits::new(),
                 tunnels: Tunnels::new(),
             },
         }
@@ -156,9 +170,40 @@ impl WebSocketProxyLayer {
 
     /// After one side ends its sending half (TCP FIN), how long the other
     /// direction may keep flowing before the tunnel is closed (default:
-    /// 5 s). A WebSocket closing handshake finishes well within it.
+    /// 5 s). A WebSocket closing handshake finishes well within it. It is
+    /// also how long the proxy waits for the answer to a Close it sent
+    /// itself for a [limit](Self::client_limits) or a
+    /// [keepalive](Self::client_keepalive).
     pub fn half_close_timeout(mut self, timeout: Duration) -> Self {
         self.config.half_close_timeout = timeout;
+        self
+    }
+
+    /// Ping clients that have been silent (default: off). See
+    /// [`Keepalive`].
+    pub fn client_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.config.client_keepalive = keepalive;
+        self
+    }
+
+    /// Ping backends that have been silent (default: off). See
+    /// [`Keepalive`].
+    pub fn backend_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
+        self.config.backend_keepalive = keepalive;
+        self
+    }
+
+    /// Limits on the frames and messages clients send (default: none).
+    /// See [`MessageLimits`].
+    pub fn client_limits(mut self, limits: MessageLimits) -> Self {
+        self.config.client_limits = limits;
+        self
+    }
+
+    /// Limits on the frames and messages backends send (default: none).
+    /// See [`MessageLimits`].
+    pub fn backend_limits(mut self, limits: MessageLimits) -> Self {
+        self.config.backend_limits = limits;
         self
     }
 

@@ -105,6 +105,7 @@ mod proxy;
 mod relay;
 mod route;
 mod service;
+mod settings;
 mod tunnels;
 mod upstream;
 
@@ -117,7 +118,8 @@ pub use layer::{
 };
 pub use route::Route;
 pub use service::{UpgradeRequired, WebSocketProxy};
-pub use tunnels::Tunnels;
+pub use settings::{Keepalive, MessageLimits};
+pub use tunnels::{EndCounts, SideStats, TunnelStats, Tunnels};
 pub use upstream::{InvalidUpstream, Upstream};
 
 /// Errors of different origins meeting in a response body.

@@ -111,8 +111,8 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
 
-        let closing = config.tunnels.closing();
-        let timeouts = config.timeouts();
+        let tunnels = config.tunnels.clone();
+        let settings = config.settings();
         let handshake_timeout = config.handshake_timeout;
         tokio::spawn(
             async move {
@@ -129,7 +129,15 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                     }
                 };
                 let (end, totals) =
-                    relay::relay(TokioIo::new(client), TokioIo::new(backend), timeouts, closing).await;
+                    relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, tunnels.drain()).await;
+                tunnels.record(&end, &totals);
+                if let relay::End::Proxy {
+                    reason: relay::Reason::Limit { .. },
+                    ..
+                } = &end
+                {
+                    tracing::warn!(end = %end, "message limit broken, WebSocket closed with 1009");
+                }
                 let duration_ms = started.elapsed().as_millis() as u64;
                 let (up, down) = (&totals.up, &totals.down);
                 tracing::info!(

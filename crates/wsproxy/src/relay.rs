@@ -11,6 +11,19 @@
 //! While that buffer exists the direction does not read, so a slow reader
 //! on one side slows the sender on the other instead of growing memory.
 //!
+//! # Frames
+//!
+//! Every chunk passes through a [`FrameTracker`], which reads frame headers
+//! only. With no frame-aware setting in use (no limits, no keepalive, no
+//! drain in progress) that is all: bytes out equal bytes in, chunk for
+//! chunk. When a setting needs it, the direction becomes frame-aware: it
+//! writes a frame header only once the header is whole (a partial header
+//! at the end of a read is fed again in front of the next one), so it can
+//! refuse a frame before any of it is forwarded, insert a Ping or Close of
+//! the proxy's own at a frame boundary, and hold back a Pong until it
+//! knows whether it answers the proxy's own Ping. Payloads are never
+//! copied, unmasked or re-encoded.
+//!
 //! # Ending
 //!
 //! - A clean end of stream (FIN) on one side is passed on as a write
@@ -18,22 +31,28 @@
 //!   half-close timeout.
 //! - A read or write error on either side (e.g. a reset) ends the tunnel at
 //!   once, which closes both connections.
-//! - No bytes in either direction for the idle timeout ends the tunnel.
-//! - A cancelled shutdown token ends the tunnel.
+//! - No application bytes in either direction for the idle timeout end the
+//!   tunnel.
+//! - A shutdown, a broken limit or a dead keepalive peer makes the proxy
+//!   close the WebSocket itself: Close frames at the next frame boundary,
+//!   then it waits for the answers up to a deadline.
 
 use std::cell::RefCell;
 use std::fmt;
 use std::future::poll_fn;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::frame::FrameTracker;
+use crate::frame::{FrameTracker, Head, OP_CLOSE, OP_PING, OP_PONG};
+use crate::settings::{Exceeded, Keepalive, MessageLimits};
+use crate::tunnels::Drain;
 
 /// Size of the per-thread scratch buffer reads go into.
 pub(crate) const SCRATCH_SIZE: usize = 64 * 1024;
@@ -42,27 +61,59 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
 }
 
+/// Close code: the endpoint is going away.
+pub(crate) const GOING_AWAY: u16 = 1001;
+/// Close code: a message too big to process.
+pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
+
+/// Payload of the proxy's Pings: a random token of this process, so that
+/// the answering Pongs can be told from the application's.
+fn ping_token() -> &'static [u8; 8] {
+    static TOKEN: OnceLock<[u8; 8]> = OnceLock::new();
+    TOKEN.get_or_init(|| random_u64().to_be_bytes())
+}
+
+/// A random number from the standard library's randomly keyed hasher
+/// (good enough for masking keys and the ping token: neither is a secret,
+/// and the proxy's frames carry no attacker-chosen payload).
+fn random_u64() -> u64 {
+    RandomState::new().build_hasher().finish()
+}
+
 /// How a tunnel ended.
 #[derive(Debug)]
 pub(crate) enum End {
-    /// Both sides closed; `client_first` tells who closed first.
+    /// Both sides closed; `client_first` tells who closed first: who sent
+    /// the first Close frame, or without one, who ended its stream first.
     Closed { client_first: bool },
     /// One side closed and the other did not follow within the half-close
     /// timeout.
     HalfCloseTimeout { client_first: bool },
     /// No traffic either way for the idle timeout.
     Idle,
-    /// The proxy was shut down.
-    Shutdown,
+    /// The proxy closed the WebSocket for `reason`; `answered` tells
+    /// whether the closing handshakes completed before the deadline.
+    Proxy { reason: Reason, answered: bool },
     /// An I/O error on the client connection.
     ClientError(io::Error),
     /// An I/O error on the backend connection.
     BackendError(io::Error),
 }
 
+/// Why the proxy closed a WebSocket itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// The proxy is shutting down.
+    Shutdown,
+    /// The client (`true`) or backend did not answer a keepalive ping.
+    Keepalive { client: bool },
+    /// The client (`true`) or backend broke a message limit.
+    Limit { client: bool, exceeded: Exceeded },
+}
+
 impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let side = |client_first: bool| if client_first { "client" } else { "backend" };
+        let side = |client: bool| if client { "client" } else { "backend" };
         match self {
             End::Closed { client_first } => write!(f, "{} closed first", side(*client_first)),
             End::HalfCloseTimeout { client_first } => {
@@ -73,18 +124,41 @@ impl fmt::Display for End {
                 )
             }
             End::Idle => f.write_str("idle timeout"),
-            End::Shutdown => f.write_str("shutdown"),
+            End::Proxy { reason, answered } => {
+                match reason {
+                    Reason::Shutdown => f.write_str("shutdown")?,
+                    Reason::Keepalive { client } => {
+                        write!(f, "keepalive: the {} did not answer", side(*client))?;
+                    }
+                    Reason::Limit { client, exceeded } => {
+                        write!(f, "limit: the {} broke {exceeded}", side(*client))?;
+                    }
+                }
+                if *answered {
+                    f.write_str(", closing handshake completed")
+                } else {
+                    f.write_str(", closed without a complete closing handshake")
+                }
+            }
             End::ClientError(e) => write!(f, "client error: {e}"),
             End::BackendError(e) => write!(f, "backend error: {e}"),
         }
     }
 }
 
-/// Timeouts of one tunnel.
+/// Settings of one tunnel.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Timeouts {
+pub(crate) struct Settings {
     pub(crate) idle: Option<Duration>,
     pub(crate) half_close: Duration,
+    /// Pings toward the client.
+    pub(crate) client_keepalive: Option<Keepalive>,
+    /// Pings toward the backend.
+    pub(crate) backend_keepalive: Option<Keepalive>,
+    /// Limits on what the client sends.
+    pub(crate) client_limits: MessageLimits,
+    /// Limits on what the backend sends.
+    pub(crate) backend_limits: MessageLimits,
 }
 
 /// What crossed a finished tunnel, per direction.
@@ -99,7 +173,8 @@ pub(crate) struct Totals {
 /// What crossed one direction of a tunnel.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Direction {
-    /// Bytes written to the other side.
+    /// Bytes forwarded to the other side (the proxy's own frames are not
+    /// counted).
     pub(crate) bytes: u64,
     /// Frame headers seen.
     pub(crate) frames: u64,
@@ -109,78 +184,278 @@ pub(crate) struct Direction {
     pub(crate) close_code: Option<u16>,
 }
 
+/// The proxy closing the WebSocket itself.
+struct Closing {
+    reason: Reason,
+    deadline: Instant,
+    /// The sides that must answer the proxy's Close before the tunnel ends
+    /// (a dead keepalive peer is not waited for).
+    wait_client: bool,
+    wait_backend: bool,
+}
+
+/// Keepalive state toward one peer.
+struct Alive {
+    settings: Keepalive,
+    /// Bytes received from the peer when last looked at.
+    seen: u64,
+    /// When something last arrived from the peer.
+    last_seen: Instant,
+    /// A ping is out; something must arrive by then.
+    reply_by: Option<Instant>,
+}
+
+impl Alive {
+    fn new(settings: Option<Keepalive>, now: Instant) -> Option<Self> {
+        settings.map(|settings| Alive {
+            settings,
+            seen: 0,
+            last_seen: now,
+            reply_by: None,
+        })
+    }
+
+    /// Update from the bytes received so far. Returns whether a ping is
+    /// due now, or `Err` when the peer missed its deadline.
+    fn check(&mut self, received: u64, now: Instant) -> Result<bool, ()> {
+        if received != self.seen {
+            self.seen = received;
+            self.last_seen = now;
+            self.reply_by = None;
+        }
+        match self.reply_by {
+            Some(by) if now >= by => Err(()),
+            Some(_) => Ok(false),
+            None if now >= self.last_seen + self.settings.interval => {
+                self.reply_by = Some(now + self.settings.timeout);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        self.reply_by
+            .unwrap_or(self.last_seen + self.settings.interval)
+    }
+}
+
 /// Relay between `client` and `backend` until the tunnel ends.
 pub(crate) async fn relay<C, B>(
     mut client: C,
     mut backend: B,
-    timeouts: Timeouts,
-    closing: CancellationToken,
+    settings: Settings,
+    drain: Drain,
 ) -> (End, Totals)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = Pump::default();
-    let mut down = Pump::default();
+    let start = Instant::now();
+    // Up: client to backend; the proxy's frames to the backend are masked.
+    let mut up = Pump::new(
+        true,
+        settings.client_limits,
+        settings.client_keepalive.is_some(),
+    );
+    let mut down = Pump::new(
+        false,
+        settings.backend_limits,
+        settings.backend_keepalive.is_some(),
+    );
+    let mut client_alive = Alive::new(settings.client_keepalive, start);
+    let mut backend_alive = Alive::new(settings.backend_keepalive, start);
     let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     let mut timer_armed = false;
-    let mut closed = std::pin::pin!(closing.cancelled_owned());
-    let mut last_activity = Instant::now();
+    let mut drained = std::pin::pin!(drain.signalled());
+    let mut drain_seen = false;
+    let mut closing: Option<Closing> = None;
+    let mut last_activity = start;
     let mut half_closed: Option<(Instant, bool)> = None;
+    // Who sent the first Close frame (`true`: the client).
+    let mut first_close: Option<bool> = None;
 
     let end = poll_fn(|cx| {
-        if closed.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(End::Shutdown);
-        }
-        let before = up.bytes + down.bytes;
-        let up_done = match up.poll(cx, Pin::new(&mut client), Pin::new(&mut backend), down.done) {
-            Poll::Ready(Ok(())) => true,
-            Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(End::ClientError(e)),
-            Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(End::BackendError(e)),
-            Poll::Pending => false,
-        };
-        let down_done = match down.poll(cx, Pin::new(&mut backend), Pin::new(&mut client), up.done)
-        {
-            Poll::Ready(Ok(())) => true,
-            Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(End::BackendError(e)),
-            Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(End::ClientError(e)),
-            Poll::Pending => false,
-        };
-        if up_done && down_done {
-            let client_first = half_closed.is_none_or(|(_, client_first)| client_first);
-            return Poll::Ready(End::Closed { client_first });
-        }
-        let now = Instant::now();
-        if up.bytes + down.bytes != before {
-            last_activity = now;
-        }
-        if half_closed.is_none() && (up_done || down_done) {
-            half_closed = Some((now + timeouts.half_close, up_done));
-        }
-        // The timer is armed lazily: activity only moves `last_activity`,
-        // and the timer is re-armed when it fires early.
         loop {
-            let idle_deadline = timeouts.idle.map(|idle| last_activity + idle);
-            let deadline = match (idle_deadline, half_closed.map(|(at, _)| at)) {
-                (Some(a), Some(b)) => a.min(b),
-                (Some(a), None) | (None, Some(a)) => a,
-                (None, None) => return Poll::Pending,
+            let mut again = false;
+            if !drain_seen && drained.as_mut().poll(cx).is_ready() {
+                drain_seen = true;
+                if closing.is_none() {
+                    // A closing handshake already under way is left to
+                    // finish; otherwise both sides get Close 1001.
+                    let under_way = up.frames.closes > 0 || down.frames.closes > 0;
+                    if !under_way {
+                        up.close_with(GOING_AWAY);
+                        down.close_with(GOING_AWAY);
+                    }
+                    closing = Some(Closing {
+                        reason: Reason::Shutdown,
+                        deadline: drain.deadline(),
+                        wait_client: true,
+                        wait_backend: true,
+                    });
+                }
+            }
+            let before = up.bytes + down.bytes;
+            let up_done =
+                match up.poll(cx, Pin::new(&mut client), Pin::new(&mut backend), down.done) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(End::ClientError(e)),
+                    Poll::Ready(Err(Failure::Write(e))) => {
+                        return Poll::Ready(End::BackendError(e));
+                    }
+                    Poll::Pending => false,
+                };
+            if first_close.is_none() && up.frames.closes > 0 {
+                first_close = Some(true);
+            }
+            let down_done =
+                match down.poll(cx, Pin::new(&mut backend), Pin::new(&mut client), up.done) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(Failure::Read(e))) => {
+                        return Poll::Ready(End::BackendError(e));
+                    }
+                    Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(End::ClientError(e)),
+                    Poll::Pending => false,
+                };
+            if first_close.is_none() && down.frames.closes > 0 {
+                first_close = Some(false);
+            }
+            if up_done && down_done {
+                let client_first = first_close
+                    .unwrap_or_else(|| half_closed.is_none_or(|(_, client_first)| client_first));
+                return Poll::Ready(End::Closed { client_first });
+            }
+            let now = Instant::now();
+            // A broken limit: the sender gets 1009, the other side 1001
+            // (the breaking direction already sent it, in place of the
+            // frame).
+            for (client, exceeded) in [(true, up.exceeded.take()), (false, down.exceeded.take())] {
+                let Some(exceeded) = exceeded else { continue };
+                if closing.is_none() {
+                    let toward_sender = if client { &mut down } else { &mut up };
+                    toward_sender.close_with(MESSAGE_TOO_BIG);
+                    closing = Some(Closing {
+                        reason: Reason::Limit { client, exceeded },
+                        deadline: now + settings.half_close,
+                        wait_client: true,
+                        wait_backend: true,
+                    });
+                    again = true;
+                }
+            }
+            if let Some(closing) = &closing {
+                // Each side waited for has received a Close (forwarded or
+                // the proxy's) and sent one back.
+                let client_done = !closing.wait_client
+                    || ((down.frames.closes > 0 || down.close_sent) && up.frames.closes > 0);
+                let backend_done = !closing.wait_backend
+                    || ((up.frames.closes > 0 || up.close_sent) && down.frames.closes > 0);
+                if client_done && backend_done {
+                    return Poll::Ready(End::Proxy {
+                        reason: closing.reason,
+                        answered: true,
+                    });
+                }
+            }
+            if up.bytes + down.bytes != before {
+                last_activity = now;
+            }
+            if half_closed.is_none() && (up_done || down_done) {
+                half_closed = Some((now + settings.half_close, up_done));
+            }
+            // Keepalive: ping a silent peer, give up on one that stays
+            // silent after the ping.
+            for client in [true, false] {
+                let alive = if client {
+                    &mut client_alive
+                } else {
+                    &mut backend_alive
+                };
+                let Some(alive) = alive.as_mut() else {
+                    continue;
+                };
+                // The peer sends on one direction and is written to on the
+                // other.
+                let (from_peer, to_peer) = if client {
+                    (&mut up, &mut down)
+                } else {
+                    (&mut down, &mut up)
+                };
+                match alive.check(from_peer.received, now) {
+                    Ok(true) if closing.is_none() => {
+                        to_peer.ping();
+                        again = true;
+                    }
+                    Ok(_) => {}
+                    Err(()) if closing.is_none() => {
+                        // The survivor is written to by the peer's
+                        // direction; the dead peer gets nothing more.
+                        from_peer.close_with(GOING_AWAY);
+                        to_peer.mute();
+                        closing = Some(Closing {
+                            reason: Reason::Keepalive { client },
+                            deadline: now + settings.half_close,
+                            wait_client: !client,
+                            wait_backend: client,
+                        });
+                        again = true;
+                    }
+                    Err(()) => {}
+                }
+            }
+            if again {
+                continue;
+            }
+            // The timer is armed lazily: activity only moves the
+            // deadlines, and the timer is re-armed when it fires early.
+            let deadline = [
+                settings.idle.map(|idle| last_activity + idle),
+                half_closed.map(|(at, _)| at),
+                closing.as_ref().map(|c| c.deadline),
+                client_alive
+                    .as_ref()
+                    .filter(|_| closing.is_none())
+                    .map(Alive::next_deadline),
+                backend_alive
+                    .as_ref()
+                    .filter(|_| closing.is_none())
+                    .map(Alive::next_deadline),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let Some(deadline) = deadline else {
+                return Poll::Pending;
             };
             if !timer_armed || deadline < timer.deadline() {
                 timer.as_mut().reset(deadline);
                 timer_armed = true;
             }
             ready!(timer.as_mut().poll(cx));
+            timer_armed = false;
             let now = Instant::now();
+            if let Some(closing) = &closing
+                && now >= closing.deadline
+            {
+                return Poll::Ready(End::Proxy {
+                    reason: closing.reason,
+                    answered: false,
+                });
+            }
             if let Some((at, client_first)) = half_closed
                 && now >= at
             {
+                let client_first = first_close.unwrap_or(client_first);
                 return Poll::Ready(End::HalfCloseTimeout { client_first });
             }
-            if idle_deadline.is_some_and(|at| now >= at) {
+            if settings
+                .idle
+                .is_some_and(|idle| now >= last_activity + idle)
+            {
                 return Poll::Ready(End::Idle);
             }
-            timer_armed = false;
+            // A keepalive deadline: looked at on the next turn.
         }
     })
     .await;
@@ -199,27 +474,68 @@ enum Failure {
 }
 
 /// One direction of a tunnel.
-#[derive(Default)]
 struct Pump {
-    /// Bytes read but not yet written: only under back-pressure.
+    /// Bytes to write before reading more: only under back-pressure.
     pending: Option<Pending>,
+    /// Bytes read but not yet decided on (a partial frame header, or a Pong
+    /// not yet whole), fed again in front of the next read.
+    held: Vec<u8>,
     /// The source reached end of stream.
     eof: bool,
     /// The destination was shut down after `eof`.
     done: bool,
     /// Written bytes must be flushed before waiting for more input.
     unflushed: bool,
+    /// Bytes forwarded.
     bytes: u64,
+    /// Bytes read from the source, forwarded or not.
+    received: u64,
     /// Frame boundaries of what passes, read from headers only.
     frames: FrameTracker,
+    /// Frames the proxy writes to the destination are masked (it is the
+    /// backend, and the proxy speaks to it as a client).
+    mask: bool,
+    limits: MessageLimits,
+    /// Drop the Pongs that answer the proxy's own Pings to the source.
+    own_pongs: bool,
+    /// Send a Ping to the destination at the next frame boundary.
+    ping_due: bool,
+    /// Send a Close with this code to the destination at the next frame
+    /// boundary.
+    close_due: Option<u16>,
+    /// The proxy sent a Close to the destination; what the source sends
+    /// from now on is read (to see its Close) but not forwarded.
+    close_sent: bool,
+    /// A frame from the source broke a limit.
+    exceeded: Option<Exceeded>,
 }
 
 struct Pending {
-    buf: Box<[u8]>,
+    buf: Vec<u8>,
     pos: usize,
 }
 
 impl Pump {
+    fn new(mask: bool, limits: MessageLimits, own_pongs: bool) -> Self {
+        Pump {
+            pending: None,
+            held: Vec::new(),
+            eof: false,
+            done: false,
+            unflushed: false,
+            bytes: 0,
+            received: 0,
+            frames: FrameTracker::default(),
+            mask,
+            limits,
+            own_pongs,
+            ping_due: false,
+            close_due: None,
+            close_sent: false,
+            exceeded: None,
+        }
+    }
+
     fn totals(&self) -> Direction {
         Direction {
             bytes: self.bytes,
@@ -227,6 +543,34 @@ impl Pump {
             messages: self.frames.messages,
             close_code: self.frames.close_code,
         }
+    }
+
+    /// Send a Ping of the proxy's own to the destination at the next frame
+    /// boundary.
+    fn ping(&mut self) {
+        self.ping_due = true;
+    }
+
+    /// Send Close `code` to the destination at the next frame boundary,
+    /// unless the source already sent one through (a second Close would
+    /// break the protocol), and forward nothing after it.
+    fn close_with(&mut self, code: u16) {
+        if self.frames.closes == 0 && !self.close_sent {
+            self.close_due = Some(code);
+        }
+    }
+
+    /// Forward nothing more, and send nothing of the proxy's own: the
+    /// destination is taken for dead.
+    fn mute(&mut self) {
+        self.close_due = None;
+        self.ping_due = false;
+        self.close_sent = true;
+    }
+
+    /// Whether this direction must look at frames rather than pass chunks.
+    fn frame_aware(&self) -> bool {
+        !self.limits.is_none() || self.own_pongs || self.ping_due || self.close_due.is_some()
     }
 
     /// Move bytes from `src` to `dst`; ready once `src` ended and `dst` was
@@ -257,9 +601,13 @@ impl Pump {
                         return Poll::Ready(Err(Failure::Write(io::ErrorKind::WriteZero.into())));
                     }
                     pending.pos += n;
-                    self.bytes += n as u64;
                 }
                 self.pending = None;
+                self.unflushed = true;
+            }
+            if self.frames.at_frame_boundary() && (self.ping_due || self.close_due.is_some()) {
+                self.speak(cx, dst.as_mut())?;
+                continue;
             }
             if self.eof {
                 if !other_done {
@@ -270,18 +618,24 @@ impl Pump {
             }
             let read = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
-                let mut buf = ReadBuf::new(&mut scratch);
+                let held = self.held.len();
+                scratch[..held].copy_from_slice(&self.held);
+                let mut buf = ReadBuf::new(&mut scratch[held..]);
                 match src.as_mut().poll_read(cx, &mut buf) {
                     Poll::Pending => Poll::Pending,
                     Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::Read(e))),
                     Poll::Ready(Ok(())) => {
-                        let data = buf.filled();
-                        if data.is_empty() {
+                        let n = buf.filled().len();
+                        self.received += n as u64;
+                        self.held = Vec::new();
+                        let data = &scratch[..held + n];
+                        if n == 0 {
+                            // End of stream: what was held back goes as is.
+                            self.forward(cx, dst.as_mut(), data)?;
                             return Poll::Ready(Ok(0));
                         }
-                        self.frames.feed(data);
-                        self.write_through(cx, dst.as_mut(), data)?;
-                        Poll::Ready(Ok(data.len()))
+                        self.pass(cx, dst.as_mut(), data)?;
+                        Poll::Ready(Ok(n))
                     }
                 }
             });
@@ -304,9 +658,8 @@ impl Pump {
         }
     }
 
-    /// Write `data` to `dst` as far as it goes without waiting; keep the
-    /// rest in `pending`.
-    fn write_through<W>(
+    /// Pass one chunk read from the source.
+    fn pass<W>(
         &mut self,
         cx: &mut Context<'_>,
         mut dst: Pin<&mut W>,
@@ -315,18 +668,133 @@ impl Pump {
     where
         W: AsyncWrite + ?Sized,
     {
+        if self.close_sent {
+            // Only watched for the source's Close.
+            self.frames.feed(data);
+            return Ok(());
+        }
+        if !self.frame_aware() {
+            self.frames.feed(data);
+            return self.forward(cx, dst, data);
+        }
+        // Bytes `from..pos` are to be forwarded and not yet written.
+        let (mut from, mut pos) = (0, 0);
+        while pos < data.len() {
+            if self.frames.at_frame_boundary() && (self.ping_due || self.close_due.is_some()) {
+                self.forward(cx, dst.as_mut(), &data[from..pos])?;
+                from = pos;
+                self.speak(cx, dst.as_mut())?;
+                if self.close_sent {
+                    self.frames.feed(&data[pos..]);
+                    return Ok(());
+                }
+            }
+            let (n, head) = self.frames.feed_to_header(&data[pos..]);
+            pos += n;
+            let Some(head) = head else { break };
+            let start = pos.saturating_sub(head.header_len);
+            if let Some(exceeded) = self.limits.check(&head) {
+                // Nothing of this frame goes out: Close 1001 instead, and
+                // the sender gets 1009 from the other direction.
+                self.forward(cx, dst.as_mut(), &data[from..start])?;
+                self.exceeded = Some(exceeded);
+                self.close_due = Some(GOING_AWAY);
+                self.speak(cx, dst.as_mut())?;
+                self.frames.feed(&data[pos..]);
+                return Ok(());
+            }
+            if self.own_pongs && head.opcode == OP_PONG && head.len == 8 {
+                let end = pos + 8;
+                if end > data.len() {
+                    // Hold the Pong back until it is whole.
+                    self.forward(cx, dst.as_mut(), &data[from..start])?;
+                    self.frames.unread_control_frame();
+                    self.held = data[start..].to_vec();
+                    return Ok(());
+                }
+                if unmasked_eq(&data[pos..end], head.mask, ping_token()) {
+                    // The answer to the proxy's own Ping: not forwarded.
+                    self.forward(cx, dst.as_mut(), &data[from..start])?;
+                    self.frames.feed(&data[pos..end]);
+                    pos = end;
+                    from = end;
+                }
+            }
+        }
+        // A partial header at the end waits for the rest of it.
+        let mut to = data.len();
+        if let Some((header, have)) = self.frames.take_partial_header() {
+            to -= have;
+            self.held = header[..have].to_vec();
+        }
+        self.forward(cx, dst, &data[from..to])
+    }
+
+    /// Write a frame of the proxy's own: a due Close, else a due Ping.
+    fn speak<W>(&mut self, cx: &mut Context<'_>, dst: Pin<&mut W>) -> Result<(), Failure>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        let frame = if let Some(code) = self.close_due.take() {
+            self.close_sent = true;
+            self.ping_due = false;
+            let reason: &[u8] = if code == MESSAGE_TOO_BIG {
+                b"message too big"
+            } else {
+                b"going away"
+            };
+            let mut payload = Vec::with_capacity(2 + reason.len());
+            payload.extend_from_slice(&code.to_be_bytes());
+            payload.extend_from_slice(reason);
+            control_frame(OP_CLOSE, &payload, self.mask)
+        } else {
+            self.ping_due = false;
+            control_frame(OP_PING, ping_token(), self.mask)
+        };
+        self.write(cx, dst, &frame)
+    }
+
+    /// Forward bytes of the source.
+    fn forward<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: Pin<&mut W>,
+        data: &[u8],
+    ) -> Result<(), Failure>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        self.bytes += data.len() as u64;
+        self.write(cx, dst, data)
+    }
+
+    /// Write `data` to `dst` as far as it goes without waiting; keep the
+    /// rest in `pending`, behind what is already there.
+    fn write<W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut dst: Pin<&mut W>,
+        data: &[u8],
+    ) -> Result<(), Failure>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if let Some(pending) = &mut self.pending {
+            pending.buf.extend_from_slice(data);
+            return Ok(());
+        }
         let mut pos = 0;
         while pos < data.len() {
             match dst.as_mut().poll_write(cx, &data[pos..]) {
                 Poll::Ready(Ok(0)) => return Err(Failure::Write(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => {
-                    pos += n;
-                    self.bytes += n as u64;
-                }
+                Poll::Ready(Ok(n)) => pos += n,
                 Poll::Ready(Err(e)) => return Err(Failure::Write(e)),
                 Poll::Pending => {
                     self.pending = Some(Pending {
-                        buf: data[pos..].into(),
+                        buf: data[pos..].to_vec(),
                         pos: 0,
                     });
                     return Ok(());
@@ -337,15 +805,61 @@ impl Pump {
     }
 }
 
+impl MessageLimits {
+    /// The limit `head` breaks, if any.
+    fn check(&self, head: &Head) -> Option<Exceeded> {
+        if self.max_frame.is_some_and(|max| head.len > max) {
+            return Some(Exceeded::Frame(head.len));
+        }
+        if self.max_message.is_some_and(|max| head.message_len > max) {
+            return Some(Exceeded::Message(head.message_len));
+        }
+        None
+    }
+}
+
+/// Whether `payload`, unmasked with `mask`, equals `expected`.
+fn unmasked_eq(payload: &[u8], mask: Option<[u8; 4]>, expected: &[u8]) -> bool {
+    payload.len() == expected.len()
+        && payload
+            .iter()
+            .zip(expected)
+            .enumerate()
+            .all(|(i, (&byte, &want))| byte ^ mask.map_or(0, |key| key[i % 4]) == want)
+}
+
+/// A control frame (payload of at most 125 bytes), masked with a fresh
+/// key when `masked`.
+fn control_frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    debug_assert!(payload.len() <= 125);
+    let mut frame = Vec::with_capacity(6 + payload.len());
+    frame.push(0x80 | opcode);
+    if masked {
+        let key = (random_u64() as u32).to_ne_bytes();
+        frame.push(0x80 | payload.len() as u8);
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        frame.push(payload.len() as u8);
+        frame.extend_from_slice(payload);
+    }
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Tunnels;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 
-    fn timeouts(idle: Option<u64>, half_close: u64) -> Timeouts {
-        Timeouts {
+    fn timeouts(idle: Option<u64>, half_close: u64) -> Settings {
+        Settings {
             idle: idle.map(Duration::from_millis),
             half_close: Duration::from_millis(half_close),
+            client_keepalive: None,
+            backend_keepalive: None,
+            client_limits: MessageLimits::new(),
+            backend_limits: MessageLimits::new(),
         }
     }
 
@@ -357,7 +871,7 @@ mod tests {
             client_side,
             backend_side,
             timeouts(None, 5_000),
-            CancellationToken::new(),
+            Tunnels::new().drain(),
         ));
         let payload: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
         let writer = {
@@ -391,7 +905,7 @@ mod tests {
             client_side,
             backend_side,
             timeouts(Some(1_000), 5_000),
-            CancellationToken::new(),
+            Tunnels::new().drain(),
         ));
         let start = Instant::now();
         let mut buf = [0; 1];
@@ -415,7 +929,7 @@ mod tests {
             client_side,
             backend_side,
             timeouts(None, 2_000),
-            CancellationToken::new(),
+            Tunnels::new().drain(),
         ));
         client.shutdown().await.unwrap();
         let (end, _) = task.await.unwrap();
@@ -436,7 +950,20 @@ mod tests {
             down in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
             chunk in 1usize..3000,
             pipe in 1usize..5000,
+            frame_aware in proptest::prelude::any::<bool>(),
         ) {
+            // Frame-aware: limits that are never broken and keepalives that
+            // never fire, so every chunk goes through the header-by-header
+            // path (partial headers held back, Pongs inspected).
+            let mut settings = timeouts(None, 5_000);
+            if frame_aware {
+                let never = Some(Keepalive::new(Duration::from_secs(3600), Duration::from_secs(3600)));
+                let huge = MessageLimits::new().max_frame(u64::MAX).max_message(u64::MAX);
+                settings.client_keepalive = never;
+                settings.backend_keepalive = never;
+                settings.client_limits = huge;
+                settings.backend_limits = huge;
+            }
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             let (got_up, got_down) = runtime.block_on(async {
                 let (client, client_side) = duplex(pipe);
@@ -444,8 +971,8 @@ mod tests {
                 let relay = tokio::spawn(relay(
                     client_side,
                     backend_side,
-                    timeouts(None, 5_000),
-                    CancellationToken::new(),
+                    settings,
+                    Tunnels::new().drain(),
                 ));
                 let pump = |mut writer: tokio::io::DuplexStream, data: Vec<u8>| async move {
                     let (mut read, mut write) = tokio::io::split(&mut writer);
@@ -471,19 +998,110 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn cancellation_ends_the_tunnel() {
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_closes_unanswered_tunnels_at_its_deadline() {
         let (_client, client_side) = duplex(64);
         let (backend_side, _backend) = duplex(64);
-        let token = CancellationToken::new();
+        let tunnels = Tunnels::new();
         let task = tokio::spawn(relay(
             client_side,
             backend_side,
-            timeouts(None, 1),
-            token.clone(),
+            timeouts(None, 60_000),
+            tunnels.drain(),
         ));
-        token.cancel();
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        drop(tunnels.shutdown(Duration::from_secs(3)));
         let (end, _) = task.await.unwrap();
-        assert!(matches!(end, End::Shutdown), "{end}");
+        assert!(
+            matches!(
+                end,
+                End::Proxy {
+                    reason: Reason::Shutdown,
+                    answered: false
+                }
+            ),
+            "{end}"
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_to_the_backend_is_masked_and_its_pong_is_not_forwarded() {
+        use crate::frame::tests::frame;
+        let (mut client, client_side) = duplex(4096);
+        let (backend_side, mut backend) = duplex(4096);
+        let mut settings = timeouts(None, 5_000);
+        settings.backend_keepalive = Some(Keepalive::new(
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        ));
+        let task = tokio::spawn(relay(
+            client_side,
+            backend_side,
+            settings,
+            Tunnels::new().drain(),
+        ));
+
+        // After a second of silence the backend gets a masked Ping.
+        let mut ping = [0u8; 14];
+        backend.read_exact(&mut ping).await.unwrap();
+        assert_eq!(ping[0], 0x89, "FIN + Ping");
+        assert_eq!(ping[1], 0x80 | 8, "masked, 8 bytes");
+        let key = [ping[2], ping[3], ping[4], ping[5]];
+        let payload: Vec<u8> = ping[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ key[i % 4])
+            .collect();
+        assert_eq!(payload, ping_token());
+
+        // Its Pong, split across two writes, stays with the proxy; the
+        // next frame goes through untouched.
+        let pong = frame(true, 0xA, &payload, None);
+        backend.write_all(&pong[..5]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        backend.write_all(&pong[5..]).await.unwrap();
+        let text = frame(true, 0x1, b"hello", None);
+        backend.write_all(&text).await.unwrap();
+        let mut got = vec![0u8; text.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, text);
+
+        // An application Pong with another payload is forwarded.
+        let other = frame(true, 0xA, b"12345678", None);
+        backend.write_all(&other).await.unwrap();
+        let mut got = vec![0u8; other.len()];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, other);
+
+        // A backend that then falls silent is given up on after the
+        // interval and the timeout: the client gets Close 1001.
+        let start = Instant::now();
+        let mut close = [0u8; 14];
+        client.read_exact(&mut close).await.unwrap();
+        assert_eq!(&close[..4], &[0x88, 12, 0x03, 0xe9]);
+        assert_eq!(&close[4..], b"going away");
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        client
+            .write_all(&frame(
+                true,
+                0x8,
+                &1001u16.to_be_bytes(),
+                Some([1, 2, 3, 4]),
+            ))
+            .await
+            .unwrap();
+        let (end, _) = task.await.unwrap();
+        assert!(
+            matches!(
+                end,
+                End::Proxy {
+                    reason: Reason::Keepalive { client: false },
+                    answered: true
+                }
+            ),
+            "{end}"
+        );
     }
 }

@@ -1,13 +1,17 @@
 //! A handle over the open tunnels of one or more proxies: how many are
 //! open, and shutting them down.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
+
+use crate::relay::{End, Reason, Totals};
 
 /// A cheap, cloneable handle over the tunnels of one or more proxies.
 ///
@@ -30,9 +34,11 @@ use tokio_util::task::TaskTracker;
 ///     .tunnels(tunnels.clone());
 /// assert_eq!(tunnels.open(), 0);
 ///
-/// // On shutdown: refuse new upgrades with 503, give open tunnels 5 s to
-/// // end, then close them.
+/// // On shutdown: refuse new upgrades with 503, send every open
+/// // WebSocket Close 1001, give the closing handshakes 5 s, then close
+/// // what is left.
 /// tunnels.shutdown(Duration::from_secs(5)).await;
+/// assert_eq!(tunnels.stats().opened, 0);
 /// assert!(tunnels.is_draining());
 /// # drop(layer);
 /// # }
@@ -50,7 +56,11 @@ struct Shared {
     /// so that no tunnel is admitted after `shutdown` saw none left.
     admission: Mutex<()>,
     tasks: TaskTracker,
-    close: CancellationToken,
+    /// Cancelled when a shutdown starts: tunnels close gracefully.
+    drain: CancellationToken,
+    /// When tunnels still open after the drain are closed hard.
+    deadline: OnceLock<Instant>,
+    stats: Mutex<TunnelStats>,
 }
 
 impl Tunnels {
@@ -71,12 +81,18 @@ impl Tunnels {
         self.shared.draining.load(Ordering::Relaxed)
     }
 
-    /// Stop claiming new upgrades (they get `503`), wait up to `deadline`
-    /// for open tunnels to end on their own, then close the rest, and
-    /// resolve once every task of the proxy has ended.
+    /// Stop claiming new upgrades (they get `503`) and drain the open
+    /// tunnels: each WebSocket gets Close `1001` ("going away") at the next
+    /// frame boundary of each direction (the client's unmasked, the
+    /// backend's masked, never inside a frame), the proxy waits for both
+    /// closing handshakes, and whatever is still open at `deadline` is
+    /// closed hard. Resolves once every task of the proxy has ended.
     ///
-    /// Ordinary requests keep reaching the inner service; stopping the
-    /// server is the server's job (e.g. axum's `with_graceful_shutdown`).
+    /// A tunnel whose closing handshake was already under way is left to
+    /// finish it. Ordinary requests keep reaching the inner service;
+    /// stopping the server is the server's job (e.g. axum's
+    /// `with_graceful_shutdown`). Calling it again changes nothing but
+    /// waits again.
     pub fn shutdown(&self, deadline: Duration) -> impl Future<Output = ()> + Send + 'static {
         let shared = self.shared.clone();
         {
@@ -85,19 +101,66 @@ impl Tunnels {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             shared.draining.store(true, Ordering::Relaxed);
+            shared.deadline.get_or_init(|| Instant::now() + deadline);
             shared.tasks.close();
         }
+        shared.drain.cancel();
         async move {
-            if tokio::time::timeout(deadline, shared.tasks.wait())
-                .await
-                .is_err()
-            {
-                tracing::info!(
-                    open = shared.open.load(Ordering::Relaxed),
-                    "shutdown deadline reached, closing tunnels"
-                );
-                shared.close.cancel();
-                shared.tasks.wait().await;
+            tracing::info!(
+                open = shared.open.load(Ordering::Relaxed),
+                "shutting down: closing tunnels with 1001"
+            );
+            shared.tasks.wait().await;
+        }
+    }
+
+    /// Counters over every tunnel this handle has tracked.
+    pub fn stats(&self) -> TunnelStats {
+        let mut stats = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        stats.open = self.open();
+        stats
+    }
+
+    /// Count a tunnel that ended.
+    pub(crate) fn record(&self, end: &End, totals: &Totals) {
+        let mut stats = self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ended = &mut stats.ended;
+        *match end {
+            End::Closed { client_first: true } | End::HalfCloseTimeout { client_first: true } => {
+                &mut ended.client_close
+            }
+            End::Closed {
+                client_first: false,
+            }
+            | End::HalfCloseTimeout {
+                client_first: false,
+            } => &mut ended.backend_close,
+            End::Idle => &mut ended.idle,
+            End::Proxy { reason, .. } => match reason {
+                Reason::Shutdown => &mut ended.shutdown,
+                Reason::Keepalive { .. } => &mut ended.keepalive,
+                Reason::Limit { .. } => &mut ended.limit,
+            },
+            End::ClientError(_) | End::BackendError(_) => &mut ended.error,
+        } += 1;
+        let TunnelStats {
+            client, backend, ..
+        } = &mut *stats;
+        for (side, direction) in [(client, &totals.up), (backend, &totals.down)] {
+            side.bytes += direction.bytes;
+            side.frames += direction.frames;
+            side.messages += direction.messages;
+            if let Some(code) = direction.close_code {
+                *side.close_codes.entry(code).or_default() += 1;
             }
         }
     }
@@ -109,9 +172,11 @@ impl Tunnels {
         self.shared.tasks.spawn(task)
     }
 
-    /// A token cancelled when open tunnels must close now.
-    pub(crate) fn closing(&self) -> CancellationToken {
-        self.shared.close.clone()
+    /// What a tunnel watches to learn of a shutdown.
+    pub(crate) fn drain(&self) -> Drain {
+        Drain {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Admit one tunnel unless a shutdown has started. The returned guard
@@ -127,6 +192,11 @@ impl Tunnels {
             return None;
         }
         self.shared.open.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .opened += 1;
         Some(TunnelGuard {
             shared: self.shared.clone(),
             _task: self.shared.tasks.token(),
@@ -145,4 +215,87 @@ impl Drop for TunnelGuard {
     fn drop(&mut self) {
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Tells a tunnel that a shutdown started, and its deadline.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    shared: Arc<Shared>,
+}
+
+impl Drain {
+    /// Resolves when a shutdown starts.
+    pub(crate) fn signalled(&self) -> WaitForCancellationFuture<'_> {
+        self.shared.drain.cancelled()
+    }
+
+    /// When a started shutdown closes tunnels hard.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.shared
+            .deadline
+            .get()
+            .copied()
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// Resolves at the deadline of a started shutdown.
+    pub(crate) async fn hard_close(&self) {
+        self.signalled().await;
+        tokio::time::sleep_until(self.deadline()).await;
+    }
+}
+
+/// Counters over the tunnels of a [`Tunnels`] handle, from
+/// [`Tunnels::stats`].
+///
+/// Frame, message and byte counts are added when a tunnel ends, so they
+/// cover ended tunnels only.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TunnelStats {
+    /// Tunnels open now.
+    pub open: usize,
+    /// Tunnels opened (a `101` sent to the client) since the handle was
+    /// created.
+    pub opened: u64,
+    /// Why the ended tunnels ended.
+    pub ended: EndCounts,
+    /// What clients sent.
+    pub client: SideStats,
+    /// What backends sent.
+    pub backend: SideStats,
+}
+
+/// How many tunnels ended for each reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndCounts {
+    /// The client closed first (Close frame or TCP close).
+    pub client_close: u64,
+    /// The backend closed first.
+    pub backend_close: u64,
+    /// No traffic either way for the idle timeout.
+    pub idle: u64,
+    /// A peer did not answer a keepalive ping.
+    pub keepalive: u64,
+    /// A peer broke a message limit.
+    pub limit: u64,
+    /// A shutdown closed it.
+    pub shutdown: u64,
+    /// An I/O error (e.g. a connection reset) on either side.
+    pub error: u64,
+}
+
+/// What one side sent, over ended tunnels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SideStats {
+    /// Bytes forwarded to the other side.
+    pub bytes: u64,
+    /// Frames.
+    pub frames: u64,
+    /// Complete data messages.
+    pub messages: u64,
+    /// Status codes of the Close frames this side sent, and how often.
+    pub close_codes: BTreeMap<u16, u64>,
 }

@@ -1,0 +1,129 @@
+//! Frame-aware settings of a tunnel: keepalive pings and message limits.
+
+use std::time::Duration;
+
+/// Keepalive pings from the proxy toward one side of each tunnel.
+///
+/// When nothing at all has arrived from that peer for `interval`, the proxy
+/// sends it a Ping frame of its own (at a frame boundary, so never inside
+/// another frame). If still nothing arrives within `timeout`, the peer is
+/// taken for dead: the proxy sends Close `1001` ("going away") to the other
+/// side, waits for its answer up to the
+/// [half-close timeout](crate::WebSocketProxyLayer::half_close_timeout),
+/// and closes both connections. The dead peer gets no Close frame (it is
+/// not reading), only the TCP close.
+///
+/// Traffic of any kind from the peer counts as a sign of life, so a busy
+/// peer is never pinged. The peer's Pong to the proxy's Ping is recognised
+/// by its payload (a random token of this process) and is not forwarded;
+/// every other Ping and Pong passes through untouched. Pings and the
+/// proxy's own Pongs do not reset the
+/// [idle timeout](crate::WebSocketProxyLayer::idle_timeout): only
+/// application traffic does.
+///
+/// This is what finds clients that vanished behind a NAT or a dead mobile
+/// link, which otherwise hold a tunnel until the idle timeout.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use wsproxy::{Keepalive, WebSocketProxyLayer};
+///
+/// let layer = WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse().unwrap())
+///     .client_keepalive(Some(Keepalive::new(Duration::from_secs(30), Duration::from_secs(10))));
+/// # drop(layer);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+}
+
+impl Keepalive {
+    /// Ping after `interval` of silence; give up `timeout` after the ping.
+    pub fn new(interval: Duration, timeout: Duration) -> Self {
+        Self { interval, timeout }
+    }
+
+    /// Silence before a ping.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Time allowed for any sign of life after a ping.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+/// Limits on the frames and messages one side of a tunnel may send.
+///
+/// Checked against frame headers as they pass, before a byte of the
+/// offending frame is forwarded. A frame whose payload is larger than
+/// `max_frame`, or a data message whose fragments add up to more than
+/// `max_message`, closes the tunnel: the sender gets Close `1009` ("message
+/// too big"), the other side Close `1001` ("going away"), neither gets any
+/// part of the offending frame, and a log line names the limit and the
+/// route.
+///
+/// Both limits are off by default, as in nginx and HAProxy, which do not
+/// look at frames. `max_frame` also applies to control frames (RFC 6455
+/// allows them at most 125 bytes of payload anyway).
+///
+/// # Example
+///
+/// ```
+/// use wsproxy::{MessageLimits, WebSocketProxyLayer};
+///
+/// // Clients may send messages of up to 1 MiB, in frames of up to 64 KiB.
+/// let layer = WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse().unwrap())
+///     .client_limits(MessageLimits::new().max_frame(64 * 1024).max_message(1024 * 1024));
+/// # drop(layer);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MessageLimits {
+    pub(crate) max_frame: Option<u64>,
+    pub(crate) max_message: Option<u64>,
+}
+
+impl MessageLimits {
+    /// No limits.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The largest frame payload, in bytes.
+    pub fn max_frame(mut self, bytes: u64) -> Self {
+        self.max_frame = Some(bytes);
+        self
+    }
+
+    /// The largest data message (all its fragments), in bytes.
+    pub fn max_message(mut self, bytes: u64) -> Self {
+        self.max_message = Some(bytes);
+        self
+    }
+
+    pub(crate) fn is_none(&self) -> bool {
+        self.max_frame.is_none() && self.max_message.is_none()
+    }
+}
+
+/// Which [`MessageLimits`] limit a frame broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exceeded {
+    /// A frame's payload was larger than `max_frame`.
+    Frame(u64),
+    /// A message grew larger than `max_message`.
+    Message(u64),
+}
+
+impl std::fmt::Display for Exceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exceeded::Frame(len) => write!(f, "max_frame (a frame of {len} bytes)"),
+            Exceeded::Message(len) => write!(f, "max_message (a message of {len}+ bytes)"),
+        }
+    }
+}
