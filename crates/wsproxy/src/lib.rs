@@ -57,21 +57,38 @@
 //!    (`Sec-WebSocket-Protocol`, `Sec-WebSocket-Extensions`, `Set-Cookie`,
 //!    ...), minus hop-by-hop ones.
 //! 5. **Relay.** A task tracked by [`Tunnels`] relays bytes both ways,
-//!    untouched, so subprotocols and extensions such as
-//!    `permessage-deflate` work end to end. See [`relay`](crate#relay)
-//!    below.
+//!    untouched. See [`relay`](crate#relay) below.
 //!
 //! # Relay
 //!
-//! Bytes out equal bytes in; frames are never decoded. A TCP half-close is
-//! passed on and the other direction keeps flowing for the
-//! [half-close timeout](WebSocketProxyLayer::half_close_timeout); a reset
-//! on one side closes the other at once; no traffic in either direction
-//! for the [idle timeout](WebSocketProxyLayer::idle_timeout) closes both.
-//! An idle tunnel holds no copy buffers. Each tunnel logs one `tunnel`
-//! span (client, route, upstream, status) with a closing event carrying
-//! the duration, bytes each way and how it ended.
+//! Bytes out equal bytes in: payloads are never copied into buffers of the
+//! tunnel, unmasked or re-encoded, so subprotocols and extensions such as
+//! `permessage-deflate` (RSV1) work end to end. The relay reads frame
+//! *headers* as they pass, which costs a few instructions per frame, and
+//! uses them to speak for itself at a frame boundary when it must:
 //!
+//! - **Graceful shutdown.** [`Tunnels::shutdown`] answers new handshakes
+//!   `503` and sends every open WebSocket Close `1001` ("going away"),
+//!   never inside a frame, to the client and (masked) to the backend, then
+//!   waits for both closing handshakes up to its deadline. nginx, HAProxy,
+//!   Envoy and Traefik close at the TCP level instead, so clients see
+//!   `1006` and reconnect all at once.
+//! - **Keepalive** ([`Keepalive`], off by default): pings silent clients or
+//!   backends and closes the tunnel when a pinged peer stays silent; the
+//!   answers to the proxy's own pings are not forwarded.
+//! - **Limits** ([`MessageLimits`], off by default): a frame or message over
+//!   the limit closes with `1009` to the sender and `1001` to the other side
+//!   before any of it is forwarded.
+//!
+//! A TCP half-close is passed on and the other direction keeps flowing for
+//! the [half-close timeout](WebSocketProxyLayer::half_close_timeout); a
+//! reset on one side closes the other at once; no application traffic in
+//! either direction for the [idle timeout](WebSocketProxyLayer::idle_timeout)
+//! closes both. An idle tunnel holds no copy buffers. Each tunnel logs one
+//! `tunnel` span (client, route, upstream, status) with a closing event
+//! carrying the duration, bytes, frames, messages and close codes each way
+//! and how it ended; [`Tunnels::stats`] adds them up.
+
 //! # Serving
 //!
 //! - **Upgrades.** The client's side of the upgrade needs a server that
