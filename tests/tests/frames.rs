@@ -31,6 +31,17 @@ async fn backend_saw(backend: &Backend, what: &str, matches: impl Fn(&Message) -
     );
 }
 
+/// Wait until no tunnel is open (a tunnel is counted in the stats before
+/// it stops counting as open, but the peers may see it end a little
+/// earlier).
+async fn tunnels_end(tunnels: &wsproxy::Tunnels) {
+    let tunnels = tunnels.clone();
+    assert!(
+        wait_until(LIMIT, || tunnels.open() == 0).await,
+        "tunnels stay open"
+    );
+}
+
 /// Messages and errors the backend saw, as (kind, length or close code).
 fn backend_log(backend: &Backend) -> (Vec<(String, usize)>, Vec<String>) {
     let seen = backend.seen.lock().unwrap();
@@ -157,7 +168,9 @@ async fn a_client_in_the_middle_of_a_fragmented_message_sees_a_clean_close_1001(
     let (messages, errors) = backend_log(&backend);
     assert_eq!(errors, Vec::<String>::new());
     assert_eq!(messages, vec![("close".into(), 1001)]);
-    assert_eq!(tunnels.stats().ended.shutdown, 1);
+    tunnels_end(&tunnels).await;
+    let stats = tunnels.stats();
+    assert_eq!(stats.ended.shutdown, 1, "{stats:?}");
 }
 
 #[tokio::test]
@@ -252,6 +265,7 @@ async fn a_client_that_stops_answering_is_closed_after_interval_plus_timeout() {
     assert!(elapsed >= Duration::from_millis(550), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     backend_saw(&backend, "Close 1001", |m| close_code(m) == Some(1001)).await;
+    tunnels_end(&tunnels).await;
     let stats = tunnels.stats();
     assert_eq!((stats.open, stats.ended.keepalive), (0, 1), "{stats:?}");
 }
@@ -325,8 +339,7 @@ async fn a_backend_that_stops_answering_is_closed_and_the_client_gets_1001() {
     }
     // The client's answer completes the close.
     while let Some(Ok(_)) = within("the end", ws.next()).await {}
-    let tunnels2 = tunnels.clone();
-    assert!(wait_until(LIMIT, || tunnels2.open() == 0).await);
+    tunnels_end(&tunnels).await;
     assert_eq!(tunnels.stats().ended.keepalive, 1);
 }
 
@@ -354,8 +367,7 @@ async fn a_message_over_the_client_limit_closes_with_1009_and_never_reaches_the_
             vec![]
         )
     );
-    let tunnels2 = tunnels.clone();
-    assert!(wait_until(LIMIT, || tunnels2.open() == 0).await);
+    tunnels_end(&tunnels).await;
     assert_eq!(tunnels.stats().ended.limit, 1);
 }
 
@@ -413,8 +425,7 @@ async fn a_frame_over_the_backend_limit_closes_the_backend_with_1009() {
     }
     while let Some(Ok(_)) = within("the end", ws.next()).await {}
     backend_saw(&backend, "Close 1009", |m| close_code(m) == Some(1009)).await;
-    let tunnels2 = tunnels.clone();
-    assert!(wait_until(LIMIT, || tunnels2.open() == 0).await);
+    tunnels_end(&tunnels).await;
     assert_eq!(tunnels.stats().ended.limit, 1);
 }
 
@@ -433,8 +444,7 @@ async fn stats_count_frames_messages_close_codes_and_how_tunnels_ended() {
     .await
     .unwrap();
     while let Some(Ok(_)) = within("the end", ws.next()).await {}
-    let tunnels2 = tunnels.clone();
-    assert!(wait_until(LIMIT, || tunnels2.open() == 0).await);
+    tunnels_end(&tunnels).await;
 
     // A tunnel is counted in the stats before it stops counting as open.
     let stats = tunnels.stats();

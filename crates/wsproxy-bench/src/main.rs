@@ -75,6 +75,10 @@ enum Cmd {
         /// The gateway binary.
         #[arg(long)]
         gateway: Option<PathBuf>,
+        /// nginx's `proxy_buffer_size` (e.g. 64k, wsgate's read buffer),
+        /// instead of its default of one page.
+        #[arg(long)]
+        nginx_buffer: Option<String>,
     },
 }
 
@@ -111,13 +115,14 @@ fn main() -> std::process::ExitCode {
                 phase,
                 idle,
                 gateway,
+                nginx_buffer,
             } => {
                 let (rounds, phase, idle) = if quick {
                     (1, Duration::from_millis(500), idle.min(500))
                 } else {
                     (rounds.max(1), phase, idle)
                 };
-                compare(rounds, phase, idle, gateway).await
+                compare(rounds, phase, idle, gateway, nginx_buffer.as_deref()).await
             }
         }
     });
@@ -196,6 +201,7 @@ async fn compare(
     phase: Duration,
     idle: usize,
     gateway: Option<PathBuf>,
+    nginx_buffer: Option<&str>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let gateway = gateway.unwrap_or_else(|| root.join("target/release/wsgate"));
@@ -213,18 +219,37 @@ async fn compare(
         Command::new(std::env::current_exe()?).args(["echo", "--listen", "127.0.0.1:0"]),
         "listening on ",
     )?;
-    let (wsgate, wsgate_addr) = Proc::spawn_announcing(
-        "wsgate",
-        Command::new(&gateway)
-            .args(["--listen", "127.0.0.1:0", "--idle-timeout", "off"])
-            .arg("--route")
-            .arg(format!("/=ws://{echo_addr}"))
-            // Per-tunnel logs off, as nginx's access_log is off.
-            .env("RUST_LOG", "warn"),
-        "listening on ",
+    let start_wsgate = |name, extra: &[&str]| {
+        Proc::spawn_announcing(
+            name,
+            Command::new(&gateway)
+                .args(["--listen", "127.0.0.1:0", "--idle-timeout", "off"])
+                .arg("--route")
+                .arg(format!("/=ws://{echo_addr}"))
+                .args(extra)
+                // Per-tunnel logs off, as nginx's access_log is off.
+                .env("RUST_LOG", "warn"),
+            "listening on ",
+        )
+    };
+    let (wsgate, wsgate_addr) = start_wsgate("wsgate", &[])?;
+    // Frame-aware in both directions (limits and keepalives that never
+    // fire): every chunk is walked header by header.
+    let (frames, frames_addr) = start_wsgate(
+        "wsgate-frames",
+        &[
+            "--max-frame",
+            "1GiB",
+            "--backend-max-frame",
+            "1GiB",
+            "--client-ping",
+            "1h",
+            "--backend-ping",
+            "1h",
+        ],
     )?;
     let nginx_port = procs::free_port()?;
-    let nginx = procs::start_nginx(&scratch, nginx_port, &echo_addr)?;
+    let nginx = procs::start_nginx(&scratch, nginx_port, &echo_addr, nginx_buffer)?;
     let targets = [
         Target {
             name: "direct",
@@ -237,14 +262,21 @@ async fn compare(
             proxy: Some(&wsgate),
         },
         Target {
+            name: "frames",
+            url: format!("ws://{frames_addr}/"),
+            proxy: Some(&frames),
+        },
+        Target {
             name: "nginx",
             url: format!("ws://127.0.0.1:{nginx_port}/"),
             proxy: Some(&nginx),
         },
     ];
     println!(
-        "cores: {}, rounds: {rounds}, phase: {phase:?}, idle connections: {idle}",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "cores: {}, rounds: {rounds}, phase: {phase:?}, idle connections: {idle}, \
+         nginx proxy_buffer_size: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        nginx_buffer.unwrap_or("default")
     );
 
     let mut figures = Figures::new();
@@ -347,12 +379,23 @@ fn median(values: &[f64]) -> f64 {
 
 fn print_table(figures: &Figures) {
     println!(
-        "\n{:<36} {:>10} {:>10} {:>10} {:>14} {:>13}",
-        "figure (median of rounds)", "direct", "wsgate", "nginx", "wsgate/direct", "wsgate/nginx"
+        "\n(frames: wsgate with limits and keepalives that never fire, so the frame-aware path runs)"
+    );
+    println!(
+        "{:<36} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "figure (median of rounds)",
+        "direct",
+        "wsgate",
+        "frames",
+        "nginx",
+        "ws/dir",
+        "ws/ngx",
+        "fr/ws"
     );
     for (key, label) in METRICS {
         let get = |target| figures.get(&(target, *key)).map_or(f64::NAN, |v| median(v));
-        let (direct, wsgate, nginx) = (get("direct"), get("wsgate"), get("nginx"));
+        let (direct, wsgate, frames, nginx) =
+            (get("direct"), get("wsgate"), get("frames"), get("nginx"));
         let ratio = |a: f64, b: f64| {
             if a.is_finite() && b.is_finite() && b != 0.0 {
                 format!("{:.2}", a / b)
@@ -368,13 +411,15 @@ fn print_table(figures: &Figures) {
             }
         };
         println!(
-            "{:<36} {:>10} {:>10} {:>10} {:>14} {:>13}",
+            "{:<36} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
             label,
             cell(direct),
             cell(wsgate),
+            cell(frames),
             cell(nginx),
             ratio(wsgate, direct),
-            ratio(wsgate, nginx)
+            ratio(wsgate, nginx),
+            ratio(frames, wsgate)
         );
     }
 }

@@ -201,12 +201,20 @@ pub(crate) fn free_port() -> std::io::Result<u16> {
 }
 
 /// Start nginx from Debian in `dir`, configured as an expert would for
-/// WebSockets, proxying 127.0.0.1:`port` to the echo backend.
+/// WebSockets, proxying 127.0.0.1:`port` to the echo backend. With
+/// `buffer`, `proxy_buffer_size` (the buffer of each direction of an
+/// upgraded connection; one page by default) is set to it.
 pub(crate) fn start_nginx(
     dir: &Path,
     port: u16,
     backend: &str,
+    buffer: Option<&str>,
 ) -> Result<Proc, Box<dyn std::error::Error>> {
+    // nginx insists that the busy buffers fit in the buffers, so those
+    // follow the size too (with `proxy_buffering off` they are not used).
+    let buffer = buffer.map_or_else(String::new, |size| {
+        format!("proxy_buffer_size {size}; proxy_buffers 4 {size}; proxy_busy_buffers_size {size};")
+    });
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .map(PathBuf::from)
@@ -243,6 +251,7 @@ http {{
             proxy_set_header Host $host;
             proxy_set_header X-Forwarded-For $remote_addr;
             proxy_buffering off;
+            {buffer}
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
         }}

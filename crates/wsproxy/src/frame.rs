@@ -121,6 +121,11 @@ impl FrameTracker {
         Some((self.header, have))
     }
 
+    /// Bytes of a frame header read so far (0 unless inside a header).
+    pub(crate) fn partial_header_len(&self) -> usize {
+        usize::from(self.have)
+    }
+
     /// Between two frames: a control frame may be inserted here.
     pub(crate) fn at_frame_boundary(&self) -> bool {
         self.have == 0 && self.remaining == 0
@@ -244,6 +249,60 @@ impl FrameTracker {
     }
 }
 
+/// Feed `data` to trackers three ways — whole, in chunks whose sizes
+/// follow from `seed`, and header by header with partial headers held back
+/// and fed again (as the frame-aware relay does) — and panic if they
+/// disagree. Used by the property tests and the fuzz target.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn check_consistency(data: &[u8], seed: u8) {
+    let mut whole = FrameTracker::default();
+    whole.feed(data);
+
+    let mut chunked = FrameTracker::default();
+    let mut stepped = FrameTracker::default();
+    let mut headers = 0u64;
+    let mut held: Vec<u8> = Vec::new();
+    let mut state = u32::from(seed);
+    let mut rest = data;
+    while !rest.is_empty() {
+        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let size = 1 + (state >> 16) as usize % (1 + usize::from(seed) * 4);
+        let (chunk, tail) = rest.split_at(size.min(rest.len()));
+        rest = tail;
+        chunked.feed(chunk);
+
+        let mut input = std::mem::take(&mut held);
+        input.extend_from_slice(chunk);
+        let mut pos = 0;
+        while pos < input.len() {
+            let (n, head) = stepped.feed_to_header(&input[pos..]);
+            assert!(n > 0, "feed_to_header made no progress");
+            pos += n;
+            if let Some(head) = head {
+                headers += 1;
+                assert!((2..=14).contains(&head.header_len));
+                assert!(pos >= head.header_len, "a header was split despite holding");
+            }
+        }
+        if let Some((header, have)) = stepped.take_partial_header() {
+            assert!(have < 14);
+            assert_eq!(&header[..have], &input[input.len() - have..]);
+            held = header[..have].to_vec();
+        }
+    }
+    // What is still held is a partial header: feed it to compare states.
+    stepped.feed(&held);
+    for other in [&chunked, &stepped] {
+        assert_eq!(whole.frames, other.frames);
+        assert_eq!(whole.messages, other.messages);
+        assert_eq!(whole.close_code, other.close_code);
+        assert_eq!(whole.closes, other.closes);
+        assert_eq!(whole.at_frame_boundary(), other.at_frame_boundary());
+        assert_eq!(whole.fragmented, other.fragmented);
+    }
+    assert_eq!(headers, whole.frames);
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -316,7 +375,7 @@ pub(crate) mod tests {
     }
 
     /// A random frame: fin, opcode, payload length, masked.
-    fn any_frame() -> impl Strategy<Value = (bool, u8, usize, bool)> {
+    pub(crate) fn any_frame() -> impl Strategy<Value = (bool, u8, usize, bool)> {
         (
             any::<bool>(),
             prop_oneof![
@@ -327,7 +386,7 @@ pub(crate) mod tests {
                 Just(0x9),
                 Just(0xA)
             ],
-            prop_oneof![0usize..130, 60_000usize..70_000],
+            prop_oneof![0usize..130, Just(8), 60_000usize..70_000],
             any::<bool>(),
         )
     }
@@ -354,6 +413,25 @@ pub(crate) mod tests {
             prop_assert_eq!(whole.messages, chunked.messages);
             prop_assert_eq!(whole.close_code, chunked.close_code);
             prop_assert_eq!(whole.at_message_boundary(), chunked.at_message_boundary());
+        }
+
+        /// The fuzz target's invariants, on stable.
+        #[test]
+        fn whole_chunked_and_stepped_agree(bytes in proptest::collection::vec(any::<u8>(), 0..4096),
+                                           seed in any::<u8>()) {
+            check_consistency(&bytes, seed);
+        }
+
+        /// The same on streams of real frames, where arbitrary bytes would
+        /// mostly make one huge frame.
+        #[test]
+        fn whole_chunked_and_stepped_agree_on_frames(frames in proptest::collection::vec(any_frame(), 1..12),
+                                                     seed in any::<u8>()) {
+            let bytes: Vec<u8> = frames
+                .iter()
+                .flat_map(|&(fin, opcode, len, masked)| frame(fin, opcode, &vec![3; len], masked.then_some([1, 2, 3, 4])))
+                .collect();
+            check_consistency(&bytes, seed);
         }
 
         /// Well-formed frames, cut anywhere: every frame is counted, and a

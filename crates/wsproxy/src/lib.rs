@@ -126,6 +126,18 @@ mod settings;
 mod tunnels;
 mod upstream;
 
+/// Entry points for the fuzz targets in `fuzz/`; only built by
+/// `cargo fuzz` (which sets `--cfg fuzzing`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Feed `data` to the frame-header parser in several ways that must
+    /// agree; panics if they do not.
+    pub fn frame_tracker(data: &[u8], seed: u8) {
+        crate::frame::check_consistency(data, seed);
+    }
+}
+
 pub use body::ResponseBody;
 pub use forward::{ClientAddr, HostHeader};
 pub use future::ResponseFuture;

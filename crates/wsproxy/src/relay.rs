@@ -201,7 +201,11 @@ struct Alive {
     seen: u64,
     /// When something last arrived from the peer.
     last_seen: Instant,
-    /// A ping is out; something must arrive by then.
+    /// A ping was asked for and is waiting for a frame boundary.
+    asked: bool,
+    /// Pings written to the peer when last looked at.
+    pings: u64,
+    /// A ping was written; something must arrive by then.
     reply_by: Option<Instant>,
 }
 
@@ -211,13 +215,24 @@ impl Alive {
             settings,
             seen: 0,
             last_seen: now,
+            asked: false,
+            pings: 0,
             reply_by: None,
         })
     }
 
-    /// Update from the bytes received so far. Returns whether a ping is
-    /// due now, or `Err` when the peer missed its deadline.
-    fn check(&mut self, received: u64, now: Instant) -> Result<bool, ()> {
+    /// Update from the bytes received from the peer and the pings written
+    /// to it so far. Returns whether a ping should be asked for now, or
+    /// `Err` when the peer missed its deadline. The timeout runs from when
+    /// the ping was written, not asked for: a ping waits for a frame
+    /// boundary, and a long frame on its way to the peer is not the peer's
+    /// fault.
+    fn check(&mut self, received: u64, pings: u64, now: Instant) -> Result<bool, ()> {
+        if pings != self.pings {
+            self.pings = pings;
+            self.asked = false;
+            self.reply_by = Some(now + self.settings.timeout);
+        }
         if received != self.seen {
             self.seen = received;
             self.last_seen = now;
@@ -226,17 +241,21 @@ impl Alive {
         match self.reply_by {
             Some(by) if now >= by => Err(()),
             Some(_) => Ok(false),
-            None if now >= self.last_seen + self.settings.interval => {
-                self.reply_by = Some(now + self.settings.timeout);
+            None if !self.asked && now >= self.last_seen + self.settings.interval => {
+                self.asked = true;
                 Ok(true)
             }
             None => Ok(false),
         }
     }
 
-    fn next_deadline(&self) -> Instant {
-        self.reply_by
-            .unwrap_or(self.last_seen + self.settings.interval)
+    /// When to look again; `None` while a ping waits to be written.
+    fn next_deadline(&self) -> Option<Instant> {
+        match self.reply_by {
+            Some(by) => Some(by),
+            None if self.asked => None,
+            None => Some(self.last_seen + self.settings.interval),
+        }
     }
 }
 
@@ -280,7 +299,11 @@ where
             let mut again = false;
             if !drain_seen && drained.as_mut().poll(cx).is_ready() {
                 drain_seen = true;
-                if closing.is_none() {
+                if let Some(closing) = &mut closing {
+                    // A close for another reason is under way: the
+                    // shutdown's deadline still bounds it.
+                    closing.deadline = closing.deadline.min(drain.deadline());
+                } else {
                     // A closing handshake already under way is left to
                     // finish; otherwise both sides get Close 1001.
                     let under_way = up.frames.closes > 0 || down.frames.closes > 0;
@@ -322,6 +345,12 @@ where
                 first_close = Some(false);
             }
             if up_done && down_done {
+                if let Some(closing) = &closing {
+                    return Poll::Ready(End::Proxy {
+                        reason: closing.reason,
+                        answered: handshakes_done(closing, &up, &down),
+                    });
+                }
                 let client_first = first_close
                     .unwrap_or_else(|| half_closed.is_none_or(|(_, client_first)| client_first));
                 return Poll::Ready(End::Closed { client_first });
@@ -344,19 +373,15 @@ where
                     again = true;
                 }
             }
-            if let Some(closing) = &closing {
-                // Each side waited for has received a Close (forwarded or
-                // the proxy's) and sent one back.
-                let client_done = !closing.wait_client
-                    || ((down.frames.closes > 0 || down.close_sent) && up.frames.closes > 0);
-                let backend_done = !closing.wait_backend
-                    || ((up.frames.closes > 0 || up.close_sent) && down.frames.closes > 0);
-                if client_done && backend_done {
-                    return Poll::Ready(End::Proxy {
-                        reason: closing.reason,
-                        answered: true,
-                    });
-                }
+            if let Some(closing) = &closing
+                && handshakes_done(closing, &up, &down)
+                && up.flushed()
+                && down.flushed()
+            {
+                return Poll::Ready(End::Proxy {
+                    reason: closing.reason,
+                    answered: true,
+                });
             }
             if up.bytes + down.bytes != before {
                 last_activity = now;
@@ -382,10 +407,11 @@ where
                 } else {
                     (&mut down, &mut up)
                 };
-                match alive.check(from_peer.received, now) {
+                match alive.check(from_peer.received, to_peer.pings, now) {
                     Ok(true) if closing.is_none() => {
-                        to_peer.ping();
-                        again = true;
+                        if to_peer.ping() {
+                            again = true;
+                        }
                     }
                     Ok(_) => {}
                     Err(()) if closing.is_none() => {
@@ -416,11 +442,11 @@ where
                 client_alive
                     .as_ref()
                     .filter(|_| closing.is_none())
-                    .map(Alive::next_deadline),
+                    .and_then(Alive::next_deadline),
                 backend_alive
                     .as_ref()
                     .filter(|_| closing.is_none())
-                    .map(Alive::next_deadline),
+                    .and_then(Alive::next_deadline),
             ]
             .into_iter()
             .flatten()
@@ -468,6 +494,14 @@ where
     )
 }
 
+/// Whether each side the proxy waits for has been sent a Close (forwarded
+/// or the proxy's) and has sent one back.
+fn handshakes_done(closing: &Closing, up: &Pump, down: &Pump) -> bool {
+    let client = !closing.wait_client || (down.closed_toward() && up.frames.closes > 0);
+    let backend = !closing.wait_backend || (up.closed_toward() && down.frames.closes > 0);
+    client && backend
+}
+
 enum Failure {
     Read(io::Error),
     Write(io::Error),
@@ -508,6 +542,8 @@ struct Pump {
     close_sent: bool,
     /// A frame from the source broke a limit.
     exceeded: Option<Exceeded>,
+    /// Pings of the proxy's own written to the destination.
+    pings: u64,
 }
 
 struct Pending {
@@ -533,6 +569,7 @@ impl Pump {
             close_due: None,
             close_sent: false,
             exceeded: None,
+            pings: 0,
         }
     }
 
@@ -545,17 +582,34 @@ impl Pump {
         }
     }
 
+    /// Whether the destination has been sent a Close (forwarded or the
+    /// proxy's): nothing of the proxy's own may follow it.
+    fn closed_toward(&self) -> bool {
+        self.close_sent || self.frames.closes > 0
+    }
+
     /// Send a Ping of the proxy's own to the destination at the next frame
-    /// boundary.
-    fn ping(&mut self) {
+    /// boundary; `false` if it can no longer be sent.
+    fn ping(&mut self) -> bool {
+        if self.done || self.closed_toward() {
+            return false;
+        }
         self.ping_due = true;
+        true
+    }
+
+    /// Everything written has reached the destination's socket.
+    fn flushed(&self) -> bool {
+        // A done direction shut its destination down, which flushed it (or
+        // left that to the tunnel closing both sockets).
+        self.done || (self.pending.is_none() && !self.unflushed)
     }
 
     /// Send Close `code` to the destination at the next frame boundary,
     /// unless the source already sent one through (a second Close would
     /// break the protocol), and forward nothing after it.
     fn close_with(&mut self, code: u16) {
-        if self.frames.closes == 0 && !self.close_sent {
+        if !self.closed_toward() {
             self.close_due = Some(code);
         }
     }
@@ -630,8 +684,11 @@ impl Pump {
                         self.held = Vec::new();
                         let data = &scratch[..held + n];
                         if n == 0 {
-                            // End of stream: what was held back goes as is.
-                            self.forward(cx, dst.as_mut(), data)?;
+                            // End of stream: what was held back goes as is,
+                            // unless nothing may follow the proxy's Close.
+                            if !self.close_sent {
+                                self.forward(cx, dst.as_mut(), data)?;
+                            }
                             return Poll::Ready(Ok(0));
                         }
                         self.pass(cx, dst.as_mut(), data)?;
@@ -679,6 +736,10 @@ impl Pump {
         }
         // Bytes `from..pos` are to be forwarded and not yet written.
         let (mut from, mut pos) = (0, 0);
+        // A partial header left by the fast path was forwarded already: it
+        // cannot be held back or refused (neither limits nor Pong checks
+        // were on, or this direction would not have used the fast path).
+        let mut carried = self.frames.partial_header_len() > 0;
         while pos < data.len() {
             if self.frames.at_frame_boundary() && (self.ping_due || self.close_due.is_some()) {
                 self.forward(cx, dst.as_mut(), &data[from..pos])?;
@@ -692,7 +753,10 @@ impl Pump {
             let (n, head) = self.frames.feed_to_header(&data[pos..]);
             pos += n;
             let Some(head) = head else { break };
-            let start = pos.saturating_sub(head.header_len);
+            let Some(start) = pos.checked_sub(head.header_len).filter(|_| !carried) else {
+                carried = false;
+                continue;
+            };
             if let Some(exceeded) = self.limits.check(&head) {
                 // Nothing of this frame goes out: Close 1001 instead, and
                 // the sender gets 1009 from the other direction.
@@ -723,7 +787,7 @@ impl Pump {
         }
         // A partial header at the end waits for the rest of it.
         let mut to = data.len();
-        if let Some((header, have)) = self.frames.take_partial_header() {
+        if !carried && let Some((header, have)) = self.frames.take_partial_header() {
             to -= have;
             self.held = header[..have].to_vec();
         }
@@ -735,6 +799,13 @@ impl Pump {
     where
         W: AsyncWrite + ?Sized,
     {
+        if self.closed_toward() {
+            // A Close went through since this was asked for: nothing may
+            // follow it.
+            self.close_due = None;
+            self.ping_due = false;
+            return Ok(());
+        }
         let frame = if let Some(code) = self.close_due.take() {
             self.close_sent = true;
             self.ping_due = false;
@@ -749,6 +820,7 @@ impl Pump {
             control_frame(OP_CLOSE, &payload, self.mask)
         } else {
             self.ping_due = false;
+            self.pings += 1;
             control_frame(OP_PING, ping_token(), self.mask)
         };
         self.write(cx, dst, &frame)
@@ -782,6 +854,7 @@ impl Pump {
         if data.is_empty() {
             return Ok(());
         }
+        self.unflushed = true;
         if let Some(pending) = &mut self.pending {
             pending.buf.extend_from_slice(data);
             return Ok(());
@@ -1026,6 +1099,60 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Real frames (Pongs of the proxy's Ping length among them), cut
+        /// anywhere, through the frame-aware path with tiny pipes: what
+        /// comes out is what went in.
+        #[test]
+        fn frames_out_equal_frames_in(
+            frames in proptest::collection::vec(crate::frame::tests::any_frame(), 1..10),
+            chunk in 1usize..3000,
+            pipe in 1usize..600,
+        ) {
+            use crate::frame::tests::frame;
+            let up: Vec<u8> = frames
+                .iter()
+                .flat_map(|&(fin, op, len, _)| frame(fin, op, &vec![9; len], Some([5, 6, 7, 8])))
+                .collect();
+            let down: Vec<u8> = frames
+                .iter()
+                .rev()
+                .flat_map(|&(fin, op, len, _)| frame(fin, op, &vec![4; len], None))
+                .collect();
+            let mut settings = timeouts(None, 5_000);
+            let never = Some(Keepalive::new(Duration::from_secs(3600), Duration::from_secs(3600)));
+            settings.client_keepalive = never;
+            settings.backend_keepalive = never;
+            settings.client_limits = MessageLimits::new().max_frame(1 << 20);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let (got_up, got_down) = runtime.block_on(async {
+                let (client, client_side) = duplex(pipe);
+                let (backend_side, backend) = duplex(pipe);
+                let relay = tokio::spawn(relay(client_side, backend_side, settings, Tunnels::new().drain()));
+                let pump = |mut end: tokio::io::DuplexStream, data: Vec<u8>| async move {
+                    let (mut read, mut write) = tokio::io::split(&mut end);
+                    let send = async {
+                        for piece in data.chunks(chunk) {
+                            write.write_all(piece).await.unwrap();
+                        }
+                        write.shutdown().await.unwrap();
+                    };
+                    let mut received = Vec::new();
+                    let ((), got) = tokio::join!(send, read.read_to_end(&mut received));
+                    got.unwrap();
+                    received
+                };
+                let (at_backend, at_client) = tokio::join!(pump(backend, down.clone()), pump(client, up.clone()));
+                relay.await.unwrap();
+                (at_backend, at_client)
+            });
+            proptest::prop_assert_eq!(got_up, up);
+            proptest::prop_assert_eq!(got_down, down);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_ping_to_the_backend_is_masked_and_its_pong_is_not_forwarded() {
         use crate::frame::tests::frame;
@@ -1103,5 +1230,228 @@ mod tests {
             ),
             "{end}"
         );
+    }
+
+    /// Regression tests for the frame-aware paths (found in review).
+    mod frame_aware {
+        use super::*;
+        use crate::frame::tests::frame;
+
+        const KEY: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+        fn spawn(
+            settings: Settings,
+            tunnels: &Tunnels,
+            client_pipe: usize,
+            backend_pipe: usize,
+        ) -> (
+            tokio::io::DuplexStream,
+            tokio::io::DuplexStream,
+            tokio::task::JoinHandle<(End, Totals)>,
+        ) {
+            let (client, client_side) = duplex(client_pipe);
+            let (backend_side, backend) = duplex(backend_pipe);
+            let task = tokio::spawn(relay(client_side, backend_side, settings, tunnels.drain()));
+            (client, backend, task)
+        }
+
+        fn keepalive(interval: u64, timeout: u64) -> Option<Keepalive> {
+            Some(Keepalive::new(
+                Duration::from_secs(interval),
+                Duration::from_secs(timeout),
+            ))
+        }
+
+        async fn read_n(stream: &mut tokio::io::DuplexStream, n: usize) -> Vec<u8> {
+            let mut buf = vec![0; n];
+            stream.read_exact(&mut buf).await.unwrap();
+            buf
+        }
+
+        async fn nothing_more(stream: &mut tokio::io::DuplexStream) {
+            let mut byte = [0; 1];
+            let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await;
+            assert!(read.is_err(), "unexpected {read:?} {byte:?}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_ping_due_inside_a_header_left_by_the_fast_path_waits_for_the_frame() {
+            let mut settings = timeouts(None, 5_000);
+            settings.client_keepalive = keepalive(1, 10);
+            let (mut client, mut backend, _task) = spawn(settings, &Tunnels::new(), 4096, 4096);
+            let text = frame(true, 0x1, &[b'x'; 200], None);
+            backend.write_all(&text[..1]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            backend.write_all(&text[1..]).await.unwrap();
+            assert_eq!(read_n(&mut client, text.len()).await, text);
+            let ping = read_n(&mut client, 10).await;
+            assert_eq!(&ping[..2], &[0x89, 8]);
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn no_close_follows_a_close_that_went_through_while_a_drain_waited() {
+            let tunnels = Tunnels::new();
+            let (mut client, mut backend, task) =
+                spawn(timeouts(None, 5_000), &tunnels, 4096, 4096);
+            let close = frame(true, 0x8, &1000u16.to_be_bytes(), None);
+            backend.write_all(&close[..3]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(tunnels.shutdown(Duration::from_secs(3)));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            backend.write_all(&close[3..]).await.unwrap();
+            assert_eq!(read_n(&mut client, 4).await, close);
+            // The backend got the proxy's Close 1001; the client answers
+            // the backend's.
+            let to_backend = read_n(&mut backend, 18).await;
+            assert_eq!(&to_backend[..2], &[0x88, 0x80 | 12]);
+            client
+                .write_all(&frame(true, 0x8, &1000u16.to_be_bytes(), KEY))
+                .await
+                .unwrap();
+            let (end, _) = task.await.unwrap();
+            assert!(
+                matches!(
+                    end,
+                    End::Proxy {
+                        reason: Reason::Shutdown,
+                        answered: true
+                    }
+                ),
+                "{end}"
+            );
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "after the backend's Close: {rest:?}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn no_ping_follows_a_forwarded_close() {
+            let mut settings = timeouts(None, 5_000);
+            settings.client_keepalive = keepalive(1, 10);
+            let (mut client, mut backend, _task) = spawn(settings, &Tunnels::new(), 4096, 4096);
+            let close = frame(true, 0x8, &1000u16.to_be_bytes(), None);
+            backend.write_all(&close).await.unwrap();
+            assert_eq!(read_n(&mut client, 4).await, close);
+            nothing_more(&mut client).await;
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_closing_handshake_is_done_only_once_everything_is_written() {
+            let tunnels = Tunnels::new();
+            let (mut client, mut backend, task) = spawn(timeouts(None, 5_000), &tunnels, 4096, 16);
+            let close = frame(true, 0x8, &1000u16.to_be_bytes(), None);
+            backend.write_all(&close).await.unwrap();
+            assert_eq!(read_n(&mut client, 4).await, close);
+            drop(tunnels.shutdown(Duration::from_secs(3)));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let mut sent = frame(true, 0x2, &[7; 100], KEY);
+            sent.extend(frame(true, 0x8, &1000u16.to_be_bytes(), KEY));
+            client.write_all(&sent).await.unwrap();
+            let reader = tokio::spawn(async move {
+                let mut got = Vec::new();
+                backend.read_to_end(&mut got).await.unwrap();
+                got
+            });
+            let (end, _) = task.await.unwrap();
+            assert!(
+                matches!(
+                    end,
+                    End::Proxy {
+                        reason: Reason::Shutdown,
+                        answered: true
+                    }
+                ),
+                "{end}"
+            );
+            assert_eq!(reader.await.unwrap(), sent, "all of it reached the backend");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_answered_shutdown_counts_as_a_shutdown() {
+            let tunnels = Tunnels::new();
+            let (mut client, mut backend, task) =
+                spawn(timeouts(None, 5_000), &tunnels, 4096, 4096);
+            tokio::task::yield_now().await;
+            drop(tunnels.shutdown(Duration::from_secs(3)));
+            read_n(&mut backend, 18).await;
+            read_n(&mut client, 14).await;
+            client
+                .write_all(&frame(true, 0x8, &1001u16.to_be_bytes(), KEY))
+                .await
+                .unwrap();
+            client.shutdown().await.unwrap();
+            backend
+                .write_all(&frame(true, 0x8, &1001u16.to_be_bytes(), None))
+                .await
+                .unwrap();
+            backend.shutdown().await.unwrap();
+            let (end, _) = task.await.unwrap();
+            assert!(
+                matches!(
+                    end,
+                    End::Proxy {
+                        reason: Reason::Shutdown,
+                        answered: true
+                    }
+                ),
+                "{end}"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn held_bytes_are_dropped_at_end_of_stream_after_the_proxys_close() {
+            let tunnels = Tunnels::new();
+            let mut settings = timeouts(None, 5_000);
+            settings.client_limits = MessageLimits::new().max_frame(1 << 20);
+            let (mut client, mut backend, _task) = spawn(settings, &tunnels, 4096, 4096);
+            client.write_all(&[0x82, 0xfe]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(tunnels.shutdown(Duration::from_secs(3)));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got.len(), 18, "only the proxy's Close: {got:02x?}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_pong_timeout_runs_from_when_the_ping_could_be_written() {
+            let mut settings = timeouts(None, 5_000);
+            settings.client_keepalive = keepalive(1, 1);
+            let (mut client, mut backend, task) = spawn(settings, &Tunnels::new(), 1 << 20, 4096);
+            // A frame trickles toward the silent client for 6 s: no ping
+            // fits before its end, and the client is not given up on.
+            let slow = frame(true, 0x2, &[7; 1000], None);
+            backend.write_all(&slow[..10]).await.unwrap();
+            for i in 10..40 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                backend.write_all(&slow[i..=i]).await.unwrap();
+            }
+            assert!(!task.is_finished());
+            backend.write_all(&slow[40..]).await.unwrap();
+            assert_eq!(read_n(&mut client, slow.len()).await, slow);
+            // Then the ping, and the timeout from there.
+            let start = Instant::now();
+            assert_eq!(&read_n(&mut client, 10).await[..2], &[0x89, 8]);
+            // The backend hears Close 1001 one timeout later, and answers.
+            let close = read_n(&mut backend, 18).await;
+            assert_eq!(start.elapsed(), Duration::from_secs(1));
+            assert_eq!(&close[..2], &[0x88, 0x80 | 12]);
+            backend
+                .write_all(&frame(true, 0x8, &1001u16.to_be_bytes(), None))
+                .await
+                .unwrap();
+            let (end, _) = task.await.unwrap();
+            assert!(
+                matches!(
+                    end,
+                    End::Proxy {
+                        reason: Reason::Keepalive { client: true },
+                        ..
+                    }
+                ),
+                "{end}"
+            );
+        }
     }
 }
