@@ -117,3 +117,46 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
     assert!(bytes("bytes_up=") >= 16, "{line}");
     assert!(bytes("bytes_down=") >= 12, "{line}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(captured.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let tunnels = Tunnels::new();
+    let layer = WebSocketProxyLayer::new(format!("ws://{backend}").parse().unwrap())
+        .route(Route::prefix("/limited"))
+        .client_limits(wsproxy::MessageLimits::new().max_message(100))
+        .tunnels(tunnels.clone());
+    let proxy = wsproxy_e2e::serve(axum::Router::new().layer(layer)).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/limited"))
+        .await
+        .unwrap();
+    ws.send(Message::binary(vec![0u8; 101])).await.unwrap();
+    while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
+    drop(ws);
+    timeout(Duration::from_secs(10), async {
+        while tunnels.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the tunnel closes");
+
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("message limit broken"))
+        .unwrap_or_else(|| panic!("no limit warning in:\n{log}"));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(line.contains("route=/limited"), "{line}");
+    assert!(line.contains("the client broke max_message"), "{line}");
+}

@@ -199,8 +199,9 @@ struct Alive {
     settings: Keepalive,
     /// Bytes received from the peer when last looked at.
     seen: u64,
-    /// When something last arrived from the peer.
-    last_seen: Instant,
+    /// When a ping is due if nothing arrives before: an interval after
+    /// something last arrived from the peer.
+    ping_at: Instant,
     /// A ping was asked for and is waiting for a frame boundary.
     asked: bool,
     /// Pings written to the peer when last looked at.
@@ -214,7 +215,7 @@ impl Alive {
         settings.map(|settings| Alive {
             settings,
             seen: 0,
-            last_seen: now,
+            ping_at: now + settings.interval,
             asked: false,
             pings: 0,
             reply_by: None,
@@ -235,13 +236,13 @@ impl Alive {
         }
         if received != self.seen {
             self.seen = received;
-            self.last_seen = now;
+            self.ping_at = now + self.settings.interval;
             self.reply_by = None;
         }
         match self.reply_by {
             Some(by) if now >= by => Err(()),
             Some(_) => Ok(false),
-            None if !self.asked && now >= self.last_seen + self.settings.interval => {
+            None if !self.asked && now >= self.ping_at => {
                 self.asked = true;
                 Ok(true)
             }
@@ -254,7 +255,7 @@ impl Alive {
         match self.reply_by {
             Some(by) => Some(by),
             None if self.asked => None,
-            None => Some(self.last_seen + self.settings.interval),
+            None => Some(self.ping_at),
         }
     }
 }
