@@ -35,6 +35,7 @@ use std::time::Duration;
 /// # drop(layer);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
 pub struct Keepalive {
     pub(crate) interval: Duration,
     pub(crate) timeout: Duration,
@@ -82,6 +83,7 @@ impl Keepalive {
 /// # drop(layer);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use]
 pub struct MessageLimits {
     pub(crate) max_frame: Option<u64>,
     pub(crate) max_message: Option<u64>,
