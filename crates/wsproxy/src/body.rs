@@ -29,6 +29,14 @@ pin_project! {
     }
 }
 
+impl<B> Default for ResponseBody<B> {
+    /// An empty body (for layers such as tower-http's `CorsLayer` that
+    /// write their own responses).
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         Self {

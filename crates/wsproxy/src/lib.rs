@@ -111,6 +111,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admit;
 mod body;
 mod connect;
 mod detect;

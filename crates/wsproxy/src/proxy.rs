@@ -27,6 +27,8 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
 ) -> Response<ResponseBody<ResBody>> {
     let (mut parts, body) = req.into_parts();
     drop(body);
+    // Permits of admission layers, held for the tunnel's life.
+    let holds = parts.extensions.remove::<crate::admit::Holds>();
     let peer = forward::client_addr(&parts.extensions);
     let span = tracing::info_span!(
         "tunnel",
@@ -117,6 +119,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         tokio::spawn(
             async move {
                 let _guard = guard;
+                let _holds = holds;
                 let client = match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {
                     Ok(Ok(client)) => client,
                     Ok(Err(e)) => {
@@ -226,7 +229,7 @@ pub(crate) fn refusal<B>(status: StatusCode, reason: &str) -> Response<ResponseB
     response
 }
 
-struct DisplayPeer(Option<SocketAddr>);
+pub(crate) struct DisplayPeer(pub(crate) Option<SocketAddr>);
 
 impl std::fmt::Display for DisplayPeer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

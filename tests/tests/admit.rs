@@ -1,0 +1,213 @@
+//! Admission layers end to end: refusals are ordinary responses that never
+//! reach a backend, and connection permits live as long as the tunnels.
+
+use futures_util::StreamExt;
+use http::HeaderName;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tower::ServiceBuilder;
+use wsproxy::WebSocketProxyLayer;
+use wsproxy::admit::{ConnectionLimit, Key, OriginCheck};
+use wsproxy_e2e::*;
+
+/// An app with `layers` (around a proxy) and a plain route `/app`.
+async fn app_with<L>(layers: L) -> std::net::SocketAddr
+where
+    L: tower::Layer<axum::routing::Route> + Clone + Send + Sync + 'static,
+    L::Service: tower::Service<axum::extract::Request, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Response:
+        axum::response::IntoResponse + 'static,
+    <L::Service as tower::Service<axum::extract::Request>>::Future: Send + 'static,
+{
+    serve(
+        axum::Router::new()
+            .route("/app", axum::routing::get(|| async { "app" }))
+            .layer(layers),
+    )
+    .await
+}
+
+fn proxy(backend: &Backend) -> WebSocketProxyLayer {
+    WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
+}
+
+/// A handshake on a raw socket with extra header lines; the status.
+async fn status(proxy: std::net::SocketAddr, extra: &str) -> (u16, String) {
+    let mut stream = raw(proxy, handshake("/", extra).as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    let body = if head.status == 101 {
+        Vec::new()
+    } else {
+        read_body(&mut stream, &head).await
+    };
+    (head.status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn open(proxy: std::net::SocketAddr, headers: &[(&str, &str)]) -> WsClient {
+    let mut request = format!("ws://{proxy}/").into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let (ws, _) = within("handshake", tokio_tungstenite::connect_async(request))
+        .await
+        .expect("a 101");
+    ws
+}
+
+type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[tokio::test]
+async fn open_tunnels_hold_their_permits_until_they_close() {
+    let backend = Backend::start().await;
+    let limit = ConnectionLimit::new().max_open(2);
+    let addr = app_with(
+        ServiceBuilder::new()
+            .layer(limit.clone().layer())
+            .layer(proxy(&backend)),
+    )
+    .await;
+
+    let mut first = open(addr, &[]).await;
+    let second = open(addr, &[]).await;
+    assert_eq!(limit.open(), 2);
+    // The third is refused while two are open, and never reaches the backend.
+    let (code, body) = status(addr, "").await;
+    assert_eq!((code, body.as_str()), (503, "connection limit reached\n"));
+    assert_eq!(backend.connections(), 2);
+    // Plain HTTP is not counted or limited.
+    let mut plain = raw(addr, b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(read_head(&mut plain).await.status, 200);
+
+    // One closes cleanly: the next is admitted.
+    first.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, first.next()).await {}
+    drop(first);
+    let l = limit.clone();
+    assert!(wait_until(LIMIT, || l.open() == 1).await, "permit returned");
+    let mut third = open(addr, &[]).await;
+    echo(&mut third, Message::text("admitted")).await;
+
+    // One is dropped abruptly: its permit comes back too.
+    drop(second);
+    let l = limit.clone();
+    assert!(
+        wait_until(LIMIT, || l.open() == 1).await,
+        "permit returned after a drop"
+    );
+    let _fourth = open(addr, &[]).await;
+    assert_eq!(limit.open(), 2);
+}
+
+#[tokio::test]
+async fn towers_concurrency_limit_releases_at_the_101_which_is_why_this_exists() {
+    let backend = Backend::start().await;
+    let addr = app_with(
+        ServiceBuilder::new()
+            .concurrency_limit(1)
+            .layer(proxy(&backend)),
+    )
+    .await;
+    // With tower's limit of one, a second WebSocket opens while the first
+    // is still open: its permit went back with the 101.
+    let mut first = open(addr, &[]).await;
+    let mut second = open(addr, &[]).await;
+    echo(&mut first, Message::text("1")).await;
+    echo(&mut second, Message::text("2")).await;
+}
+
+#[tokio::test]
+async fn per_client_limits_refuse_with_429_and_ignore_spoofed_forwarding_headers() {
+    let backend = Backend::start().await;
+    let by_user =
+        ConnectionLimit::new().max_open_per_key(Key::header(HeaderName::from_static("x-user")), 2);
+    let by_ip = ConnectionLimit::new().max_open_per_key(Key::client_ip(), 3);
+    let addr = app_with(
+        ServiceBuilder::new()
+            .layer(by_ip.clone().layer())
+            .layer(by_user.clone().layer())
+            .layer(proxy(&backend)),
+    )
+    .await;
+    let _a1 = open(addr, &[("x-user", "alice")]).await;
+    let _a2 = open(addr, &[("x-user", "alice")]).await;
+    let (code, body) = status(addr, "x-user: alice\r\n").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (429, "connection limit per client reached\n")
+    );
+    let _b1 = open(addr, &[("x-user", "bob")]).await;
+    assert_eq!((by_user.open_for("alice"), by_user.open_for("bob")), (2, 1));
+    // All three come from 127.0.0.1; a spoofed X-Forwarded-For from an
+    // untrusted peer does not make a fourth look like someone else.
+    let (code, _) = status(addr, "x-user: carol\r\nx-forwarded-for: 203.0.113.9\r\n").await;
+    assert_eq!(code, 429);
+    assert_eq!(by_ip.open_for("127.0.0.1"), 3);
+    assert_eq!(backend.connections(), 3);
+}
+
+#[tokio::test]
+async fn origins_off_the_list_are_refused_with_403_before_the_backend() {
+    let backend = Backend::start().await;
+    let addr = app_with(
+        ServiceBuilder::new()
+            .layer(OriginCheck::new(["https://app.example", "https://*.app.example"]).layer())
+            .layer(proxy(&backend)),
+    )
+    .await;
+    let mut ok = open(addr, &[("origin", "https://chat.app.example")]).await;
+    echo(&mut ok, Message::text("allowed")).await;
+    for extra in [
+        "Origin: https://evil.example\r\n",
+        "Origin: https://app.example.evil.example\r\n",
+        "Origin: null\r\n",
+        "",
+    ] {
+        let (code, body) = status(addr, extra).await;
+        assert_eq!(code, 403, "{extra:?}");
+        assert!(body.starts_with("origin "), "{body}");
+    }
+    assert_eq!(backend.connections(), 1, "refusals never reach the backend");
+    // Plain requests without Origin still reach the app.
+    let mut plain = raw(addr, b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(read_head(&mut plain).await.status, 200);
+}
+
+#[tokio::test]
+async fn towers_cors_layer_answers_preflights_and_leaves_the_upgrade_working() {
+    let backend = Backend::start().await;
+    let addr = app_with(
+        ServiceBuilder::new()
+            .layer(
+                tower_http::cors::CorsLayer::new()
+                    .allow_origin(http::HeaderValue::from_static("https://app.example"))
+                    .allow_methods([http::Method::GET]),
+            )
+            .layer(OriginCheck::new(["https://app.example"]).layer())
+            .layer(proxy(&backend)),
+    )
+    .await;
+    let mut preflight = raw(
+        addr,
+        b"OPTIONS / HTTP/1.1\r\nHost: x\r\nOrigin: https://app.example\r\n\
+          Access-Control-Request-Method: GET\r\n\r\n",
+    )
+    .await;
+    let head = read_head(&mut preflight).await;
+    assert_eq!(head.status, 200, "{}", head.text);
+    assert_eq!(
+        head.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let mut ws = open(addr, &[("origin", "https://app.example")]).await;
+    echo(&mut ws, Message::text("through cors")).await;
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, ws.next()).await {}
+}
