@@ -211,3 +211,34 @@ async fn towers_cors_layer_answers_preflights_and_leaves_the_upgrade_working() {
     ws.close(None).await.unwrap();
     while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, ws.next()).await {}
 }
+
+#[tokio::test]
+async fn rate_limits_refuse_with_429_and_retry_after_in_whole_seconds() {
+    use wsproxy::admit::{Rate, RateLimit};
+    let backend = Backend::start().await;
+    let limit = RateLimit::new().per_key(Key::client_ip(), Rate::per_minute(1).burst(1));
+    let addr = app_with(
+        ServiceBuilder::new()
+            .layer(limit.clone().layer())
+            .layer(proxy(&backend)),
+    )
+    .await;
+    let _first = open(addr, &[]).await;
+    let _second = open(addr, &[]).await;
+    let mut stream = raw(addr, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 429, "{}", head.text);
+    let retry: u64 = head.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(
+        read_body(&mut stream, &head).await,
+        b"rate limit per client reached\n"
+    );
+    assert_eq!(backend.connections(), 2, "refusals never reach the backend");
+    assert_eq!(limit.keys(), 1);
+    // Plain requests are not counted.
+    for _ in 0..3 {
+        let mut plain = raw(addr, b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(read_head(&mut plain).await.status, 200);
+    }
+}

@@ -8,7 +8,9 @@
 //! its plain routes, and compose with tower-http's `CorsLayer` or
 //! `TraceLayer` and with each other in a `ServiceBuilder`.
 //!
-//! Provided: [`OriginCheck`] (an allow-list of `Origin`s, `403`) and
+//! Provided: [`OriginCheck`] (an allow-list of `Origin`s, `403`),
+//! `RateLimit` (handshakes per second per client and in all, `429` with
+//! `Retry-After`; feature `rate-limit`, on by default) and
 //! [`ConnectionLimit`] (open tunnels, globally `503` and per client `429`).
 //! [`Key`] says who "a client" is for the per-client ones.
 //!
@@ -71,6 +73,12 @@ use ipnet::IpNet;
 use tower::{Layer, Service};
 
 use crate::{ResponseBody, ResponseFuture, detect, forward};
+
+#[cfg(feature = "rate-limit")]
+mod rate;
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub use rate::{Rate, RateLimit};
 
 /// A check a WebSocket handshake must pass before any backend is contacted.
 ///
