@@ -82,6 +82,39 @@ pub(crate) struct Args {
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub(crate) backend_max_message: Option<u64>,
 
+    /// Allow WebSocket handshakes only from this Origin (exact, or
+    /// https://*.example.com for subdomains); repeat for more. Others get
+    /// 403. Default: any origin.
+    #[arg(long = "origin", value_name = "ORIGIN")]
+    pub(crate) origins: Vec<String>,
+
+    /// With --origin, also allow handshakes that send no Origin
+    /// (non-browser clients).
+    #[arg(long)]
+    pub(crate) allow_missing_origin: bool,
+
+    /// At most this many open WebSockets in all (more get 503).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_conns: Option<usize>,
+
+    /// At most this many open WebSockets per client IP (more get 429).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_conns_per_ip: Option<usize>,
+
+    /// Handshakes per client IP, e.g. 10/s or 600/m (more get 429 with
+    /// Retry-After); like nginx's limit_req rate.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub(crate) rate_per_ip: Option<wsproxy::admit::Rate>,
+
+    /// Handshakes in all, e.g. 2000/s.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub(crate) rate: Option<wsproxy::admit::Rate>,
+
+    /// Extra handshakes allowed at once over --rate-per-ip and --rate
+    /// (nginx's burst).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) burst: u32,
+
     /// On SIGTERM/SIGINT, how long open WebSockets have to finish their
     /// closing handshakes after the proxy's Close 1001.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -126,6 +159,21 @@ fn parse_size(s: &str) -> Result<u64, String> {
     number
         .checked_mul(1 << shift)
         .ok_or_else(|| format!("size '{s}' is too large"))
+}
+
+/// A rate, `N/s` or `N/m`.
+fn parse_rate(s: &str) -> Result<wsproxy::admit::Rate, String> {
+    let invalid = || format!("invalid rate '{s}'; use e.g. 10/s or 600/m");
+    let (n, per) = s.split_once('/').ok_or_else(invalid)?;
+    let n: u32 = n.trim().parse().map_err(|_| invalid())?;
+    if n == 0 {
+        return Err(invalid());
+    }
+    match per.trim() {
+        "s" => Ok(wsproxy::admit::Rate::per_second(n)),
+        "m" => Ok(wsproxy::admit::Rate::per_minute(n)),
+        _ => Err(invalid()),
+    }
 }
 
 /// An idle timeout, or none (`off` or `0`).
@@ -221,6 +269,17 @@ mod tests {
         assert_eq!(slash.scope(), route.scope());
         let root: RouteSpec = "/=ws://127.0.0.1:9002".parse().unwrap();
         assert_eq!(root.scope(), "");
+    }
+
+    #[test]
+    fn rates_parse() {
+        use wsproxy::admit::Rate;
+        assert_eq!(parse_rate("10/s"), Ok(Rate::per_second(10)));
+        assert_eq!(parse_rate("600/m"), Ok(Rate::per_minute(600)));
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("10/h").is_err());
+        assert!(parse_rate("ten/s").is_err());
+        assert!(parse_rate("10").is_err());
     }
 
     #[test]

@@ -29,6 +29,7 @@ use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
+use wsproxy::admit::{ConnectionLimit, Key, OriginCheck, RateLimit};
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
 use crate::cli::{Args, RouteSpec};
@@ -193,6 +194,41 @@ fn router(args: &Args, routes: &[RouteSpec], tunnels: &Tunnels) -> Router {
             .trusted_proxies(args.trusted_proxies.iter().copied())
             .tunnels(tunnels.clone());
         app = app.layer(layer);
+    }
+    admission(app, args)
+}
+
+/// The admission layers in front of every route, innermost first:
+/// connection limits, rate limits, then the Origin check (see
+/// `wsproxy::admit` for why this order).
+fn admission(mut app: Router, args: &Args) -> Router {
+    let client = Key::client_ip().trusting(args.trusted_proxies.iter().copied());
+    if args.max_conns.is_some() || args.max_conns_per_ip.is_some() {
+        let mut limit = ConnectionLimit::new();
+        if let Some(max) = args.max_conns {
+            limit = limit.max_open(max);
+        }
+        if let Some(max) = args.max_conns_per_ip {
+            limit = limit.max_open_per_key(client.clone(), max);
+        }
+        app = app.layer(limit.layer());
+    }
+    if args.rate.is_some() || args.rate_per_ip.is_some() {
+        let mut limit = RateLimit::new();
+        if let Some(rate) = args.rate_per_ip {
+            limit = limit.per_key(client, rate.burst(args.burst));
+        }
+        if let Some(rate) = args.rate {
+            limit = limit.global(rate.burst(args.burst));
+        }
+        app = app.layer(limit.layer());
+    }
+    if !args.origins.is_empty() {
+        app = app.layer(
+            OriginCheck::new(&args.origins)
+                .allow_missing(args.allow_missing_origin)
+                .layer(),
+        );
     }
     app
 }

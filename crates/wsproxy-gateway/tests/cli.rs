@@ -307,3 +307,56 @@ async fn sigterm_does_not_wait_past_the_deadline_for_a_stuck_request() {
     assert!(elapsed < Duration::from_secs(8), "{elapsed:?}");
     drop(stuck);
 }
+
+/// The status line of a raw WebSocket handshake to `path` with extra
+/// header lines.
+async fn handshake_status(addr: SocketAddr, path: &str, extra: &str) -> String {
+    let mut stream = timeout(LIMIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 12];
+    timeout(LIMIT, stream.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn admission_flags_reach_the_layers() {
+    let gateway = Gateway::start(&[
+        "--demo",
+        "--origin",
+        "https://*.ok.example",
+        "--allow-missing-origin",
+        "--max-conns",
+        "1",
+        "--rate-per-ip",
+        "1/m",
+        "--burst",
+        "2",
+    ]);
+    let addr = gateway.addr;
+    // An origin off the list: 403, before any limit is counted.
+    assert_eq!(
+        handshake_status(addr, "/echo", "Origin: https://evil.example\r\n").await,
+        "HTTP/1.1 403"
+    );
+    // No Origin is allowed; one open WebSocket is the limit.
+    let _open = connect(addr, "/echo").await;
+    assert_eq!(
+        handshake_status(addr, "/echo", "Origin: https://a.ok.example\r\n").await,
+        "HTTP/1.1 503"
+    );
+    assert_eq!(handshake_status(addr, "/echo", "").await, "HTTP/1.1 503");
+    // The rate (3 at once, then 1 a minute) has run out now.
+    assert_eq!(handshake_status(addr, "/echo", "").await, "HTTP/1.1 429");
+    // The status page is not a handshake: never limited.
+    assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+}
