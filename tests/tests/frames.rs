@@ -456,3 +456,41 @@ async fn stats_count_frames_messages_close_codes_and_how_tunnels_ended() {
     assert_eq!(stats.backend.close_codes.get(&4002), Some(&1));
     assert!(stats.client.bytes > 0 && stats.backend.bytes > 0);
 }
+
+#[tokio::test]
+async fn messages_faster_than_the_rate_close_with_1008() {
+    use wsproxy::admit::Rate;
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| {
+        l.client_limits(MessageLimits::new().max_rate(Rate::per_minute(60).burst(4)))
+    })
+    .await;
+    let mut ws = connect(&format!("ws://{proxy}/")).await;
+    // Five at once are within the burst (one at the rate plus four); a
+    // Ping is not a message and does not count.
+    for i in 0..5 {
+        echo(&mut ws, Message::text(format!("m{i}"))).await;
+    }
+    ws.send(Message::Ping(b"not counted".to_vec().into()))
+        .await
+        .unwrap();
+    // The sixth comes too soon.
+    ws.send(Message::text("too soon")).await.unwrap();
+    loop {
+        match within("the Close", ws.next()).await {
+            Some(Ok(Message::Pong(_))) => continue,
+            Some(Ok(message)) if close_code(&message) == Some(1008) => break,
+            other => panic!("expected Close 1008, got {other:?}"),
+        }
+    }
+    while let Some(Ok(_)) = within("the end", ws.next()).await {}
+    backend_saw(&backend, "Close 1001", |m| close_code(m) == Some(1001)).await;
+    let (messages, _) = backend_log(&backend);
+    assert_eq!(
+        messages.iter().filter(|(kind, _)| kind == "text").count(),
+        5,
+        "the sixth never reached the backend: {messages:?}"
+    );
+    tunnels_end(&tunnels).await;
+    assert_eq!(tunnels.stats().ended.limit, 1);
+}

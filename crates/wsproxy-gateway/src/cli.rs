@@ -74,6 +74,15 @@ pub(crate) struct Args {
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub(crate) max_message: Option<u64>,
 
+    /// Messages per tunnel a client may send, e.g. 50/s (faster closes the
+    /// WebSocket with 1008); default: no limit.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub(crate) message_rate: Option<wsproxy::admit::Rate>,
+
+    /// Extra messages allowed at once over --message-rate.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub(crate) message_burst: u32,
+
     /// Largest frame payload a backend may send (default: no limit).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     pub(crate) backend_max_frame: Option<u64>,

@@ -188,7 +188,7 @@ fn router(args: &Args, routes: &[RouteSpec], tunnels: &Tunnels) -> Router {
                 args.backend_ping
                     .map(|i| Keepalive::new(i, args.ping_timeout)),
             )
-            .client_limits(limits(args.max_frame, args.max_message))
+            .client_limits(client_limits(args))
             .backend_limits(limits(args.backend_max_frame, args.backend_max_message))
             .forwarded_header(args.forwarded)
             .trusted_proxies(args.trusted_proxies.iter().copied())
@@ -231,6 +231,14 @@ fn admission(mut app: Router, args: &Args) -> Router {
         );
     }
     app
+}
+
+fn client_limits(args: &Args) -> MessageLimits {
+    let limits = limits(args.max_frame, args.max_message);
+    match args.message_rate {
+        Some(rate) => limits.max_rate(rate.burst(args.message_burst)),
+        None => limits,
+    }
 }
 
 fn limits(max_frame: Option<u64>, max_message: Option<u64>) -> MessageLimits {

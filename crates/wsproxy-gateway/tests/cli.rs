@@ -254,7 +254,17 @@ async fn sigterm_sends_open_tunnels_close_1001_and_exits() {
 
 #[tokio::test]
 async fn keepalive_and_limit_flags_reach_the_layer() {
-    let gateway = Gateway::start(&["--demo", "--max-message", "1KiB", "--client-ping", "200ms"]);
+    let gateway = Gateway::start(&[
+        "--demo",
+        "--max-message",
+        "1KiB",
+        "--client-ping",
+        "200ms",
+        "--message-rate",
+        "1/m",
+        "--message-burst",
+        "1",
+    ]);
     let mut ws = connect(gateway.addr, "/echo").await;
     // Pinged while idle...
     let ping = next(&mut ws).await;
@@ -272,6 +282,32 @@ async fn keepalive_and_limit_flags_reach_the_layer() {
                 break;
             }
             other => panic!("expected Close 1009, got {other:?}"),
+        }
+    }
+    // Two messages at once are within --message-rate 1/m with a burst of
+    // one; the third is refused with 1008.
+    let mut ws = connect(gateway.addr, "/echo").await;
+    for text in ["one", "two"] {
+        ws.send(Message::text(text)).await.unwrap();
+        loop {
+            match next(&mut ws).await {
+                Message::Ping(_) => continue,
+                echoed => {
+                    assert_eq!(echoed, Message::text(text));
+                    break;
+                }
+            }
+        }
+    }
+    ws.send(Message::text("three")).await.unwrap();
+    loop {
+        match next(&mut ws).await {
+            Message::Ping(_) => continue,
+            Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1008);
+                break;
+            }
+            other => panic!("expected Close 1008, got {other:?}"),
         }
     }
 }

@@ -62,9 +62,11 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -78,7 +80,7 @@ use crate::{ResponseBody, ResponseFuture, detect, forward};
 mod rate;
 #[cfg(feature = "rate-limit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
-pub use rate::{Rate, RateLimit};
+pub use rate::RateLimit;
 
 /// A check a WebSocket handshake must pass before any backend is contacted.
 ///
@@ -232,6 +234,61 @@ where
                 ResponseFuture::proxy(Box::pin(std::future::ready(refusal.into_response())))
             }
         }
+    }
+}
+
+/// A rate: `requests` per `period`, with room for a burst.
+///
+/// # nginx's `limit_req`
+///
+/// `limit_req_zone ... rate=10r/s;` + `limit_req ... burst=20 nodelay;` is
+/// `Rate::per_second(10).burst(20)`: 21 handshakes may come at once (one
+/// at the rate plus 20 of burst), then one every 100 ms, and every
+/// handshake over that is refused at once (`nodelay`: the proxy never
+/// queues handshakes). Without `burst`, nginx's default `burst=0` is
+/// `burst(0)`: one at a time, one every 100 ms. The algorithm is GCRA
+/// (the `governor` crate), which is what nginx's leaky bucket amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Rate {
+    requests: NonZeroU32,
+    period: Duration,
+    burst: u32,
+}
+
+impl Rate {
+    /// `n` handshakes per second (at least 1).
+    pub fn per_second(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(1))
+    }
+
+    /// `n` handshakes per minute (at least 1).
+    pub fn per_minute(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(60))
+    }
+
+    fn new(n: u32, period: Duration) -> Self {
+        Self {
+            requests: NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN),
+            period,
+            burst: 0,
+        }
+    }
+
+    /// Allow `extra` handshakes over the rate at once (nginx's `burst`).
+    pub fn burst(mut self, extra: u32) -> Self {
+        self.burst = extra;
+        self
+    }
+
+    /// Time between two requests at the rate.
+    pub(crate) fn interval(self) -> Duration {
+        self.period / self.requests.get()
+    }
+
+    /// Requests over the rate allowed at once.
+    pub(crate) fn extra(self) -> u32 {
+        self.burst
     }
 }
 

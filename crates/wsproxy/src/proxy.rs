@@ -135,11 +135,15 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                     relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, tunnels.drain()).await;
                 tunnels.record(&end, &totals);
                 if let relay::End::Proxy {
-                    reason: relay::Reason::Limit { .. },
+                    reason: relay::Reason::Limit { exceeded, .. },
                     ..
                 } = &end
                 {
-                    tracing::warn!(end = %end, "message limit broken, WebSocket closed with 1009");
+                    tracing::warn!(
+                        end = %end,
+                        close_code = exceeded.close_code(),
+                        "message limit broken, WebSocket closed"
+                    );
                 }
                 let duration_ms = started.elapsed().as_millis() as u64;
                 let (up, down) = (&totals.up, &totals.down);

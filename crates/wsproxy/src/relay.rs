@@ -65,6 +65,8 @@ thread_local! {
 pub(crate) const GOING_AWAY: u16 = 1001;
 /// Close code: a message too big to process.
 pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
+/// Close code: a message that breaks the endpoint's policy.
+pub(crate) const POLICY_VIOLATION: u16 = 1008;
 
 /// Payload of the proxy's Pings: a random token of this process, so that
 /// the answering Pongs can be told from the application's.
@@ -364,7 +366,7 @@ where
                 let Some(exceeded) = exceeded else { continue };
                 if closing.is_none() {
                     let toward_sender = if client { &mut down } else { &mut up };
-                    toward_sender.close_with(MESSAGE_TOO_BIG);
+                    toward_sender.close_with(exceeded.close_code());
                     closing = Some(Closing {
                         reason: Reason::Limit { client, exceeded },
                         deadline: now + settings.half_close,
@@ -545,6 +547,9 @@ struct Pump {
     exceeded: Option<Exceeded>,
     /// Pings of the proxy's own written to the destination.
     pings: u64,
+    /// When the next message is due at the rate limit (GCRA's theoretical
+    /// arrival time).
+    rate_due: Option<Instant>,
 }
 
 struct Pending {
@@ -571,6 +576,7 @@ impl Pump {
             close_sent: false,
             exceeded: None,
             pings: 0,
+            rate_due: None,
         }
     }
 
@@ -758,7 +764,7 @@ impl Pump {
                 carried = false;
                 continue;
             };
-            if let Some(exceeded) = self.limits.check(&head) {
+            if let Some(exceeded) = self.limits.check(&head).or_else(|| self.over_rate(&head)) {
                 // Nothing of this frame goes out: Close 1001 instead, and
                 // the sender gets 1009 from the other direction.
                 self.forward(cx, dst.as_mut(), &data[from..start])?;
@@ -810,10 +816,10 @@ impl Pump {
         let frame = if let Some(code) = self.close_due.take() {
             self.close_sent = true;
             self.ping_due = false;
-            let reason: &[u8] = if code == MESSAGE_TOO_BIG {
-                b"message too big"
-            } else {
-                b"going away"
+            let reason: &[u8] = match code {
+                MESSAGE_TOO_BIG => b"message too big",
+                POLICY_VIOLATION => b"policy violation",
+                _ => b"going away",
             };
             let mut payload = Vec::with_capacity(2 + reason.len());
             payload.extend_from_slice(&code.to_be_bytes());
@@ -888,6 +894,25 @@ impl MessageLimits {
         if self.max_message.is_some_and(|max| head.message_len > max) {
             return Some(Exceeded::Message(head.message_len));
         }
+        None
+    }
+}
+
+impl Pump {
+    /// Whether the message `head` starts comes too soon for the rate limit
+    /// (GCRA: one message per interval, `extra` more at once).
+    fn over_rate(&mut self, head: &Head) -> Option<Exceeded> {
+        let rate = self.limits.max_rate?;
+        if !(0x1..=0x7).contains(&head.opcode) {
+            return None;
+        }
+        let now = Instant::now();
+        let interval = rate.interval();
+        let due = self.rate_due.map_or(now, |due| due.max(now));
+        if due.saturating_duration_since(now) > interval * rate.extra() {
+            return Some(Exceeded::Rate);
+        }
+        self.rate_due = Some(due + interval);
         None
     }
 }

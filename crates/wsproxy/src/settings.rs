@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::admit::Rate;
+
 /// Keepalive pings from the proxy toward one side of each tunnel.
 ///
 /// When nothing at all has arrived from that peer for `interval`, the proxy
@@ -87,6 +89,7 @@ impl Keepalive {
 pub struct MessageLimits {
     pub(crate) max_frame: Option<u64>,
     pub(crate) max_message: Option<u64>,
+    pub(crate) max_rate: Option<Rate>,
 }
 
 impl MessageLimits {
@@ -107,8 +110,27 @@ impl MessageLimits {
         self
     }
 
+    /// At most this many data messages per second (or minute), with room
+    /// for a burst, per tunnel. A message over the rate closes the tunnel
+    /// with `1008` ("policy violation") toward the sender and `1001` toward
+    /// the other side, before any of it is forwarded, and is logged with
+    /// the route and the client. Control frames do not count.
+    ///
+    /// ```
+    /// use wsproxy::MessageLimits;
+    /// use wsproxy::admit::Rate;
+    ///
+    /// // 50 messages a second, 100 at once.
+    /// let limits = MessageLimits::new().max_rate(Rate::per_second(50).burst(100));
+    /// # drop(limits);
+    /// ```
+    pub fn max_rate(mut self, rate: Rate) -> Self {
+        self.max_rate = Some(rate);
+        self
+    }
+
     pub(crate) fn is_none(&self) -> bool {
-        self.max_frame.is_none() && self.max_message.is_none()
+        self.max_frame.is_none() && self.max_message.is_none() && self.max_rate.is_none()
     }
 }
 
@@ -119,6 +141,18 @@ pub(crate) enum Exceeded {
     Frame(u64),
     /// A message grew larger than `max_message`.
     Message(u64),
+    /// Messages came faster than `max_rate`.
+    Rate,
+}
+
+impl Exceeded {
+    /// The close code the sender gets.
+    pub(crate) fn close_code(self) -> u16 {
+        match self {
+            Exceeded::Frame(_) | Exceeded::Message(_) => crate::relay::MESSAGE_TOO_BIG,
+            Exceeded::Rate => crate::relay::POLICY_VIOLATION,
+        }
+    }
 }
 
 impl std::fmt::Display for Exceeded {
@@ -126,6 +160,7 @@ impl std::fmt::Display for Exceeded {
         match self {
             Exceeded::Frame(len) => write!(f, "max_frame (a frame of {len} bytes)"),
             Exceeded::Message(len) => write!(f, "max_message (a message of {len}+ bytes)"),
+            Exceeded::Rate => f.write_str("max_rate (messages faster than the rate)"),
         }
     }
 }

@@ -12,57 +12,14 @@ use http::StatusCode;
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::request::Parts;
 
-use super::{Admission, AdmitLayer, Key, Refusal};
+use super::{Admission, AdmitLayer, Key, Rate, Refusal};
 
 /// How often idle keys are dropped from a per-key limiter.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
-/// A rate: `requests` per `period`, with room for a burst.
-///
-/// # nginx's `limit_req`
-///
-/// `limit_req_zone ... rate=10r/s;` + `limit_req ... burst=20 nodelay;` is
-/// `Rate::per_second(10).burst(20)`: 21 handshakes may come at once (one
-/// at the rate plus 20 of burst), then one every 100 ms, and every
-/// handshake over that is refused at once (`nodelay`: the proxy never
-/// queues handshakes). Without `burst`, nginx's default `burst=0` is
-/// `burst(0)`: one at a time, one every 100 ms. The algorithm is GCRA
-/// (the `governor` crate), which is what nginx's leaky bucket amounts to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[must_use]
-pub struct Rate {
-    requests: NonZeroU32,
-    period: Duration,
-    burst: u32,
-}
-
 impl Rate {
-    /// `n` handshakes per second (at least 1).
-    pub fn per_second(n: u32) -> Self {
-        Self::new(n, Duration::from_secs(1))
-    }
-
-    /// `n` handshakes per minute (at least 1).
-    pub fn per_minute(n: u32) -> Self {
-        Self::new(n, Duration::from_secs(60))
-    }
-
-    fn new(n: u32, period: Duration) -> Self {
-        Self {
-            requests: NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN),
-            period,
-            burst: 0,
-        }
-    }
-
-    /// Allow `extra` handshakes over the rate at once (nginx's `burst`).
-    pub fn burst(mut self, extra: u32) -> Self {
-        self.burst = extra;
-        self
-    }
-
     fn quota(self) -> Quota {
-        let interval = (self.period / self.requests.get()).max(Duration::from_nanos(1));
+        let interval = self.interval().max(Duration::from_nanos(1));
         let burst = NonZeroU32::new(self.burst.saturating_add(1)).unwrap_or(NonZeroU32::MIN);
         Quota::with_period(interval)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
