@@ -242,3 +242,38 @@ async fn rate_limits_refuse_with_429_and_retry_after_in_whole_seconds() {
         assert_eq!(read_head(&mut plain).await.status, 200);
     }
 }
+
+#[tokio::test]
+async fn the_proxy_layers_builder_runs_the_same_checks_for_its_route_only() {
+    let backend = Backend::start().await;
+    let limit = ConnectionLimit::new().max_open(1);
+    let chat = WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
+        .route(wsproxy::Route::prefix("/chat"))
+        .admit(OriginCheck::new(["https://app.example"]).allow_missing(true))
+        .admit(limit.clone());
+    let other = proxy(&backend).route(wsproxy::Route::prefix("/other"));
+    let addr = app_with(ServiceBuilder::new().layer(chat).layer(other)).await;
+
+    let (mut ws, _) = within(
+        "handshake",
+        tokio_tungstenite::connect_async(format!("ws://{addr}/chat")),
+    )
+    .await
+    .unwrap();
+    echo(&mut ws, Message::text("held")).await;
+    assert_eq!(limit.open(), 1, "the permit lives with the tunnel");
+    // /chat is full; /other has no limit; a bad Origin is refused on /chat.
+    let mut full = raw(addr, handshake("/chat", "").as_bytes()).await;
+    assert_eq!(read_head(&mut full).await.status, 503);
+    let mut evil = raw(
+        addr,
+        handshake("/chat", "Origin: https://evil.example\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(read_head(&mut evil).await.status, 403);
+    let mut free = raw(addr, handshake("/other", "").as_bytes()).await;
+    assert_eq!(read_head(&mut free).await.status, 101);
+    drop(ws);
+    let l = limit.clone();
+    assert!(wait_until(LIMIT, || l.open() == 0).await);
+}

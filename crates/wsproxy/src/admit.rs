@@ -143,7 +143,7 @@ impl Refusal {
         self.status
     }
 
-    fn into_response<B>(self) -> Response<ResponseBody<B>> {
+    pub(crate) fn into_response<B>(self) -> Response<ResponseBody<B>> {
         let mut response = crate::proxy::refusal(self.status, self.reason);
         for (name, value) in self.headers {
             response.headers_mut().append(name, value);

@@ -4,6 +4,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use tower::Layer;
 
+use crate::admit::Admission;
 use crate::relay::Settings;
 use crate::{
     HostHeader, Keepalive, MessageLimits, Route, Tunnels, UpgradeRequired, Upstream, WebSocketProxy,
@@ -62,6 +63,17 @@ pub(crate) struct Config {
     pub(crate) client_limits: MessageLimits,
     pub(crate) backend_limits: MessageLimits,
     pub(crate) tunnels: Tunnels,
+    pub(crate) admissions: Admissions,
+}
+
+/// The admission checks of one layer.
+#[derive(Clone, Default)]
+pub(crate) struct Admissions(pub(crate) Vec<Arc<dyn Admission>>);
+
+impl std::fmt::Debug for Admissions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} admission checks", self.0.len())
+    }
 }
 
 impl Config {
@@ -97,6 +109,7 @@ impl WebSocketProxyLayer {
                 client_limits: MessageLimits::new(),
                 backend_limits: MessageLimits::new(),
                 tunnels: Tunnels::new(),
+                admissions: Admissions::default(),
             },
         }
     }
@@ -204,6 +217,27 @@ impl WebSocketProxyLayer {
     /// See [`MessageLimits`].
     pub fn backend_limits(mut self, limits: MessageLimits) -> Self {
         self.config.backend_limits = limits;
+        self
+    }
+
+    /// Check this layer's handshakes with `admission` too (after
+    /// validation, before any backend is contacted), in the order added.
+    ///
+    /// The same checks as the [admission layers](crate::admit), scoped to
+    /// this layer's route: e.g. a connection limit for `/chat` alone.
+    ///
+    /// ```
+    /// use wsproxy::admit::{ConnectionLimit, Key, OriginCheck};
+    /// use wsproxy::{Route, WebSocketProxyLayer};
+    ///
+    /// let chat = WebSocketProxyLayer::new("ws://127.0.0.1:9002".parse().unwrap())
+    ///     .route(Route::prefix("/chat"))
+    ///     .admit(OriginCheck::new(["https://app.example"]))
+    ///     .admit(ConnectionLimit::new().max_open_per_key(Key::client_ip(), 5));
+    /// # drop(chat);
+    /// ```
+    pub fn admit(mut self, admission: impl Admission) -> Self {
+        self.config.admissions.0.push(Arc::new(admission));
         self
     }
 

@@ -27,8 +27,6 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
 ) -> Response<ResponseBody<ResBody>> {
     let (mut parts, body) = req.into_parts();
     drop(body);
-    // Permits of admission layers, held for the tunnel's life.
-    let holds = parts.extensions.remove::<crate::admit::Holds>();
     let peer = forward::client_addr(&parts.extensions);
     let span = tracing::info_span!(
         "tunnel",
@@ -61,6 +59,16 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
             tracing::info!(status = 503, "handshake refused: shutting down");
             return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         }
+        // The layer's own admission checks, in the order they were added.
+        for admission in &config.admissions.0 {
+            if let Err(refused) = admission.admit(&mut parts) {
+                Span::current().record("status", refused.status().as_u16());
+                tracing::info!(status = refused.status().as_u16(), "handshake refused by an admission check");
+                return refused.into_response();
+            }
+        }
+        // Permits of admission checks, held for the tunnel's life.
+        let holds = parts.extensions.remove::<crate::admit::Holds>();
         let Some(on_client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
             tracing::error!(
                 status = 500,
