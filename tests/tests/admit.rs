@@ -277,3 +277,27 @@ async fn the_proxy_layers_builder_runs_the_same_checks_for_its_route_only() {
     let l = limit.clone();
     assert!(wait_until(LIMIT, || l.open() == 0).await);
 }
+
+#[tokio::test]
+async fn one_resolver_decides_who_the_client_is_for_every_check() {
+    use wsproxy::admit::{AdmitLayer, ResolveClient};
+    let backend = Backend::start().await;
+    // 127.0.0.1 is the trusted load balancer here: the client is the
+    // address it forwarded, for the per-IP limit as for anything after.
+    let limit = ConnectionLimit::new().max_open_per_key(Key::client_ip(), 1);
+    let addr = app_with(
+        ServiceBuilder::new()
+            .layer(AdmitLayer::new(ResolveClient::new(["127.0.0.0/8"
+                .parse()
+                .unwrap()])))
+            .layer(limit.clone().layer())
+            .layer(proxy(&backend)),
+    )
+    .await;
+    let _a = open(addr, &[("x-forwarded-for", "198.51.100.1")]).await;
+    let _b = open(addr, &[("x-forwarded-for", "198.51.100.2")]).await;
+    assert_eq!(limit.open_for("198.51.100.1"), 1);
+    assert_eq!(limit.open_for("198.51.100.2"), 1);
+    let (code, _) = status(addr, "X-Forwarded-For: 203.0.113.7, 198.51.100.1\r\n").await;
+    assert_eq!(code, 429, "the right-most untrusted address is the client");
+}

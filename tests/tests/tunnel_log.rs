@@ -135,6 +135,7 @@ async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
     let layer = WebSocketProxyLayer::new(format!("ws://{backend}").parse().unwrap())
         .route(Route::prefix("/limited"))
         .client_limits(wsproxy::MessageLimits::new().max_message(100))
+        .admit(wsproxy::admit::ResolveClient::new([]))
         .tunnels(tunnels.clone());
     let proxy = wsproxy_e2e::serve(axum::Router::new().layer(layer)).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/limited"))
@@ -159,4 +160,6 @@ async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("route=/limited"), "{line}");
     assert!(line.contains("the client broke max_message"), "{line}");
+    // The resolved client is on every line of the tunnel.
+    assert!(line.contains("client_ip=127.0.0.1"), "{line}");
 }

@@ -326,6 +326,53 @@ impl fmt::Debug for Holds {
     }
 }
 
+/// The client's address as resolved once by [`ResolveClient`], in the
+/// request's extensions: [`Key::client_ip`] and the proxy's tunnel log use
+/// it when present, so every feature agrees on who the client is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// Resolves who the client is, once, for every check and log after it:
+/// the peer's address, or — only when the peer is one of the trusted
+/// proxies — the right-most `X-Forwarded-For` address that is not (see
+/// [`client_ip`]). Never refuses; stores a [`ClientIp`].
+///
+/// # Example
+///
+/// ```
+/// use tower::ServiceBuilder;
+/// use wsproxy::admit::{AdmitLayer, ConnectionLimit, Key, ResolveClient};
+///
+/// // Behind a load balancer on 10.0.0.0/8.
+/// let layers = ServiceBuilder::new()
+///     .layer(AdmitLayer::new(ResolveClient::new(["10.0.0.0/8".parse().unwrap()])))
+///     .layer(ConnectionLimit::new().max_open_per_key(Key::client_ip(), 20).layer());
+/// # drop(layers);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ResolveClient {
+    trusted: Arc<[IpNet]>,
+}
+
+impl ResolveClient {
+    /// Trust forwarding headers from peers in `proxies` (none: the peer
+    /// address is the client).
+    pub fn new(proxies: impl IntoIterator<Item = IpNet>) -> Self {
+        Self {
+            trusted: proxies.into_iter().collect(),
+        }
+    }
+}
+
+impl Admission for ResolveClient {
+    fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
+        if let Some(ip) = resolve(request, &self.trusted) {
+            request.extensions.insert(ClientIp(ip));
+        }
+        Ok(())
+    }
+}
+
 /// Who "a client" is, for limits kept per client.
 ///
 /// # Example
@@ -363,7 +410,8 @@ enum KeyKind {
 }
 
 impl Key {
-    /// The client's IP address: the peer's, unless the peer is a trusted
+    /// The client's IP address: a [`ClientIp`] resolved earlier by
+    /// [`ResolveClient`], else the peer's, unless the peer is a trusted
     /// proxy (see [`trusting`](Self::trusting)). Spoofed forwarding headers
     /// from untrusted peers change nothing.
     pub fn client_ip() -> Self {
@@ -437,9 +485,17 @@ impl fmt::Debug for Key {
     }
 }
 
-/// The client's address: the peer's, or when the peer is trusted, the
-/// right-most `X-Forwarded-For` entry that is not a trusted proxy.
+/// The client's address: a [`ClientIp`] already resolved, else the
+/// peer's, or when the peer is trusted, the right-most `X-Forwarded-For`
+/// entry that is not a trusted proxy.
 pub fn client_ip(request: &Parts, trusted: &[IpNet]) -> Option<IpAddr> {
+    if let Some(ClientIp(ip)) = request.extensions.get() {
+        return Some(*ip);
+    }
+    resolve(request, trusted)
+}
+
+fn resolve(request: &Parts, trusted: &[IpNet]) -> Option<IpAddr> {
     let peer = forward::client_addr(&request.extensions)?.ip();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {

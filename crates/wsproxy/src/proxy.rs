@@ -34,6 +34,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         route = %config.route,
         upstream = %config.upstream,
         status = tracing::field::Empty,
+        client_ip = tracing::field::Empty,
     );
     async move {
         let key = match detect::validate(&parts.headers) {
@@ -66,6 +67,9 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                 tracing::info!(status = refused.status().as_u16(), "handshake refused by an admission check");
                 return refused.into_response();
             }
+        }
+        if let Some(crate::admit::ClientIp(ip)) = parts.extensions.get() {
+            Span::current().record("client_ip", tracing::field::display(ip));
         }
         // Permits of admission checks, held for the tunnel's life.
         let holds = parts.extensions.remove::<crate::admit::Holds>();
