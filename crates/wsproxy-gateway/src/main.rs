@@ -29,7 +29,7 @@ use clap::{CommandFactory, Parser};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
-use wsproxy::admit::{ConnectionLimit, Key, OriginCheck, RateLimit};
+use wsproxy::admit::{AdmitLayer, ConnectionLimit, Key, OriginCheck, RateLimit, ResolveClient};
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
 use crate::cli::{Args, RouteSpec};
@@ -229,6 +229,12 @@ fn admission(mut app: Router, args: &Args) -> Router {
                 .allow_missing(args.allow_missing_origin)
                 .layer(),
         );
+    }
+    if !args.trusted_proxies.is_empty() {
+        // Outermost: who the client is, for every check and log after.
+        app = app.layer(AdmitLayer::new(ResolveClient::new(
+            args.trusted_proxies.iter().copied(),
+        )));
     }
     app
 }

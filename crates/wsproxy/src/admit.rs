@@ -501,16 +501,27 @@ fn resolve(request: &Parts, trusted: &[IpNet]) -> Option<IpAddr> {
     if !is_trusted(&peer) {
         return Some(peer);
     }
+    // RFC 7239 `Forwarded` when present, else `X-Forwarded-For`; an entry
+    // that is not an address (garbage, `unknown`, an obfuscated name)
+    // hides everything left of it.
     let mut hops: Vec<IpAddr> = Vec::new();
-    for value in request.headers.get_all(forward::X_FORWARDED_FOR) {
+    let forwarded = request.headers.get_all(header::FORWARDED);
+    let (values, parse): (_, fn(&str) -> Option<IpAddr>) = if forwarded.iter().next().is_some() {
+        (forwarded, forwarded_for)
+    } else {
+        (
+            request.headers.get_all(forward::X_FORWARDED_FOR),
+            |hop: &str| hop.trim().parse().ok(),
+        )
+    };
+    for value in values {
         let Ok(value) = value.to_str() else {
             return Some(peer);
         };
         for hop in value.split(',') {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(ip) => hops.push(ip),
-                // An unparsable entry: nothing left of it can be trusted.
-                Err(_) => hops.clear(),
+            match parse(hop) {
+                Some(ip) => hops.push(ip),
+                None => hops.clear(),
             }
         }
     }
@@ -520,6 +531,22 @@ fn resolve(request: &Parts, trusted: &[IpNet]) -> Option<IpAddr> {
             .find(|ip| !is_trusted(ip))
             .unwrap_or(peer),
     )
+}
+
+/// The address in the `for=` parameter of one `Forwarded` element.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    let value = element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then_some(value.trim())
+    })?;
+    let value = value.trim_matches('"');
+    if let Some(v6) = value.strip_prefix('[') {
+        return v6.split(']').next()?.parse().ok();
+    }
+    // IPv4, possibly with a port.
+    value.split(':').next()?.parse().ok()
 }
 
 fn cookie(request: &Parts, name: &str) -> Option<String> {
@@ -848,6 +875,31 @@ mod tests {
         assert_eq!(
             client_ip(&internal, &trusted),
             Some("10.0.0.1".parse().unwrap())
+        );
+        // RFC 7239 `Forwarded` wins over `X-Forwarded-For`.
+        let rfc = parts(
+            "10.0.0.1:1",
+            &[
+                (
+                    "forwarded",
+                    "for=6.6.6.6, for=\"[2001:db8::7]:4711\";proto=https",
+                ),
+                ("x-forwarded-for", "198.51.100.9"),
+            ],
+        );
+        assert_eq!(
+            client_ip(&rfc, &trusted),
+            Some("2001:db8::7".parse().unwrap())
+        );
+        let rfc = parts(
+            "10.0.0.1:1",
+            &[("forwarded", "for=\"192.0.2.60:80\", for=unknown")],
+        );
+        assert_eq!(client_ip(&rfc, &trusted), Some("10.0.0.1".parse().unwrap()));
+        let rfc = parts("10.0.0.1:1", &[("forwarded", "For=192.0.2.60;by=10.0.0.1")]);
+        assert_eq!(
+            client_ip(&rfc, &trusted),
+            Some("192.0.2.60".parse().unwrap())
         );
         // Garbage left of a valid hop does not leak through.
         let garbage = parts(
