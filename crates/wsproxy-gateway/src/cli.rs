@@ -79,8 +79,10 @@ pub(crate) struct Args {
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub(crate) message_rate: Option<wsproxy::admit::Rate>,
 
-    /// Extra messages allowed at once over --message-rate.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// Extra messages allowed at once over --message-rate. Messages that
+    /// were sent apart can arrive together (TCP merges packets, a slow
+    /// backend backs them up), so leave some room.
+    #[arg(long, value_name = "N", default_value_t = 10)]
     pub(crate) message_burst: u32,
 
     /// Largest frame payload a backend may send (default: no limit).

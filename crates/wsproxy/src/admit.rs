@@ -229,6 +229,7 @@ where
                     reason = refusal.reason,
                     uri = %parts.uri,
                     client = %crate::proxy::DisplayPeer(forward::client_addr(&parts.extensions)),
+                    client_ip = ?parts.extensions.get::<ClientIp>().map(|ip| ip.0),
                     "handshake refused before any backend was contacted"
                 );
                 ResponseFuture::proxy(Box::pin(std::future::ready(refusal.into_response())))
@@ -350,23 +351,48 @@ pub struct ClientIp(pub IpAddr);
 /// # drop(layers);
 /// ```
 #[derive(Debug, Clone, Default)]
+#[must_use]
 pub struct ResolveClient {
     trusted: Arc<[IpNet]>,
+    header: ForwardedBy,
+}
+
+/// The header a trusted proxy puts the client's address in.
+///
+/// Read one, never "whichever is present": a proxy that appends to
+/// `X-Forwarded-For` passes a client's own `Forwarded` header through
+/// untouched, and reading that would let the client pick its identity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ForwardedBy {
+    /// `X-Forwarded-For` (nginx, HAProxy, AWS and most load balancers).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded`, its `for=` parameters.
+    Forwarded,
 }
 
 impl ResolveClient {
     /// Trust forwarding headers from peers in `proxies` (none: the peer
-    /// address is the client).
+    /// address is the client), reading `X-Forwarded-For`.
     pub fn new(proxies: impl IntoIterator<Item = IpNet>) -> Self {
         Self {
             trusted: proxies.into_iter().collect(),
+            header: ForwardedBy::XForwardedFor,
         }
+    }
+
+    /// Read the client address from `header` instead (default:
+    /// [`ForwardedBy::XForwardedFor`]).
+    pub fn header(mut self, header: ForwardedBy) -> Self {
+        self.header = header;
+        self
     }
 }
 
 impl Admission for ResolveClient {
     fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
-        if let Some(ip) = resolve(request, &self.trusted) {
+        if let Some(ip) = resolve(request, &self.trusted, self.header) {
             request.extensions.insert(ClientIp(ip));
         }
         Ok(())
@@ -421,7 +447,8 @@ impl Key {
     }
 
     /// Trust these proxies: when the peer is one of them, the client is
-    /// the right-most address in `X-Forwarded-For` that is not.
+    /// the right-most address in `X-Forwarded-For` that is not (for RFC
+    /// 7239 `Forwarded`, use [`ResolveClient`] in front).
     pub fn trusting(self, proxies: impl IntoIterator<Item = IpNet>) -> Self {
         Self {
             kind: KeyKind::ClientIp(proxies.into_iter().collect()),
@@ -488,39 +515,40 @@ impl fmt::Debug for Key {
 /// The client's address: a [`ClientIp`] already resolved, else the
 /// peer's, or when the peer is trusted, the right-most `X-Forwarded-For`
 /// entry that is not a trusted proxy.
+///
+/// Addresses are compared in canonical form (`::ffff:10.0.0.1` is
+/// `10.0.0.1`); `X-Forwarded-For` entries may carry a port
+/// (`203.0.113.9:5555`, `[2001:db8::1]:5555`). An entry that is not an
+/// address (or a header value that is not text) hides everything left of
+/// it: the client is then the right-most address after it.
 pub fn client_ip(request: &Parts, trusted: &[IpNet]) -> Option<IpAddr> {
     if let Some(ClientIp(ip)) = request.extensions.get() {
         return Some(*ip);
     }
-    resolve(request, trusted)
+    resolve(request, trusted, ForwardedBy::XForwardedFor)
 }
 
-fn resolve(request: &Parts, trusted: &[IpNet]) -> Option<IpAddr> {
-    let peer = forward::client_addr(&request.extensions)?.ip();
+fn resolve(request: &Parts, trusted: &[IpNet], header: ForwardedBy) -> Option<IpAddr> {
+    let peer = forward::client_addr(&request.extensions)?
+        .ip()
+        .to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer) {
         return Some(peer);
     }
-    // RFC 7239 `Forwarded` when present, else `X-Forwarded-For`; an entry
-    // that is not an address (garbage, `unknown`, an obfuscated name)
-    // hides everything left of it.
-    let mut hops: Vec<IpAddr> = Vec::new();
-    let forwarded = request.headers.get_all(header::FORWARDED);
-    let (values, parse): (_, fn(&str) -> Option<IpAddr>) = if forwarded.iter().next().is_some() {
-        (forwarded, forwarded_for)
-    } else {
-        (
-            request.headers.get_all(forward::X_FORWARDED_FOR),
-            |hop: &str| hop.trim().parse().ok(),
-        )
+    let (name, parse): (HeaderName, fn(&str) -> Option<IpAddr>) = match header {
+        ForwardedBy::XForwardedFor => (forward::X_FORWARDED_FOR, address),
+        ForwardedBy::Forwarded => (header::FORWARDED, forwarded_for),
     };
-    for value in values {
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for value in request.headers.get_all(name) {
         let Ok(value) = value.to_str() else {
-            return Some(peer);
+            hops.clear();
+            continue;
         };
         for hop in value.split(',') {
             match parse(hop) {
-                Some(ip) => hops.push(ip),
+                Some(ip) => hops.push(ip.to_canonical()),
                 None => hops.clear(),
             }
         }
@@ -533,6 +561,31 @@ fn resolve(request: &Parts, trusted: &[IpNet]) -> Option<IpAddr> {
     )
 }
 
+/// An address, possibly with a port: `192.0.2.1`, `192.0.2.1:80`,
+/// `2001:db8::1`, `[2001:db8::1]`, `[2001:db8::1]:80`.
+fn address(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    if let Some(bracketed) = text.strip_prefix('[') {
+        let (ip, rest) = bracketed.split_once(']')?;
+        if !(rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        return ip.parse().ok();
+    }
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    let (ip, port) = text.split_once(':')?;
+    if !is_port(port) {
+        return None;
+    }
+    ip.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+fn is_port(text: &str) -> bool {
+    text.parse::<u16>().is_ok()
+}
+
 /// The address in the `for=` parameter of one `Forwarded` element.
 fn forwarded_for(element: &str) -> Option<IpAddr> {
     let value = element.split(';').find_map(|pair| {
@@ -541,12 +594,7 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
             .eq_ignore_ascii_case("for")
             .then_some(value.trim())
     })?;
-    let value = value.trim_matches('"');
-    if let Some(v6) = value.strip_prefix('[') {
-        return v6.split(']').next()?.parse().ok();
-    }
-    // IPv4, possibly with a port.
-    value.split(':').next()?.parse().ok()
+    address(value.trim_matches('"'))
 }
 
 fn cookie(request: &Parts, name: &str) -> Option<String> {
@@ -625,7 +673,10 @@ impl OriginCheck {
 
     /// Also allow origins for which `allow` returns `true`.
     pub fn or(mut self, allow: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
-        self.predicate = Some(Arc::new(allow));
+        self.predicate = Some(match self.predicate.take() {
+            Some(before) => Arc::new(move |origin: &str| before(origin) || allow(origin)),
+            None => Arc::new(allow),
+        });
         self
     }
 
@@ -644,12 +695,26 @@ impl OriginCheck {
         let lower = origin.to_ascii_lowercase();
         self.exact.contains(&lower)
             || self.wildcard.iter().any(|(scheme, suffix)| {
-                lower.strip_prefix(scheme.as_str()).is_some_and(|host| {
-                    host.len() > suffix.len() && host.ends_with(suffix.as_str())
-                })
+                lower
+                    .strip_prefix(scheme.as_str())
+                    .and_then(|host| host.strip_suffix(suffix.as_str()))
+                    .is_some_and(is_subdomain_labels)
             })
             || self.predicate.as_ref().is_some_and(|allow| allow(origin))
     }
+}
+
+/// Whether `labels` is what may stand for `*` in `*.example.com`: one or
+/// more non-empty DNS labels, and nothing else (no port, path, query,
+/// fragment or userinfo).
+fn is_subdomain_labels(labels: &str) -> bool {
+    !labels.is_empty()
+        && labels.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 impl fmt::Debug for OriginCheck {
@@ -756,6 +821,27 @@ impl ConnectionLimit {
 
 impl Admission for ConnectionLimit {
     fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
+        let key = match &self.per_key {
+            Some((key, max)) => key.of(request).map(|key| (key, *max)),
+            None => None,
+        };
+        // The per-key count is checked and taken under its lock, with the
+        // global count taken in between: a refusal of either leaves the
+        // other untouched, and no entry is made for a refused key.
+        let mut counts = key.as_ref().map(|_| {
+            self.shared
+                .per_key
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        });
+        if let (Some(counts), Some((key, max))) = (&counts, &key)
+            && counts.get(key).copied().unwrap_or(0) >= *max
+        {
+            return Err(Refusal::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "connection limit per client reached",
+            ));
+        }
         let max = self.max_open.unwrap_or(usize::MAX);
         let taken = self
             .shared
@@ -769,26 +855,9 @@ impl Admission for ConnectionLimit {
                 "connection limit reached",
             ));
         }
-        let global = GlobalPermit(self.shared.clone());
-        if let Some((key, max)) = &self.per_key
-            && let Some(key) = key.of(request)
-        {
-            let mut counts = self
-                .shared
-                .per_key
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let count = counts.entry(key.clone()).or_default();
-            if *count >= *max {
-                drop(counts);
-                drop(global);
-                return Err(Refusal::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "connection limit per client reached",
-                ));
-            }
-            *count += 1;
-            drop(counts);
+        Holds::push(&mut request.extensions, GlobalPermit(self.shared.clone()));
+        if let (Some(counts), Some((key, _))) = (&mut counts, key) {
+            *counts.entry(key.clone()).or_default() += 1;
             Holds::push(
                 &mut request.extensions,
                 KeyPermit {
@@ -797,7 +866,6 @@ impl Admission for ConnectionLimit {
                 },
             );
         }
-        Holds::push(&mut request.extensions, global);
         Ok(())
     }
 }
@@ -876,7 +944,21 @@ mod tests {
             client_ip(&internal, &trusted),
             Some("10.0.0.1".parse().unwrap())
         );
-        // RFC 7239 `Forwarded` wins over `X-Forwarded-For`.
+        // Only the configured header counts: a client's own `Forwarded`,
+        // passed through by a proxy that appends to X-Forwarded-For,
+        // changes nothing.
+        let spoof = parts(
+            "10.0.0.1:1",
+            &[
+                ("forwarded", "for=6.6.6.6"),
+                ("x-forwarded-for", "203.0.113.9"),
+            ],
+        );
+        assert_eq!(
+            client_ip(&spoof, &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        // RFC 7239 `Forwarded` when asked for.
         let rfc = parts(
             "10.0.0.1:1",
             &[
@@ -887,19 +969,33 @@ mod tests {
                 ("x-forwarded-for", "198.51.100.9"),
             ],
         );
-        assert_eq!(
-            client_ip(&rfc, &trusted),
-            Some("2001:db8::7".parse().unwrap())
-        );
+        let via_forwarded = |p: &Parts| resolve(p, &trusted, ForwardedBy::Forwarded);
+        assert_eq!(via_forwarded(&rfc), Some("2001:db8::7".parse().unwrap()));
         let rfc = parts(
             "10.0.0.1:1",
             &[("forwarded", "for=\"192.0.2.60:80\", for=unknown")],
         );
-        assert_eq!(client_ip(&rfc, &trusted), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(via_forwarded(&rfc), Some("10.0.0.1".parse().unwrap()));
         let rfc = parts("10.0.0.1:1", &[("forwarded", "For=192.0.2.60;by=10.0.0.1")]);
+        assert_eq!(via_forwarded(&rfc), Some("192.0.2.60".parse().unwrap()));
+        // Ports, brackets, and IPv4-mapped peers.
+        for hop in ["203.0.113.9:5555", "[203.0.113.9]:5555"] {
+            let ported = parts("10.0.0.1:1", &[("x-forwarded-for", hop)]);
+            assert_eq!(
+                client_ip(&ported, &trusted),
+                Some("203.0.113.9".parse().unwrap()),
+                "{hop}"
+            );
+        }
+        let v6 = parts("10.0.0.1:1", &[("x-forwarded-for", "[2001:db8::1]:5555")]);
         assert_eq!(
-            client_ip(&rfc, &trusted),
-            Some("192.0.2.60".parse().unwrap())
+            client_ip(&v6, &trusted),
+            Some("2001:db8::1".parse().unwrap())
+        );
+        let mapped = parts("[::ffff:10.0.0.1]:1", &[("x-forwarded-for", "203.0.113.9")]);
+        assert_eq!(
+            client_ip(&mapped, &trusted),
+            Some("203.0.113.9".parse().unwrap())
         );
         // Garbage left of a valid hop does not leak through.
         let garbage = parts(
@@ -937,6 +1033,37 @@ mod tests {
     }
 
     #[test]
+    fn a_refusal_by_one_connection_limit_takes_nothing_from_the_other() {
+        let user = |name: &str| parts("192.0.2.7:1", &[("x-user", name)]);
+        let limit = ConnectionLimit::new()
+            .max_open(2)
+            .max_open_per_key(Key::header(HeaderName::from_static("x-user")), 1);
+        let mut first = user("a");
+        limit.admit(&mut first).unwrap();
+        // Refused per key: the global count does not move.
+        assert_eq!(limit.admit(&mut user("a")).unwrap_err().status(), 429);
+        assert_eq!(limit.open(), 1);
+        let mut second = user("b");
+        limit.admit(&mut second).unwrap();
+        // Refused globally: no per-key entry is left behind.
+        assert_eq!(limit.admit(&mut user("c")).unwrap_err().status(), 503);
+        assert_eq!(limit.open_for("c"), 0);
+        assert_eq!(limit.shared.per_key.lock().unwrap().len(), 2);
+        // Dropping the requests (no tunnel opened) gives everything back.
+        drop((first, second));
+        assert_eq!(
+            (limit.open(), limit.shared.per_key.lock().unwrap().len()),
+            (0, 0)
+        );
+        // A per-key limit of zero refuses without remembering anyone.
+        let none = ConnectionLimit::new().max_open_per_key(Key::client_ip(), 0);
+        for _ in 0..100 {
+            assert!(none.admit(&mut parts("192.0.2.7:1", &[])).is_err());
+        }
+        assert_eq!(none.shared.per_key.lock().unwrap().len(), 0);
+    }
+
+    #[test]
     fn origins() {
         let check = OriginCheck::new(["https://app.example", "https://*.example.com/"]);
         assert!(check.allows("https://app.example"));
@@ -948,7 +1075,24 @@ mod tests {
         assert!(!check.allows("http://a.example.com"));
         assert!(!check.allows("https://app.example.evil"));
         assert!(!check.allows("null"));
-        let check = check.or(|o| o.starts_with("http://localhost:"));
+        for trick in [
+            "https://evil.com/.example.com",
+            "https://evil.com?.example.com",
+            "https://evil.com#.example.com",
+            "https://user@evil.com.example.com@x.example.com",
+            "https://..example.com",
+            "https://a..b.example.com",
+            "https://a.example.com:8443",
+        ] {
+            assert!(!check.allows(trick), "{trick}");
+        }
+        let ported = OriginCheck::new(["https://*.example.com:8443"]);
+        assert!(ported.allows("https://a.example.com:8443"));
+        assert!(!ported.allows("https://a.example.com"));
+        let check = check
+            .or(|o| o.starts_with("http://localhost:"))
+            .or(|o| o == "app://desktop");
         assert!(check.allows("http://localhost:3000"));
+        assert!(check.allows("app://desktop"), "predicates add up");
     }
 }

@@ -766,7 +766,8 @@ impl Pump {
             };
             if let Some(exceeded) = self.limits.check(&head).or_else(|| self.over_rate(&head)) {
                 // Nothing of this frame goes out: Close 1001 instead, and
-                // the sender gets 1009 from the other direction.
+                // the sender gets 1009 (too big) or 1008 (too fast) from
+                // the other direction.
                 self.forward(cx, dst.as_mut(), &data[from..start])?;
                 self.exceeded = Some(exceeded);
                 self.close_due = Some(GOING_AWAY);

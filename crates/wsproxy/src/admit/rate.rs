@@ -30,6 +30,12 @@ impl Rate {
 /// Refuses handshakes over a [`Rate`], per client [`Key`] and in all, with
 /// `429 Too Many Requests` and `Retry-After` (whole seconds, rounded up).
 ///
+/// The client's own rate is checked first, then the global one, so one
+/// client over its rate spends nothing of everyone's. A handshake refused
+/// by the global rate has still used its client's turn (governor cannot
+/// give it back), unlike nginx, which charges only when every `limit_req`
+/// passes: under a global overload, clients' own budgets drain too.
+///
 /// Memory stays bounded however many clients come: a client whose state is
 /// back to "fresh" is forgotten (every 10 s, by a task that ends with the
 /// limiter; or call [`forget_idle`](Self::forget_idle)). Measured with
@@ -54,7 +60,14 @@ impl Rate {
 #[must_use]
 pub struct RateLimit {
     global: Option<Arc<DefaultDirectRateLimiter>>,
-    per_key: Option<(Key, Arc<DefaultKeyedRateLimiter<String>>)>,
+    per_key: Option<PerKey>,
+}
+
+/// A per-key limiter and whether its sweeping task runs.
+#[derive(Clone)]
+struct PerKey {
+    key: Key,
+    limiter: Arc<DefaultKeyedRateLimiter<String>>,
     sweeping: Arc<AtomicBool>,
 }
 
@@ -72,7 +85,11 @@ impl RateLimit {
 
     /// Limit the handshakes of each `key` to `rate`.
     pub fn per_key(mut self, key: Key, rate: Rate) -> Self {
-        self.per_key = Some((key, Arc::new(governor::RateLimiter::dashmap(rate.quota()))));
+        self.per_key = Some(PerKey {
+            key,
+            limiter: Arc::new(governor::RateLimiter::dashmap(rate.quota())),
+            sweeping: Arc::default(),
+        });
         self
     }
 
@@ -85,30 +102,30 @@ impl RateLimit {
     pub fn keys(&self) -> usize {
         self.per_key
             .as_ref()
-            .map_or(0, |(_, limiter)| limiter.len())
+            .map_or(0, |per_key| per_key.limiter.len())
     }
 
     /// Forget clients whose state is back to fresh (nothing is lost: they
     /// would be admitted exactly as if remembered).
     pub fn forget_idle(&self) {
-        if let Some((_, limiter)) = &self.per_key {
-            forget_idle(limiter);
+        if let Some(per_key) = &self.per_key {
+            forget_idle(&per_key.limiter);
         }
     }
 
     /// Start the task that forgets idle clients, once, if on a runtime.
     fn sweep(&self) {
-        let Some((_, limiter)) = &self.per_key else {
+        let Some(per_key) = &self.per_key else {
             return;
         };
-        if self.sweeping.swap(true, Ordering::Relaxed) {
+        if per_key.sweeping.swap(true, Ordering::Relaxed) {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.sweeping.store(false, Ordering::Relaxed);
+            per_key.sweeping.store(false, Ordering::Relaxed);
             return;
         };
-        let limiter: Weak<DefaultKeyedRateLimiter<String>> = Arc::downgrade(limiter);
+        let limiter: Weak<DefaultKeyedRateLimiter<String>> = Arc::downgrade(&per_key.limiter);
         runtime.spawn(async move {
             loop {
                 tokio::time::sleep(SWEEP_EVERY).await;
@@ -138,9 +155,9 @@ impl Admission for RateLimit {
     fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
         self.sweep();
         let clock = DefaultClock::default();
-        if let Some((key, limiter)) = &self.per_key
-            && let Some(key) = key.of(request)
-            && let Err(not_until) = limiter.check_key(&key)
+        if let Some(per_key) = &self.per_key
+            && let Some(key) = per_key.key.of(request)
+            && let Err(not_until) = per_key.limiter.check_key(&key)
         {
             return Err(too_many(
                 "rate limit per client reached",
@@ -163,7 +180,10 @@ impl fmt::Debug for RateLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("global", &self.global.is_some())
-            .field("per_key", &self.per_key.as_ref().map(|(key, _)| key))
+            .field(
+                "per_key",
+                &self.per_key.as_ref().map(|per_key| &per_key.key),
+            )
             .field("keys", &self.keys())
             .finish()
     }
