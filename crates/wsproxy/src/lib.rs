@@ -39,6 +39,10 @@
 //!    other than 13 is answered `426` with `Sec-WebSocket-Version: 13`.
 //!    Nothing reaches a backend. While [shutting down](Tunnels::shutdown),
 //!    handshakes are answered `503`.
+//!    **Admit.** [Admission](admit) checks — layers in front of the proxy
+//!    or [`WebSocketProxyLayer::admit`] — may refuse with an ordinary
+//!    response (`403` Origin, `429` rate or per-client connections, `503`
+//!    connections in all); still nothing reaches a backend.
 //! 3. **Connect and hand-shake.** TCP connect within the
 //!    [connect timeout](WebSocketProxyLayer::connect_timeout), then the
 //!    upgrade request with the client's end-to-end headers, minus
