@@ -19,7 +19,9 @@
 //! Put them outside the proxy layer, in this order (outermost first), for
 //! these reasons:
 //!
-//! 1. **Origin** first: a cross-site page must be refused before it can
+//! 0. **[`ResolveClient`]**, if behind trusted proxies: it decides once who
+//!    the client is for every check and log after it.
+//! 1. **Origin** next: a cross-site page must be refused before it can
 //!    use up anything that belongs to the user it rides on (rate or
 //!    connection budget).
 //! 2. **Rate limits** next: cheap, and they protect what follows.
@@ -238,7 +240,9 @@ where
     }
 }
 
-/// A rate: `requests` per `period`, with room for a burst.
+/// A rate: `requests` per `period`, with room for a burst — of handshakes
+/// for `RateLimit`, of messages for
+/// [`MessageLimits::max_rate`](crate::MessageLimits::max_rate).
 ///
 /// # nginx's `limit_req`
 ///
@@ -258,12 +262,12 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// `n` handshakes per second (at least 1).
+    /// `n` per second (at least 1).
     pub fn per_second(n: u32) -> Self {
         Self::new(n, Duration::from_secs(1))
     }
 
-    /// `n` handshakes per minute (at least 1).
+    /// `n` per minute (at least 1).
     pub fn per_minute(n: u32) -> Self {
         Self::new(n, Duration::from_secs(60))
     }
@@ -276,7 +280,7 @@ impl Rate {
         }
     }
 
-    /// Allow `extra` handshakes over the rate at once (nginx's `burst`).
+    /// Allow `extra` over the rate at once (nginx's `burst`).
     pub fn burst(mut self, extra: u32) -> Self {
         self.burst = extra;
         self
