@@ -234,6 +234,7 @@ where
                     client_ip = ?parts.extensions.get::<ClientIp>().map(|ip| ip.0),
                     "handshake refused before any backend was contacted"
                 );
+                crate::metrics::refused(refusal.status);
                 ResponseFuture::proxy(Box::pin(std::future::ready(refusal.into_response())))
             }
         }

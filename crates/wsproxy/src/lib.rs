@@ -123,6 +123,8 @@ pub mod forward;
 mod frame;
 mod future;
 mod layer;
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub mod metrics;
 mod proxy;
 mod relay;
 mod route;

@@ -127,6 +127,8 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
 
         let tunnels = config.tunnels.clone();
         let settings = config.settings();
+        let route = config.route.clone();
+        crate::metrics::tunnel_opened(&route);
         let handshake_timeout = config.handshake_timeout;
         tokio::spawn(
             async move {
@@ -146,6 +148,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                 let (end, totals) =
                     relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, tunnels.drain()).await;
                 tunnels.record(&end, &totals);
+                crate::metrics::tunnel_closed(&route, &end, &totals);
                 if let relay::End::Proxy {
                     reason: relay::Reason::Limit { exceeded, .. },
                     ..
@@ -179,6 +182,21 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
     }
     .instrument(span)
     .await
+    .inspect_status()
+}
+
+/// Count a refused handshake in the metrics.
+trait InspectStatus {
+    fn inspect_status(self) -> Self;
+}
+
+impl<B> InspectStatus for Response<B> {
+    fn inspect_status(self) -> Self {
+        if self.status() != StatusCode::SWITCHING_PROTOCOLS {
+            crate::metrics::refused(self.status());
+        }
+        self
+    }
 }
 
 /// The upgrade request sent to the backend.

@@ -113,6 +113,25 @@ pub(crate) enum Reason {
     Limit { client: bool, exceeded: Exceeded },
 }
 
+impl End {
+    /// The reason, as counted in stats and metrics.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            End::Closed { client_first: true } | End::HalfCloseTimeout { client_first: true } => {
+                "client_close"
+            }
+            End::Closed { .. } | End::HalfCloseTimeout { .. } => "backend_close",
+            End::Idle => "idle",
+            End::Proxy { reason, .. } => match reason {
+                Reason::Shutdown => "shutdown",
+                Reason::Keepalive { .. } => "keepalive",
+                Reason::Limit { .. } => "limit",
+            },
+            End::ClientError(_) | End::BackendError(_) => "error",
+        }
+    }
+}
+
 impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let side = |client: bool| if client { "client" } else { "backend" };

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
-use crate::relay::{End, Reason, Totals};
+use crate::relay::{End, Totals};
 
 /// A cheap, cloneable handle over the tunnels of one or more proxies.
 ///
@@ -134,23 +134,14 @@ impl Tunnels {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let ended = &mut stats.ended;
-        *match end {
-            End::Closed { client_first: true } | End::HalfCloseTimeout { client_first: true } => {
-                &mut ended.client_close
-            }
-            End::Closed {
-                client_first: false,
-            }
-            | End::HalfCloseTimeout {
-                client_first: false,
-            } => &mut ended.backend_close,
-            End::Idle => &mut ended.idle,
-            End::Proxy { reason, .. } => match reason {
-                Reason::Shutdown => &mut ended.shutdown,
-                Reason::Keepalive { .. } => &mut ended.keepalive,
-                Reason::Limit { .. } => &mut ended.limit,
-            },
-            End::ClientError(_) | End::BackendError(_) => &mut ended.error,
+        *match end.kind() {
+            "client_close" => &mut ended.client_close,
+            "backend_close" => &mut ended.backend_close,
+            "idle" => &mut ended.idle,
+            "keepalive" => &mut ended.keepalive,
+            "limit" => &mut ended.limit,
+            "shutdown" => &mut ended.shutdown,
+            _ => &mut ended.error,
         } += 1;
         let TunnelStats {
             client, backend, ..

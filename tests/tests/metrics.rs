@@ -1,0 +1,115 @@
+//! The `metrics` feature: counters reach whatever recorder the app
+//! installed. (One test: the recorder is process-wide.)
+
+use futures_util::{SinkExt, StreamExt};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::{CompositeKey, MetricKind};
+use tokio_tungstenite::tungstenite::Message;
+use wsproxy::WebSocketProxyLayer;
+use wsproxy_e2e::*;
+
+fn value<U, D>(
+    snapshot: &[(CompositeKey, U, D, DebugValue)],
+    kind: MetricKind,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    snapshot.iter().find_map(|(key, _, _, value)| {
+        let matches = key.kind() == kind
+            && key.key().name() == name
+            && labels.iter().all(|(k, v)| {
+                key.key()
+                    .labels()
+                    .any(|label| label.key() == *k && label.value() == *v)
+            });
+        match (matches, value) {
+            (true, DebugValue::Counter(n)) => Some(*n as f64),
+            (true, DebugValue::Gauge(g)) => Some(g.into_inner()),
+            _ => None,
+        }
+    })
+}
+
+#[tokio::test]
+async fn tunnels_and_refusals_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder of this process");
+
+    let backend = Backend::start().await;
+    let layer = WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
+        .route(wsproxy::Route::prefix("/m"));
+    let tunnels = layer.tunnels_handle().clone();
+    let proxy = serve(axum::Router::new().layer(layer)).await;
+
+    let mut ws = connect(&format!("ws://{proxy}/m")).await;
+    echo(&mut ws, Message::text("counted")).await;
+    ws.send(Message::Close(None)).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, ws.next()).await {}
+    drop(ws);
+    let t = tunnels.clone();
+    assert!(wait_until(LIMIT, || t.open() == 0).await);
+    // A refused handshake: version 12.
+    let mut refused = raw(
+        proxy,
+        handshake("/m", "")
+            .replace("Version: 13", "Version: 12")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(read_head(&mut refused).await.status, 426);
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let route = [("route", "/m")];
+    assert_eq!(
+        value(
+            &snapshot,
+            MetricKind::Counter,
+            "wsproxy_tunnels_opened_total",
+            &route
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&snapshot, MetricKind::Gauge, "wsproxy_tunnels_open", &route),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &snapshot,
+            MetricKind::Counter,
+            "wsproxy_tunnels_closed_total",
+            &[("route", "/m"), ("reason", "client_close")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &snapshot,
+            MetricKind::Counter,
+            "wsproxy_messages_total",
+            &[("route", "/m"), ("direction", "up")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        value(
+            &snapshot,
+            MetricKind::Counter,
+            "wsproxy_bytes_total",
+            &[("direction", "down")]
+        )
+        .is_some_and(|b| b > 0.0)
+    );
+    assert_eq!(
+        value(
+            &snapshot,
+            MetricKind::Counter,
+            "wsproxy_handshakes_refused_total",
+            &[("status", "426")]
+        ),
+        Some(1.0)
+    );
+}
