@@ -95,12 +95,22 @@ async fn open_tunnels_hold_their_permits_until_they_close() {
     let mut third = open(addr, &[]).await;
     echo(&mut third, Message::text("admitted")).await;
 
-    // One is dropped abruptly: its permit comes back too.
+    // One goes away without a Close: its permit comes back too.
     drop(second);
     let l = limit.clone();
     assert!(
         wait_until(LIMIT, || l.open() == 1).await,
         "permit returned after a drop"
+    );
+    // And one whose connection is reset (RST, no FIN).
+    let (reset, _) = raw_websocket(addr).await;
+    assert_eq!(limit.open(), 2);
+    reset.set_zero_linger().unwrap();
+    drop(reset);
+    let l = limit.clone();
+    assert!(
+        wait_until(LIMIT, || l.open() == 1).await,
+        "permit returned after a reset"
     );
     let _fourth = open(addr, &[]).await;
     assert_eq!(limit.open(), 2);
