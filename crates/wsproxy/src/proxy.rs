@@ -134,19 +134,21 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
             async move {
                 let _guard = guard;
                 let _holds = holds;
-                let client = match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {
-                    Ok(Ok(client)) => client,
-                    Ok(Err(e)) => {
-                        tracing::info!(error = %e, "client went away before the upgrade completed");
-                        return;
+                // A client that goes away before its side of the upgrade
+                // completes still ends the tunnel that was counted open.
+                let (end, totals) = match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {
+                    Ok(Ok(client)) => {
+                        relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, tunnels.drain()).await
                     }
-                    Err(_) => {
-                        tracing::info!("client upgrade did not complete in time");
-                        return;
-                    }
+                    Ok(Err(e)) => (
+                        relay::End::ClientError(std::io::Error::other(format!("upgrade failed: {e}"))),
+                        relay::Totals::default(),
+                    ),
+                    Err(_) => (
+                        relay::End::ClientError(std::io::ErrorKind::TimedOut.into()),
+                        relay::Totals::default(),
+                    ),
                 };
-                let (end, totals) =
-                    relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, tunnels.drain()).await;
                 tunnels.record(&end, &totals);
                 crate::metrics::tunnel_closed(&route, &end, &totals);
                 if let relay::End::Proxy {
