@@ -32,15 +32,33 @@ impl<'a> MakeWriter<'a> for Captured {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
+/// Capture this thread's log lines until the guard drops.
+fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
     let captured = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(captured.clone())
         .with_ansi(false)
         .with_max_level(tracing::Level::INFO)
         .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    (
+        captured.clone(),
+        tracing::subscriber::set_default(subscriber),
+    )
+}
+
+async fn tunnel_closes(tunnels: &Tunnels) {
+    timeout(Duration::from_secs(10), async {
+        while tunnels.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the tunnel closes");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
+    let (captured, _default) = capture();
 
     let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
         .await
@@ -73,13 +91,7 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
     .unwrap();
     while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
     drop(ws);
-    timeout(Duration::from_secs(10), async {
-        while tunnels.open() > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the tunnel closes");
+    tunnel_closes(&tunnels).await;
 
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let line = log
@@ -120,13 +132,7 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (captured, _default) = capture();
 
     let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
         .await
@@ -144,13 +150,7 @@ async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
     ws.send(Message::binary(vec![0u8; 101])).await.unwrap();
     while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
     drop(ws);
-    timeout(Duration::from_secs(10), async {
-        while tunnels.open() > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the tunnel closes");
+    tunnel_closes(&tunnels).await;
 
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let line = log

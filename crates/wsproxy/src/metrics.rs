@@ -37,7 +37,7 @@ pub(crate) fn tunnel_closed(route: &Route, end: &End, totals: &Totals) {
         metrics::counter!(
             "wsproxy_tunnels_closed_total",
             "route" => route.clone(),
-            "reason" => end.kind()
+            "reason" => end.kind().as_str()
         )
         .increment(1);
         for (direction, totals) in [("up", &totals.up), ("down", &totals.down)] {

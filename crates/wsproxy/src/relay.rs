@@ -113,21 +113,49 @@ pub(crate) enum Reason {
     Limit { client: bool, exceeded: Exceeded },
 }
 
+/// Why a tunnel ended, as counted in stats and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EndKind {
+    ClientClose,
+    BackendClose,
+    Idle,
+    Keepalive,
+    Limit,
+    Shutdown,
+    Error,
+}
+
+impl EndKind {
+    /// The label in metrics.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            EndKind::ClientClose => "client_close",
+            EndKind::BackendClose => "backend_close",
+            EndKind::Idle => "idle",
+            EndKind::Keepalive => "keepalive",
+            EndKind::Limit => "limit",
+            EndKind::Shutdown => "shutdown",
+            EndKind::Error => "error",
+        }
+    }
+}
+
 impl End {
-    /// The reason, as counted in stats and metrics.
-    pub(crate) fn kind(&self) -> &'static str {
+    /// Why the tunnel ended, as counted.
+    pub(crate) fn kind(&self) -> EndKind {
         match self {
             End::Closed { client_first: true } | End::HalfCloseTimeout { client_first: true } => {
-                "client_close"
+                EndKind::ClientClose
             }
-            End::Closed { .. } | End::HalfCloseTimeout { .. } => "backend_close",
-            End::Idle => "idle",
+            End::Closed { .. } | End::HalfCloseTimeout { .. } => EndKind::BackendClose,
+            End::Idle => EndKind::Idle,
             End::Proxy { reason, .. } => match reason {
-                Reason::Shutdown => "shutdown",
-                Reason::Keepalive { .. } => "keepalive",
-                Reason::Limit { .. } => "limit",
+                Reason::Shutdown => EndKind::Shutdown,
+                Reason::Keepalive { .. } => EndKind::Keepalive,
+                Reason::Limit { .. } => EndKind::Limit,
             },
-            End::ClientError(_) | End::BackendError(_) => "error",
+            End::ClientError(_) | End::BackendError(_) => EndKind::Error,
         }
     }
 }
@@ -1058,6 +1086,69 @@ mod tests {
         );
     }
 
+    /// Frame-aware settings that never act: limits that are never broken
+    /// and keepalives that never fire, so every chunk goes through the
+    /// header-by-header path (partial headers held back, Pongs inspected).
+    fn frame_aware_settings() -> Settings {
+        let never = Some(Keepalive::new(
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        ));
+        let huge = MessageLimits::new()
+            .max_frame(u64::MAX)
+            .max_message(u64::MAX);
+        Settings {
+            client_keepalive: never,
+            backend_keepalive: never,
+            client_limits: huge,
+            backend_limits: huge,
+            ..timeouts(None, 5_000)
+        }
+    }
+
+    /// Relay `up` from the client and `down` from the backend at once, each
+    /// written in `chunk`-sized pieces through pipes of `pipe` bytes, and
+    /// return what arrived at the backend and at the client.
+    fn relay_both_ways(
+        settings: Settings,
+        up: &[u8],
+        down: &[u8],
+        chunk: usize,
+        pipe: usize,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, client_side) = duplex(pipe);
+            let (backend_side, backend) = duplex(pipe);
+            let relay = tokio::spawn(relay(
+                client_side,
+                backend_side,
+                settings,
+                Tunnels::new().drain(),
+            ));
+            let pump = |mut end: tokio::io::DuplexStream, data: Vec<u8>| async move {
+                let (mut read, mut write) = tokio::io::split(&mut end);
+                let send = async {
+                    for piece in data.chunks(chunk) {
+                        write.write_all(piece).await.unwrap();
+                    }
+                    write.shutdown().await.unwrap();
+                };
+                let mut received = Vec::new();
+                let ((), got) = tokio::join!(send, read.read_to_end(&mut received));
+                got.unwrap();
+                received
+            };
+            let (at_backend, at_client) =
+                tokio::join!(pump(backend, down.to_vec()), pump(client, up.to_vec()));
+            relay.await.unwrap();
+            (at_backend, at_client)
+        })
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
 
@@ -1071,47 +1162,12 @@ mod tests {
             pipe in 1usize..5000,
             frame_aware in proptest::prelude::any::<bool>(),
         ) {
-            // Frame-aware: limits that are never broken and keepalives that
-            // never fire, so every chunk goes through the header-by-header
-            // path (partial headers held back, Pongs inspected).
-            let mut settings = timeouts(None, 5_000);
-            if frame_aware {
-                let never = Some(Keepalive::new(Duration::from_secs(3600), Duration::from_secs(3600)));
-                let huge = MessageLimits::new().max_frame(u64::MAX).max_message(u64::MAX);
-                settings.client_keepalive = never;
-                settings.backend_keepalive = never;
-                settings.client_limits = huge;
-                settings.backend_limits = huge;
-            }
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let (got_up, got_down) = runtime.block_on(async {
-                let (client, client_side) = duplex(pipe);
-                let (backend_side, backend) = duplex(pipe);
-                let relay = tokio::spawn(relay(
-                    client_side,
-                    backend_side,
-                    settings,
-                    Tunnels::new().drain(),
-                ));
-                let pump = |mut writer: tokio::io::DuplexStream, data: Vec<u8>| async move {
-                    let (mut read, mut write) = tokio::io::split(&mut writer);
-                    let send = async {
-                        for piece in data.chunks(chunk) {
-                            write.write_all(piece).await.unwrap();
-                        }
-                        write.shutdown().await.unwrap();
-                    };
-                    let mut received = Vec::new();
-                    let receive = read.read_to_end(&mut received);
-                    let ((), got) = tokio::join!(send, receive);
-                    got.unwrap();
-                    received
-                };
-                let (at_backend, at_client) =
-                    tokio::join!(pump(backend, down.clone()), pump(client, up.clone()));
-                relay.await.unwrap();
-                (at_backend, at_client)
-            });
+            let settings = if frame_aware {
+                frame_aware_settings()
+            } else {
+                timeouts(None, 5_000)
+            };
+            let (got_up, got_down) = relay_both_ways(settings, &up, &down, chunk, pipe);
             proptest::prop_assert_eq!(got_up, up);
             proptest::prop_assert_eq!(got_down, down);
         }
@@ -1167,33 +1223,8 @@ mod tests {
                 .rev()
                 .flat_map(|&(fin, op, len, _)| frame(fin, op, &vec![4; len], None))
                 .collect();
-            let mut settings = timeouts(None, 5_000);
-            let never = Some(Keepalive::new(Duration::from_secs(3600), Duration::from_secs(3600)));
-            settings.client_keepalive = never;
-            settings.backend_keepalive = never;
-            settings.client_limits = MessageLimits::new().max_frame(1 << 20);
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let (got_up, got_down) = runtime.block_on(async {
-                let (client, client_side) = duplex(pipe);
-                let (backend_side, backend) = duplex(pipe);
-                let relay = tokio::spawn(relay(client_side, backend_side, settings, Tunnels::new().drain()));
-                let pump = |mut end: tokio::io::DuplexStream, data: Vec<u8>| async move {
-                    let (mut read, mut write) = tokio::io::split(&mut end);
-                    let send = async {
-                        for piece in data.chunks(chunk) {
-                            write.write_all(piece).await.unwrap();
-                        }
-                        write.shutdown().await.unwrap();
-                    };
-                    let mut received = Vec::new();
-                    let ((), got) = tokio::join!(send, read.read_to_end(&mut received));
-                    got.unwrap();
-                    received
-                };
-                let (at_backend, at_client) = tokio::join!(pump(backend, down.clone()), pump(client, up.clone()));
-                relay.await.unwrap();
-                (at_backend, at_client)
-            });
+            let (got_up, got_down) =
+                relay_both_ways(frame_aware_settings(), &up, &down, chunk, pipe);
             proptest::prop_assert_eq!(got_up, up);
             proptest::prop_assert_eq!(got_down, down);
         }

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
-use crate::relay::{End, Totals};
+use crate::relay::{End, EndKind, Totals};
 
 /// A cheap, cloneable handle over the tunnels of one or more proxies.
 ///
@@ -135,13 +135,13 @@ impl Tunnels {
             .unwrap_or_else(PoisonError::into_inner);
         let ended = &mut stats.ended;
         *match end.kind() {
-            "client_close" => &mut ended.client_close,
-            "backend_close" => &mut ended.backend_close,
-            "idle" => &mut ended.idle,
-            "keepalive" => &mut ended.keepalive,
-            "limit" => &mut ended.limit,
-            "shutdown" => &mut ended.shutdown,
-            _ => &mut ended.error,
+            EndKind::ClientClose => &mut ended.client_close,
+            EndKind::BackendClose => &mut ended.backend_close,
+            EndKind::Idle => &mut ended.idle,
+            EndKind::Keepalive => &mut ended.keepalive,
+            EndKind::Limit => &mut ended.limit,
+            EndKind::Shutdown => &mut ended.shutdown,
+            EndKind::Error => &mut ended.error,
         } += 1;
         let TunnelStats {
             client, backend, ..
