@@ -436,6 +436,7 @@ enum KeyKind {
     ClientIp(Arc<[IpNet]>),
     Header(HeaderName),
     Cookie(Arc<str>),
+    Query(Arc<str>),
     Path,
     Custom(KeyFn),
 }
@@ -474,6 +475,14 @@ impl Key {
         }
     }
 
+    /// The value of a query parameter (the first one of that name, as
+    /// written: not percent-decoded).
+    pub fn query(name: &str) -> Self {
+        Self {
+            kind: KeyKind::Query(name.into()),
+        }
+    }
+
     /// The request path.
     pub fn path() -> Self {
         Self {
@@ -499,6 +508,12 @@ impl Key {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             KeyKind::Cookie(name) => cookie(request, name),
+            KeyKind::Query(name) => request.uri.query().and_then(|query| {
+                query.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == &**name).then(|| v.to_owned())
+                })
+            }),
             KeyKind::Path => Some(request.uri.path().to_owned()),
             KeyKind::Custom(key) => key(request),
         }
@@ -511,6 +526,7 @@ impl fmt::Debug for Key {
             KeyKind::ClientIp(trusted) => f.debug_tuple("ClientIp").field(trusted).finish(),
             KeyKind::Header(name) => f.debug_tuple("Header").field(name).finish(),
             KeyKind::Cookie(name) => f.debug_tuple("Cookie").field(name).finish(),
+            KeyKind::Query(name) => f.debug_tuple("Query").field(name).finish(),
             KeyKind::Path => f.write_str("Path"),
             KeyKind::Custom(_) => f.write_str("Custom"),
         }
@@ -602,7 +618,7 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
     address(value.trim_matches('"'))
 }
 
-fn cookie(request: &Parts, name: &str) -> Option<String> {
+pub(crate) fn cookie(request: &Parts, name: &str) -> Option<String> {
     request
         .headers
         .get_all(header::COOKIE)
@@ -1029,6 +1045,12 @@ mod tests {
         assert_eq!(Key::cookie("session").of(&p).as_deref(), Some("xyz"));
         assert_eq!(Key::cookie("missing").of(&p), None);
         assert_eq!(Key::path().of(&p).as_deref(), Some("/chat"));
+        let mut q = parts("192.0.2.7:1", &[]);
+        q.uri = "/chat?room=7&user=bo&flag".parse().unwrap();
+        assert_eq!(Key::query("user").of(&q).as_deref(), Some("bo"));
+        assert_eq!(Key::query("flag").of(&q).as_deref(), Some(""));
+        assert_eq!(Key::query("us").of(&q), None);
+        assert_eq!(Key::query("user").of(&p), None);
         assert_eq!(
             Key::custom(|r| Some(r.method.to_string()))
                 .of(&p)

@@ -21,18 +21,22 @@ use crate::Tunnels;
 use crate::detect::{SEC_WEBSOCKET_ACCEPT, accept_key, has_token};
 use crate::upstream::Upstream;
 
-/// What the backend answered.
+/// What a backend answered an upgrade request: the response of
+/// [`Backend`](crate::balance::Backend) as a tower service.
 #[derive(Debug)]
-pub(crate) enum Answer {
+pub enum Answer {
     /// A valid 101: the response head and the upgraded connection.
     Upgraded(Response<()>, Upgraded),
     /// Any other status; relay it to the client as it is.
     Refused(Response<Incoming>),
 }
 
-/// Why no answer could be relayed from the backend.
+/// Why a backend gave no answer that can be relayed: the error of
+/// [`Backend`](crate::balance::Backend) as a tower service. The proxy
+/// answers the client `504` for the timeouts and `502` for the rest.
 #[derive(Debug)]
-pub(crate) enum Failure {
+#[non_exhaustive]
+pub enum Failure {
     /// TCP connect failed (refused, unreachable, name not resolved).
     Connect(io::Error),
     /// TCP connect did not finish within the connect timeout.
@@ -57,6 +61,14 @@ impl Failure {
             }
             _ => StatusCode::BAD_GATEWAY,
         }
+    }
+
+    /// Whether another backend may be tried: nothing was answered.
+    pub(crate) fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Failure::Connect(_) | Failure::ConnectTimeout(_) | Failure::Http(_) | Failure::Closed
+        )
     }
 }
 
@@ -180,4 +192,36 @@ pub(crate) async fn handshake(
     tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| Failure::HandshakeTimeout(timeout))?
+}
+
+/// Add what an upgrade request for `upstream` needs and lacks (`Host`,
+/// `Upgrade`, `Connection`, `Sec-WebSocket-Version`, a fresh
+/// `Sec-WebSocket-Key`); returns the key.
+pub(crate) fn complete_upgrade_request(
+    request: &mut Request<Empty<Bytes>>,
+    upstream: &Upstream,
+) -> HeaderValue {
+    use crate::detect::{SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
+    use base64::Engine as _;
+    let headers = request.headers_mut();
+    headers
+        .entry(http::header::HOST)
+        .or_insert_with(|| upstream.host_header());
+    headers
+        .entry(UPGRADE)
+        .or_insert(HeaderValue::from_static("websocket"));
+    headers
+        .entry(http::header::CONNECTION)
+        .or_insert(HeaderValue::from_static("Upgrade"));
+    headers
+        .entry(SEC_WEBSOCKET_VERSION)
+        .or_insert(HeaderValue::from_static("13"));
+    headers
+        .entry(SEC_WEBSOCKET_KEY)
+        .or_insert_with(|| {
+            let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+            let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+            HeaderValue::from_str(&key).expect("base64 is a valid header value")
+        })
+        .clone()
 }

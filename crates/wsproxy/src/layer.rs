@@ -5,6 +5,7 @@ use ipnet::IpNet;
 use tower::Layer;
 
 use crate::admit::Admission;
+use crate::balance::Backends;
 use crate::relay::Settings;
 use crate::{
     HostHeader, Keepalive, MessageLimits, Route, Tunnels, UpgradeRequired, Upstream, WebSocketProxy,
@@ -48,7 +49,7 @@ pub struct WebSocketProxyLayer {
 
 #[derive(Clone, Debug)]
 pub(crate) struct Config {
-    pub(crate) upstream: Upstream,
+    pub(crate) backends: Backends,
     pub(crate) route: Route,
     pub(crate) strip_prefix: bool,
     pub(crate) host_header: HostHeader,
@@ -92,9 +93,29 @@ impl Config {
 impl WebSocketProxyLayer {
     /// Proxy every WebSocket handshake to `upstream`.
     pub fn new(upstream: Upstream) -> Self {
+        Self::with_backends(Backends::from(upstream))
+    }
+
+    /// Proxy every WebSocket handshake to one of `backends`, chosen by its
+    /// strategy among the healthy ones, with retries. See [`balance`](crate::balance).
+    ///
+    /// ```
+    /// use wsproxy::balance::{Backends, LeastConn};
+    /// use wsproxy::WebSocketProxyLayer;
+    ///
+    /// let layer = WebSocketProxyLayer::with_backends(
+    ///     Backends::new([
+    ///         "ws://127.0.0.1:9001".parse().unwrap(),
+    ///         "ws://127.0.0.1:9002".parse().unwrap(),
+    ///     ])
+    ///     .strategy(LeastConn::new()),
+    /// );
+    /// # drop(layer);
+    /// ```
+    pub fn with_backends(backends: Backends) -> Self {
         Self {
             config: Config {
-                upstream,
+                backends,
                 route: Route::any(),
                 strip_prefix: false,
                 host_header: HostHeader::Upstream,
@@ -160,8 +181,9 @@ impl WebSocketProxyLayer {
         self
     }
 
-    /// Time allowed for the backend to answer the upgrade request once
-    /// connected (default: 10 s); exceeding it answers
+    /// Time allowed for the whole backend handshake — connects, the
+    /// backend's answer, and [retries](crate::balance#retries) on other
+    /// backends (default: 10 s); exceeding it answers
     /// `504 Gateway Timeout`. It also bounds the wait for the client's side
     /// of the upgrade to complete.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {

@@ -116,6 +116,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admit;
+pub mod balance;
 mod body;
 mod connect;
 mod detect;

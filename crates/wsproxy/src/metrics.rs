@@ -6,16 +6,18 @@
 //! | --- | --- | --- | --- |
 //! | `wsproxy_tunnels_opened_total` | counter | `route` | tunnels opened (`101` sent) |
 //! | `wsproxy_tunnels_open` | gauge | `route` | tunnels open now |
-//! | `wsproxy_tunnels_closed_total` | counter | `route`, `reason` | tunnels ended, by reason: `client_close`, `backend_close`, `idle`, `keepalive`, `limit`, `shutdown`, `error` |
+//! | `wsproxy_tunnels_closed_total` | counter | `route`, `reason` | tunnels ended, by reason: `client_close`, `backend_close`, `idle`, `keepalive`, `limit`, `shutdown`, `backend_down`, `error` |
 //! | `wsproxy_handshakes_refused_total` | counter | `status` | handshakes answered with anything but `101`, by the proxy, an admission check, or the backend (relayed) |
 //! | `wsproxy_bytes_total` | counter | `route`, `direction` (`up`: client to backend, `down`) | bytes forwarded, added when a tunnel ends |
 //! | `wsproxy_messages_total` | counter | `route`, `direction` | data messages, added when a tunnel ends |
+//! | `wsproxy_backend_transitions_total` | counter | `backend`, `to` (`up`, `down`) | a backend marked down or back up by a health check |
+//! | `wsproxy_backend_retries_total` | counter | `backend` | handshakes moved on to another backend after this one failed |
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
 use http::StatusCode;
 
-use crate::Route;
+use crate::{Route, Upstream};
 use crate::relay::{End, Totals};
 
 /// A tunnel opened on `route`.
@@ -54,4 +56,21 @@ pub(crate) fn refused(status: StatusCode) {
     #[cfg(feature = "metrics")]
     metrics::counter!("wsproxy_handshakes_refused_total", "status" => status.as_str().to_owned())
         .increment(1);
+}
+
+/// `backend` went down or came back up.
+pub(crate) fn backend_transition(backend: &Upstream, up: bool) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "wsproxy_backend_transitions_total",
+        "backend" => backend.to_string(),
+        "to" => if up { "up" } else { "down" }
+    )
+    .increment(1);
+}
+
+/// A handshake moved on from `backend` to another one.
+pub(crate) fn backend_retry(backend: &Upstream) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("wsproxy_backend_retries_total", "backend" => backend.to_string()).increment(1);
 }

@@ -13,7 +13,10 @@ use hyper_util::rt::TokioIo;
 use tracing::{Instrument, Span};
 
 use crate::body::ResponseBody;
-use crate::connect::{self, Answer};
+use crate::Upstream;
+use crate::balance::BackendId;
+use crate::balance::set::Picked;
+use crate::connect::{self, Answer, Failure};
 use crate::detect::{self, SEC_WEBSOCKET_VERSION};
 use crate::forward::{self, Forwarding, HostHeader};
 use crate::layer::Config;
@@ -32,7 +35,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         "tunnel",
         client = %DisplayPeer(peer),
         route = %config.route,
-        upstream = %config.upstream,
+        upstream = tracing::field::Empty,
         status = tracing::field::Empty,
         client_ip = tracing::field::Empty,
     );
@@ -82,33 +85,10 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
             return refusal(StatusCode::INTERNAL_SERVER_ERROR, "this connection cannot be upgraded");
         };
 
-        let Some(request) = backend_request(&parts, &config, peer) else {
-            tracing::info!(status = 400, "handshake refused: request target cannot be mapped to the backend");
-            return refusal(StatusCode::BAD_REQUEST, "bad request target");
-        };
         let started = Instant::now();
-        let answer = match connect::connect(&config.upstream, config.connect_timeout).await {
-            Ok(stream) => {
-                connect::handshake(stream, request, &key, config.handshake_timeout, &config.tunnels).await
-            }
-            Err(failure) => Err(failure),
-        };
-        let (head, backend) = match answer {
-            Ok(Answer::Upgraded(head, backend)) => (head, backend),
-            Ok(Answer::Refused(response)) => {
-                Span::current().record("status", response.status().as_u16());
-                tracing::info!(status = response.status().as_u16(), "backend refused the upgrade; relayed, no tunnel");
-                let (mut head, body) = response.into_parts();
-                forward::remove_hop_by_hop(&mut head.headers);
-                return Response::from_parts(head, ResponseBody::upstream(body));
-            }
-            Err(failure) => {
-                let status = failure.status();
-                Span::current().record("status", status.as_u16());
-                tracing::warn!(status = status.as_u16(), error = %failure, "backend handshake failed");
-                // The cause is for the log; the client learns only the status.
-                return refusal(status, status.canonical_reason().unwrap_or("bad gateway"));
-            }
+        let (head, backend, picked, sticky) = match handshake_backend(&parts, &config, peer, &key, started).await {
+            Ok(upgraded) => upgraded,
+            Err(response) => return response,
         };
         // A shutdown may have started while the backend was answering; it
         // promised that no tunnel opens after it, and the client has not
@@ -124,6 +104,10 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         forward::remove_hop_by_hop(&mut head.headers);
         head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(cookie) = sticky {
+            head.headers.append(header::SET_COOKIE, cookie);
+        }
+        let drain = tunnels_drain(&config, &picked);
 
         let tunnels = config.tunnels.clone();
         let settings = config.settings();
@@ -134,11 +118,12 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
             async move {
                 let _guard = guard;
                 let _holds = holds;
+                let _load = picked.into_load();
                 // A client that goes away before its side of the upgrade
                 // completes still ends the tunnel that was counted open.
                 let (end, totals) = match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {
                     Ok(Ok(client)) => {
-                        relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, tunnels.drain()).await
+                        relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, drain).await
                     }
                     Ok(Err(e)) => (
                         relay::End::ClientError(std::io::Error::other(format!("upgrade failed: {e}"))),
@@ -187,6 +172,114 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
     .inspect_status()
 }
 
+/// A valid `101` from a backend: its head, the upgraded connection, the
+/// backend (whose load the tunnel holds) and a sticky cookie to set.
+type Upgraded = (
+    Response<()>,
+    hyper::upgrade::Upgraded,
+    Picked,
+    Option<HeaderValue>,
+);
+
+/// Choose a backend and hand-shake with it, moving on to the next one
+/// after a failure that left nothing to relay, while tries and the
+/// handshake timeout allow. Anything but a valid `101` is the response
+/// for the client.
+async fn handshake_backend<B>(
+    parts: &http::request::Parts,
+    config: &Config,
+    peer: Option<SocketAddr>,
+    key: &HeaderValue,
+    started: Instant,
+) -> Result<Upgraded, Response<ResponseBody<B>>> {
+    let backends = &config.backends;
+    let deadline = tokio::time::Instant::from_std(started) + config.handshake_timeout;
+    let mut tried: Vec<BackendId> = Vec::new();
+    let mut last_failure: Option<Failure> = None;
+    loop {
+        let Some((picked, sticky)) = backends.pick(parts, &tried) else {
+            return Err(match last_failure {
+                Some(failure) => failed(&failure),
+                None => {
+                    Span::current().record("status", 503);
+                    tracing::warn!(
+                        status = 503,
+                        route = %config.route,
+                        backends = %backends.describe(),
+                        "no usable backend: all down, draining or full"
+                    );
+                    refusal(StatusCode::SERVICE_UNAVAILABLE, "no backend available")
+                }
+            });
+        };
+        Span::current().record("upstream", tracing::field::display(picked.upstream()));
+        let Some(request) = backend_request(parts, config, peer, picked.upstream()) else {
+            tracing::info!(status = 400, "handshake refused: request target cannot be mapped to the backend");
+            return Err(refusal(StatusCode::BAD_REQUEST, "bad request target"));
+        };
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let answer = match connect::connect(picked.upstream(), config.connect_timeout.min(remaining)).await {
+            Ok(stream) => {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                connect::handshake(stream, request, key, remaining, &config.tunnels)
+                    .await
+                    .map_err(|failure| match failure {
+                        // The timeout that ran out is the handshake's.
+                        Failure::HandshakeTimeout(_) => Failure::HandshakeTimeout(config.handshake_timeout),
+                        other => other,
+                    })
+            }
+            Err(failure) => Err(failure),
+        };
+        match answer {
+            Ok(Answer::Upgraded(head, upgraded)) => {
+                backends.succeeded(&picked);
+                return Ok((head, upgraded, picked, sticky));
+            }
+            Ok(Answer::Refused(response)) => {
+                if response.status().is_server_error() {
+                    backends.failed(&picked);
+                }
+                Span::current().record("status", response.status().as_u16());
+                tracing::info!(status = response.status().as_u16(), "backend refused the upgrade; relayed, no tunnel");
+                let (mut head, body) = response.into_parts();
+                forward::remove_hop_by_hop(&mut head.headers);
+                return Err(Response::from_parts(head, ResponseBody::upstream(body)));
+            }
+            Err(failure) => {
+                backends.failed(&picked);
+                tried.push(picked.id());
+                let time_left = tokio::time::Instant::now() < deadline;
+                if failure.retryable() && tried.len() < backends.config.tries && time_left {
+                    tracing::warn!(error = %failure, backend = %picked.upstream(), "backend failed; trying another");
+                    crate::metrics::backend_retry(picked.upstream());
+                    last_failure = Some(failure);
+                    continue;
+                }
+                return Err(failed(&failure));
+            }
+        }
+    }
+}
+
+/// The response to a backend that failed, and its log line.
+fn failed<B>(failure: &Failure) -> Response<ResponseBody<B>> {
+    let status = failure.status();
+    Span::current().record("status", status.as_u16());
+    tracing::warn!(status = status.as_u16(), error = %failure, "backend handshake failed");
+    // The cause is for the log; the client learns only the status.
+    refusal(status, status.canonical_reason().unwrap_or("bad gateway"))
+}
+
+/// What the tunnel watches to be closed: a shutdown, or its backend going
+/// down (when the set closes tunnels then).
+fn tunnels_drain(config: &Config, picked: &Picked) -> crate::tunnels::Drain {
+    config
+        .tunnels
+        .drain()
+        .with_backend(picked.member.close_signal())
+}
+
 /// Count a refused handshake in the metrics.
 trait InspectStatus {
     fn inspect_status(self) -> Self;
@@ -206,13 +299,14 @@ fn backend_request(
     parts: &http::request::Parts,
     config: &Config,
     peer: Option<SocketAddr>,
+    upstream: &Upstream,
 ) -> Option<Request<Empty<Bytes>>> {
     let path = parts.uri.path();
     let rest = match (config.strip_prefix, config.route.prefix_str()) {
         (true, Some(prefix)) => route::strip(prefix, path).unwrap_or(path),
         _ => path,
     };
-    let target = config.upstream.target(rest, parts.uri.query());
+    let target = upstream.target(rest, parts.uri.query());
 
     let mut headers = parts.headers.clone();
     forward::remove_hop_by_hop(&mut headers);
@@ -234,7 +328,7 @@ fn backend_request(
     }
     .apply(&mut headers, client_host.as_ref());
     let host = match &config.host_header {
-        HostHeader::Upstream => Some(config.upstream.host_header()),
+        HostHeader::Upstream => Some(upstream.host_header()),
         HostHeader::Client => client_host,
         HostHeader::Fixed(value) => Some(value.clone()),
     };

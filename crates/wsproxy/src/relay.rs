@@ -107,6 +107,9 @@ pub(crate) enum End {
 pub(crate) enum Reason {
     /// The proxy is shutting down.
     Shutdown,
+    /// The backend was marked down or removed from its set, which closes
+    /// its tunnels.
+    BackendDown,
     /// The client (`true`) or backend did not answer a keepalive ping.
     Keepalive { client: bool },
     /// The client (`true`) or backend broke a message limit.
@@ -122,6 +125,7 @@ pub(crate) enum EndKind {
     Keepalive,
     Limit,
     Shutdown,
+    BackendDown,
     Error,
 }
 
@@ -136,6 +140,7 @@ impl EndKind {
             EndKind::Keepalive => "keepalive",
             EndKind::Limit => "limit",
             EndKind::Shutdown => "shutdown",
+            EndKind::BackendDown => "backend_down",
             EndKind::Error => "error",
         }
     }
@@ -152,6 +157,7 @@ impl End {
             End::Idle => EndKind::Idle,
             End::Proxy { reason, .. } => match reason {
                 Reason::Shutdown => EndKind::Shutdown,
+                Reason::BackendDown => EndKind::BackendDown,
                 Reason::Keepalive { .. } => EndKind::Keepalive,
                 Reason::Limit { .. } => EndKind::Limit,
             },
@@ -176,6 +182,7 @@ impl fmt::Display for End {
             End::Proxy { reason, answered } => {
                 match reason {
                     Reason::Shutdown => f.write_str("shutdown")?,
+                    Reason::BackendDown => f.write_str("backend down or removed")?,
                     Reason::Keepalive { client } => {
                         write!(f, "keepalive: the {} did not answer", side(*client))?;
                     }
@@ -362,7 +369,7 @@ where
                         down.close_with(GOING_AWAY);
                     }
                     closing = Some(Closing {
-                        reason: Reason::Shutdown,
+                        reason: drain.reason(),
                         deadline: drain.deadline(),
                         wait_client: true,
                         wait_backend: true,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::relay::{End, EndKind, Totals};
@@ -141,6 +141,7 @@ impl Tunnels {
             EndKind::Keepalive => &mut ended.keepalive,
             EndKind::Limit => &mut ended.limit,
             EndKind::Shutdown => &mut ended.shutdown,
+            EndKind::BackendDown => &mut ended.backend_down,
             EndKind::Error => &mut ended.error,
         } += 1;
         let TunnelStats {
@@ -167,6 +168,7 @@ impl Tunnels {
     pub(crate) fn drain(&self) -> Drain {
         Drain {
             shared: self.shared.clone(),
+            backend: None,
         }
     }
 
@@ -208,30 +210,76 @@ impl Drop for TunnelGuard {
     }
 }
 
-/// Tells a tunnel that a shutdown started, and its deadline.
+/// Tells a tunnel that a shutdown started (or that its backend went
+/// down), and the deadline.
 #[derive(Debug)]
 pub(crate) struct Drain {
     shared: Arc<Shared>,
+    backend: Option<Arc<CloseSignal>>,
+}
+
+/// Closes the tunnels of one backend gracefully, with a deadline.
+#[derive(Debug, Default)]
+pub(crate) struct CloseSignal {
+    token: CancellationToken,
+    deadline: OnceLock<Instant>,
+}
+
+impl CloseSignal {
+    /// Close every tunnel watching this signal: Close 1001 now, hard at
+    /// `now + grace`.
+    pub(crate) fn close(&self, grace: Duration) {
+        self.deadline.get_or_init(|| Instant::now() + grace);
+        self.token.cancel();
+    }
 }
 
 impl Drain {
-    /// Resolves when a shutdown starts.
-    pub(crate) fn signalled(&self) -> WaitForCancellationFuture<'_> {
-        self.shared.drain.cancelled()
+    /// Also end when `signal` closes the backend's tunnels.
+    pub(crate) fn with_backend(mut self, signal: Arc<CloseSignal>) -> Self {
+        self.backend = Some(signal);
+        self
     }
 
-    /// When a started shutdown closes tunnels hard.
+    /// Resolves when a shutdown starts or the backend's tunnels are closed.
+    pub(crate) async fn signalled(&self) {
+        match &self.backend {
+            None => self.shared.drain.cancelled().await,
+            Some(backend) => tokio::select! {
+                () = self.shared.drain.cancelled() => {}
+                () = backend.token.cancelled() => {}
+            },
+        }
+    }
+
+    /// Why the tunnel is being closed, once [`signalled`](Self::signalled).
+    pub(crate) fn reason(&self) -> crate::relay::Reason {
+        if self.shared.drain.is_cancelled() {
+            crate::relay::Reason::Shutdown
+        } else {
+            crate::relay::Reason::BackendDown
+        }
+    }
+
+    /// When a started shutdown (or backend close) closes tunnels hard.
     pub(crate) fn deadline(&self) -> Instant {
-        self.shared
-            .deadline
-            .get()
-            .copied()
-            .unwrap_or_else(Instant::now)
+        let shutdown = self
+            .shared
+            .drain
+            .is_cancelled()
+            .then(|| self.shared.deadline.get().copied())
+            .flatten();
+        let backend = self.backend.as_ref().and_then(|b| b.deadline.get().copied());
+        match (shutdown, backend) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(t), None) | (None, Some(t)) => t,
+            (None, None) => Instant::now(),
+        }
     }
 
     /// Resolves at the deadline of a started shutdown.
     pub(crate) async fn hard_close(&self) {
-        self.signalled().await;
+        self.shared.drain.cancelled().await;
         tokio::time::sleep_until(self.deadline()).await;
     }
 }
@@ -273,6 +321,9 @@ pub struct EndCounts {
     pub limit: u64,
     /// A shutdown closed it.
     pub shutdown: u64,
+    /// Its backend was marked down or removed, with
+    /// [`Backends::close_tunnels_when_down`](crate::balance::Backends::close_tunnels_when_down).
+    pub backend_down: u64,
     /// An I/O error (e.g. a connection reset) on either side.
     pub error: u64,
 }

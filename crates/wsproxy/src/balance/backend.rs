@@ -1,0 +1,180 @@
+//! One backend: its settings, and the tower service that hand-shakes with it.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Empty;
+use tower::Service;
+
+use crate::connect::{self, Answer, Failure};
+use crate::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, Tunnels, Upstream};
+
+/// A backend of a [`Backends`](super::Backends) set: an [`Upstream`] and
+/// how it takes part in balancing.
+///
+/// It is also a tower [`Service`]: given the upgrade request meant for it
+/// (a target path, headers with a `Sec-WebSocket-Key`), it connects,
+/// hand-shakes and returns the backend's [`Answer`] — the connected and
+/// upgraded stream after a valid `101`, or the response it gave instead.
+/// That is the item type of a [`tower::discover::Discover`] stream fed to
+/// [`Backends::discover`](super::Backends::discover), and it can be used
+/// alone (e.g. in tests, with the default timeouts).
+///
+/// # Example
+///
+/// ```
+/// use wsproxy::balance::Backend;
+///
+/// let big = Backend::new("ws://10.0.0.1:9001".parse().unwrap()).weight(3);
+/// let spare = Backend::new("ws://10.0.0.9:9001".parse().unwrap()).backup(true);
+/// let small = Backend::new("ws://10.0.0.2:9001".parse().unwrap()).max_conns(1_000);
+/// assert_ne!(big.id(), small.id());
+/// # drop(spare);
+/// ```
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Backend {
+    pub(crate) upstream: Upstream,
+    pub(crate) id: BackendId,
+    pub(crate) weight: u32,
+    pub(crate) backup: bool,
+    pub(crate) max_conns: Option<usize>,
+}
+
+impl Backend {
+    /// A primary backend of weight 1 and no connection cap.
+    pub fn new(upstream: Upstream) -> Self {
+        Self {
+            id: BackendId::of(&upstream),
+            upstream,
+            weight: 1,
+            backup: false,
+            max_conns: None,
+        }
+    }
+
+    /// Its share of new tunnels relative to the others' (default: 1; 0 is
+    /// taken as 1).
+    pub fn weight(mut self, weight: u32) -> Self {
+        self.weight = weight.max(1);
+        self
+    }
+
+    /// A backup is chosen only while no primary is usable (default:
+    /// `false`).
+    pub fn backup(mut self, backup: bool) -> Self {
+        self.backup = backup;
+        self
+    }
+
+    /// At most this many open tunnels (and handshakes under way) to it;
+    /// while it is full, it is skipped like a backend that is down (default:
+    /// no cap).
+    pub fn max_conns(mut self, max: usize) -> Self {
+        self.max_conns = Some(max);
+        self
+    }
+
+    /// The backend's URL.
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    /// Its identity in the set (derived from the URL).
+    pub fn id(&self) -> BackendId {
+        self.id
+    }
+}
+
+impl From<Upstream> for Backend {
+    fn from(upstream: Upstream) -> Self {
+        Self::new(upstream)
+    }
+}
+
+impl Service<Request<Empty<Bytes>>> for Backend {
+    type Response = Answer;
+    type Error = Failure;
+    type Future = Pin<Box<dyn Future<Output = Result<Answer, Failure>> + Send>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Connect and hand-shake within [`DEFAULT_CONNECT_TIMEOUT`] and
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]. The answer's `Sec-WebSocket-Accept`
+    /// is checked against the request's `Sec-WebSocket-Key` (a fresh one
+    /// is added when it has none); `Upgrade`, `Connection` and
+    /// `Sec-WebSocket-Version` are added when missing.
+    fn call(&mut self, mut request: Request<Empty<Bytes>>) -> Self::Future {
+        let upstream = self.upstream.clone();
+        Box::pin(async move {
+            let key = connect::complete_upgrade_request(&mut request, &upstream);
+            let stream = connect::connect(&upstream, DEFAULT_CONNECT_TIMEOUT).await?;
+            connect::handshake(
+                stream,
+                request,
+                &key,
+                DEFAULT_HANDSHAKE_TIMEOUT,
+                &Tunnels::new(),
+            )
+            .await
+        })
+    }
+}
+
+/// The identity of a [`Backend`]: a 64-bit hash of its URL, the same on
+/// every process that has the same URL (so sticky cookies and consistent
+/// hashing agree across instances). Shown as 16 hex digits, which is what
+/// a sticky cookie holds: it names the backend without revealing its
+/// address.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId(pub(crate) u64);
+
+impl BackendId {
+    fn of(upstream: &Upstream) -> Self {
+        Self(twox_hash::XxHash64::oneshot(0, upstream.to_string().as_bytes()))
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        if text.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(text, 16).ok().map(Self)
+    }
+}
+
+impl fmt::Display for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for BackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BackendId({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_round_trip() {
+        let a = Backend::new("ws://127.0.0.1:1/".parse().unwrap());
+        let again = Backend::new("ws://127.0.0.1:1/".parse().unwrap());
+        let b = Backend::new("ws://127.0.0.1:2/".parse().unwrap());
+        assert_eq!(a.id(), again.id());
+        assert_ne!(a.id(), b.id());
+        assert_eq!(BackendId::parse(&a.id().to_string()), Some(a.id()));
+        assert_eq!(BackendId::parse("xyz"), None);
+        assert_eq!(BackendId::parse("0123456789abcdeg"), None);
+        assert_eq!(Backend::new("ws://a".parse().unwrap()).weight(0).weight, 1);
+    }
+}
