@@ -6,7 +6,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::Parser;
-use wsproxy::Upstream;
+
+use crate::balance::{BackendSpec, BalanceArgs};
 
 /// A standalone WebSocket gateway built on the wsproxy library.
 #[derive(Debug, Parser)]
@@ -16,8 +17,14 @@ pub(crate) struct Args {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) listen: SocketAddr,
 
-    /// A route, PREFIX=ws://HOST:PORT/PATH; repeat for more.
-    #[arg(long = "route", value_name = "PREFIX=URL")]
+    /// A route, PREFIX=URL[,URL...]: WebSocket handshakes under PREFIX go
+    /// to one of the backend URLs (ws://HOST:PORT/PATH), chosen by
+    /// --balance; repeat for more routes. A URL may take options after
+    /// ';' (quote them in a shell): weight=N (its share of new tunnels,
+    /// default 1), max-conns=N (at most N open tunnels), backup (used only
+    /// while no other backend is usable), e.g.
+    /// '/chat=ws://10.0.0.1:9001;weight=3,ws://10.0.0.2:9001,ws://10.0.0.9:9001;backup'.
+    #[arg(long = "route", value_name = "PREFIX=URL[,URL...]")]
     pub(crate) routes: Vec<RouteSpec>,
 
     /// Time allowed for the TCP connect to a backend (e.g. 500ms, 5s).
@@ -141,10 +148,13 @@ pub(crate) struct Args {
     /// them (prefix stripped).
     #[arg(long)]
     pub(crate) demo: bool,
+
+    #[command(flatten)]
+    pub(crate) balance: BalanceArgs,
 }
 
 /// A duration in humantime's syntax (`500ms`, `5s`, `10m`).
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("invalid duration '{s}' ({e}); use e.g. 500ms, 5s, 10m"))
 }
@@ -203,30 +213,42 @@ impl FromStr for IdleTimeout {
     }
 }
 
-/// One `--route PREFIX=URL`.
+/// One `--route PREFIX=URL[,URL...]`.
 #[derive(Debug, Clone)]
 pub(crate) struct RouteSpec {
     /// The path prefix, as given; starts with `/`.
     pub(crate) prefix: String,
-    /// Where the route's handshakes go.
-    pub(crate) upstream: Upstream,
+    /// Where the route's handshakes go, in the order given; never empty.
+    pub(crate) backends: Vec<BackendSpec>,
     /// Whether the prefix is removed from the path sent to the backend
     /// (`--strip-prefix`; always for the demo routes).
     pub(crate) strip_prefix: bool,
 }
 
 impl RouteSpec {
-    /// A route from `prefix` to the upstream `url`, prefix kept.
-    pub(crate) fn new(prefix: &str, url: &str) -> Result<Self, RouteError> {
+    /// A route from `prefix` to the comma-separated `backends`
+    /// (`URL[;OPTION...]` each), prefix kept.
+    pub(crate) fn new(prefix: &str, backends: &str) -> Result<Self, RouteError> {
         if !prefix.starts_with('/') {
             return Err(RouteError(format!(
                 "the prefix '{prefix}' must start with '/'"
             )));
         }
-        let upstream = url.parse().map_err(|e| RouteError(format!("{e}")))?;
+        let mut list: Vec<BackendSpec> = Vec::new();
+        for item in backends.split(',') {
+            let backend: BackendSpec = item.parse().map_err(RouteError)?;
+            // The set tells backends apart by URL, as written.
+            let url = backend.upstream.to_string();
+            if list.iter().any(|b| b.upstream.to_string() == url) {
+                return Err(RouteError(format!(
+                    "the backend '{url}' is listed twice for '{prefix}'"
+                )));
+            }
+            list.push(backend);
+        }
         Ok(Self {
             prefix: prefix.to_owned(),
-            upstream,
+            backends: list,
             strip_prefix: false,
         })
     }
@@ -237,6 +259,16 @@ impl RouteSpec {
     pub(crate) fn scope(&self) -> &str {
         self.prefix.trim_end_matches('/')
     }
+
+    /// The backend URLs, comma-separated, for the log.
+    pub(crate) fn describe(&self) -> String {
+        let urls: Vec<String> = self
+            .backends
+            .iter()
+            .map(|b| b.upstream.to_string())
+            .collect();
+        urls.join(",")
+    }
 }
 
 impl FromStr for RouteSpec {
@@ -245,7 +277,7 @@ impl FromStr for RouteSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let (prefix, url) = s.split_once('=').ok_or_else(|| {
             RouteError(format!(
-                "invalid route '{s}': expected PREFIX=ws://HOST:PORT/PATH"
+                "invalid route '{s}': expected PREFIX=ws://HOST:PORT/PATH[,ws://...]"
             ))
         })?;
         Self::new(prefix, url)
@@ -272,7 +304,8 @@ mod tests {
     fn routes_parse() {
         let route: RouteSpec = "/chat=ws://127.0.0.1:9002/x".parse().unwrap();
         assert_eq!(route.prefix, "/chat");
-        assert_eq!(route.upstream.port(), 9002);
+        assert_eq!(route.backends.len(), 1);
+        assert_eq!(route.backends[0].upstream.port(), 9002);
         assert!("chat=ws://a".parse::<RouteSpec>().is_err());
         assert!("/chat".parse::<RouteSpec>().is_err());
         assert!("/chat=http://a".parse::<RouteSpec>().is_err());
@@ -280,6 +313,25 @@ mod tests {
         assert_eq!(slash.scope(), route.scope());
         let root: RouteSpec = "/=ws://127.0.0.1:9002".parse().unwrap();
         assert_eq!(root.scope(), "");
+    }
+
+    #[test]
+    fn routes_take_several_backends() {
+        let route: RouteSpec = "/chat=ws://127.0.0.1:1/;weight=2,ws://127.0.0.1:2/;backup"
+            .parse()
+            .unwrap();
+        let ports: Vec<_> = route.backends.iter().map(|b| b.upstream.port()).collect();
+        assert_eq!(ports, [1, 2]);
+        assert_eq!(route.backends[0].weight, Some(2));
+        assert!(route.backends[1].backup);
+        assert_eq!(route.describe(), "ws://127.0.0.1:1/,ws://127.0.0.1:2/");
+        let error = |s: &str| s.parse::<RouteSpec>().unwrap_err().to_string();
+        assert_eq!(
+            error("/a=ws://127.0.0.1:1/,ws://127.0.0.1:1/;weight=2"),
+            "the backend 'ws://127.0.0.1:1/' is listed twice for '/a'"
+        );
+        assert!(error("/a=ws://127.0.0.1:1,").contains("a backend URL is missing in ''"));
+        assert!(error("/a=ws://127.0.0.1:1;colour=red").contains("unknown backend option 'colour=red'"));
     }
 
     #[test]

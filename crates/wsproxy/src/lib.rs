@@ -43,6 +43,10 @@
 //!    or [`WebSocketProxyLayer::admit`] — may refuse with an ordinary
 //!    response (`403` Origin, `429` rate or per-client connections, `503`
 //!    connections in all); still nothing reaches a backend.
+//!    **Select.** With [`WebSocketProxyLayer::with_backends`], a
+//!    [balancing strategy](balance) picks a backend among the healthy
+//!    ones of a live [`Backends`](balance::Backends) set (`503` when none
+//!    is usable); a connect failure moves on to the next one.
 //! 3. **Connect and hand-shake.** TCP connect within the
 //!    [connect timeout](WebSocketProxyLayer::connect_timeout), then the
 //!    upgrade request with the client's end-to-end headers, minus

@@ -96,6 +96,16 @@ impl From<Upstream> for Backend {
     }
 }
 
+/// Parses a backend URL (see [`Upstream`]) into a primary backend of
+/// weight 1.
+impl std::str::FromStr for Backend {
+    type Err = crate::InvalidUpstream;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        url.parse().map(Self::new)
+    }
+}
+
 impl Service<Request<Empty<Bytes>>> for Backend {
     type Response = Answer;
     type Error = Failure;
@@ -149,6 +159,30 @@ impl BackendId {
     }
 }
 
+/// Parses the 16 hex digits [`Display`](fmt::Display) writes (e.g. from
+/// an admin API or a sticky cookie).
+impl std::str::FromStr for BackendId {
+    type Err = InvalidBackendId;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text).ok_or(InvalidBackendId { _priv: () })
+    }
+}
+
+/// The error of parsing a [`BackendId`] that is not 16 hex digits.
+#[derive(Debug, Clone)]
+pub struct InvalidBackendId {
+    _priv: (),
+}
+
+impl fmt::Display for InvalidBackendId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a backend id is 16 hex digits")
+    }
+}
+
+impl std::error::Error for InvalidBackendId {}
+
 impl fmt::Display for BackendId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
@@ -176,5 +210,44 @@ mod tests {
         assert_eq!(BackendId::parse("xyz"), None);
         assert_eq!(BackendId::parse("0123456789abcdeg"), None);
         assert_eq!(Backend::new("ws://a".parse().unwrap()).weight(0).weight, 1);
+        assert_eq!("ws://127.0.0.1:1/".parse::<Backend>().unwrap().id(), a.id());
+        assert_eq!(a.id().to_string().parse::<BackendId>().unwrap(), a.id());
+        assert!("nope".parse::<BackendId>().is_err());
+    }
+
+    #[tokio::test]
+    async fn as_a_service_it_hand_shakes() {
+        use tower::ServiceExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+            use futures_util::StreamExt;
+            // The client's (masked) Close comes through.
+            ws.next().await
+        });
+        let backend: Backend = format!("ws://{addr}/").parse().unwrap();
+        let request = Request::get("/x").body(Empty::new()).unwrap();
+        match backend.clone().oneshot(request).await.unwrap() {
+            Answer::Upgraded(head, upgraded) => {
+                assert_eq!(head.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+                use tokio::io::AsyncWriteExt;
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                // Close 1000, masked with a zero key.
+                io.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]).await.unwrap();
+            }
+            Answer::Refused(response) => panic!("refused: {}", response.status()),
+        }
+        let closed = server.await.unwrap().unwrap().unwrap();
+        assert!(closed.is_close());
+
+        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let backend: Backend = format!("ws://{dead_addr}/").parse().unwrap();
+        let request = Request::get("/").body(Empty::new()).unwrap();
+        let failure = backend.oneshot(request).await.unwrap_err();
+        assert!(matches!(failure, Failure::Connect(_)), "{failure}");
     }
 }

@@ -94,7 +94,7 @@ pub(crate) mod set;
 mod strategy;
 
 pub use crate::connect::{Answer, Failure as BackendError};
-pub use backend::{Backend, BackendId};
+pub use backend::{Backend, BackendId, InvalidBackendId};
 pub use health::{ActiveHealth, PassiveHealth, Probe};
 pub use set::{BackendStatus, Backends};
 pub use strategy::{Candidate, ConsistentHash, LeastConn, PowerOfTwo, RoundRobin, Strategy};

@@ -88,13 +88,15 @@ impl Drop for SetState {
 pub(crate) struct Member {
     pub(crate) backend: Backend,
     open: AtomicUsize,
-    /// Passively down until this time (ns since [`epoch`]); 0: not down.
+    /// Passively down until this time (ns since the epoch of [`now`]); 0:
+    /// not down.
     down_until: AtomicU64,
     /// Failures in the current window, and when the window started.
     fails: Mutex<(u32, Option<Instant>)>,
     probe_up: AtomicBool,
     draining: AtomicBool,
-    /// When it last came (back) up (ns since [`epoch`]), for slow start.
+    /// When it last came (back) up (ns since the epoch of [`now`]; 0: in
+    /// the set from the start), for slow start.
     up_since: AtomicU64,
     transitions: AtomicU64,
     probing: AtomicBool,
@@ -187,7 +189,12 @@ impl Member {
         let Some(period) = slow_start else {
             return weight;
         };
-        let since = now.saturating_sub(self.up_since.load(Ordering::Relaxed));
+        let up_since = self.up_since.load(Ordering::Relaxed);
+        if up_since == 0 {
+            // In the set from the start, never down: no ramp.
+            return weight;
+        }
+        let since = now.saturating_sub(up_since);
         let period = period.as_nanos() as u64;
         if period == 0 || since >= period {
             return weight;
@@ -260,16 +267,12 @@ impl Default for SetConfig {
 }
 
 impl Backends {
-    /// A set of `backends` (URLs or [`Backend`]s), balanced round-robin
-    /// with nginx's passive health defaults and up to 3 tries.
-    pub fn new<I>(backends: I) -> Self
-    where
-        I: IntoIterator,
-        I::Item: Into<Backend>,
-    {
+    /// A set of `backends`, balanced round-robin with nginx's passive
+    /// health defaults and up to 3 tries. A backend listed twice (same
+    /// URL) counts once.
+    pub fn new(backends: impl IntoIterator<Item = Backend>) -> Self {
         let mut members: Vec<Arc<Member>> = Vec::new();
         for backend in backends {
-            let backend = backend.into();
             if members.iter().all(|m| m.backend.id != backend.id) {
                 members.push(Arc::new(Member::new(backend, 0)));
             }
@@ -684,7 +687,7 @@ impl SetState {
 
 impl From<Upstream> for Backends {
     fn from(upstream: Upstream) -> Self {
-        Self::new([upstream])
+        Self::new([Backend::new(upstream)])
     }
 }
 
@@ -721,4 +724,285 @@ pub struct BackendStatus {
     pub draining: bool,
     /// How often it went down or came back up.
     pub transitions: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::admit::Key;
+    use crate::balance::{ConsistentHash, LeastConn, PowerOfTwo};
+
+    fn backend(port: u16) -> Backend {
+        format!("ws://127.0.0.1:{port}/").parse().unwrap()
+    }
+
+    fn request(path: &str) -> Parts {
+        http::Request::get(path).body(()).unwrap().into_parts().0
+    }
+
+    fn id(port: u16) -> BackendId {
+        backend(port).id()
+    }
+
+    fn sequence(backends: &Backends, n: usize) -> Vec<BackendId> {
+        let request = request("/");
+        (0..n).map(|_| backends.choose(&request).unwrap()).collect()
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_interleaves() {
+        let backends = Backends::new([backend(1).weight(5), backend(2), backend(3)]);
+        let (a, b, c) = (id(1), id(2), id(3));
+        // nginx's example: weights 5, 1, 1 give a a b a c a a, no burst.
+        assert_eq!(sequence(&backends, 7), [a, a, b, a, c, a, a]);
+        let equal = Backends::new([backend(1), backend(2), backend(3)]);
+        assert_eq!(sequence(&equal, 6), [a, b, c, a, b, c]);
+    }
+
+    #[test]
+    fn backups_only_when_no_primary_is_usable() {
+        let backends = Backends::new([backend(1), backend(2), backend(9).backup(true)]);
+        assert!(!sequence(&backends, 20).contains(&id(9)));
+        backends.drain(id(1));
+        backends.remove(id(2));
+        assert_eq!(sequence(&backends, 3), [id(9); 3]);
+        backends.insert(backend(3));
+        assert_eq!(sequence(&backends, 3), [id(3); 3]);
+    }
+
+    #[test]
+    fn nothing_usable_is_none() {
+        let backends = Backends::new([backend(1).max_conns(0)]);
+        assert_eq!(backends.choose(&request("/")), None);
+        assert_eq!(Backends::new([]).choose(&request("/")), None);
+    }
+
+    #[test]
+    fn max_conns_counts_held_load() {
+        let backends = Backends::new([backend(1).max_conns(2), backend(2)])
+            .strategy(LeastConn::new());
+        let request = request("/");
+        let held: Vec<_> = (0..4).map(|_| backends.pick(&request, &[]).unwrap().0).collect();
+        let on_1 = held.iter().filter(|p| p.id() == id(1)).count();
+        assert_eq!(on_1, 2);
+        // Full: everything else goes to 2 while the load is held.
+        assert_eq!(sequence(&backends, 5), [id(2); 5]);
+        drop(held);
+        assert!(sequence(&backends, 5).contains(&id(1)));
+    }
+
+    #[test]
+    fn least_conn_and_p2c_follow_held_load() {
+        for strategy in [
+            Arc::new(LeastConn::new()) as Arc<dyn Strategy>,
+            Arc::new(PowerOfTwo::new()),
+        ] {
+            let mut backends = Backends::new([backend(1), backend(2), backend(3).weight(2)]);
+            Arc::make_mut(&mut backends.config).strategy = strategy;
+            let request = request("/");
+            let held: Vec<_> = (0..400).map(|_| backends.pick(&request, &[]).unwrap().0).collect();
+            let mut count: HashMap<BackendId, usize> = HashMap::new();
+            for picked in &held {
+                *count.entry(picked.id()).or_default() += 1;
+            }
+            // Open tunnels per weight stay even: 100, 100, 200 (±15%).
+            for (port, want) in [(1, 100.0), (2, 100.0), (3, 200.0)] {
+                let got = count[&id(port)] as f64;
+                assert!((got - want).abs() <= want * 0.15, "{port}: {got} vs {want}");
+            }
+        }
+    }
+
+    fn hashed(backends: &Backends, keys: usize) -> Vec<BackendId> {
+        (0..keys)
+            .map(|k| backends.choose(&request(&format!("/?k={k}"))).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn consistent_hash_moves_only_what_it_must() {
+        const KEYS: usize = 10_000;
+        const N: u16 = 5;
+        let strategy = || ConsistentHash::new(Key::query("k"));
+        let backends = Backends::new((1..=N).map(backend)).strategy(strategy());
+        let before = hashed(&backends, KEYS);
+        for port in 1..=N {
+            let share = before.iter().filter(|b| **b == id(port)).count() as f64 / KEYS as f64;
+            assert!((share - 0.2).abs() < 0.03, "share of {port}: {share}");
+        }
+        // Removing one of N moves its keys and nothing else.
+        backends.remove(id(3));
+        let after = hashed(&backends, KEYS);
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        for (a, b) in before.iter().zip(&after) {
+            assert!(a == b || *a == id(3), "a key of another backend moved");
+        }
+        assert!(moved as f64 / KEYS as f64 <= 1.0 / f64::from(N) + 0.03, "{moved} moved");
+        // Adding one moves about 1/(N+1), all to the new one.
+        let grown = Backends::new((1..=N + 1).map(backend)).strategy(strategy());
+        let after = hashed(&grown, KEYS);
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        for (a, b) in before.iter().zip(&after) {
+            assert!(a == b || *b == id(N + 1), "a key moved between old backends");
+        }
+        let expected = 1.0 / f64::from(N + 1);
+        assert!((moved as f64 / KEYS as f64 - expected).abs() < 0.03, "{moved} moved");
+        // A backend that is down hands its keys over and gets them back.
+        let member = backends.state.get(id(1)).unwrap();
+        member.probe_up.store(false, Ordering::Relaxed);
+        let down = hashed(&backends, KEYS);
+        member.probe_up.store(true, Ordering::Relaxed);
+        assert!(!down.contains(&id(1)));
+        let back = hashed(&backends, KEYS);
+        assert_eq!(back, hashed(&backends, KEYS), "stable");
+        assert!(back.iter().zip(&before).all(|(a, b)| a == b || *b == id(3)));
+    }
+
+    #[test]
+    fn consistent_hash_weights_and_missing_keys() {
+        let backends = Backends::new([backend(1).weight(3), backend(2)])
+            .strategy(ConsistentHash::new(Key::query("k")));
+        let picks = hashed(&backends, 10_000);
+        let share = picks.iter().filter(|b| **b == id(1)).count() as f64 / 10_000.0;
+        assert!((share - 0.75).abs() < 0.03, "{share}");
+        // No key: spread at random rather than all on one.
+        let spread = sequence(&backends, 200);
+        assert!(spread.contains(&id(1)) && spread.contains(&id(2)));
+    }
+
+    #[test]
+    fn bounded_load_caps_a_hot_key() {
+        let backends = Backends::new([backend(1), backend(2), backend(3), backend(4)])
+            .strategy(ConsistentHash::new(Key::path()).bounded_load(1.25));
+        let hot = request("/hot");
+        let held: Vec<_> = (0..100).map(|_| backends.pick(&hot, &[]).unwrap().0).collect();
+        let mut count: HashMap<BackendId, usize> = HashMap::new();
+        for picked in &held {
+            *count.entry(picked.id()).or_default() += 1;
+        }
+        // No backend above ceil(1.25 × average): 32 of 100 over 4.
+        assert!(count.values().all(|&n| n <= 32), "{count:?}");
+        // Without load, the key stays on its first choice.
+        drop(held);
+        let first = backends.choose(&hot).unwrap();
+        assert_eq!(sequence_of(&backends, &hot, 5), [first; 5]);
+    }
+
+    fn sequence_of(backends: &Backends, request: &Parts, n: usize) -> Vec<BackendId> {
+        (0..n).map(|_| backends.choose(request).unwrap()).collect()
+    }
+
+    #[test]
+    fn sticky_cookie_names_the_backend() {
+        let backends = Backends::new([backend(1), backend(2)]).sticky_cookie("srv");
+        let (picked, cookie) = backends.pick(&request("/"), &[]).unwrap();
+        let cookie = cookie.expect("a new client gets a cookie");
+        let value = cookie.to_str().unwrap();
+        assert_eq!(value, format!("srv={}; Path=/; HttpOnly; SameSite=Lax", picked.id()));
+        assert!(!value.contains("127.0.0.1"));
+        let mut returning = request("/");
+        returning.headers.insert(
+            http::header::COOKIE,
+            HeaderValue::from_str(&format!("a=b; srv={}", picked.id())).unwrap(),
+        );
+        for _ in 0..5 {
+            let (again, cookie) = backends.pick(&returning, &[]).unwrap();
+            assert_eq!(again.id(), picked.id());
+            assert!(cookie.is_none(), "no new cookie while it holds");
+        }
+        backends.remove(picked.id());
+        let (moved, cookie) = backends.pick(&returning, &[]).unwrap();
+        assert_ne!(moved.id(), picked.id());
+        assert!(cookie.unwrap().to_str().unwrap().contains(&moved.id().to_string()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passive_health_skips_for_fail_timeout_then_retries() {
+        let backends = Backends::new([backend(1), backend(2)])
+            .passive_health(PassiveHealth::new().max_fails(2).fail_timeout(Duration::from_secs(10)));
+        let request = request("/");
+        let fail_on_1 = |times: usize| {
+            for _ in 0..times {
+                let picked = loop {
+                    let (p, _) = backends.pick(&request, &[]).unwrap();
+                    if p.id() == id(1) {
+                        break p;
+                    }
+                };
+                backends.failed(&picked);
+            }
+        };
+        fail_on_1(1);
+        assert!(backends.status()[0].up, "one failure of two allowed");
+        fail_on_1(1);
+        assert!(!backends.status()[0].up);
+        assert_eq!(sequence(&backends, 4), [id(2); 4]);
+        tokio::time::advance(Duration::from_millis(10_100)).await;
+        assert!(sequence(&backends, 4).contains(&id(1)));
+        assert_eq!(backends.status()[0].transitions, 2);
+        // Failures further apart than fail_timeout do not add up.
+        fail_on_1(1);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        fail_on_1(1);
+        assert!(backends.status()[0].up);
+        // A success starts the count over.
+        let (picked, _) = backends.pick(&request, &[id(2)]).unwrap();
+        backends.succeeded(&picked);
+        fail_on_1(1);
+        assert!(backends.status()[0].up);
+    }
+
+    #[test]
+    fn a_lone_backend_is_never_skipped() {
+        let backends = Backends::new([backend(1)]);
+        for _ in 0..5 {
+            let (picked, _) = backends.pick(&request("/"), &[]).unwrap();
+            backends.failed(&picked);
+        }
+        assert!(backends.status()[0].up);
+        assert_eq!(backends.choose(&request("/")), Some(id(1)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_the_weight() {
+        let backends =
+            Backends::new([backend(1).weight(10)]).slow_start(Duration::from_secs(10));
+        let member = backends.state.get(id(1)).unwrap();
+        // Present from the start: full weight.
+        assert_eq!(member.weight(now(), backends.config.slow_start), 10);
+        backends.insert(backend(2).weight(10));
+        let added = backends.state.get(id(2)).unwrap();
+        assert_eq!(added.weight(now(), backends.config.slow_start), 1);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(added.weight(now(), backends.config.slow_start), 5);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(added.weight(now(), backends.config.slow_start), 10);
+    }
+
+    #[test]
+    fn retries_skip_the_backends_tried() {
+        let backends = Backends::new([backend(1), backend(2), backend(3)]);
+        let request = request("/");
+        let mut tried = Vec::new();
+        while let Some((picked, _)) = backends.pick(&request, &tried) {
+            assert!(!tried.contains(&picked.id()));
+            tried.push(picked.id());
+        }
+        assert_eq!(tried.len(), 3);
+    }
+
+    #[test]
+    fn drain_removes_after_the_last_tunnel() {
+        let backends = Backends::new([backend(1), backend(2)]);
+        let request = request("/");
+        let (held, _) = backends.pick(&request, &[]).unwrap();
+        let drained = held.id();
+        backends.drain(drained);
+        assert!(backends.status().iter().any(|s| s.id == drained && s.draining));
+        assert!(!sequence(&backends, 4).contains(&drained));
+        drop(held);
+        assert!(backends.status().iter().all(|s| s.id != drained));
+    }
 }
