@@ -42,7 +42,18 @@ async fn tunnels_and_refusals_are_counted() {
     let layer = WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
         .route(wsproxy::Route::prefix("/m"));
     let tunnels = layer.tunnels_handle().clone();
-    let proxy = serve(axum::Router::new().layer(layer)).await;
+    // A second route over two backends, one of them dead.
+    let dead = dead_port().await;
+    let pool = wsproxy::balance::Backends::new([
+        format!("ws://{dead}").parse().unwrap(),
+        format!("ws://{}", backend.addr).parse().unwrap(),
+    ]);
+    let balanced = WebSocketProxyLayer::with_backends(pool).route(wsproxy::Route::prefix("/pool"));
+    let proxy = serve(axum::Router::new().layer(layer).layer(balanced)).await;
+    // Round-robin starts with the dead one: a retry, and it goes down.
+    let mut pooled = connect(&format!("ws://{proxy}/pool")).await;
+    echo(&mut pooled, Message::text("retried")).await;
+    drop(pooled);
 
     let mut ws = connect(&format!("ws://{proxy}/m")).await;
     echo(&mut ws, Message::text("counted")).await;
@@ -62,6 +73,25 @@ async fn tunnels_and_refusals_are_counted() {
     assert_eq!(read_head(&mut refused).await.status, 426);
 
     let snapshot = snapshotter.snapshot().into_vec();
+    let dead = format!("ws://{dead}/");
+    assert_eq!(
+        value(
+            &snapshot,
+            MetricKind::Counter,
+            "wsproxy_backend_retries_total",
+            &[("backend", &dead)]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &snapshot,
+            MetricKind::Counter,
+            "wsproxy_backend_transitions_total",
+            &[("backend", &dead), ("to", "down")]
+        ),
+        Some(1.0)
+    );
     let route = [("route", "/m")];
     assert_eq!(
         value(

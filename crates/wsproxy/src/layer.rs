@@ -113,6 +113,7 @@ impl WebSocketProxyLayer {
     /// # drop(layer);
     /// ```
     pub fn with_backends(backends: Backends) -> Self {
+        backends.start_probes();
         Self {
             config: Config {
                 backends,

@@ -148,7 +148,10 @@ pub struct BackendId(pub(crate) u64);
 
 impl BackendId {
     fn of(upstream: &Upstream) -> Self {
-        Self(twox_hash::XxHash64::oneshot(0, upstream.to_string().as_bytes()))
+        Self(twox_hash::XxHash64::oneshot(
+            0,
+            upstream.to_string().as_bytes(),
+        ))
     }
 
     pub(crate) fn parse(text: &str) -> Option<Self> {
@@ -235,7 +238,9 @@ mod tests {
                 use tokio::io::AsyncWriteExt;
                 let mut io = hyper_util::rt::TokioIo::new(upgraded);
                 // Close 1000, masked with a zero key.
-                io.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]).await.unwrap();
+                io.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
+                    .await
+                    .unwrap();
             }
             Answer::Refused(response) => panic!("refused: {}", response.status()),
         }

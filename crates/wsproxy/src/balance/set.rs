@@ -18,7 +18,9 @@ use crate::Upstream;
 use crate::tunnels::CloseSignal;
 
 /// A live set of backends for one route, and how one is chosen for each
-/// handshake. Cheap to clone: clones are handles on the same set.
+/// handshake. Cheap to clone: clones are handles on the same backends and
+/// their state. Configure it before cloning: each clone keeps the settings
+/// it had when it was cloned.
 ///
 /// See the [module docs](super) for strategies, health and retries.
 ///
@@ -76,6 +78,9 @@ pub(crate) struct SetState {
     members: RwLock<Arc<[Arc<Member>]>>,
     /// Cancelled when the last handle is dropped: probes end.
     stopped: CancellationToken,
+    /// Whether the probes of the members have been started (they need a
+    /// runtime, which a set built outside one gets at its first use).
+    probing: AtomicBool,
 }
 
 impl Drop for SetState {
@@ -141,7 +146,8 @@ impl Member {
     /// Close this backend's open tunnels (Close 1001, hard after `grace`);
     /// tunnels opened later are not affected.
     pub(crate) fn close_tunnels(&self, grace: Duration) {
-        let signal = std::mem::take(&mut *self.close.lock().unwrap_or_else(PoisonError::into_inner));
+        let signal =
+            std::mem::take(&mut *self.close.lock().unwrap_or_else(PoisonError::into_inner));
         signal.close(grace);
     }
 
@@ -282,6 +288,7 @@ impl Backends {
             state: Arc::new(SetState {
                 members: RwLock::new(members.into()),
                 stopped: CancellationToken::new(),
+                probing: AtomicBool::new(false),
             }),
         }
     }
@@ -304,9 +311,12 @@ impl Backends {
     }
 
     /// Active health checking (default: none). See [`ActiveHealth`].
+    ///
+    /// Probes start when the set goes into a layer
+    /// ([`with_backends`](crate::WebSocketProxyLayer::with_backends))
+    /// inside a Tokio runtime, else at the first handshake.
     pub fn active_health(mut self, active: ActiveHealth) -> Self {
         self.config().active = Some(active);
-        self.start_probes();
         self
     }
 
@@ -509,13 +519,14 @@ impl Backends {
     }
 
     /// Spawn the probes of members that have none, if there is a runtime.
-    fn start_probes(&self) {
+    pub(crate) fn start_probes(&self) {
         let Some(active) = &self.config.active else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        self.state.probing.store(true, Ordering::Relaxed);
         for member in self.state.read().iter() {
             if !member.probing.swap(true, Ordering::Relaxed) {
                 runtime.spawn(health::probe_loop(
@@ -535,7 +546,7 @@ impl Backends {
         request: &Parts,
         tried: &[BackendId],
     ) -> Option<(Picked, Option<HeaderValue>)> {
-        if self.config.active.is_some() {
+        if self.config.active.is_some() && !self.state.probing.load(Ordering::Relaxed) {
             self.start_probes();
         }
         let members = self.state.read();
@@ -781,10 +792,12 @@ mod tests {
 
     #[test]
     fn max_conns_counts_held_load() {
-        let backends = Backends::new([backend(1).max_conns(2), backend(2)])
-            .strategy(LeastConn::new());
+        let backends =
+            Backends::new([backend(1).max_conns(2), backend(2)]).strategy(LeastConn::new());
         let request = request("/");
-        let held: Vec<_> = (0..4).map(|_| backends.pick(&request, &[]).unwrap().0).collect();
+        let held: Vec<_> = (0..4)
+            .map(|_| backends.pick(&request, &[]).unwrap().0)
+            .collect();
         let on_1 = held.iter().filter(|p| p.id() == id(1)).count();
         assert_eq!(on_1, 2);
         // Full: everything else goes to 2 while the load is held.
@@ -802,7 +815,9 @@ mod tests {
             let mut backends = Backends::new([backend(1), backend(2), backend(3).weight(2)]);
             Arc::make_mut(&mut backends.config).strategy = strategy;
             let request = request("/");
-            let held: Vec<_> = (0..400).map(|_| backends.pick(&request, &[]).unwrap().0).collect();
+            let held: Vec<_> = (0..400)
+                .map(|_| backends.pick(&request, &[]).unwrap().0)
+                .collect();
             let mut count: HashMap<BackendId, usize> = HashMap::new();
             for picked in &held {
                 *count.entry(picked.id()).or_default() += 1;
@@ -839,16 +854,25 @@ mod tests {
         for (a, b) in before.iter().zip(&after) {
             assert!(a == b || *a == id(3), "a key of another backend moved");
         }
-        assert!(moved as f64 / KEYS as f64 <= 1.0 / f64::from(N) + 0.03, "{moved} moved");
+        assert!(
+            moved as f64 / KEYS as f64 <= 1.0 / f64::from(N) + 0.03,
+            "{moved} moved"
+        );
         // Adding one moves about 1/(N+1), all to the new one.
         let grown = Backends::new((1..=N + 1).map(backend)).strategy(strategy());
         let after = hashed(&grown, KEYS);
         let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
         for (a, b) in before.iter().zip(&after) {
-            assert!(a == b || *b == id(N + 1), "a key moved between old backends");
+            assert!(
+                a == b || *b == id(N + 1),
+                "a key moved between old backends"
+            );
         }
         let expected = 1.0 / f64::from(N + 1);
-        assert!((moved as f64 / KEYS as f64 - expected).abs() < 0.03, "{moved} moved");
+        assert!(
+            (moved as f64 / KEYS as f64 - expected).abs() < 0.03,
+            "{moved} moved"
+        );
         // A backend that is down hands its keys over and gets them back.
         let member = backends.state.get(id(1)).unwrap();
         member.probe_up.store(false, Ordering::Relaxed);
@@ -877,7 +901,9 @@ mod tests {
         let backends = Backends::new([backend(1), backend(2), backend(3), backend(4)])
             .strategy(ConsistentHash::new(Key::path()).bounded_load(1.25));
         let hot = request("/hot");
-        let held: Vec<_> = (0..100).map(|_| backends.pick(&hot, &[]).unwrap().0).collect();
+        let held: Vec<_> = (0..100)
+            .map(|_| backends.pick(&hot, &[]).unwrap().0)
+            .collect();
         let mut count: HashMap<BackendId, usize> = HashMap::new();
         for picked in &held {
             *count.entry(picked.id()).or_default() += 1;
@@ -900,7 +926,10 @@ mod tests {
         let (picked, cookie) = backends.pick(&request("/"), &[]).unwrap();
         let cookie = cookie.expect("a new client gets a cookie");
         let value = cookie.to_str().unwrap();
-        assert_eq!(value, format!("srv={}; Path=/; HttpOnly; SameSite=Lax", picked.id()));
+        assert_eq!(
+            value,
+            format!("srv={}; Path=/; HttpOnly; SameSite=Lax", picked.id())
+        );
         assert!(!value.contains("127.0.0.1"));
         let mut returning = request("/");
         returning.headers.insert(
@@ -915,13 +944,22 @@ mod tests {
         backends.remove(picked.id());
         let (moved, cookie) = backends.pick(&returning, &[]).unwrap();
         assert_ne!(moved.id(), picked.id());
-        assert!(cookie.unwrap().to_str().unwrap().contains(&moved.id().to_string()));
+        assert!(
+            cookie
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains(&moved.id().to_string())
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn passive_health_skips_for_fail_timeout_then_retries() {
-        let backends = Backends::new([backend(1), backend(2)])
-            .passive_health(PassiveHealth::new().max_fails(2).fail_timeout(Duration::from_secs(10)));
+        let backends = Backends::new([backend(1), backend(2)]).passive_health(
+            PassiveHealth::new()
+                .max_fails(2)
+                .fail_timeout(Duration::from_secs(10)),
+        );
         let request = request("/");
         let fail_on_1 = |times: usize| {
             for _ in 0..times {
@@ -967,8 +1005,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn slow_start_ramps_the_weight() {
-        let backends =
-            Backends::new([backend(1).weight(10)]).slow_start(Duration::from_secs(10));
+        let backends = Backends::new([backend(1).weight(10)]).slow_start(Duration::from_secs(10));
         let member = backends.state.get(id(1)).unwrap();
         // Present from the start: full weight.
         assert_eq!(member.weight(now(), backends.config.slow_start), 10);
@@ -1000,7 +1037,12 @@ mod tests {
         let (held, _) = backends.pick(&request, &[]).unwrap();
         let drained = held.id();
         backends.drain(drained);
-        assert!(backends.status().iter().any(|s| s.id == drained && s.draining));
+        assert!(
+            backends
+                .status()
+                .iter()
+                .any(|s| s.id == drained && s.draining)
+        );
         assert!(!sequence(&backends, 4).contains(&drained));
         drop(held);
         assert!(backends.status().iter().all(|s| s.id != drained));

@@ -263,7 +263,11 @@ impl ConsistentHash {
     /// Keys then stay put while load is even and spill over only from hot
     /// backends.
     pub fn bounded_load(mut self, factor: f64) -> Self {
-        self.bound = Some(if factor.is_nan() { 1.0 } else { factor.max(1.0) });
+        self.bound = Some(if factor.is_nan() {
+            1.0
+        } else {
+            factor.max(1.0)
+        });
         self
     }
 }
