@@ -42,9 +42,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/backends/add", post(add))
         .route("/backends/drain/{id}", post(drain))
         .with_state(backends.clone());
-    let app = admin.layer(
-        WebSocketProxyLayer::with_backends(backends).route(Route::prefix("/ws")),
-    );
+    let app = admin.layer(WebSocketProxyLayer::with_backends(backends).route(Route::prefix("/ws")));
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
     println!("listening on http://{}", listener.local_addr()?);
@@ -67,7 +65,10 @@ async fn list(State(backends): State<Backends>) -> String {
             (true, false) => "up",
             (false, false) => "down",
         };
-        text.push_str(&format!("{} {} open={} {state}\n", b.id, b.upstream, b.open));
+        text.push_str(&format!(
+            "{} {} open={} {state}\n",
+            b.id, b.upstream, b.open
+        ));
     }
     text
 }

@@ -17,8 +17,8 @@
 
 use http::StatusCode;
 
-use crate::{Route, Upstream};
 use crate::relay::{End, Totals};
+use crate::{Route, Upstream};
 
 /// A tunnel opened on `route`.
 pub(crate) fn tunnel_opened(route: &Route) {
@@ -72,5 +72,6 @@ pub(crate) fn backend_transition(backend: &Upstream, up: bool) {
 /// A handshake moved on from `backend` to another one.
 pub(crate) fn backend_retry(backend: &Upstream) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("wsproxy_backend_retries_total", "backend" => backend.to_string()).increment(1);
+    metrics::counter!("wsproxy_backend_retries_total", "backend" => backend.to_string())
+        .increment(1);
 }

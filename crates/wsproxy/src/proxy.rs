@@ -12,10 +12,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::{Instrument, Span};
 
-use crate::body::ResponseBody;
 use crate::Upstream;
 use crate::balance::BackendId;
 use crate::balance::set::Picked;
+use crate::body::ResponseBody;
 use crate::connect::{self, Answer, Failure};
 use crate::detect::{self, SEC_WEBSOCKET_VERSION};
 use crate::forward::{self, Forwarding, HostHeader};
@@ -48,7 +48,11 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                     _ => StatusCode::BAD_REQUEST,
                 };
                 Span::current().record("status", status.as_u16());
-                tracing::info!(status = status.as_u16(), reason = invalid.as_str(), "handshake refused");
+                tracing::info!(
+                    status = status.as_u16(),
+                    reason = invalid.as_str(),
+                    "handshake refused"
+                );
                 let mut response = refusal(status, invalid.as_str());
                 if status == StatusCode::UPGRADE_REQUIRED {
                     response
@@ -67,7 +71,10 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         for admission in &config.admissions.0 {
             if let Err(refused) = admission.admit(&mut parts) {
                 Span::current().record("status", refused.status().as_u16());
-                tracing::info!(status = refused.status().as_u16(), "handshake refused by an admission check");
+                tracing::info!(
+                    status = refused.status().as_u16(),
+                    "handshake refused by an admission check"
+                );
                 return refused.into_response();
             }
         }
@@ -82,28 +89,37 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                 "the server does not support upgrades on this connection \
                  (serve with hyper's `with_upgrades()` or axum::serve)"
             );
-            return refusal(StatusCode::INTERNAL_SERVER_ERROR, "this connection cannot be upgraded");
+            return refusal(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "this connection cannot be upgraded",
+            );
         };
 
         let started = Instant::now();
-        let (head, backend, picked, sticky) = match handshake_backend(&parts, &config, peer, &key, started).await {
-            Ok(upgraded) => upgraded,
-            Err(response) => return response,
-        };
+        let (head, backend, picked, sticky) =
+            match handshake_backend(&parts, &config, peer, &key, started).await {
+                Ok(upgraded) => upgraded,
+                Err(response) => return response,
+            };
         // A shutdown may have started while the backend was answering; it
         // promised that no tunnel opens after it, and the client has not
         // seen the 101 yet. Dropping `backend` closes that connection.
         let Some(guard) = config.tunnels.admit() else {
             Span::current().record("status", 503);
-            tracing::info!(status = 503, "handshake refused: shutdown started during the handshake");
+            tracing::info!(
+                status = 503,
+                "handshake refused: shutdown started during the handshake"
+            );
             return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         };
         Span::current().record("status", 101);
 
         let (mut head, ()) = head.into_parts();
         forward::remove_hop_by_hop(&mut head.headers);
-        head.headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        head.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        head.headers
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(cookie) = sticky {
             head.headers.append(header::SET_COOKIE, cookie);
         }
@@ -121,12 +137,17 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                 let _load = picked.into_load();
                 // A client that goes away before its side of the upgrade
                 // completes still ends the tunnel that was counted open.
-                let (end, totals) = match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {
+                let (end, totals) = match tokio::time::timeout(handshake_timeout, on_client_upgrade)
+                    .await
+                {
                     Ok(Ok(client)) => {
-                        relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, drain).await
+                        relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, drain)
+                            .await
                     }
                     Ok(Err(e)) => (
-                        relay::End::ClientError(std::io::Error::other(format!("upgrade failed: {e}"))),
+                        relay::End::ClientError(std::io::Error::other(format!(
+                            "upgrade failed: {e}"
+                        ))),
                         relay::Totals::default(),
                     ),
                     Err(_) => (
@@ -214,18 +235,28 @@ async fn handshake_backend<B>(
         };
         Span::current().record("upstream", tracing::field::display(picked.upstream()));
         let Some(request) = backend_request(parts, config, peer, picked.upstream()) else {
-            tracing::info!(status = 400, "handshake refused: request target cannot be mapped to the backend");
+            tracing::info!(
+                status = 400,
+                "handshake refused: request target cannot be mapped to the backend"
+            );
             return Err(refusal(StatusCode::BAD_REQUEST, "bad request target"));
         };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let answer = match connect::connect(picked.upstream(), config.connect_timeout.min(remaining)).await {
+        let answer = match connect::connect(
+            picked.upstream(),
+            config.connect_timeout.min(remaining),
+        )
+        .await
+        {
             Ok(stream) => {
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                 connect::handshake(stream, request, key, remaining, &config.tunnels)
                     .await
                     .map_err(|failure| match failure {
                         // The timeout that ran out is the handshake's.
-                        Failure::HandshakeTimeout(_) => Failure::HandshakeTimeout(config.handshake_timeout),
+                        Failure::HandshakeTimeout(_) => {
+                            Failure::HandshakeTimeout(config.handshake_timeout)
+                        }
                         other => other,
                     })
             }
@@ -241,7 +272,10 @@ async fn handshake_backend<B>(
                     backends.failed(&picked);
                 }
                 Span::current().record("status", response.status().as_u16());
-                tracing::info!(status = response.status().as_u16(), "backend refused the upgrade; relayed, no tunnel");
+                tracing::info!(
+                    status = response.status().as_u16(),
+                    "backend refused the upgrade; relayed, no tunnel"
+                );
                 let (mut head, body) = response.into_parts();
                 forward::remove_hop_by_hop(&mut head.headers);
                 return Err(Response::from_parts(head, ResponseBody::upstream(body)));

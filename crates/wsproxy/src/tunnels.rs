@@ -269,7 +269,10 @@ impl Drain {
             .is_cancelled()
             .then(|| self.shared.deadline.get().copied())
             .flatten();
-        let backend = self.backend.as_ref().and_then(|b| b.deadline.get().copied());
+        let backend = self
+            .backend
+            .as_ref()
+            .and_then(|b| b.deadline.get().copied());
         match (shutdown, backend) {
             (Some(a), Some(b)) => a.min(b),
             (Some(t), None) | (None, Some(t)) => t,
