@@ -469,7 +469,7 @@ impl Backends {
 
     /// The backend a handshake for `request` would be sent to now, as
     /// the proxy chooses it (a round-robin moves on), without connecting
-    /// or counting load; `None` when none is usable. For diagnostics,
+    /// or holding load; `None` when none is usable. For diagnostics,
     /// tests and benchmarks of a strategy.
     ///
     /// ```

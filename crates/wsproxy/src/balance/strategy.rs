@@ -1,6 +1,7 @@
 //! How a backend is chosen among the usable ones.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -108,7 +109,27 @@ impl fmt::Debug for Candidate<'_> {
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     /// The running "current weight" of each backend.
-    current: Mutex<HashMap<BackendId, i64>>,
+    current: Mutex<HashMap<BackendId, i64, BuildHasherDefault<IdHasher>>>,
+}
+
+/// A [`BackendId`] is already a hash of the URL: use it as it is.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 impl RoundRobin {
@@ -283,12 +304,19 @@ impl Strategy for ConsistentHash {
             let average = (total + 1) as f64 / candidates.len() as f64;
             (factor * average).ceil() as usize
         });
+        // With equal weights the ranking is that of the hashes alone: no
+        // logarithm needed.
+        let equal = candidates.iter().all(|c| c.weight == candidates[0].weight);
         let mut best: Option<(usize, f64)> = None;
         for (i, candidate) in candidates.iter().enumerate() {
             if cap.is_some_and(|cap| candidate.open() >= cap) {
                 continue;
             }
-            let score = score(key, candidate.id(), candidate.weight);
+            let score = if equal {
+                unit(key, candidate.id())
+            } else {
+                score(key, candidate.id(), candidate.weight)
+            };
             if best.is_none_or(|(_, s)| score > s) {
                 best = Some((i, score));
             }
@@ -300,10 +328,14 @@ impl Strategy for ConsistentHash {
 
 /// The weighted rendezvous score of `backend` for a key hashed to `key`:
 /// `-weight / ln(u)` with `u` uniform in (0, 1) from both hashes.
-pub(crate) fn score(key: u64, backend: BackendId, weight: u32) -> f64 {
+fn score(key: u64, backend: BackendId, weight: u32) -> f64 {
+    -f64::from(weight) / unit(key, backend).ln()
+}
+
+/// A number uniform in (0, 1) from the key's and the backend's hashes.
+fn unit(key: u64, backend: BackendId) -> f64 {
     let mixed = mix(key ^ backend.0.rotate_left(29));
-    let unit = ((mixed >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -f64::from(weight) / unit.ln()
+    ((mixed >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
 /// The splitmix64 finaliser: every input bit moves every output bit.
