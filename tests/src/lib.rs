@@ -95,6 +95,14 @@ impl Backend {
 
     /// Start an echo backend with `options`.
     pub async fn with(options: BackendOptions) -> Self {
+        Self::stoppable(options).await.0
+    }
+
+    /// Start an echo backend with `options`; aborting (and awaiting) the
+    /// returned task closes its listener, and
+    /// [`listen_again`](Self::listen_again) reopens it on the same port.
+    /// Sessions already accepted go on.
+    pub async fn stoppable(options: BackendOptions) -> (Self, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend = Backend {
             addr: listener.local_addr().unwrap(),
@@ -102,14 +110,29 @@ impl Backend {
             live: Arc::default(),
             seen: Arc::default(),
         };
-        let this = backend.clone();
+        let accept = backend.accept(listener, options);
+        (backend, accept)
+    }
+
+    /// Listen on this backend's address again after its listener was
+    /// closed, with the same counters; returns the new accept loop.
+    pub async fn listen_again(&self, options: BackendOptions) -> tokio::task::JoinHandle<()> {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.accept(listener, options)
+    }
+
+    fn accept(
+        &self,
+        listener: TcpListener,
+        options: BackendOptions,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 this.connections.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(this.clone().session(stream, options.clone()));
             }
-        });
-        backend
+        })
     }
 
     // tungstenite's handshake callback returns its error response by value.
@@ -214,9 +237,14 @@ pub async fn proxy_to(
     backend: SocketAddr,
     configure: impl FnOnce(wsproxy::WebSocketProxyLayer) -> wsproxy::WebSocketProxyLayer,
 ) -> (SocketAddr, wsproxy::Tunnels) {
-    let layer = configure(wsproxy::WebSocketProxyLayer::new(
+    proxy_with(configure(wsproxy::WebSocketProxyLayer::new(
         format!("ws://{backend}").parse().unwrap(),
-    ));
+    )))
+    .await
+}
+
+/// An app with `layer` (a proxy) and plain routes `/app` and `/internal`.
+pub async fn proxy_with(layer: wsproxy::WebSocketProxyLayer) -> (SocketAddr, wsproxy::Tunnels) {
     let tunnels = layer.tunnels_handle().clone();
     let app = axum::Router::new()
         .route("/app", axum::routing::get(|| async { "app" }))

@@ -308,10 +308,7 @@ fn failed<B>(failure: &Failure) -> Response<ResponseBody<B>> {
 /// What the tunnel watches to be closed: a shutdown, or its backend going
 /// down (when the set closes tunnels then).
 fn tunnels_drain(config: &Config, picked: &Picked) -> crate::tunnels::Drain {
-    config
-        .tunnels
-        .drain()
-        .with_backend(picked.member.close_signal())
+    config.tunnels.drain().with_backend(picked.close.clone())
 }
 
 /// Count a refused handshake in the metrics.

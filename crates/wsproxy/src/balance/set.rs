@@ -1,7 +1,7 @@
 //! A live set of backends and the choice of one per handshake.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -91,7 +91,12 @@ impl Drop for SetState {
 
 /// One backend of the set and what is known of it.
 pub(crate) struct Member {
+    /// Its URL and id; the settings below may change at runtime.
     pub(crate) backend: Backend,
+    weight: AtomicU32,
+    backup: AtomicBool,
+    /// `usize::MAX`: no cap.
+    max_conns: AtomicUsize,
     open: AtomicUsize,
     /// Passively down until this time (ns since the epoch of [`now`]); 0:
     /// not down.
@@ -112,6 +117,9 @@ pub(crate) struct Member {
 impl Member {
     fn new(backend: Backend, up_since: u64) -> Self {
         Self {
+            weight: AtomicU32::new(backend.weight),
+            backup: AtomicBool::new(backend.backup),
+            max_conns: AtomicUsize::new(backend.max_conns.unwrap_or(usize::MAX)),
             backend,
             open: AtomicUsize::new(0),
             down_until: AtomicU64::new(0),
@@ -128,6 +136,30 @@ impl Member {
 
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    fn backup(&self) -> bool {
+        self.backup.load(Ordering::Relaxed)
+    }
+
+    fn max_conns(&self) -> usize {
+        self.max_conns.load(Ordering::Relaxed)
+    }
+
+    /// Take the settings of `backend` (same URL), keeping state and load.
+    fn update(&self, backend: &Backend) {
+        self.weight.store(backend.weight, Ordering::Relaxed);
+        self.backup.store(backend.backup, Ordering::Relaxed);
+        self.max_conns
+            .store(backend.max_conns.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether it was removed or marked down since it was listed (checked
+    /// after its close signal is taken, so that a mark-down that swapped
+    /// the signal first is seen).
+    fn went_away(&self, passive: bool, now: u64) -> bool {
+        let until = self.down_until.load(Ordering::Relaxed);
+        self.removed.is_cancelled() || !self.probe_up() || (passive && until != 0 && now < until)
     }
 
     pub(crate) fn probe_up(&self) -> bool {
@@ -164,9 +196,7 @@ impl Member {
         if self.draining.load(Ordering::Relaxed) || !self.probe_up() {
             return false;
         }
-        if let Some(max) = self.backend.max_conns
-            && self.open() >= max
-        {
+        if self.open() >= self.max_conns() {
             return false;
         }
         let until = self.down_until.load(Ordering::Relaxed);
@@ -191,7 +221,7 @@ impl Member {
 
     /// Its weight at `now`, ramped up during slow start.
     fn weight(&self, now: u64, slow_start: Option<Duration>) -> u32 {
-        let weight = self.backend.weight;
+        let weight = self.weight.load(Ordering::Relaxed);
         let Some(period) = slow_start else {
             return weight;
         };
@@ -220,6 +250,10 @@ fn now() -> u64 {
 /// until dropped, so it moves into the tunnel task.
 pub(crate) struct Picked {
     pub(crate) member: Arc<Member>,
+    /// What closes the tunnel if the backend goes down or is removed,
+    /// taken when it was chosen (so a removal during the handshake is not
+    /// missed).
+    pub(crate) close: Arc<CloseSignal>,
     load: Load,
 }
 
@@ -237,7 +271,7 @@ impl Drop for Load {
             && self.member.draining.load(Ordering::Relaxed)
             && let Some(set) = self.set.upgrade()
         {
-            set.take(self.member.backend.id);
+            set.take_member(&self.member);
             tracing::info!(backend = %self.member.backend.upstream, "drained backend removed: its last tunnel ended");
         }
     }
@@ -361,15 +395,19 @@ impl Backends {
         self
     }
 
-    /// Add a backend at runtime; `false` if one with the same URL is
-    /// already in the set. It takes tunnels at once (ramping up under
-    /// [slow start](Self::slow_start)).
+    /// Add a backend at runtime; it takes tunnels at once (ramping up
+    /// under [slow start](Self::slow_start)). If one with the same URL is
+    /// in the set, its weight, backup flag and `max_conns` become those of
+    /// `backend` (its tunnels, load and health stay), and `false` is
+    /// returned.
     pub fn insert(&self, backend: impl Into<Backend>) -> bool {
         let backend = backend.into();
         let upstream = backend.upstream.clone();
         {
             let mut members = self.state.write();
-            if members.iter().any(|m| m.backend.id == backend.id) {
+            if let Some(member) = members.iter().find(|m| m.backend.id == backend.id) {
+                member.update(&backend);
+                tracing::info!(backend = %upstream, "backend settings updated");
                 return false;
             }
             let mut list = members.to_vec();
@@ -405,13 +443,14 @@ impl Backends {
         member.draining.store(true, Ordering::Relaxed);
         tracing::info!(backend = %member.backend.upstream, open = member.open(), "backend draining");
         if member.open() == 0 {
-            self.state.take(id);
+            self.state.take_member(&member);
         }
         true
     }
 
     /// Follow a [`Discover`] stream of backends: `Change::Insert(key,
-    /// backend)` adds one (replacing the backend that key named before),
+    /// backend)` adds one (replacing the backend that key named before, or
+    /// updating its settings if the URL is the same),
     /// `Change::Remove(key)` removes it, as [`insert`](Self::insert) and
     /// [`remove`](Self::remove) do. Spawn the returned future; it ends
     /// when the stream does, or with its error.
@@ -502,8 +541,8 @@ impl Backends {
                 BackendStatus {
                     id: m.backend.id,
                     upstream: m.backend.upstream.clone(),
-                    weight: m.backend.weight,
-                    backup: m.backend.backup,
+                    weight: m.weight.load(Ordering::Relaxed),
+                    backup: m.backup(),
                     open: m.open(),
                     up: m.probe_up() && !(passive && until != 0 && now < until),
                     draining: m.draining.load(Ordering::Relaxed),
@@ -558,7 +597,7 @@ impl Backends {
             candidates.extend(
                 members
                     .iter()
-                    .filter(|m| m.backend.backup == backup && !tried.contains(&m.backend.id))
+                    .filter(|m| m.backup() == backup && !tried.contains(&m.backend.id))
                     .filter(|m| m.usable(now, passive))
                     .map(|m| Candidate {
                         member: m,
@@ -584,8 +623,9 @@ impl Backends {
                 });
             let member = candidates[i].member.clone();
             let before = member.open.fetch_add(1, Ordering::Relaxed);
-            if member.backend.max_conns.is_some_and(|max| before >= max) {
-                // Filled up since it was listed.
+            let close = member.close_signal();
+            if before >= member.max_conns() || member.went_away(passive, now) {
+                // Filled up, or went down or away, since it was listed.
                 member.open.fetch_sub(1, Ordering::Relaxed);
                 candidates.swap_remove(i);
                 continue;
@@ -597,7 +637,14 @@ impl Backends {
                 member: member.clone(),
                 set: Arc::downgrade(&self.state),
             };
-            return Some((Picked { member, load }, cookie));
+            return Some((
+                Picked {
+                    member,
+                    close,
+                    load,
+                },
+                cookie,
+            ));
         }
         None
     }
@@ -682,6 +729,18 @@ impl SetState {
 
     fn get(&self, id: BackendId) -> Option<Arc<Member>> {
         self.read().iter().find(|m| m.backend.id == id).cloned()
+    }
+
+    /// Remove `member` if it is still in the set (not a newer member with
+    /// the same URL).
+    fn take_member(&self, member: &Arc<Member>) {
+        let mut members = self.write();
+        if let Some(i) = members.iter().position(|m| Arc::ptr_eq(m, member)) {
+            let mut list = members.to_vec();
+            list.remove(i);
+            *members = list.into();
+            member.removed.cancel();
+        }
     }
 
     /// Remove a member; its probes stop.
