@@ -242,6 +242,10 @@ async fn handshake_backend<B>(
             return Err(refusal(StatusCode::BAD_REQUEST, "bad request target"));
         };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Whether this attempt had the whole of its time: a timeout cut
+        // short by the shared deadline is not the backend's failure.
+        let whole_connect = remaining >= config.connect_timeout;
+        let first_attempt = tried.is_empty();
         let answer = match connect::connect(
             picked.upstream(),
             config.connect_timeout.min(remaining),
@@ -281,7 +285,14 @@ async fn handshake_backend<B>(
                 return Err(Response::from_parts(head, ResponseBody::upstream(body)));
             }
             Err(failure) => {
-                backends.failed(&picked);
+                let counts = match failure {
+                    Failure::ConnectTimeout(_) => whole_connect,
+                    Failure::HandshakeTimeout(_) => first_attempt,
+                    _ => true,
+                };
+                if counts {
+                    backends.failed(&picked);
+                }
                 tried.push(picked.id());
                 let time_left = tokio::time::Instant::now() < deadline;
                 if failure.retryable() && tried.len() < backends.config.tries && time_left {

@@ -78,7 +78,7 @@ fn ping_token() -> &'static [u8; 8] {
 /// A random number from the standard library's randomly keyed hasher
 /// (good enough for masking keys and the ping token: neither is a secret,
 /// and the proxy's frames carry no attacker-chosen payload).
-fn random_u64() -> u64 {
+pub(crate) fn random_u64() -> u64 {
     RandomState::new().build_hasher().finish()
 }
 
@@ -343,8 +343,12 @@ where
     let mut backend_alive = Alive::new(settings.backend_keepalive, start);
     let mut timer = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
     let mut timer_armed = false;
-    let mut drained = std::pin::pin!(drain.signalled());
-    let mut drain_seen = false;
+    // A shutdown and the backend's going down are watched apart: after
+    // one, the other's deadline may still be the sooner.
+    let mut shutdown = std::pin::pin!(drain.shutdown());
+    let mut shutdown_seen = false;
+    let mut backend_gone = std::pin::pin!(drain.backend_closed());
+    let mut backend_gone_seen = false;
     let mut closing: Option<Closing> = None;
     let mut last_activity = start;
     let mut half_closed: Option<(Instant, bool)> = None;
@@ -354,12 +358,33 @@ where
     let end = poll_fn(|cx| {
         loop {
             let mut again = false;
-            if !drain_seen && drained.as_mut().poll(cx).is_ready() {
-                drain_seen = true;
+            for (signalled, reason) in [
+                (
+                    !shutdown_seen && shutdown.as_mut().poll(cx).is_ready(),
+                    Reason::Shutdown,
+                ),
+                (
+                    !backend_gone_seen && backend_gone.as_mut().poll(cx).is_ready(),
+                    Reason::BackendDown,
+                ),
+            ] {
+                if !signalled {
+                    continue;
+                }
+                let deadline = match reason {
+                    Reason::Shutdown => {
+                        shutdown_seen = true;
+                        drain.deadline()
+                    }
+                    _ => {
+                        backend_gone_seen = true;
+                        drain.backend_deadline()
+                    }
+                };
                 if let Some(closing) = &mut closing {
-                    // A close for another reason is under way: the
-                    // shutdown's deadline still bounds it.
-                    closing.deadline = closing.deadline.min(drain.deadline());
+                    // A close for another reason is under way: this
+                    // deadline still bounds it.
+                    closing.deadline = closing.deadline.min(deadline);
                 } else {
                     // A closing handshake already under way is left to
                     // finish; otherwise both sides get Close 1001.
@@ -369,8 +394,8 @@ where
                         down.close_with(GOING_AWAY);
                     }
                     closing = Some(Closing {
-                        reason: drain.reason(),
-                        deadline: drain.deadline(),
+                        reason,
+                        deadline,
                         wait_client: true,
                         wait_backend: true,
                     });
@@ -1206,6 +1231,38 @@ mod tests {
             "{end}"
         );
         assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_close_ends_at_its_grace_and_a_later_shutdown_keeps_its_own_deadline() {
+        for (grace, shutdown_after, expect, reason) in [
+            (2, None, 2, Reason::BackendDown),
+            (600, Some(1), 4, Reason::BackendDown),
+        ] {
+            let (_client, client_side) = duplex(64);
+            let (backend_side, _backend) = duplex(64);
+            let tunnels = Tunnels::new();
+            let signal = std::sync::Arc::new(crate::tunnels::CloseSignal::default());
+            let task = tokio::spawn(relay(
+                client_side,
+                backend_side,
+                timeouts(None, 60_000),
+                tunnels.drain().with_backend(signal.clone()),
+            ));
+            tokio::task::yield_now().await;
+            let start = Instant::now();
+            signal.close(Duration::from_secs(grace));
+            if let Some(after) = shutdown_after {
+                tokio::time::sleep(Duration::from_secs(after)).await;
+                drop(tunnels.shutdown(Duration::from_secs(3)));
+            }
+            let (end, _) = task.await.unwrap();
+            assert!(
+                matches!(end, End::Proxy { reason: r, answered: false } if r == reason),
+                "{end}"
+            );
+            assert_eq!(start.elapsed(), Duration::from_secs(expect));
+        }
     }
 
     proptest::proptest! {

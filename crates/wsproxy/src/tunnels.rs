@@ -241,43 +241,35 @@ impl Drain {
         self
     }
 
-    /// Resolves when a shutdown starts or the backend's tunnels are closed.
-    pub(crate) async fn signalled(&self) {
+    /// Resolves when a shutdown starts.
+    pub(crate) fn shutdown(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shared.drain.cancelled()
+    }
+
+    /// Resolves when the backend's tunnels are closed (never without a
+    /// backend signal).
+    pub(crate) async fn backend_closed(&self) {
         match &self.backend {
-            None => self.shared.drain.cancelled().await,
-            Some(backend) => tokio::select! {
-                () = self.shared.drain.cancelled() => {}
-                () = backend.token.cancelled() => {}
-            },
+            Some(backend) => backend.token.cancelled().await,
+            None => std::future::pending().await,
         }
     }
 
-    /// Why the tunnel is being closed, once [`signalled`](Self::signalled).
-    pub(crate) fn reason(&self) -> crate::relay::Reason {
-        if self.shared.drain.is_cancelled() {
-            crate::relay::Reason::Shutdown
-        } else {
-            crate::relay::Reason::BackendDown
-        }
-    }
-
-    /// When a started shutdown (or backend close) closes tunnels hard.
+    /// When a started shutdown closes tunnels hard.
     pub(crate) fn deadline(&self) -> Instant {
-        let shutdown = self
-            .shared
-            .drain
-            .is_cancelled()
-            .then(|| self.shared.deadline.get().copied())
-            .flatten();
-        let backend = self
-            .backend
+        self.shared
+            .deadline
+            .get()
+            .copied()
+            .unwrap_or_else(Instant::now)
+    }
+
+    /// When a started backend close closes tunnels hard.
+    pub(crate) fn backend_deadline(&self) -> Instant {
+        self.backend
             .as_ref()
-            .and_then(|b| b.deadline.get().copied());
-        match (shutdown, backend) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(t), None) | (None, Some(t)) => t,
-            (None, None) => Instant::now(),
-        }
+            .and_then(|b| b.deadline.get().copied())
+            .unwrap_or_else(Instant::now)
     }
 
     /// Resolves at the deadline of a started shutdown.

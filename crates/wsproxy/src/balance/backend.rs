@@ -139,10 +139,8 @@ impl Service<Request<Empty<Bytes>>> for Backend {
 }
 
 /// The identity of a [`Backend`]: a 64-bit hash of its URL, the same on
-/// every process that has the same URL (so sticky cookies and consistent
-/// hashing agree across instances). Shown as 16 hex digits, which is what
-/// a sticky cookie holds: it names the backend without revealing its
-/// address.
+/// every process that has the same URL (so consistent hashing agrees
+/// across instances). Shown and parsed as 16 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendId(pub(crate) u64);
 

@@ -22,8 +22,11 @@ use crate::connect::{self, Answer};
 /// `max_fails` and `fail_timeout`).
 ///
 /// A backend that fails `max_fails` handshakes within `fail_timeout` is
-/// skipped for the next `fail_timeout`, then tried again (one more failure
-/// skips it again). A failure is a refused or timed-out connect, a
+/// skipped for the next `fail_timeout`, then tried again: one more failure
+/// skips it again, a success brings it back. Failures further apart than
+/// `fail_timeout` do not add up; successes in between do not clear them.
+/// When every backend is skipped this way, they are all tried anyway
+/// (nginx resets its counts then) rather than refusing the handshake. A failure is a refused or timed-out connect, a
 /// handshake that times out or breaks, a `5xx` answer, or a `101` that is
 /// not a valid WebSocket upgrade. An answer the backend chose — `401`,
 /// `403`, `404` and other non-`5xx` refusals — is not a failure, and a
@@ -135,9 +138,10 @@ impl ActiveHealth {
         }
     }
 
-    /// Time between the starts of two probes (default: 5 s).
+    /// Time between the starts of two probes (default: 5 s; at least
+    /// 10 ms).
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
+        self.interval = interval.max(Duration::from_millis(10));
         self
     }
 

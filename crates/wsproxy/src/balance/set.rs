@@ -69,9 +69,39 @@ pub(crate) struct SetConfig {
     pub(crate) tries: usize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Sticky {
     name: Arc<str>,
+    /// Keys the cookie values: without it, a value does not tell which
+    /// URL it stands for.
+    secret: u64,
+}
+
+impl fmt::Debug for Sticky {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sticky")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sticky {
+    /// The cookie value standing for `id`.
+    fn value(&self, id: BackendId) -> BackendId {
+        BackendId(twox_hash::XxHash64::oneshot(
+            self.secret,
+            &id.0.to_le_bytes(),
+        ))
+    }
+
+    fn cookie(&self, id: BackendId) -> HeaderValue {
+        let cookie = format!(
+            "{}={}; Path=/; HttpOnly; SameSite=Lax",
+            self.name,
+            self.value(id)
+        );
+        HeaderValue::from_str(&cookie).expect("a checked cookie name and hex digits")
+    }
 }
 
 pub(crate) struct SetState {
@@ -136,6 +166,11 @@ impl Member {
 
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Its configured weight (no slow start).
+    pub(crate) fn base_weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
     }
 
     fn backup(&self) -> bool {
@@ -265,10 +300,12 @@ struct Load {
 
 impl Drop for Load {
     fn drop(&mut self) {
-        let before = self.member.open.fetch_sub(1, Ordering::Relaxed);
+        // SeqCst with `drain`: of a drain and the last unit's drop, one
+        // sees the other.
+        let before = self.member.open.fetch_sub(1, Ordering::SeqCst);
         // The last tunnel of a draining backend removes it.
         if before == 1
-            && self.member.draining.load(Ordering::Relaxed)
+            && self.member.draining.load(Ordering::SeqCst)
             && let Some(set) = self.set.upgrade()
         {
             set.take_member(&self.member);
@@ -375,13 +412,44 @@ impl Backends {
     }
 
     /// Sticky sessions by cookie (default: off). The `101` of a tunnel
-    /// sets cookie `name` to the chosen backend's [`BackendId`] (16 hex
-    /// digits: opaque, not its address; `Path=/; HttpOnly;
-    /// SameSite=Lax`, a session cookie). A client that presents it returns
-    /// to that backend while it is usable; otherwise the strategy chooses
-    /// and the client gets a new cookie.
+    /// sets cookie `name` to a value standing for the chosen backend
+    /// (`Path=/; HttpOnly; SameSite=Lax`, a session cookie). A client that
+    /// presents it returns to that backend while it is usable; otherwise
+    /// the strategy chooses and the client gets a new cookie.
+    ///
+    /// The value is 16 hex digits, a keyed hash of the backend's id: it
+    /// does not reveal the backend's address, and clients cannot compute
+    /// the value of a backend they were never sent to (they can still
+    /// replay one they were given). The key is random per process unless
+    /// set with [`sticky_secret`](Self::sticky_secret): set it when
+    /// several proxy instances share clients, or to keep cookies valid
+    /// across restarts.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is not a cookie name (letters, digits and
+    /// ``!#$%&'*+-.^_`|~``).
     pub fn sticky_cookie(mut self, name: &str) -> Self {
-        self.config().sticky = Some(Sticky { name: name.into() });
+        assert!(is_cookie_name(name), "invalid sticky cookie name {name:?}");
+        let secret = self
+            .config
+            .sticky
+            .as_ref()
+            .map_or_else(crate::relay::random_u64, |s| s.secret);
+        self.config().sticky = Some(Sticky {
+            name: name.into(),
+            secret,
+        });
+        self
+    }
+
+    /// The key of [sticky cookie](Self::sticky_cookie) values, for
+    /// cookies that hold across proxy instances and restarts (default: a
+    /// random key per process). Call it after `sticky_cookie`.
+    pub fn sticky_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        if let Some(sticky) = &mut self.config().sticky {
+            sticky.secret = twox_hash::XxHash64::oneshot(0x5713_c00c, secret.as_ref());
+        }
         self
     }
 
@@ -398,8 +466,8 @@ impl Backends {
     /// Add a backend at runtime; it takes tunnels at once (ramping up
     /// under [slow start](Self::slow_start)). If one with the same URL is
     /// in the set, its weight, backup flag and `max_conns` become those of
-    /// `backend` (its tunnels, load and health stay), and `false` is
-    /// returned.
+    /// `backend`, a [drain](Self::drain) of it is called off (its tunnels,
+    /// load and health stay), and `false` is returned.
     pub fn insert(&self, backend: impl Into<Backend>) -> bool {
         let backend = backend.into();
         let upstream = backend.upstream.clone();
@@ -407,7 +475,8 @@ impl Backends {
             let mut members = self.state.write();
             if let Some(member) = members.iter().find(|m| m.backend.id == backend.id) {
                 member.update(&backend);
-                tracing::info!(backend = %upstream, "backend settings updated");
+                member.draining.store(false, Ordering::SeqCst);
+                tracing::info!(backend = %upstream, "backend settings updated (and not draining)");
                 return false;
             }
             let mut list = members.to_vec();
@@ -415,6 +484,8 @@ impl Backends {
             *members = list.into();
         }
         tracing::info!(backend = %upstream, "backend added");
+        // Without a runtime here, the next handshake starts its probe.
+        self.state.probing.store(false, Ordering::Relaxed);
         self.start_probes();
         true
     }
@@ -440,9 +511,9 @@ impl Backends {
         let Some(member) = self.state.get(id) else {
             return false;
         };
-        member.draining.store(true, Ordering::Relaxed);
+        member.draining.store(true, Ordering::SeqCst);
         tracing::info!(backend = %member.backend.upstream, open = member.open(), "backend draining");
-        if member.open() == 0 {
+        if member.open.load(Ordering::SeqCst) == 0 {
             self.state.take_member(&member);
         }
         true
@@ -593,7 +664,17 @@ impl Backends {
         let now = now();
         let slow_start = self.config.slow_start;
         let mut candidates: Vec<Candidate<'_>> = Vec::with_capacity(members.len());
-        for backup in [false, true] {
+        // Primaries, else backups; and when every backend is down by the
+        // passive checks alone, all of them again (nginx then resets its
+        // failure counts): a guess beats a certain 503.
+        let mut passive = passive;
+        for (backup, lenient) in [(false, false), (true, false), (false, true), (true, true)] {
+            if lenient {
+                if !passive {
+                    break;
+                }
+                passive = false;
+            }
             candidates.extend(
                 members
                     .iter()
@@ -605,6 +686,9 @@ impl Backends {
                     }),
             );
             if !candidates.is_empty() {
+                if lenient {
+                    tracing::info!("every backend is down by passive checks: trying them anyway");
+                }
                 break;
             }
         }
@@ -613,8 +697,9 @@ impl Backends {
             .and_then(|s| crate::admit::cookie(request, &s.name))
             .and_then(|v| BackendId::parse(&v));
         while !candidates.is_empty() {
-            let i = wanted
-                .and_then(|id| candidates.iter().position(|c| c.id() == id))
+            let i = sticky
+                .zip(wanted)
+                .and_then(|(s, v)| candidates.iter().position(|c| s.value(c.id()) == v))
                 .unwrap_or_else(|| {
                     self.config
                         .strategy
@@ -622,21 +707,23 @@ impl Backends {
                         .min(candidates.len() - 1)
                 });
             let member = candidates[i].member.clone();
-            let before = member.open.fetch_add(1, Ordering::Relaxed);
-            let close = member.close_signal();
-            if before >= member.max_conns() || member.went_away(passive, now) {
-                // Filled up, or went down or away, since it was listed.
-                member.open.fetch_sub(1, Ordering::Relaxed);
-                candidates.swap_remove(i);
-                continue;
-            }
-            let cookie = sticky
-                .filter(|_| wanted != Some(member.backend.id))
-                .map(|s| sticky_cookie(&s.name, member.backend.id));
+            let before = member.open.fetch_add(1, Ordering::SeqCst);
             let load = Load {
                 member: member.clone(),
                 set: Arc::downgrade(&self.state),
             };
+            let close = member.close_signal();
+            if before >= member.max_conns() || member.went_away(passive, now) {
+                // Filled up, or went down or away, since it was listed;
+                // dropping `load` gives the unit back (and removes a
+                // draining member whose last unit it was).
+                drop(load);
+                candidates.swap_remove(i);
+                continue;
+            }
+            let cookie = sticky
+                .filter(|s| wanted != Some(s.value(member.backend.id)))
+                .map(|s| s.cookie(member.backend.id));
             return Some((
                 Picked {
                     member,
@@ -656,44 +743,61 @@ impl Backends {
         if passive.max_fails == 0 || !self.passive_applies(&self.state.read()) {
             return;
         }
-        let now_instant = Instant::now();
+        let at = Instant::now();
         let mut fails = member.fails.lock().unwrap_or_else(PoisonError::into_inner);
-        let (count, window) = &mut *fails;
-        if window.is_none_or(|start| now_instant.duration_since(start) > passive.fail_timeout) {
+        let (count, last) = &mut *fails;
+        // Failures further apart than fail_timeout do not add up; but a
+        // backend that was marked down and fails again on its first try
+        // after fail_timeout is marked down again at once (nginx).
+        let expired = last.is_none_or(|t| at.duration_since(t) > passive.fail_timeout);
+        if expired && *count < passive.max_fails {
             *count = 0;
-            *window = Some(now_instant);
         }
-        *count += 1;
-        if *count >= passive.max_fails {
-            let failed = *count;
-            *count = 0;
-            *window = None;
-            drop(fails);
-            let until = now() + passive.fail_timeout.as_nanos() as u64;
-            if member.down_until.swap(until, Ordering::Relaxed) == 0 {
-                member.transitions.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::backend_transition(&member.backend.upstream, false);
-                tracing::warn!(
-                    backend = %member.backend.upstream,
-                    failed,
-                    fail_timeout = ?passive.fail_timeout,
-                    "backend down: failed handshakes reached max_fails"
-                );
-                if let Some(grace) = self.config.close_when_down {
-                    member.close_tunnels(grace);
-                }
+        *count = count.saturating_add(1);
+        *last = Some(at);
+        if *count < passive.max_fails {
+            return;
+        }
+        let failed = *count;
+        drop(fails);
+        let timeout = u64::try_from(passive.fail_timeout.as_nanos()).unwrap_or(u64::MAX);
+        let until = now().saturating_add(timeout);
+        if member.down_until.swap(until, Ordering::Relaxed) == 0 {
+            member.transitions.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::backend_transition(&member.backend.upstream, false);
+            tracing::warn!(
+                backend = %member.backend.upstream,
+                failed,
+                fail_timeout = ?passive.fail_timeout,
+                "backend down: failed handshakes reached max_fails"
+            );
+            if let Some(grace) = self.config.close_when_down {
+                member.close_tunnels(grace);
             }
         }
     }
 
-    /// Count a good handshake on `picked`: its failure count starts over.
+    /// Count a good handshake on `picked`. Its failures are forgotten once
+    /// the last one is older than fail_timeout (a success in between does
+    /// not clear them, as in nginx), or at once if it was marked down and
+    /// was tried anyway because every backend was.
     pub(crate) fn succeeded(&self, picked: &Picked) {
-        let mut fails = picked
-            .member
-            .fails
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *fails = (0, None);
+        let member = &picked.member;
+        let mut fails = member.fails.lock().unwrap_or_else(PoisonError::into_inner);
+        let (count, last) = &mut *fails;
+        let was_down = member.down_until.swap(0, Ordering::Relaxed) != 0;
+        let expired = last
+            .is_none_or(|t| Instant::now().duration_since(t) > self.config.passive.fail_timeout);
+        if expired || was_down {
+            *count = 0;
+            *last = None;
+        }
+        if was_down {
+            member.up_since.store(now(), Ordering::Relaxed);
+            member.transitions.fetch_add(1, Ordering::Relaxed);
+            crate::metrics::backend_transition(&member.backend.upstream, true);
+            tracing::info!(backend = %member.backend.upstream, "backend up: a handshake succeeded");
+        }
     }
 
     /// A label for logs: the backends' URLs.
@@ -710,9 +814,12 @@ impl Backends {
     }
 }
 
-fn sticky_cookie(name: &str, id: BackendId) -> HeaderValue {
-    HeaderValue::from_str(&format!("{name}={id}; Path=/; HttpOnly; SameSite=Lax"))
-        .unwrap_or_else(|_| HeaderValue::from_static("invalid-sticky-cookie-name=1"))
+/// Whether `name` is a cookie name (an RFC 6265 token).
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl SetState {
@@ -778,7 +885,7 @@ impl fmt::Debug for Backends {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct BackendStatus {
-    /// Its identity (what a sticky cookie holds).
+    /// Its identity.
     pub id: BackendId,
     /// Its URL.
     pub upstream: Upstream,
@@ -943,6 +1050,17 @@ mod tests {
         assert!(back.iter().zip(&before).all(|(a, b)| a == b || *b == id(3)));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn consistent_hash_keys_stay_put_during_slow_start() {
+        let backends = Backends::new([backend(1), backend(2).weight(2)])
+            .strategy(ConsistentHash::new(Key::query("k")))
+            .slow_start(Duration::from_secs(100));
+        backends.insert(backend(3).weight(3));
+        let early = hashed(&backends, 2_000);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(hashed(&backends, 2_000), early);
+    }
+
     #[test]
     fn consistent_hash_weights_and_missing_keys() {
         let backends = Backends::new([backend(1).weight(3), backend(2)])
@@ -979,37 +1097,68 @@ mod tests {
         (0..n).map(|_| backends.choose(request).unwrap()).collect()
     }
 
-    #[test]
-    fn sticky_cookie_names_the_backend() {
-        let backends = Backends::new([backend(1), backend(2)]).sticky_cookie("srv");
-        let (picked, cookie) = backends.pick(&request("/"), &[]).unwrap();
-        let cookie = cookie.expect("a new client gets a cookie");
-        let value = cookie.to_str().unwrap();
-        assert_eq!(
-            value,
-            format!("srv={}; Path=/; HttpOnly; SameSite=Lax", picked.id())
-        );
-        assert!(!value.contains("127.0.0.1"));
+    fn with_cookie(value: &str) -> Parts {
         let mut returning = request("/");
         returning.headers.insert(
             http::header::COOKIE,
-            HeaderValue::from_str(&format!("a=b; srv={}", picked.id())).unwrap(),
+            HeaderValue::from_str(&format!("a=b; {value}")).unwrap(),
         );
+        returning
+    }
+
+    #[test]
+    fn sticky_cookie_names_the_backend_opaquely() {
+        let backends = Backends::new([backend(1), backend(2)]).sticky_cookie("srv");
+        let (picked, cookie) = backends.pick(&request("/"), &[]).unwrap();
+        let cookie = cookie.expect("a new client gets a cookie");
+        let value = cookie.to_str().unwrap().to_owned();
+        let token = value
+            .strip_prefix("srv=")
+            .and_then(|v| v.strip_suffix("; Path=/; HttpOnly; SameSite=Lax"))
+            .expect(&value);
+        assert_eq!(token.len(), 16);
+        // Keyed: not the id, which anyone can compute from a URL.
+        assert_ne!(token, picked.id().to_string());
+        let returning = with_cookie(&format!("srv={token}"));
         for _ in 0..5 {
             let (again, cookie) = backends.pick(&returning, &[]).unwrap();
             assert_eq!(again.id(), picked.id());
             assert!(cookie.is_none(), "no new cookie while it holds");
         }
+        // A forged value (here: the plain id) is just an unknown cookie.
+        let forged = with_cookie(&format!("srv={}", id(2)));
+        let firsts: Vec<_> = (0..4)
+            .map(|_| backends.pick(&forged, &[]).unwrap())
+            .collect();
+        assert!(firsts.iter().all(|(_, cookie)| cookie.is_some()));
         backends.remove(picked.id());
         let (moved, cookie) = backends.pick(&returning, &[]).unwrap();
         assert_ne!(moved.id(), picked.id());
-        assert!(
-            cookie
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .contains(&moved.id().to_string())
-        );
+        assert!(!cookie.unwrap().to_str().unwrap().contains(token));
+    }
+
+    #[test]
+    fn a_shared_sticky_secret_gives_the_same_cookie_everywhere() {
+        let make = || {
+            Backends::new([backend(1), backend(2)])
+                .sticky_cookie("srv")
+                .sticky_secret("s3cret")
+        };
+        let (a, b) = (make(), make());
+        let (picked, cookie) = a.pick(&request("/"), &[]).unwrap();
+        let cookie = cookie.unwrap().to_str().unwrap().to_owned();
+        let value = cookie.split(';').next().unwrap();
+        let (again, none) = b.pick(&with_cookie(value), &[]).unwrap();
+        assert_eq!((again.id(), none), (picked.id(), None));
+        // Without the shared secret, another instance does not know it.
+        let c = Backends::new([backend(1), backend(2)]).sticky_cookie("srv");
+        assert!(c.pick(&with_cookie(value), &[]).unwrap().1.is_some());
+    }
+
+    #[test]
+    #[should_panic(expected = "invalid sticky cookie name")]
+    fn a_bad_cookie_name_is_refused_when_configured() {
+        let _ = Backends::new([backend(1)]).sticky_cookie("a;b");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1039,16 +1188,77 @@ mod tests {
         tokio::time::advance(Duration::from_millis(10_100)).await;
         assert!(sequence(&backends, 4).contains(&id(1)));
         assert_eq!(backends.status()[0].transitions, 2);
-        // Failures further apart than fail_timeout do not add up.
+        // Back after fail_timeout: one more failure skips it again.
         fail_on_1(1);
-        tokio::time::advance(Duration::from_secs(11)).await;
-        fail_on_1(1);
-        assert!(backends.status()[0].up);
-        // A success starts the count over.
+        assert!(!backends.status()[0].up);
+        tokio::time::advance(Duration::from_millis(10_100)).await;
+        // A success brings it back and clears its failures.
         let (picked, _) = backends.pick(&request, &[id(2)]).unwrap();
         backends.succeeded(&picked);
         fail_on_1(1);
         assert!(backends.status()[0].up);
+        // Failures further apart than fail_timeout do not add up.
+        tokio::time::advance(Duration::from_secs(11)).await;
+        fail_on_1(1);
+        assert!(backends.status()[0].up);
+        // A success within fail_timeout does not clear them (nginx).
+        let (picked, _) = backends.pick(&request, &[id(2)]).unwrap();
+        backends.succeeded(&picked);
+        fail_on_1(1);
+        assert!(!backends.status()[0].up);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_backend_is_passively_down_they_are_tried_anyway() {
+        let backends = Backends::new([backend(1), backend(2)]);
+        let request = request("/");
+        for _ in 0..2 {
+            let (picked, _) = backends.pick(&request, &[]).unwrap();
+            backends.failed(&picked);
+        }
+        assert!(backends.status().iter().all(|s| !s.up));
+        let (picked, _) = backends.pick(&request, &[]).expect("not a 503");
+        backends.succeeded(&picked);
+        let up: Vec<_> = backends.status().iter().map(|s| s.up).collect();
+        assert_eq!(
+            up.iter().filter(|u| **u).count(),
+            1,
+            "the one that answered is up"
+        );
+        // A huge fail_timeout saturates instead of overflowing.
+        let huge = Backends::new([backend(1), backend(2)])
+            .passive_health(PassiveHealth::new().fail_timeout(Duration::MAX));
+        let (picked, _) = huge.pick(&request, &[]).unwrap();
+        huge.failed(&picked);
+        assert_eq!(huge.status().iter().filter(|s| !s.up).count(), 1);
+    }
+
+    #[test]
+    fn insert_calls_off_a_drain_and_a_backed_out_unit_still_removes_a_drained_member() {
+        let backends = Backends::new([backend(1), backend(2)]);
+        let request = request("/");
+        let (held, _) = backends.pick(&request, &[]).unwrap();
+        let drained = held.id();
+        backends.drain(drained);
+        assert!(!backends.insert(backend(if drained == id(1) { 1 } else { 2 })));
+        assert!(backends.status().iter().all(|s| !s.draining));
+        drop(held);
+        assert_eq!(
+            backends.status().len(),
+            2,
+            "not removed: the drain was called off"
+        );
+        // A member full since listing: the unit backed out goes through
+        // the load's drop, which removes a drained member it was the last of.
+        let member = backends.state.get(id(1)).unwrap();
+        member.draining.store(true, Ordering::SeqCst);
+        member.open.fetch_add(1, Ordering::SeqCst);
+        let load = Load {
+            member: member.clone(),
+            set: Arc::downgrade(&backends.state),
+        };
+        drop(load);
+        assert!(backends.status().iter().all(|s| s.id != id(1)));
     }
 
     #[test]

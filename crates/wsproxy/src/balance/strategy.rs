@@ -306,7 +306,13 @@ impl Strategy for ConsistentHash {
         });
         // With equal weights the ranking is that of the hashes alone: no
         // logarithm needed.
-        let equal = candidates.iter().all(|c| c.weight == candidates[0].weight);
+        // Configured weights, not slow start's: a key must not wander while
+        // a backend ramps up, and instances that saw it come up at
+        // different times must agree.
+        let weight = |c: &Candidate<'_>| c.member.base_weight();
+        let equal = candidates
+            .iter()
+            .all(|c| weight(c) == weight(&candidates[0]));
         let mut best: Option<(usize, f64)> = None;
         for (i, candidate) in candidates.iter().enumerate() {
             if cap.is_some_and(|cap| candidate.open() >= cap) {
@@ -315,7 +321,7 @@ impl Strategy for ConsistentHash {
             let score = if equal {
                 unit(key, candidate.id())
             } else {
-                score(key, candidate.id(), candidate.weight)
+                score(key, candidate.id(), weight(candidate))
             };
             if best.is_none_or(|(_, s)| score > s) {
                 best = Some((i, score));
