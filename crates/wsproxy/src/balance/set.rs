@@ -1288,6 +1288,33 @@ mod tests {
     }
 
     #[test]
+    fn a_member_inserted_outside_a_runtime_is_probed_from_the_next_handshake() {
+        use crate::balance::{ActiveHealth, Probe};
+        let backends = Backends::new([backend(1)]).active_health(ActiveHealth::new(Probe::tcp()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async { backends.choose(&request("/")) });
+        assert!(
+            backends
+                .state
+                .get(id(1))
+                .unwrap()
+                .probing
+                .load(Ordering::Relaxed)
+        );
+        backends.insert(backend(2));
+        let added = backends.state.get(id(2)).unwrap();
+        assert!(
+            !added.probing.load(Ordering::Relaxed),
+            "no runtime to run it"
+        );
+        runtime.block_on(async { backends.choose(&request("/")) });
+        assert!(added.probing.load(Ordering::Relaxed));
+    }
+
+    #[test]
     fn retries_skip_the_backends_tried() {
         let backends = Backends::new([backend(1), backend(2), backend(3)]);
         let request = request("/");
