@@ -235,7 +235,9 @@ impl FromStr for HealthCheck {
         } else if let Some(rest) = s.strip_prefix("http:") {
             // A trailing `=DIGITS` is the status; any other `=` is the path's.
             match rest.rsplit_once('=') {
-                Some((p, status)) if !status.is_empty() && status.bytes().all(|b| b.is_ascii_digit()) => {
+                Some((p, status))
+                    if !status.is_empty() && status.bytes().all(|b| b.is_ascii_digit()) =>
+                {
                     let status = status
                         .parse::<u16>()
                         .ok()
@@ -407,8 +409,7 @@ impl BalanceArgs {
         if let Some(tries) = self.tries {
             set = set.tries(tries);
         }
-        // Last: the probes start here and take the settings made so far
-        // (`close_tunnels_when_down` among them).
+        // The probes start when the set goes into its layer.
         if let Some(check) = &self.health_check {
             let mut active = ActiveHealth::new(check.probe());
             if let Some(interval) = self.health_interval {
@@ -519,7 +520,10 @@ mod tests {
         );
         for bad in ["random", "hash", "hash:", "hash:ip=1", "hash:body=x", ""] {
             let error = bad.parse::<Balance>().unwrap_err();
-            assert!(error.starts_with(&format!("invalid balance '{bad}'; use")), "{error}");
+            assert!(
+                error.starts_with(&format!("invalid balance '{bad}'; use")),
+                "{error}"
+            );
         }
         assert!(
             "hash:header=a b"
@@ -579,7 +583,10 @@ mod tests {
         }
         assert_eq!(parse_tries("2"), Ok(2));
         assert!(parse_tries("0").is_err());
-        assert_eq!(parse_cookie_name("wsgate_backend"), Ok("wsgate_backend".into()));
+        assert_eq!(
+            parse_cookie_name("wsgate_backend"),
+            Ok("wsgate_backend".into())
+        );
         assert!(parse_cookie_name("a b").is_err());
         assert!(parse_cookie_name("a=b").is_err());
         assert!(parse_cookie_name("").is_err());

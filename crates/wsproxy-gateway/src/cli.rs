@@ -331,7 +331,9 @@ mod tests {
             "the backend 'ws://127.0.0.1:1/' is listed twice for '/a'"
         );
         assert!(error("/a=ws://127.0.0.1:1,").contains("a backend URL is missing in ''"));
-        assert!(error("/a=ws://127.0.0.1:1;colour=red").contains("unknown backend option 'colour=red'"));
+        assert!(
+            error("/a=ws://127.0.0.1:1;colour=red").contains("unknown backend option 'colour=red'")
+        );
     }
 
     #[test]

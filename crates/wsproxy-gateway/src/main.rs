@@ -10,13 +10,21 @@
 //!     --connect-timeout 5s --handshake-timeout 10s --idle-timeout 10m --strip-prefix
 //! ```
 //!
-//! Every route is one `WebSocketProxyLayer`; the layers share one
-//! `Tunnels` handle. Plain HTTP gets a status page at `/` and `/healthz`.
-//! SIGTERM or SIGINT stops accepting, refuses new upgrades with 503, sends
-//! every open WebSocket Close 1001 ("going away") at a frame boundary, and
-//! gives the closing handshakes `--shutdown-timeout` before closing what is
-//! left.
+//! or balance a route over several backends:
+//!
+//! ```text
+//! wsgate --route '/chat=ws://10.0.0.1:9002;weight=2,ws://10.0.0.2:9002,ws://10.0.0.9:9002;backup' \
+//!     --balance least-conn --health-check ws:/ --health-interval 2s
+//! ```
+//!
+//! Every route is one `WebSocketProxyLayer` over a `Backends` set; the
+//! layers share one `Tunnels` handle. Plain HTTP gets a status page at `/`
+//! (routes, backends and their health) and `/healthz`. SIGTERM or SIGINT
+//! stops accepting, refuses new upgrades with 503, sends every open
+//! WebSocket Close 1001 ("going away") at a frame boundary, and gives the
+//! closing handshakes `--shutdown-timeout` before closing what is left.
 
+mod balance;
 mod cli;
 mod demo;
 mod page;
@@ -30,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 use wsproxy::admit::{AdmitLayer, ConnectionLimit, Key, OriginCheck, RateLimit, ResolveClient};
+use wsproxy::balance::Backends;
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
 use crate::cli::{Args, RouteSpec};
@@ -44,6 +53,11 @@ async fn main() -> ExitCode {
                 clap::error::ErrorKind::MissingRequiredArgument,
                 "no route: give --route PREFIX=ws://HOST:PORT/PATH (repeatable) or --demo",
             )
+            .exit();
+    }
+    if let Some(conflict) = args.balance.conflict() {
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, conflict)
             .exit();
     }
     if let Some(prefix) = duplicate_prefix(&args) {
@@ -96,7 +110,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let tunnels = Tunnels::new();
-    let app = router(&args, &routes, &tunnels);
+    // Active health probes start when a set goes into its layer, on this
+    // runtime.
+    let sets: Vec<Backends> = routes
+        .iter()
+        .map(|route| {
+            args.balance
+                .backends(&route.backends, &args.trusted_proxies)
+        })
+        .collect();
+    let app = router(&args, &routes, &sets, &tunnels);
 
     let workers = args
         .workers
@@ -108,11 +131,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     for route in &routes {
         tracing::info!(
             prefix = %route.prefix,
-            upstream = %route.upstream,
+            backends = %route.describe(),
             strip_prefix = route.strip_prefix,
             "route"
         );
     }
+    tracing::info!(balance = %args.balance.strategy_name(), "balancing");
     tracing::info!(workers, "serving");
     println!("wsgate listening on {local}");
     use std::io::Write as _;
@@ -166,14 +190,25 @@ fn duplicate_prefix(args: &Args) -> Option<&str> {
         .find(|prefix| !seen.insert(prefix.trim_end_matches('/')))
 }
 
-/// The app: a status page, with one proxy layer per route. The layer of the
+/// The app: a status page, with one proxy layer per route over its
+/// backend set (`sets[i]` is the set of `routes[i]`). The layer of the
 /// longest prefix is outermost, so it sees a handshake first.
-fn router(args: &Args, routes: &[RouteSpec], tunnels: &Tunnels) -> Router {
-    let mut app = page::router(routes, tunnels.clone(), args.demo);
-    let mut ordered: Vec<&RouteSpec> = routes.iter().collect();
-    ordered.sort_by_key(|r| r.scope().len());
-    for route in ordered {
-        let layer = WebSocketProxyLayer::new(route.upstream.clone())
+fn router(args: &Args, routes: &[RouteSpec], sets: &[Backends], tunnels: &Tunnels) -> Router {
+    let status: Vec<(String, Backends)> = routes
+        .iter()
+        .zip(sets)
+        .map(|(route, set)| (route.prefix.clone(), set.clone()))
+        .collect();
+    let mut app = page::router(
+        status,
+        args.balance.strategy_name(),
+        tunnels.clone(),
+        args.demo,
+    );
+    let mut ordered: Vec<(&RouteSpec, &Backends)> = routes.iter().zip(sets).collect();
+    ordered.sort_by_key(|(route, _)| route.scope().len());
+    for (route, set) in ordered {
+        let layer = WebSocketProxyLayer::with_backends(set.clone())
             .route(Route::prefix(&route.prefix))
             .strip_prefix(route.strip_prefix)
             .connect_timeout(args.connect_timeout)

@@ -1,55 +1,86 @@
 //! The plain-HTTP side of the gateway: a status page and `/healthz`.
 
+use std::fmt::Write as _;
+
 use axum::Router;
 use axum::extract::State;
 use axum::response::Html;
 use axum::routing::get;
 use wsproxy::Tunnels;
-
-use crate::cli::RouteSpec;
+use wsproxy::balance::Backends;
 
 /// What the status page shows.
 #[derive(Clone)]
 struct PageState {
-    /// The routes, as HTML list items.
-    routes: String,
+    /// Each route's prefix and backend set, for their live status.
+    routes: Vec<(String, Backends)>,
+    /// How the routes choose a backend (`--balance`).
+    balance: String,
     /// The shared tunnels, for the open count.
     tunnels: Tunnels,
     /// Whether to add the demo client.
     demo: bool,
 }
 
-/// The router for plain HTTP requests.
-pub(crate) fn router(routes: &[RouteSpec], tunnels: Tunnels, demo: bool) -> Router {
-    let routes = routes
-        .iter()
-        .map(|r| {
-            format!(
-                "<li><code>{}</code> &rarr; <code>{}</code></li>",
-                escape(&r.prefix),
-                escape(&r.upstream.to_string())
-            )
-        })
-        .collect();
+/// The router for plain HTTP requests: the status page shows each route's
+/// backends (from `routes`: prefix and set) as they are at the request.
+pub(crate) fn router(
+    routes: Vec<(String, Backends)>,
+    balance: String,
+    tunnels: Tunnels,
+    demo: bool,
+) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(PageState {
             routes,
+            balance,
             tunnels,
             demo,
         })
 }
 
-/// `GET /`: the routes, the open tunnels and, in demo mode, a client.
+/// `GET /`: the routes with their backends' state, the open tunnels and,
+/// in demo mode, a client.
 async fn index(State(state): State<PageState>) -> Html<String> {
     let demo = if state.demo { DEMO_CLIENT } else { "" };
     Html(format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>wsgate</title></head>\n<body>\n\
-         <h1>wsgate</h1>\n<p>Open tunnels: {}</p>\n<h2>Routes</h2>\n<ul>{}</ul>\n{demo}</body></html>\n",
+         <h1>wsgate</h1>\n<p>Open tunnels: {}</p>\n<h2>Routes</h2>\n<p>Balancing: {}</p>\n{}{demo}</body></html>\n",
         state.tunnels.open(),
-        state.routes,
+        escape(&state.balance),
+        routes(&state.routes),
     ))
+}
+
+/// One section per route: its prefix, then a table of its backends.
+fn routes(routes: &[(String, Backends)]) -> String {
+    let mut html = String::new();
+    for (prefix, backends) in routes {
+        let _ = write!(
+            html,
+            "<h3><code>{}</code></h3>\n<table>\n<tr><th>backend</th><th>role</th><th>weight</th>\
+             <th>open</th><th>health</th><th>draining</th><th>transitions</th></tr>\n",
+            escape(prefix)
+        );
+        for backend in backends.status() {
+            let _ = writeln!(
+                html,
+                "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td></tr>",
+                escape(&backend.upstream.to_string()),
+                if backend.backup { "backup" } else { "primary" },
+                backend.weight,
+                backend.open,
+                if backend.up { "up" } else { "down" },
+                if backend.draining { "yes" } else { "no" },
+                backend.transitions,
+            );
+        }
+        html.push_str("</table>\n");
+    }
+    html
 }
 
 /// Escape text for HTML.

@@ -614,6 +614,7 @@ impl Backends {
                     upstream: m.backend.upstream.clone(),
                     weight: m.weight.load(Ordering::Relaxed),
                     backup: m.backup(),
+                    max_conns: Some(m.max_conns()).filter(|&max| max != usize::MAX),
                     open: m.open(),
                     up: m.probe_up() && !(passive && until != 0 && now < until),
                     draining: m.draining.load(Ordering::Relaxed),
@@ -895,6 +896,8 @@ pub struct BackendStatus {
     pub backup: bool,
     /// Open tunnels, including handshakes under way.
     pub open: usize,
+    /// Its cap on open tunnels, if any.
+    pub max_conns: Option<usize>,
     /// Up by both health checks (a full backend is still up).
     pub up: bool,
     /// Draining: no new tunnels, leaves when its last one ends.

@@ -55,6 +55,18 @@ pub trait Strategy: Send + Sync + 'static {
     fn pick(&self, request: &Parts, candidates: &[Candidate<'_>]) -> usize;
 }
 
+impl<S: Strategy + ?Sized> Strategy for Box<S> {
+    fn pick(&self, request: &Parts, candidates: &[Candidate<'_>]) -> usize {
+        (**self).pick(request, candidates)
+    }
+}
+
+impl<S: Strategy + ?Sized> Strategy for Arc<S> {
+    fn pick(&self, request: &Parts, candidates: &[Candidate<'_>]) -> usize {
+        (**self).pick(request, candidates)
+    }
+}
+
 /// A backend a [`Strategy`] may choose.
 #[derive(Clone, Copy)]
 pub struct Candidate<'a> {
