@@ -1,4 +1,5 @@
-//! Connect to the backend and perform the HTTP/1.1 upgrade handshake with it.
+//! Connect to the backend (TCP, plus TLS for `wss://` with feature `tls`)
+//! and perform the HTTP/1.1 upgrade handshake with it.
 
 use std::error::Error;
 use std::fmt;
@@ -14,7 +15,8 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::Tunnels;
@@ -39,7 +41,12 @@ pub enum Answer {
 pub enum Failure {
     /// TCP connect failed (refused, unreachable, name not resolved).
     Connect(io::Error),
-    /// TCP connect did not finish within the connect timeout.
+    /// The TLS handshake with a `wss://` backend failed: its certificate
+    /// was refused (the error says why, e.g. `invalid peer certificate:
+    /// UnknownIssuer`), it refused ours, or the connection broke.
+    Tls(io::Error),
+    /// TCP connect (and the TLS handshake with a `wss://` backend) did not
+    /// finish within the connect timeout.
     ConnectTimeout(Duration),
     /// No complete answer within the handshake timeout.
     HandshakeTimeout(Duration),
@@ -63,11 +70,43 @@ impl Failure {
         }
     }
 
-    /// Whether another backend may be tried: nothing was answered.
+    /// A broken HTTP exchange, or a TLS failure that surfaced in it: with
+    /// TLS 1.3 a backend refuses our client certificate (or its absence)
+    /// after our side of the handshake is done, at the first read.
+    fn http(e: hyper::Error) -> Self {
+        #[cfg(feature = "tls")]
+        {
+            use tokio_rustls::rustls;
+            let mut cause: Option<&(dyn Error + 'static)> = Some(&e);
+            while let Some(error) = cause {
+                let tls = error.downcast_ref::<rustls::Error>().or_else(|| {
+                    error
+                        .downcast_ref::<io::Error>()
+                        .and_then(io::Error::get_ref)
+                        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                });
+                if let Some(tls) = tls {
+                    return Failure::Tls(io::Error::new(io::ErrorKind::InvalidData, tls.clone()));
+                }
+                cause = error.source();
+            }
+        }
+        Failure::Http(e)
+    }
+
+    /// Whether another backend may be tried: nothing was answered. A
+    /// failed TLS handshake is a failed connect (as in nginx's
+    /// `proxy_next_upstream error` and HAProxy's `retry-on conn-failure`):
+    /// a certificate problem of one backend (expired, wrong name after a
+    /// deployment) is what another backend can save.
     pub(crate) fn retryable(&self) -> bool {
         matches!(
             self,
-            Failure::Connect(_) | Failure::ConnectTimeout(_) | Failure::Http(_) | Failure::Closed
+            Failure::Connect(_)
+                | Failure::Tls(_)
+                | Failure::ConnectTimeout(_)
+                | Failure::Http(_)
+                | Failure::Closed
         )
     }
 }
@@ -76,6 +115,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Connect(e) => write!(f, "cannot connect to the backend: {e}"),
+            Failure::Tls(e) => write!(f, "TLS with the backend failed: {e}"),
             Failure::ConnectTimeout(t) => write!(f, "backend connect timed out after {t:?}"),
             Failure::HandshakeTimeout(t) => {
                 write!(f, "backend did not answer the handshake within {t:?}")
@@ -93,31 +133,145 @@ impl fmt::Display for Failure {
 impl Error for Failure {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
         match self {
-            Failure::Connect(e) => Some(e),
+            Failure::Connect(e) | Failure::Tls(e) => Some(e),
             Failure::Http(e) => Some(e),
             _ => None,
         }
     }
 }
 
-/// Open a TCP connection to `upstream` within `timeout`.
-pub(crate) async fn connect(upstream: &Upstream, timeout: Duration) -> Result<TcpStream, Failure> {
-    let stream = tokio::time::timeout(
-        timeout,
-        TcpStream::connect((upstream.host(), upstream.port())),
-    )
-    .await
-    .map_err(|_| Failure::ConnectTimeout(timeout))?
-    .map_err(Failure::Connect)?;
-    // Small WebSocket frames must not wait for Nagle.
-    let _ = stream.set_nodelay(true);
-    Ok(stream)
+/// The TLS settings of a backend set for its `wss://` backends, shared by
+/// every handle on the set and its health probes. Without feature `tls`
+/// there are none (and no `wss://` backend).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SetTls {
+    #[cfg(feature = "tls")]
+    chosen: std::sync::Arc<std::sync::RwLock<Option<crate::tls::BackendTls>>>,
+}
+
+impl SetTls {
+    #[cfg(feature = "tls")]
+    pub(crate) fn set(&self, tls: crate::tls::BackendTls) {
+        *self
+            .chosen
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tls);
+    }
+
+    /// The settings to use: the set's, else [`BackendTls::new`](crate::tls::BackendTls::new).
+    #[cfg(feature = "tls")]
+    fn get(&self) -> crate::tls::BackendTls {
+        self.chosen
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| crate::tls::BackendTls::shared_default().clone())
+    }
+}
+
+/// Open a connection to `upstream` — TCP, then TLS with `tls` for a
+/// `wss://` one — within `timeout`.
+pub(crate) async fn connect(
+    upstream: &Upstream,
+    tls: &SetTls,
+    timeout: Duration,
+) -> Result<BackendStream, Failure> {
+    let attempt = async {
+        let tcp = TcpStream::connect((upstream.host(), upstream.port()))
+            .await
+            .map_err(Failure::Connect)?;
+        // Small WebSocket frames must not wait for Nagle.
+        let _ = tcp.set_nodelay(true);
+        #[cfg(feature = "tls")]
+        if upstream.is_tls() {
+            let stream = tls
+                .get()
+                .connect(upstream, tcp)
+                .await
+                .map_err(Failure::Tls)?;
+            return Ok(BackendStream::Tls(Box::new(stream)));
+        }
+        let _ = tls;
+        Ok(BackendStream::Tcp(tcp))
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| Failure::ConnectTimeout(timeout))?
+}
+
+/// A connection to a backend: TCP, or TLS over TCP for `wss://`.
+#[derive(Debug)]
+pub(crate) enum BackendStream {
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// Both variants are `Unpin`: each call goes to the one inside.
+macro_rules! delegate {
+    ($self:ident, $stream:ident => $call:expr) => {
+        match $self.get_mut() {
+            BackendStream::Tcp($stream) => {
+                let $stream = Pin::new($stream);
+                $call
+            }
+            #[cfg(feature = "tls")]
+            BackendStream::Tls($stream) => {
+                let $stream = Pin::new(&mut **$stream);
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendStream::Tcp(s) => s.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            BackendStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
 }
 
 /// Send the upgrade `request` over `stream` and classify the answer,
 /// all within `timeout`. `key` is the `Sec-WebSocket-Key` that was sent.
 pub(crate) async fn handshake(
-    stream: TcpStream,
+    stream: BackendStream,
     request: Request<Empty<Bytes>>,
     key: &HeaderValue,
     timeout: Duration,
@@ -127,27 +281,27 @@ pub(crate) async fn handshake(
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(Failure::Http)?;
+            .map_err(Failure::http)?;
         // The connection is driven here, in the handshake's own task: no
         // extra task and no cross-thread wake-ups on the common path.
         let mut conn = Some(conn.with_upgrades());
         let mut send = std::pin::pin!(sender.send_request(request));
         let mut response = poll_fn(|cx| {
             if let Poll::Ready(response) = send.as_mut().poll(cx) {
-                return Poll::Ready(response.map_err(Failure::Http));
+                return Poll::Ready(response.map_err(Failure::http));
             }
             let Some(driving) = conn.as_mut() else {
                 return Poll::Pending;
             };
             match Pin::new(driving).poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::Http(e))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::http(e))),
                 // Done: it handed the socket over after a 101, or the
                 // backend closed. Either way any answer is ready now.
                 Poll::Ready(Ok(())) => {
                     conn = None;
                     match send.as_mut().poll(cx) {
-                        Poll::Ready(response) => Poll::Ready(response.map_err(Failure::Http)),
+                        Poll::Ready(response) => Poll::Ready(response.map_err(Failure::http)),
                         Poll::Pending => Poll::Ready(Err(Failure::Closed)),
                     }
                 }
@@ -180,12 +334,12 @@ pub(crate) async fn handshake(
         let upgraded = match conn {
             Some(conn) => {
                 let (driven, upgraded) = tokio::join!(conn, hyper::upgrade::on(&mut response));
-                driven.map_err(Failure::Http)?;
+                driven.map_err(Failure::http)?;
                 upgraded
             }
             None => hyper::upgrade::on(&mut response).await,
         }
-        .map_err(Failure::Http)?;
+        .map_err(Failure::http)?;
         let (parts, _) = response.into_parts();
         Ok(Answer::Upgraded(Response::from_parts(parts, ()), upgraded))
     };
@@ -202,7 +356,6 @@ pub(crate) fn complete_upgrade_request(
     upstream: &Upstream,
 ) -> HeaderValue {
     use crate::detect::{SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
-    use base64::Engine as _;
     let headers = request.headers_mut();
     headers
         .entry(http::header::HOST)
@@ -218,10 +371,14 @@ pub(crate) fn complete_upgrade_request(
         .or_insert(HeaderValue::from_static("13"));
     headers
         .entry(SEC_WEBSOCKET_KEY)
-        .or_insert_with(|| {
-            let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-            let key = base64::engine::general_purpose::STANDARD.encode(nonce);
-            HeaderValue::from_str(&key).expect("base64 is a valid header value")
-        })
+        .or_insert_with(fresh_key)
         .clone()
+}
+
+/// A new random `Sec-WebSocket-Key`: base64 of 16 random bytes.
+pub(crate) fn fresh_key() -> HeaderValue {
+    use base64::Engine as _;
+    let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    HeaderValue::from_str(&key).expect("base64 is a valid header value")
 }

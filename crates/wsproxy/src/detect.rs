@@ -16,17 +16,41 @@ pub(crate) const SEC_WEBSOCKET_VERSION: HeaderName =
     HeaderName::from_static("sec-websocket-version");
 pub(crate) const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 
+/// Is `req` a WebSocket opening handshake (of either kind)?
+pub(crate) fn is_handshake<B>(req: &Request<B>) -> bool {
+    is_http1_handshake(req) || is_http2_handshake(req)
+}
+
 /// Is `req` an HTTP/1.1 WebSocket opening handshake?
 ///
 /// A `GET` whose `Upgrade` header holds the token `websocket` and whose
 /// `Connection` header holds the token `upgrade`, both compared
 /// case-insensitively in comma-separated lists (Firefox sends
 /// `Connection: keep-alive, Upgrade`).
-pub(crate) fn is_handshake<B>(req: &Request<B>) -> bool {
+pub(crate) fn is_http1_handshake<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET
         && req.version() == Version::HTTP_11
         && has_token(req.headers(), &UPGRADE, "websocket")
         && has_token(req.headers(), &CONNECTION, "upgrade")
+}
+
+/// Is `req` an HTTP/2 WebSocket opening handshake (RFC 8441): an extended
+/// `CONNECT` with `:protocol` `websocket`? Other protocols are not claimed.
+pub(crate) fn is_http2_handshake<B>(req: &Request<B>) -> bool {
+    #[cfg(feature = "http2")]
+    {
+        req.method() == Method::CONNECT
+            && req.version() == Version::HTTP_2
+            && req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+    }
+    #[cfg(not(feature = "http2"))]
+    {
+        let _ = req;
+        false
+    }
 }
 
 /// Does any `name` header hold `token` in its comma-separated list?
@@ -60,6 +84,16 @@ impl Invalid {
             Invalid::UnsupportedVersion => "Sec-WebSocket-Version must be 13",
             Invalid::UnexpectedBody => "a WebSocket handshake must not have a body",
         }
+    }
+}
+
+/// Check the headers of an HTTP/2 handshake (RFC 8441 §5: no key, no
+/// accept; the version is still 13).
+pub(crate) fn validate_http2(headers: &HeaderMap) -> Result<(), Invalid> {
+    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => Ok(()),
+        _ => Err(Invalid::UnsupportedVersion),
     }
 }
 
@@ -124,6 +158,36 @@ mod tests {
             assert!(
                 is_handshake(&request(connection, upgrade)),
                 "{connection} / {upgrade}"
+            );
+        }
+    }
+
+    #[cfg(feature = "http2")]
+    #[test]
+    fn http2_extended_connect_is_detected_for_websocket_only() {
+        let connect = |protocol: Option<&'static str>, version: Version| {
+            let mut req = Request::connect("http://a/chat").body(()).unwrap();
+            *req.version_mut() = version;
+            if let Some(p) = protocol {
+                req.extensions_mut()
+                    .insert(hyper::ext::Protocol::from_static(p));
+            }
+            req
+        };
+        assert!(is_handshake(&connect(Some("websocket"), Version::HTTP_2)));
+        assert!(is_handshake(&connect(Some("WebSocket"), Version::HTTP_2)));
+        assert!(!is_handshake(&connect(
+            Some("connect-udp"),
+            Version::HTTP_2
+        )));
+        assert!(!is_handshake(&connect(None, Version::HTTP_2)));
+        assert!(!is_handshake(&connect(Some("websocket"), Version::HTTP_11)));
+        let ok = headers(&[("sec-websocket-version", "13")]);
+        assert_eq!(validate_http2(&ok), Ok(()));
+        for bad in [&[][..], &[("sec-websocket-version", "8")]] {
+            assert_eq!(
+                validate_http2(&headers(bad)),
+                Err(Invalid::UnsupportedVersion)
             );
         }
     }

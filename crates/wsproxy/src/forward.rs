@@ -50,6 +50,22 @@ use ipnet::IpNet;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// Marks a request that arrived over TLS, so that forwarding headers say
+/// `https` (`X-Forwarded-Proto`, `Forwarded: proto=`).
+///
+/// The server inserts it on TLS connections: only it knows. Without it the
+/// proxy says `http`, whatever the request claims (an HTTP/2 client's
+/// `:scheme` is its own word, not the connection's).
+///
+/// ```
+/// use wsproxy::ClientTls;
+///
+/// let mut req = http::Request::new(());
+/// req.extensions_mut().insert(ClientTls);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientTls;
+
 /// The `Host` header sent to the backend.
 ///
 /// The default, [`HostHeader::Upstream`], is what nginx does

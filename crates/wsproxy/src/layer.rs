@@ -175,10 +175,42 @@ impl WebSocketProxyLayer {
         self
     }
 
-    /// Time allowed for the TCP connect to the backend (default: 5 s);
-    /// exceeding it answers `504 Gateway Timeout`.
+    /// Time allowed for the TCP connect to the backend, TLS handshake
+    /// included for a `wss://` one (default: 5 s); exceeding it answers
+    /// `504 Gateway Timeout`.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// How the proxy talks TLS to `wss://` backends: sets
+    /// [`Backends::tls`] on this layer's backend set, for handshakes and
+    /// health probes (default: [`BackendTls::new`](crate::tls::BackendTls::new),
+    /// Mozilla's roots). See [`tls`](crate::tls).
+    ///
+    /// ```
+    /// use wsproxy::tls::BackendTls;
+    /// use wsproxy::WebSocketProxyLayer;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let dir = std::env::temp_dir().join(format!("wsproxy-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let ca_path = dir.join("internal-ca.pem");
+    /// # let ca_key = rcgen::KeyPair::generate()?;
+    /// # let mut ca = rcgen::CertificateParams::new(Vec::new())?;
+    /// # ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    /// # std::fs::write(&ca_path, ca.self_signed(&ca_key)?.pem())?;
+    /// let layer = WebSocketProxyLayer::new("wss://chat.internal/ws".parse()?)
+    ///     .backend_tls(BackendTls::new().add_ca_pem_file(&ca_path)?);
+    /// # drop(layer);
+    /// # std::fs::remove_dir_all(&dir)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn backend_tls(self, tls: crate::tls::BackendTls) -> Self {
+        self.config.backends.state.tls.set(tls);
         self
     }
 

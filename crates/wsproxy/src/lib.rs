@@ -31,11 +31,14 @@
 //!
 //! 1. **Detect.** An HTTP/1.1 `GET` with `Upgrade: websocket` and
 //!    `Connection: upgrade` (tokens compared case-insensitively in
-//!    comma-separated lists) that the [`Route`] matches is claimed.
-//!    Anything else — plain requests, `Upgrade: h2c`, `Upgrade: websocket`
-//!    on a `POST` — goes to the inner service untouched.
+//!    comma-separated lists), or an HTTP/2 extended `CONNECT` with
+//!    `:protocol` `websocket` (RFC 8441, feature `http2`, on by default),
+//!    that the [`Route`] matches is claimed. Anything else — plain
+//!    requests, `Upgrade: h2c`, `Upgrade: websocket` on a `POST`, other
+//!    `:protocol`s — goes to the inner service untouched.
 //! 2. **Validate.** A missing or malformed `Sec-WebSocket-Key` (or a
-//!    handshake with a body) is answered `400`; a `Sec-WebSocket-Version`
+//!    handshake with a body) is answered `400` (HTTP/2 handshakes carry no
+//!    key); a `Sec-WebSocket-Version`
 //!    other than 13 is answered `426` with `Sec-WebSocket-Version: 13`.
 //!    Nothing reaches a backend. While [shutting down](Tunnels::shutdown),
 //!    handshakes are answered `503`.
@@ -47,7 +50,8 @@
 //!    [balancing strategy](balance) picks a backend among the healthy
 //!    ones of a live [`Backends`](balance::Backends) set (`503` when none
 //!    is usable); a connect failure moves on to the next one.
-//! 3. **Connect and hand-shake.** TCP connect within the
+//! 3. **Connect and hand-shake.** TCP connect (plus TLS for `wss://`
+//!    backends, feature `tls`, see `tls`) within the
 //!    [connect timeout](WebSocketProxyLayer::connect_timeout), then the
 //!    upgrade request with the client's end-to-end headers, minus
 //!    hop-by-hop ones, plus [forwarding headers](forward), within the
@@ -63,7 +67,11 @@
 //!      connect or handshake timeout `504`.
 //! 4. **Respond.** `101` to the client with the backend's headers as sent
 //!    (`Sec-WebSocket-Protocol`, `Sec-WebSocket-Extensions`, `Set-Cookie`,
-//!    ...), minus hop-by-hop ones.
+//!    ...), minus hop-by-hop ones. An HTTP/2 client gets `200` instead,
+//!    without `Upgrade`, `Connection` or `Sec-WebSocket-Accept`; its
+//!    backend was sent an ordinary HTTP/1.1 upgrade with a key of the
+//!    proxy's own, whose accept was checked. A backend's refusal is that
+//!    status on the stream.
 //! 5. **Relay.** A task tracked by [`Tunnels`] relays bytes both ways,
 //!    untouched. See [`relay`](crate#relay) below.
 //!
@@ -113,6 +121,21 @@
 //!   `listener.tap_io(|tcp| { let _ = tcp.set_nodelay(true); })`
 //!   (`axum::serve::ListenerExt`); with hyper, call `set_nodelay` after
 //!   `accept`.
+//! - **HTTP/2.** For browsers to open WebSockets over HTTP/2 the server
+//!   must advertise `SETTINGS_ENABLE_CONNECT_PROTOCOL`: `axum::serve` does
+//!   (with axum's `http2` feature); with hyper-util's builder call
+//!   `http2().enable_connect_protocol()` and serve
+//!   `serve_connection_with_upgrades`. Without it, browsers use HTTP/1.1.
+//!   **Windows:** hyper's defaults give a stream and the whole connection
+//!   the same 1 MiB receive window, so one WebSocket whose backend stops
+//!   reading fills the connection's window and stalls the uploads of every
+//!   other stream on it (measured in `tests/tests/h2.rs`). With hyper-util's
+//!   builder set `initial_stream_window_size(256 * 1024)` and
+//!   `initial_connection_window_size(8 * 1024 * 1024)`: a stalled
+//!   WebSocket then holds at most 256 KiB (that is also the most a client
+//!   can make the server hold per stream), and 31 can stall before the
+//!   others feel it. `axum::serve` cannot set them; the `hyper_server`
+//!   example and the gateway do.
 //! - **The client address.** Serve with
 //!   `into_make_service_with_connect_info::<SocketAddr>()` or insert a
 //!   [`ClientAddr`]; see [`forward`] for what happens without one.
@@ -135,6 +158,9 @@ mod relay;
 mod route;
 mod service;
 mod settings;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;
 mod tunnels;
 mod upstream;
 
@@ -151,7 +177,7 @@ pub mod fuzzing {
 }
 
 pub use body::ResponseBody;
-pub use forward::{ClientAddr, HostHeader};
+pub use forward::{ClientAddr, ClientTls, HostHeader};
 pub use future::ResponseFuture;
 pub use layer::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,

@@ -31,16 +31,25 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
     let (mut parts, body) = req.into_parts();
     drop(body);
     let peer = forward::client_addr(&parts.extensions);
+    // Only an RFC 8441 handshake reaches here as a CONNECT.
+    let http2 = parts.method == http::Method::CONNECT;
     let span = tracing::info_span!(
         "tunnel",
         client = %DisplayPeer(peer),
+        http = if http2 { "2" } else { "1.1" },
         route = %config.route,
         upstream = tracing::field::Empty,
         status = tracing::field::Empty,
         client_ip = tracing::field::Empty,
     );
     async move {
-        let key = match detect::validate(&parts.headers) {
+        let validated = if http2 {
+            // The backend speaks HTTP/1.1: it gets a key of the proxy's own.
+            detect::validate_http2(&parts.headers).map(|()| connect::fresh_key())
+        } else {
+            detect::validate(&parts.headers)
+        };
+        let key = match validated {
             Ok(key) => key,
             Err(invalid) => {
                 let status = match invalid {
@@ -104,7 +113,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         // A shutdown may have started while the backend was answering; it
         // promised that no tunnel opens after it, and the client has not
         // seen the 101 yet. Dropping `backend` closes that connection.
-        let Some(guard) = config.tunnels.admit() else {
+        let Some(guard) = config.tunnels.admit(http2) else {
             Span::current().record("status", 503);
             tracing::info!(
                 status = 503,
@@ -112,14 +121,20 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
             );
             return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         };
-        Span::current().record("status", 101);
+        Span::current().record("status", if http2 { 200 } else { 101 });
 
         let (mut head, ()) = head.into_parts();
         forward::remove_hop_by_hop(&mut head.headers);
-        head.headers
-            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        head.headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if http2 {
+            // RFC 8441 §5: a 2xx, and no Upgrade, Connection or Accept.
+            head.status = StatusCode::OK;
+            head.headers.remove(detect::SEC_WEBSOCKET_ACCEPT);
+        } else {
+            head.headers
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            head.headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
         if let Some(cookie) = sticky {
             head.headers.append(header::SET_COOKIE, cookie);
         }
@@ -190,7 +205,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
     }
     .instrument(span)
     .await
-    .inspect_status()
+    .inspect_status(http2)
 }
 
 /// A valid `101` from a backend: its head, the upgraded connection, the
@@ -216,11 +231,12 @@ async fn handshake_backend<B>(
     let backends = &config.backends;
     let deadline = tokio::time::Instant::from_std(started) + config.handshake_timeout;
     let mut tried: Vec<BackendId> = Vec::new();
-    let mut last_failure: Option<Failure> = None;
+    // The failure that sent the handshake on, and the backend it came from.
+    let mut last_failure: Option<(Failure, Upstream)> = None;
     loop {
         let Some((picked, sticky)) = backends.pick(parts, &tried) else {
             return Err(match last_failure {
-                Some(failure) => failed(&failure),
+                Some((failure, _)) => failed(&failure),
                 None => {
                     Span::current().record("status", 503);
                     tracing::warn!(
@@ -233,8 +249,12 @@ async fn handshake_backend<B>(
                 }
             });
         };
+        if let Some((failure, from)) = &last_failure {
+            tracing::warn!(error = %failure, backend = %from, next = %picked.upstream(), "backend failed; trying another");
+            crate::metrics::backend_retry(from);
+        }
         Span::current().record("upstream", tracing::field::display(picked.upstream()));
-        let Some(request) = backend_request(parts, config, peer, picked.upstream()) else {
+        let Some(request) = backend_request(parts, config, peer, picked.upstream(), key) else {
             tracing::info!(
                 status = 400,
                 "handshake refused: request target cannot be mapped to the backend"
@@ -248,6 +268,7 @@ async fn handshake_backend<B>(
         let first_attempt = tried.is_empty();
         let answer = match connect::connect(
             picked.upstream(),
+            &backends.state.tls,
             config.connect_timeout.min(remaining),
         )
         .await
@@ -275,6 +296,19 @@ async fn handshake_backend<B>(
                 if response.status().is_server_error() {
                     backends.failed(&picked);
                 }
+                // To an HTTP/2 client a 2xx means "WebSocket open" (RFC
+                // 8441): a backend's 2xx that is not an upgrade must not
+                // pass as one.
+                if parts.method == http::Method::CONNECT && response.status().is_success() {
+                    Span::current().record("status", 502);
+                    tracing::warn!(
+                        status = 502,
+                        backend_status = response.status().as_u16(),
+                        "backend answered the upgrade with a success that is not 101; \
+                         an HTTP/2 client would take it for an open WebSocket"
+                    );
+                    return Err(refusal(StatusCode::BAD_GATEWAY, "bad gateway"));
+                }
                 Span::current().record("status", response.status().as_u16());
                 tracing::info!(
                     status = response.status().as_u16(),
@@ -296,9 +330,7 @@ async fn handshake_backend<B>(
                 tried.push(picked.id());
                 let time_left = tokio::time::Instant::now() < deadline;
                 if failure.retryable() && tried.len() < backends.config.tries && time_left {
-                    tracing::warn!(error = %failure, backend = %picked.upstream(), "backend failed; trying another");
-                    crate::metrics::backend_retry(picked.upstream());
-                    last_failure = Some(failure);
+                    last_failure = Some((failure, picked.upstream().clone()));
                     continue;
                 }
                 return Err(failed(&failure));
@@ -324,12 +356,17 @@ fn tunnels_drain(config: &Config, picked: &Picked) -> crate::tunnels::Drain {
 
 /// Count a refused handshake in the metrics.
 trait InspectStatus {
-    fn inspect_status(self) -> Self;
+    fn inspect_status(self, http2: bool) -> Self;
 }
 
 impl<B> InspectStatus for Response<B> {
-    fn inspect_status(self) -> Self {
-        if self.status() != StatusCode::SWITCHING_PROTOCOLS {
+    fn inspect_status(self, http2: bool) -> Self {
+        let opened = if http2 {
+            StatusCode::OK
+        } else {
+            StatusCode::SWITCHING_PROTOCOLS
+        };
+        if self.status() != opened {
             crate::metrics::refused(self.status());
         }
         self
@@ -342,6 +379,7 @@ fn backend_request(
     config: &Config,
     peer: Option<SocketAddr>,
     upstream: &Upstream,
+    key: &HeaderValue,
 ) -> Option<Request<Empty<Bytes>>> {
     let path = parts.uri.path();
     let rest = match (config.strip_prefix, config.route.prefix_str()) {
@@ -352,17 +390,31 @@ fn backend_request(
 
     let mut headers = parts.headers.clone();
     forward::remove_hop_by_hop(&mut headers);
-    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let authority = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let host_header = parts.headers.get(header::HOST).cloned();
+    let http2 = parts.version == http::Version::HTTP_2;
+    // HTTP/2: `:authority` wins over a `host` header (RFC 9113 §8.3.1);
+    // HTTP/1.1: the `Host` header, else an absolute-form target's.
+    let client_host = if http2 {
+        authority.or(host_header)
+    } else {
+        host_header.or(authority)
+    };
+    if http2 {
+        // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one
+        // (RFC 9113 §8.2.3).
+        join_cookies(&mut headers);
+    }
     Forwarding {
         peer,
         trusted: &config.trusted_proxies,
         rfc7239: config.forwarded_header,
-        proto: if parts.uri.scheme_str() == Some("https") {
+        // The server knows whether the connection is TLS; the request's
+        // own scheme is the client's claim.
+        proto: if parts.extensions.get::<crate::ClientTls>().is_some() {
             "https"
         } else {
             "http"
@@ -380,11 +432,31 @@ fn backend_request(
     };
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    // The key the answer is checked against: the client's over HTTP/1.1,
+    // the proxy's own for an HTTP/2 client (which sent none).
+    headers.insert(detect::SEC_WEBSOCKET_KEY, key.clone());
 
     let mut request = Request::new(Empty::new());
     *request.uri_mut() = target.parse().ok()?;
     *request.headers_mut() = headers;
     Some(request)
+}
+
+/// Join every `Cookie` field into one, separated by `; `.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// A short plain-text response written by the proxy itself.

@@ -175,7 +175,7 @@ impl Tunnels {
     /// Admit one tunnel unless a shutdown has started. The returned guard
     /// counts the tunnel as open, and keeps `shutdown` from resolving,
     /// until it drops: move it into the relay task.
-    pub(crate) fn admit(&self) -> Option<TunnelGuard> {
+    pub(crate) fn admit(&self, http2: bool) -> Option<TunnelGuard> {
         let _admission = self
             .shared
             .admission
@@ -185,11 +185,14 @@ impl Tunnels {
             return None;
         }
         self.shared.open.fetch_add(1, Ordering::Relaxed);
-        self.shared
+        let mut stats = self
+            .shared
             .stats
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .opened += 1;
+            .unwrap_or_else(PoisonError::into_inner);
+        stats.opened += 1;
+        stats.opened_h2 += u64::from(http2);
+        drop(stats);
         Some(TunnelGuard {
             shared: self.shared.clone(),
             _task: self.shared.tasks.token(),
@@ -289,9 +292,11 @@ impl Drain {
 pub struct TunnelStats {
     /// Tunnels open now.
     pub open: usize,
-    /// Tunnels opened (a `101` sent to the client) since the handle was
-    /// created.
+    /// Tunnels opened (a `101`, or over HTTP/2 a `200`, sent to the
+    /// client) since the handle was created.
     pub opened: u64,
+    /// Of those, the ones whose client spoke HTTP/2 (RFC 8441).
+    pub opened_h2: u64,
     /// Why the ended tunnels ended.
     pub ended: EndCounts,
     /// What clients sent.

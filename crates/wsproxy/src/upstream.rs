@@ -4,10 +4,12 @@ use std::error::Error;
 use std::fmt;
 use std::str::FromStr;
 
-use http::uri::{Authority, Scheme};
+use http::uri::Authority;
 use http::{HeaderValue, Uri};
 
-/// A WebSocket backend: `ws://host[:port][/path][?query]`.
+/// A WebSocket backend: `ws://host[:port][/path][?query]`, or
+/// `wss://host[:port][/path][?query]` reached over TLS (feature `tls`;
+/// see the `wsproxy::tls` module).
 ///
 /// The request path is appended to the upstream's path (after optional
 /// prefix stripping, see
@@ -21,6 +23,7 @@ use http::{HeaderValue, Uri};
 ///
 /// let upstream: Upstream = "ws://127.0.0.1:9001/base".parse().unwrap();
 /// assert_eq!(upstream.authority(), "127.0.0.1:9001");
+/// assert!(!upstream.is_tls());
 /// assert!("http://127.0.0.1:9001".parse::<Upstream>().is_err());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +33,7 @@ pub struct Upstream {
     authority: Authority,
     path: String,
     query: Option<String>,
+    tls: bool,
 }
 
 impl Upstream {
@@ -38,9 +42,15 @@ impl Upstream {
         &self.host
     }
 
-    /// The TCP port (80 when the URL has none).
+    /// The TCP port (when the URL has none: 80 for `ws://`, 443 for
+    /// `wss://`).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether it is a `wss://` backend, reached over TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// The authority as written in the URL, the default `Host` sent to it.
@@ -88,7 +98,8 @@ impl Upstream {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ws://{}{}", self.authority, self.path)?;
+        let scheme = if self.tls { "wss" } else { "ws" };
+        write!(f, "{scheme}://{}{}", self.authority, self.path)?;
         if let Some(query) = &self.query {
             write!(f, "?{query}")?;
         }
@@ -103,17 +114,24 @@ impl FromStr for Upstream {
         let uri: Uri = s
             .parse()
             .map_err(|_| InvalidUpstream::new(s, "not a URL"))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
+        let tls = match uri.scheme_str() {
+            Some("ws") => false,
+            #[cfg(feature = "tls")]
+            Some("wss") => true,
+            #[cfg(not(feature = "tls"))]
             Some("wss") => {
                 return Err(InvalidUpstream::new(
                     s,
-                    "wss:// backends are not supported yet",
+                    "wss:// backends need the `tls` feature",
                 ));
             }
-            _ => return Err(InvalidUpstream::new(s, "the scheme must be ws://")),
-        }
-        debug_assert_ne!(uri.scheme(), Some(&Scheme::HTTPS));
+            _ => {
+                return Err(InvalidUpstream::new(
+                    s,
+                    "the scheme must be ws:// or wss://",
+                ));
+            }
+        };
         let authority = uri
             .authority()
             .cloned()
@@ -130,10 +148,11 @@ impl FromStr for Upstream {
         }
         Ok(Self {
             host: host.to_owned(),
-            port: authority.port_u16().unwrap_or(80),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             path: uri.path().to_owned(),
             query: uri.query().map(str::to_owned),
             authority,
+            tls,
         })
     }
 }
@@ -186,9 +205,10 @@ mod tests {
             ("::1", 9000, "[::1]:9000")
         );
         assert_eq!(up("ws://example.com").port(), 80);
+        assert!(!up("ws://example.com").is_tls());
         for bad in [
             "http://a",
-            "wss://a",
+            "https://a",
             "a:1",
             "ws://u@a/",
             "ws:///x",
@@ -196,6 +216,30 @@ mod tests {
         ] {
             assert!(bad.parse::<Upstream>().is_err(), "{bad}");
         }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn parses_wss() {
+        let u = up("wss://example.com/base?k=v");
+        assert!(u.is_tls());
+        assert_eq!((u.host(), u.port()), ("example.com", 443));
+        assert_eq!(u.authority(), "example.com");
+        assert_eq!(u.to_string(), "wss://example.com/base?k=v");
+        let u = up("wss://[::1]:8443");
+        assert_eq!((u.host(), u.port(), u.is_tls()), ("::1", 8443, true));
+        // Not the same backend as the plain one on the same port.
+        assert_ne!(up("wss://a:443"), up("ws://a:443"));
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn wss_needs_the_tls_feature() {
+        let error = "wss://a".parse::<Upstream>().unwrap_err().to_string();
+        assert!(
+            error.contains("wss:// backends need the `tls` feature"),
+            "{error}"
+        );
     }
 
     #[test]

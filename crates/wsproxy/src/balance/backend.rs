@@ -117,7 +117,8 @@ impl Service<Request<Empty<Bytes>>> for Backend {
     }
 
     /// Connect and hand-shake within [`DEFAULT_CONNECT_TIMEOUT`] and
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]. The answer's `Sec-WebSocket-Accept`
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (a `wss://` backend with the default
+    /// TLS settings, `BackendTls::new()`). The answer's `Sec-WebSocket-Accept`
     /// is checked against the request's `Sec-WebSocket-Key` (a fresh one
     /// is added when it has none); `Upgrade`, `Connection` and
     /// `Sec-WebSocket-Version` are added when missing.
@@ -125,7 +126,12 @@ impl Service<Request<Empty<Bytes>>> for Backend {
         let upstream = self.upstream.clone();
         Box::pin(async move {
             let key = connect::complete_upgrade_request(&mut request, &upstream);
-            let stream = connect::connect(&upstream, DEFAULT_CONNECT_TIMEOUT).await?;
+            let stream = connect::connect(
+                &upstream,
+                &connect::SetTls::default(),
+                DEFAULT_CONNECT_TIMEOUT,
+            )
+            .await?;
             connect::handshake(
                 stream,
                 request,

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::set::Member;
 use crate::Upstream;
-use crate::connect::{self, Answer};
+use crate::connect::{self, Answer, BackendStream, SetTls};
 
 /// Passive health checking, from the handshakes themselves (nginx's
 /// `max_fails` and `fail_timeout`).
@@ -27,6 +27,7 @@ use crate::connect::{self, Answer};
 /// `fail_timeout` do not add up; successes in between do not clear them.
 /// When every backend is skipped this way, they are all tried anyway
 /// (nginx resets its counts then) rather than refusing the handshake. A failure is a refused or timed-out connect, a
+/// failed TLS handshake with a `wss://` backend, a
 /// handshake that times out or breaks, a `5xx` answer, or a `101` that is
 /// not a valid WebSocket upgrade. An answer the backend chose — `401`,
 /// `403`, `404` and other non-`5xx` refusals — is not a failure, and a
@@ -185,7 +186,8 @@ enum ProbeKind {
 }
 
 impl Probe {
-    /// A TCP connect to the backend's address.
+    /// A TCP connect to the backend's address (and the TLS handshake, for
+    /// a `wss://` backend).
     pub fn tcp() -> Self {
         Self {
             kind: ProbeKind::Tcp,
@@ -219,10 +221,16 @@ impl Probe {
         self
     }
 
-    /// Probe `upstream` once; the error says why it failed.
-    pub(crate) async fn run(&self, upstream: &Upstream, timeout: Duration) -> Result<(), String> {
+    /// Probe `upstream` once (over TLS with `tls` for a `wss://` one); the
+    /// error says why it failed.
+    pub(crate) async fn run(
+        &self,
+        upstream: &Upstream,
+        tls: &SetTls,
+        timeout: Duration,
+    ) -> Result<(), String> {
         let attempt = async {
-            let stream = connect::connect(upstream, timeout)
+            let stream = connect::connect(upstream, tls, timeout)
                 .await
                 .map_err(|e| e.to_string())?;
             match &self.kind {
@@ -269,7 +277,7 @@ impl Probe {
 
 /// `GET path` over `stream`; the answer's status.
 async fn http_get(
-    stream: tokio::net::TcpStream,
+    stream: BackendStream,
     upstream: &Upstream,
     path: &str,
 ) -> Result<StatusCode, String> {
@@ -325,6 +333,7 @@ fn close_going_away() -> [u8; 8] {
 pub(crate) async fn probe_loop(
     member: Arc<Member>,
     health: ActiveHealth,
+    tls: SetTls,
     close_when_down: Option<Duration>,
     stopped: CancellationToken,
 ) {
@@ -339,7 +348,7 @@ pub(crate) async fn probe_loop(
         }
         next += health.interval;
         let result = tokio::select! {
-            result = health.probe.run(&upstream, health.timeout) => result,
+            result = health.probe.run(&upstream, &tls, health.timeout) => result,
             () = stopped.cancelled() => return,
             () = member.removed.cancelled() => return,
         };

@@ -45,8 +45,9 @@
 //!
 //! # Retries
 //!
-//! A connect that is refused or times out, or a backend that closes or
-//! breaks the exchange before answering, moves the handshake on to the
+//! A connect that is refused or times out, a failed TLS handshake with a
+//! `wss://` backend, or a backend that closes or breaks the exchange
+//! before answering, moves the handshake on to the
 //! next candidate (the strategy picks again without the ones tried), up to
 //! [`tries`](Backends::tries) and within the
 //! [handshake timeout](crate::WebSocketProxyLayer::handshake_timeout),

@@ -15,6 +15,7 @@ use super::health::{self, ActiveHealth, PassiveHealth};
 use super::strategy::{Candidate, RoundRobin, Strategy};
 use super::{Backend, BackendId};
 use crate::Upstream;
+use crate::connect::SetTls;
 use crate::tunnels::CloseSignal;
 
 /// A live set of backends for one route, and how one is chosen for each
@@ -111,6 +112,8 @@ pub(crate) struct SetState {
     /// Whether the probes of the members have been started (they need a
     /// runtime, which a set built outside one gets at its first use).
     probing: AtomicBool,
+    /// TLS toward its `wss://` backends, for handshakes and probes alike.
+    pub(crate) tls: SetTls,
 }
 
 impl Drop for SetState {
@@ -360,6 +363,7 @@ impl Backends {
                 members: RwLock::new(members.into()),
                 stopped: CancellationToken::new(),
                 probing: AtomicBool::new(false),
+                tls: SetTls::default(),
             }),
         }
     }
@@ -450,6 +454,35 @@ impl Backends {
         if let Some(sticky) = &mut self.config().sticky {
             sticky.secret = twox_hash::XxHash64::oneshot(0x5713_c00c, secret.as_ref());
         }
+        self
+    }
+
+    /// How the proxy talks TLS to the `wss://` backends of the set, in
+    /// handshakes and [health probes](Self::active_health) (default:
+    /// [`BackendTls::new`](crate::tls::BackendTls::new): Mozilla's roots,
+    /// the URL's host as the name, no client certificate). See
+    /// [`tls`](crate::tls).
+    ///
+    /// Unlike the other settings, this one belongs to the backends, not to
+    /// a handle: every clone of the set, before or after, uses it, as do
+    /// the probes already running.
+    ///
+    /// ```
+    /// use wsproxy::balance::Backends;
+    /// use wsproxy::tls::BackendTls;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Backends reached by address, whose certificates name the service.
+    /// let backends = Backends::new(["wss://10.0.0.1".parse()?, "wss://10.0.0.2".parse()?])
+    ///     .tls(BackendTls::new().server_name("chat.example.com")?);
+    /// # drop(backends);
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    pub fn tls(self, tls: crate::tls::BackendTls) -> Self {
+        self.state.tls.set(tls);
         self
     }
 
@@ -643,6 +676,7 @@ impl Backends {
                 runtime.spawn(health::probe_loop(
                     member.clone(),
                     active.clone(),
+                    self.state.tls.clone(),
                     self.config.close_when_down,
                     self.state.stopped.clone(),
                 ));

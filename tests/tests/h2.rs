@@ -1,0 +1,356 @@
+//! WebSockets over HTTP/2 (RFC 8441): a hyper HTTP/2 client does extended
+//! `CONNECT` (h2c with prior knowledge) through the layer to an HTTP/1.1
+//! tokio-tungstenite backend.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Method, Request, StatusCode, Version};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper::ext::Protocol;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
+use wsproxy_e2e::*;
+
+/// An HTTP/2 connection (prior knowledge, no TLS) to `proxy`.
+async fn h2(proxy: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// An extended CONNECT for a WebSocket on `path`.
+fn connect_request(
+    proxy: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Request<Empty<Bytes>> {
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .version(Version::HTTP_2)
+        .uri(format!("http://{proxy}{path}"))
+        .header("sec-websocket-version", "13");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Empty::new()).unwrap();
+    request
+        .extensions_mut()
+        .insert(Protocol::from_static("websocket"));
+    request
+}
+
+type H2Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Open a WebSocket over `sender`; the response head and the socket.
+async fn open(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    request: Request<Empty<Bytes>>,
+) -> (http::response::Parts, H2Socket) {
+    // Extended CONNECT may only be sent once the server's SETTINGS
+    // allowed it.
+    within("the connection to be ready", sender.ready())
+        .await
+        .unwrap();
+    let response = within("an answer", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "{response:?}");
+    let (parts, body) = response.into_parts();
+    let mut response = http::Response::from_parts(parts.clone(), body);
+    let upgraded = within("the stream", hyper::upgrade::on(&mut response))
+        .await
+        .unwrap();
+    let ws =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, Some(big())).await;
+    (parts, ws)
+}
+
+async fn proxy_over(layer: WebSocketProxyLayer) -> (SocketAddr, Tunnels) {
+    let tunnels = layer.tunnels_handle().clone();
+    let app = axum::Router::new()
+        .route("/plain", axum::routing::get(|| async { "plain over h2" }))
+        .layer(layer);
+    (serve(app).await, tunnels)
+}
+
+#[tokio::test]
+async fn an_h2_websocket_reaches_an_http1_backend_and_echoes() {
+    let backend = Backend::with(BackendOptions {
+        protocol: Some("chat"),
+        headers: vec![("set-cookie", "seen=1")],
+    })
+    .await;
+    let layer = WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
+        .route(Route::prefix("/ws"));
+    let (proxy, tunnels) = proxy_over(layer).await;
+    let mut sender = h2(proxy).await;
+    let request = connect_request(
+        proxy,
+        "/ws/room?id=7",
+        &[
+            ("sec-websocket-protocol", "superchat, chat"),
+            ("origin", "https://app.example"),
+        ],
+    );
+    let (head, mut ws) = open(&mut sender, request).await;
+    // 200, never 101; no Upgrade, Connection or Accept on HTTP/2; the
+    // backend's subprotocol and cookie come through.
+    for absent in ["upgrade", "connection", "sec-websocket-accept"] {
+        assert!(!head.headers.contains_key(absent), "{absent}: {head:?}");
+    }
+    assert_eq!(head.headers["sec-websocket-protocol"], "chat");
+    assert_eq!(head.headers["set-cookie"], "seen=1");
+
+    echo(&mut ws, Message::text("hello over h2")).await;
+    echo(&mut ws, Message::binary(vec![7u8; 70_000])).await;
+    // The backend got a real HTTP/1.1 handshake with a key of its own.
+    let seen = backend.last_headers();
+    assert_eq!(backend.last_uri(), "/ws/room?id=7");
+    assert_eq!(seen["upgrade"], "websocket");
+    assert_eq!(seen["sec-websocket-version"], "13");
+    assert_eq!(seen["sec-websocket-key"].len(), 24);
+    assert_eq!(seen["host"], backend.addr.to_string().as_str());
+    assert_eq!(seen["origin"], "https://app.example");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+
+    ws.close(Some(CloseFrame {
+        code: 4000.into(),
+        reason: "client bye".into(),
+    }))
+    .await
+    .unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, ws.next()).await {}
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    let stats = tunnels.stats();
+    assert_eq!((stats.opened, stats.opened_h2), (1, 1));
+    assert_eq!(stats.client.close_codes.get(&4000), Some(&1));
+    // Plain requests on the same HTTP/2 connection still reach the app.
+    let plain = Request::get(format!("http://{proxy}/plain"))
+        .version(Version::HTTP_2)
+        .body(Empty::new())
+        .unwrap();
+    let response = sender.send_request(plain).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn close_codes_and_a_16_mib_message_cross_over_h2() {
+    let backend = Backend::start().await;
+    let (proxy, _) = proxy_over(WebSocketProxyLayer::new(
+        format!("ws://{}", backend.addr).parse().unwrap(),
+    ))
+    .await;
+    let mut sender = h2(proxy).await;
+    let (_, mut ws) = open(&mut sender, connect_request(proxy, "/", &[])).await;
+    let big_message: Vec<u8> = (0..16 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    echo(&mut ws, Message::binary(big_message)).await;
+    // The backend closes with 4001: the client sees it.
+    ws.send(Message::text("server-close")).await.unwrap();
+    let close = within("the backend's close", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(4001));
+}
+
+#[tokio::test]
+async fn refusals_are_statuses_on_the_h2_stream() {
+    // The backend's own answer: relayed as that status.
+    let refusing = RawBackend::start("HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno").await;
+    let (proxy, tunnels) = proxy_over(WebSocketProxyLayer::new(
+        format!("ws://{}", refusing.addr).parse().unwrap(),
+    ))
+    .await;
+    let mut sender = h2(proxy).await;
+    sender.ready().await.unwrap();
+    let response = sender
+        .send_request(connect_request(proxy, "/", &[]))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // A version other than 13: 426 before any backend.
+    let mut bad = connect_request(proxy, "/", &[]);
+    bad.headers_mut()
+        .insert("sec-websocket-version", "8".parse().unwrap());
+    let response = sender.send_request(bad).await.unwrap();
+    assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(response.headers()["sec-websocket-version"], "13");
+    assert_eq!(refusing.connections(), 1);
+    // Another :protocol is not claimed: the app answers it.
+    let mut other = connect_request(proxy, "/", &[]);
+    other
+        .extensions_mut()
+        .insert(Protocol::from_static("connect-udp"));
+    let response = sender.send_request(other).await.unwrap();
+    assert_ne!(response.status(), StatusCode::OK);
+    assert_eq!(refusing.connections(), 1, "nothing reached the backend");
+    assert_eq!(tunnels.stats().opened, 0);
+
+    // A backend's 200 (not an upgrade) must not reach an HTTP/2 client as
+    // a 200, which would mean "WebSocket open": 502.
+    let ok_page = RawBackend::start("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi").await;
+    let (proxy, tunnels) = proxy_over(WebSocketProxyLayer::new(
+        format!("ws://{}", ok_page.addr).parse().unwrap(),
+    ))
+    .await;
+    let mut sender = h2(proxy).await;
+    sender.ready().await.unwrap();
+    let response = sender
+        .send_request(connect_request(proxy, "/", &[]))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(tunnels.stats().opened, 0);
+}
+
+/// A backend that completes the handshake and then never reads.
+async fn stalled_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let head = read_request_head(&mut stream).await;
+            stream
+                .write_all(switching_protocols(&head).as_bytes())
+                .await
+                .unwrap();
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// Serve `app` with hyper-util's builder, HTTP/1.1 and HTTP/2, with the
+/// windows the crate docs recommend (stream 256 KiB, connection 8 MiB)
+/// and extended CONNECT enabled.
+async fn serve_h2(app: axum::Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let _ = tcp.set_nodelay(true);
+            let service = tower::ServiceBuilder::new()
+                .map_request(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(wsproxy::ClientAddr(peer));
+                    req
+                })
+                .service(app.clone());
+            tokio::spawn(async move {
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http2()
+                    .enable_connect_protocol()
+                    .initial_stream_window_size(256 * 1024)
+                    .initial_connection_window_size(8 * 1024 * 1024);
+                let _ = builder
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(tcp),
+                        hyper_util::service::TowerToHyperService::new(service),
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_stalled_stream_does_not_stall_its_neighbours_and_is_not_buffered() {
+    let stalled = stalled_backend().await;
+    let echo_backend = Backend::start().await;
+    let layer_stalled = WebSocketProxyLayer::new(format!("ws://{stalled}").parse().unwrap())
+        .route(Route::prefix("/stalled"));
+    let layer_echo =
+        WebSocketProxyLayer::new(format!("ws://{}", echo_backend.addr).parse().unwrap())
+            .route(Route::prefix("/echo"));
+    let app = axum::Router::new().layer(layer_stalled).layer(layer_echo);
+    // With hyper's defaults (1 MiB for a stream and for the whole
+    // connection), one stalled upload fills the connection's window and
+    // every other upload on it stops: see "Serving" in the crate docs.
+    let proxy = serve_h2(app).await;
+    let mut sender = h2(proxy).await;
+
+    // Stream A: 64 MiB toward a backend that reads nothing.
+    let (_, mut a) = open(&mut sender, connect_request(proxy, "/stalled", &[])).await;
+    let writer = tokio::spawn(async move {
+        let chunk = Message::binary(vec![1u8; 1024 * 1024]);
+        for _ in 0..64 {
+            a.send(chunk.clone()).await.unwrap();
+        }
+    });
+    // Give A time to fill every window and buffer on its way.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Stream B on the same connection still echoes, promptly.
+    let (_, mut b) = open(&mut sender, connect_request(proxy, "/echo", &[])).await;
+    for i in 0..20 {
+        echo(&mut b, Message::text(format!("still flowing {i}"))).await;
+    }
+    echo(&mut b, Message::binary(vec![2u8; 1024 * 1024])).await;
+    // A is held back by flow control, not taken into memory: its 64 MiB
+    // have not all been accepted.
+    assert!(!writer.is_finished(), "64 MiB were buffered somewhere");
+    writer.abort();
+}
+
+/// Open a WebSocket over h2 to a raw backend; the HTTP/1.1 head it
+/// received, lower-cased.
+async fn backend_head(uri: impl Fn(SocketAddr) -> String, headers: &[(&str, &str)]) -> String {
+    let raw = RawBackend::start(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept}\r\n\r\n",
+    )
+    .await;
+    let (proxy, _) = proxy_over(WebSocketProxyLayer::new(
+        format!("ws://{}", raw.addr).parse().unwrap(),
+    ))
+    .await;
+    let mut sender = h2(proxy).await;
+    let mut request = connect_request(proxy, "/", headers);
+    *request.uri_mut() = uri(proxy).parse().unwrap();
+    let (_, _ws) = open(&mut sender, request).await;
+    raw.received_text(0).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn h2_header_translation_follows_rfc_9113() {
+    // Cookie crumbs are joined into one field for HTTP/1.1 (§8.2.3).
+    let head = backend_head(
+        |p| format!("http://{p}/"),
+        &[("cookie", "a=1"), ("cookie", "session=secret")],
+    )
+    .await;
+    assert_eq!(head.matches("\r\ncookie:").count(), 1, "{head}");
+    assert!(
+        head.contains("\r\ncookie: a=1; session=secret\r\n"),
+        "{head}"
+    );
+    // `:authority` wins over a `host` field (§8.3.1).
+    let head = backend_head(|p| format!("http://{p}/"), &[("host", "evil.example")]).await;
+    assert!(!head.contains("x-forwarded-host: evil.example"), "{head}");
+    assert!(head.contains("x-forwarded-host: 127.0.0.1:"), "{head}");
+    // A plaintext client's `:scheme: https` is only its claim: the
+    // connection was not TLS, so the backend is told `http`.
+    let head = backend_head(|p| format!("https://{p}/"), &[]).await;
+    assert!(head.contains("x-forwarded-proto: http\r\n"), "{head}");
+}

@@ -1,0 +1,477 @@
+//! `wss://` backends: the proxy verifies the backend's certificate against
+//! the configured roots and name, can present a client certificate, offers
+//! ALPN `http/1.1`, and answers `502` with a log line that says why when
+//! TLS fails. Health probes speak TLS the same way. Certificates are made
+//! at run time (rcgen); no key is committed.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::{Acceptor, WebPkiClientVerifier};
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tracing_subscriber::fmt::MakeWriter;
+use wsproxy::WebSocketProxyLayer;
+use wsproxy::balance::{ActiveHealth, Backend, Backends, PassiveHealth, Probe};
+use wsproxy::tls::BackendTls;
+use wsproxy_e2e::{LIMIT, wait_until, within};
+
+// ---------------------------------------------------------------------
+// Certificates.
+// ---------------------------------------------------------------------
+
+/// A CA made for one test.
+struct Ca {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its key, in PEM.
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses).
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    fn roots(&self) -> Arc<RootCertStore> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
+            .unwrap();
+        Arc::new(roots)
+    }
+}
+
+// ---------------------------------------------------------------------
+// A TLS WebSocket echo backend.
+// ---------------------------------------------------------------------
+
+/// What the backend saw of one TLS client hello.
+#[derive(Clone, Debug)]
+struct Hello {
+    sni: Option<String>,
+    /// ALPN protocols offered.
+    alpn: Vec<String>,
+    /// ALPN protocol agreed, after a completed handshake.
+    agreed: Option<String>,
+}
+
+#[derive(Clone)]
+struct TlsBackend {
+    addr: SocketAddr,
+    hellos: Arc<Mutex<Vec<Hello>>>,
+    /// TLS handshakes that failed on the backend's side.
+    tls_failures: Arc<AtomicUsize>,
+    /// WebSocket handshakes completed.
+    sessions: Arc<AtomicUsize>,
+}
+
+impl TlsBackend {
+    /// Serve `leaf`; with `client_ca`, demand a client certificate of it.
+    async fn start(leaf: &Leaf, client_ca: Option<&Ca>) -> Self {
+        let provider = Arc::new(ring::default_provider());
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            Some(ca) => builder.with_client_cert_verifier(
+                WebPkiClientVerifier::builder_with_provider(ca.roots(), provider)
+                    .build()
+                    .unwrap(),
+            ),
+            None => builder.with_no_client_auth(),
+        };
+        let chain = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+        let mut config = builder.with_single_cert(chain, key).unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Self {
+            addr: listener.local_addr().unwrap(),
+            hellos: Arc::default(),
+            tls_failures: Arc::default(),
+            sessions: Arc::default(),
+        };
+        let this = backend.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(this.clone().serve(tcp, config.clone()));
+            }
+        });
+        backend
+    }
+
+    async fn serve(self, tcp: tokio::net::TcpStream, config: Arc<ServerConfig>) {
+        let Ok(start) = LazyConfigAcceptor::new(Acceptor::default(), tcp).await else {
+            self.tls_failures.fetch_add(1, Ordering::SeqCst);
+            return;
+        };
+        let hello = start.client_hello();
+        let seen = Hello {
+            sni: hello.server_name().map(str::to_owned),
+            alpn: hello
+                .alpn()
+                .into_iter()
+                .flatten()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .collect(),
+            agreed: None,
+        };
+        // Recorded before the backend answers: the proxy cannot have
+        // given up on it yet.
+        let index = {
+            let mut hellos = self.hellos.lock().unwrap();
+            hellos.push(seen);
+            hellos.len() - 1
+        };
+        let Ok(tls) = start.into_stream(config).await else {
+            self.tls_failures.fetch_add(1, Ordering::SeqCst);
+            return;
+        };
+        self.hellos.lock().unwrap()[index].agreed = tls
+            .get_ref()
+            .1
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+            // TLS 1.3: a missing client certificate shows here.
+            self.tls_failures.fetch_add(1, Ordering::SeqCst);
+            return;
+        };
+        self.sessions.fetch_add(1, Ordering::SeqCst);
+        while let Some(Ok(message)) = ws.next().await {
+            if message.is_text() || message.is_binary() {
+                if ws.send(message).await.is_err() {
+                    break;
+                }
+            } else if message.is_close() {
+                break;
+            }
+        }
+    }
+
+    fn url(&self, host: &str) -> String {
+        format!("wss://{host}:{}/", self.addr.port())
+    }
+
+    fn last_hello(&self) -> Hello {
+        self.hellos
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no client hello")
+    }
+}
+
+// ---------------------------------------------------------------------
+// The proxy, a client, captured logs.
+// ---------------------------------------------------------------------
+
+/// A proxy to `url` with `tls` (none: the defaults).
+async fn proxy(url: &str, tls: Option<BackendTls>) -> SocketAddr {
+    let mut layer = WebSocketProxyLayer::new(url.parse().unwrap());
+    if let Some(tls) = tls {
+        layer = layer.backend_tls(tls);
+    }
+    wsproxy_e2e::proxy_with(layer).await.0
+}
+
+/// Open a WebSocket through the proxy and echo one message; the status
+/// of a refused handshake otherwise.
+async fn echo_through(proxy: SocketAddr) -> Result<(), u16> {
+    let connect = tokio_tungstenite::connect_async(format!("ws://{proxy}/echo"));
+    let mut ws = match within("the handshake", connect).await {
+        Ok((ws, _)) => ws,
+        Err(tungstenite::Error::Http(response)) => return Err(response.status().as_u16()),
+        Err(e) => panic!("handshake: {e}"),
+    };
+    ws.send(Message::text("over TLS")).await.unwrap();
+    let echo = within("the echo", ws.next()).await.unwrap().unwrap();
+    assert_eq!(echo, Message::text("over TLS"));
+    ws.close(None).await.unwrap();
+    Ok(())
+}
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl Captured {
+    /// This thread's log lines until the guard drops (the tests run on a
+    /// current-thread runtime, so the proxy's tasks log here).
+    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Self::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        (
+            captured.clone(),
+            tracing::subscriber::set_default(subscriber),
+        )
+    }
+
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The WARN line of the failed backend handshake.
+    fn failure_line(&self) -> String {
+        self.lines()
+            .into_iter()
+            .find(|l| l.contains("WARN") && l.contains("wsproxy::proxy: backend handshake failed"))
+            .unwrap_or_else(|| panic!("no failure logged: {:#?}", self.lines()))
+    }
+}
+
+// ---------------------------------------------------------------------
+// Tests.
+// ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_wss_backend_with_its_ca_added_echoes_and_was_offered_http_1_1_only() {
+    let ca = Ca::new("test CA");
+    let backend = TlsBackend::start(&ca.leaf(&["localhost"]), None).await;
+    let tls = BackendTls::new().add_ca_pem(&ca.pem).unwrap();
+    let proxy = proxy(&backend.url("localhost"), Some(tls)).await;
+
+    assert_eq!(echo_through(proxy).await, Ok(()));
+    let hello = backend.last_hello();
+    // The backend offers h2 too; the proxy offered HTTP/1.1 alone.
+    assert_eq!(hello.alpn, ["http/1.1"]);
+    assert_eq!(hello.agreed.as_deref(), Some("http/1.1"));
+    // SNI is the URL's host.
+    assert_eq!(hello.sni.as_deref(), Some("localhost"));
+    assert_eq!(backend.sessions.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_ca_is_a_502_and_a_warning_that_says_why() {
+    let (log, _guard) = Captured::start();
+    let ca = Ca::new("test CA");
+    let backend = TlsBackend::start(&ca.leaf(&["localhost"]), None).await;
+
+    // Another CA than the backend's.
+    let other = BackendTls::empty()
+        .add_ca_pem(&Ca::new("other CA").pem)
+        .unwrap();
+    let proxy_other = proxy(&backend.url("localhost"), Some(other)).await;
+    assert_eq!(echo_through(proxy_other).await, Err(502));
+    let line = log.failure_line();
+    assert!(line.contains("status=502"), "{line}");
+    assert!(
+        line.contains("TLS with the backend failed: invalid peer certificate: UnknownIssuer"),
+        "{line}"
+    );
+    assert!(line.contains(&backend.url("localhost")), "{line}");
+
+    // The defaults (Mozilla's roots) do not know a private CA either.
+    let proxy_default = proxy(&backend.url("localhost"), None).await;
+    assert_eq!(echo_through(proxy_default).await, Err(502));
+    assert_eq!(backend.sessions.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_certificate_for_another_name_is_a_502_unless_that_name_is_set() {
+    let (log, _guard) = Captured::start();
+    let ca = Ca::new("test CA");
+    let backend = TlsBackend::start(&ca.leaf(&["chat.internal"]), None).await;
+    let tls = BackendTls::empty().add_ca_pem(&ca.pem).unwrap();
+
+    let by_host = proxy(&backend.url("localhost"), Some(tls.clone())).await;
+    assert_eq!(echo_through(by_host).await, Err(502));
+    let line = log.failure_line();
+    assert!(
+        line.contains(r#"invalid peer certificate: certificate not valid for name "localhost""#),
+        "{line}"
+    );
+    assert_eq!(backend.last_hello().sni.as_deref(), Some("localhost"));
+
+    // Reached by address: the certificate does not name 127.0.0.1 either,
+    // and an IP address is not sent as SNI.
+    let by_address = proxy(&backend.url("127.0.0.1"), Some(tls.clone())).await;
+    assert_eq!(echo_through(by_address).await, Err(502));
+    assert_eq!(backend.last_hello().sni, None);
+
+    let named = tls.server_name("chat.internal").unwrap();
+    let by_name = proxy(&backend.url("127.0.0.1"), Some(named)).await;
+    assert_eq!(echo_through(by_name).await, Ok(()));
+    assert_eq!(backend.last_hello().sni.as_deref(), Some("chat.internal"));
+}
+
+#[tokio::test]
+async fn a_backend_that_demands_a_client_certificate_gets_the_configured_one() {
+    let (log, _guard) = Captured::start();
+    let ca = Ca::new("test CA");
+    let clients = Ca::new("client CA");
+    let backend = TlsBackend::start(&ca.leaf(&["localhost"]), Some(&clients)).await;
+    let tls = BackendTls::empty().add_ca_pem(&ca.pem).unwrap();
+
+    let without = proxy(&backend.url("localhost"), Some(tls.clone())).await;
+    assert_eq!(echo_through(without).await, Err(502));
+    let line = log.failure_line();
+    assert!(
+        line.contains("TLS with the backend failed: received fatal alert: CertificateRequired"),
+        "{line}"
+    );
+    let b = backend.clone();
+    assert!(wait_until(LIMIT, || b.tls_failures.load(Ordering::SeqCst) == 1).await);
+
+    // A certificate of another CA is refused too.
+    let stranger = Ca::new("stranger CA").leaf(&["proxy"]);
+    let wrong = tls
+        .clone()
+        .client_cert_pem(&stranger.cert, &stranger.key)
+        .unwrap();
+    let proxy_wrong = proxy(&backend.url("localhost"), Some(wrong)).await;
+    assert_eq!(echo_through(proxy_wrong).await, Err(502));
+
+    let mine = clients.leaf(&["proxy"]);
+    let with = tls.client_cert_pem(&mine.cert, &mine.key).unwrap();
+    let proxy_with = proxy(&backend.url("localhost"), Some(with)).await;
+    assert_eq!(echo_through(proxy_with).await, Ok(()));
+    assert_eq!(backend.sessions.load(Ordering::SeqCst), 1);
+}
+
+/// Probes every 50 ms; one failure marks down, one success up.
+fn probing(url: &str) -> Backends {
+    Backends::new([url.parse::<Backend>().unwrap()])
+        .active_health(
+            ActiveHealth::new(Probe::websocket("/"))
+                .interval(Duration::from_millis(50))
+                .timeout(Duration::from_secs(2))
+                .fall(1)
+                .rise(1),
+        )
+        .passive_health(PassiveHealth::disabled())
+}
+
+fn up(set: &Backends) -> bool {
+    set.status()[0].up
+}
+
+#[tokio::test]
+async fn websocket_probes_speak_tls_with_the_sets_settings() {
+    let ca = Ca::new("test CA");
+    let backend = TlsBackend::start(&ca.leaf(&["localhost"]), None).await;
+    let right = BackendTls::empty().add_ca_pem(&ca.pem).unwrap();
+    let wrong = BackendTls::empty()
+        .add_ca_pem(&Ca::new("other CA").pem)
+        .unwrap();
+
+    // A wrong CA: the probe's TLS handshake fails, the backend goes down.
+    let set = probing(&backend.url("localhost")).tls(wrong);
+    let layer = WebSocketProxyLayer::with_backends(set.clone());
+    let s = set.clone();
+    assert!(wait_until(LIMIT, || !up(&s)).await, "never down");
+    assert_eq!(backend.sessions.load(Ordering::SeqCst), 0);
+    // The right one, set on the running set: probes pass, it comes back.
+    let _ = set.clone().tls(right.clone());
+    assert!(wait_until(LIMIT, || up(&s)).await, "never up");
+    assert!(backend.sessions.load(Ordering::SeqCst) >= 1);
+    assert_eq!(set.status()[0].transitions, 2);
+    drop(layer);
+
+    // Set through the layer after its probes started: they use it.
+    let sessions = backend.sessions.load(Ordering::SeqCst);
+    let set = probing(&backend.url("localhost"));
+    let layer = WebSocketProxyLayer::with_backends(set.clone()).backend_tls(right);
+    let b = backend.clone();
+    assert!(
+        wait_until(LIMIT, || b.sessions.load(Ordering::SeqCst) >= sessions + 3).await,
+        "no probe passed"
+    );
+    assert!(up(&set));
+    assert_eq!(set.status()[0].transitions, 0, "never down");
+    assert_eq!(backend.last_hello().alpn, ["http/1.1"]);
+    drop(layer);
+}
+
+#[tokio::test]
+async fn a_tls_failure_moves_on_to_another_backend_and_counts_against_the_first() {
+    let ca = Ca::new("test CA");
+    // `bad` has a certificate for another name, `good` the right one.
+    let bad = TlsBackend::start(&ca.leaf(&["elsewhere.test"]), None).await;
+    let good = TlsBackend::start(&ca.leaf(&["localhost"]), None).await;
+    let set = Backends::new([
+        bad.url("localhost").parse::<Backend>().unwrap(),
+        good.url("localhost").parse().unwrap(),
+    ])
+    .tls(BackendTls::empty().add_ca_pem(&ca.pem).unwrap());
+    let (proxy, _) = wsproxy_e2e::proxy_with(WebSocketProxyLayer::with_backends(set.clone())).await;
+
+    for _ in 0..4 {
+        assert_eq!(echo_through(proxy).await, Ok(()));
+    }
+    assert_eq!(good.sessions.load(Ordering::SeqCst), 4);
+    assert_eq!(bad.sessions.load(Ordering::SeqCst), 0);
+    // Tried once, then passively down: skipped.
+    assert_eq!(bad.hellos.lock().unwrap().len(), 1);
+    let bad_status = set.status().into_iter().find(|s| !s.up);
+    assert_eq!(
+        bad_status.map(|s| s.upstream.to_string()),
+        Some(bad.url("localhost"))
+    );
+}
