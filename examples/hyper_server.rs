@@ -5,9 +5,13 @@
 //! an embedded backend) or `curl http://127.0.0.1:8080/` (answered by the
 //! service itself).
 //!
-//! A hyper server must serve connections `with_upgrades()` for the proxy
-//! to take over the client's connection, and should insert a
+//! A hyper server must serve connections with upgrades for the proxy to
+//! take over the client's connection, and should insert a
 //! [`wsproxy::ClientAddr`] so forwarding headers carry the client address.
+//! This one speaks HTTP/1.1 and HTTP/2 (prior knowledge, `h2c`) with
+//! extended `CONNECT` enabled, so WebSockets work over both, and sets the
+//! HTTP/2 windows the crate docs recommend ("Serving"): a WebSocket whose
+//! backend stops reading holds 256 KiB, not the whole connection.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,7 +20,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tower::{ServiceBuilder, service_fn};
 use wsproxy::{ClientAddr, Route, WebSocketProxyLayer};
@@ -43,9 +48,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .layer(proxy.clone())
             .service(service_fn(app));
         tokio::spawn(async move {
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                .with_upgrades();
+            let mut builder = Builder::new(TokioExecutor::new());
+            builder
+                .http2()
+                .enable_connect_protocol()
+                .initial_stream_window_size(256 * 1024)
+                .initial_connection_window_size(8 * 1024 * 1024);
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service),
+            );
             if let Err(e) = connection.await {
                 eprintln!("connection from {peer}: {e}");
             }

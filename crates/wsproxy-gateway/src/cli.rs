@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -143,6 +144,42 @@ pub(crate) struct Args {
     /// `worker_processes auto`).
     #[arg(long)]
     pub(crate) workers: Option<usize>,
+
+    /// Serve HTTPS and wss:// with this certificate chain (PEM, leaf
+    /// first); needs --tls-key. HTTP/2 or HTTP/1.1 is chosen by ALPN.
+    /// Without it the gateway serves plain HTTP/1.1, and HTTP/2 to clients
+    /// that start with it (h2c prior knowledge).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+
+    /// Trust only these CAs (PEM) for wss:// backends, instead of
+    /// Mozilla's roots (with --backend-system-roots: as well as the
+    /// system's); repeat for more.
+    #[arg(long = "backend-ca", value_name = "FILE")]
+    pub(crate) backend_cas: Vec<PathBuf>,
+
+    /// Trust the operating system's root certificates for wss:// backends
+    /// instead of Mozilla's (built in).
+    #[arg(long)]
+    pub(crate) backend_system_roots: bool,
+
+    /// Send this name as SNI to wss:// backends and check their
+    /// certificates against it, instead of each URL's host.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) backend_sni: Option<String>,
+
+    /// Present this client certificate (PEM chain) to wss:// backends that
+    /// ask for one (mutual TLS); needs --backend-key.
+    #[arg(long, value_name = "FILE", requires = "backend_key")]
+    pub(crate) backend_cert: Option<PathBuf>,
+
+    /// The private key of --backend-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "backend_cert")]
+    pub(crate) backend_key: Option<PathBuf>,
 
     /// Start embedded echo and chat backends and route /echo and /chat to
     /// them (prefix stripped).

@@ -17,6 +17,18 @@
 //!     --balance least-conn --health-check ws:/ --health-interval 2s
 //! ```
 //!
+//! or terminate TLS, with HTTP/2 or HTTP/1.1 by ALPN (WebSockets from
+//! browsers then arrive as HTTP/2 streams, RFC 8441), toward `wss://`
+//! backends of a private CA:
+//!
+//! ```text
+//! wsgate --tls-cert cert.pem --tls-key key.pem \
+//!     --route /chat=wss://10.0.0.1:9443 --backend-ca internal-ca.pem
+//! ```
+//!
+//! Without TLS the gateway serves HTTP/1.1 and, to clients that start
+//! with it, HTTP/2 (h2c prior knowledge).
+//!
 //! Every route is one `WebSocketProxyLayer` over a `Backends` set; the
 //! layers share one `Tunnels` handle. Plain HTTP gets a status page at `/`
 //! (routes, backends and their health) and `/healthz`. SIGTERM or SIGINT
@@ -28,17 +40,21 @@ mod balance;
 mod cli;
 mod demo;
 mod page;
+mod tls;
 mod workers;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use axum::Router;
 use clap::{CommandFactory, Parser};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 use wsproxy::admit::{AdmitLayer, ConnectionLimit, Key, OriginCheck, RateLimit, ResolveClient};
 use wsproxy::balance::Backends;
+use wsproxy::tls::BackendTls;
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
 use crate::cli::{Args, RouteSpec};
@@ -68,6 +84,21 @@ async fn main() -> ExitCode {
             )
             .exit();
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => match tls::server_config(cert, key) {
+            Ok(config) => Some(config),
+            Err(e) => Args::command()
+                .error(clap::error::ErrorKind::InvalidValue, e)
+                .exit(),
+        },
+        _ => None,
+    };
+    let backend_tls = match tls::backend(&args) {
+        Ok(backend_tls) => backend_tls,
+        Err(e) => Args::command()
+            .error(clap::error::ErrorKind::InvalidValue, e)
+            .exit(),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -75,7 +106,7 @@ async fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    match run(args).await {
+    match run(args, tls, backend_tls).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("wsgate: {e}");
@@ -86,7 +117,11 @@ async fn main() -> ExitCode {
 
 /// Start the demo backends (with `--demo`), bind, serve on every worker
 /// until SIGTERM/SIGINT, then drain the tunnels and stop the demo.
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(
+    args: Args,
+    tls: Option<Arc<ServerConfig>>,
+    backend_tls: Option<BackendTls>,
+) -> Result<(), Box<dyn std::error::Error>> {
     // A gateway holds two descriptors per tunnel.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::info!(limit, "open file limit"),
@@ -115,8 +150,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let sets: Vec<Backends> = routes
         .iter()
         .map(|route| {
-            args.balance
-                .backends(&route.backends, &args.trusted_proxies)
+            let set = args
+                .balance
+                .backends(&route.backends, &args.trusted_proxies);
+            match &backend_tls {
+                Some(tls) => set.tls(tls.clone()),
+                None => set,
+            }
         })
         .collect();
     let app = router(&args, &routes, &sets, &tunnels);
@@ -137,6 +177,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     tracing::info!(balance = %args.balance.strategy_name(), "balancing");
+    match &args.tls_cert {
+        Some(cert) => tracing::info!(cert = %cert.display(), alpn = "h2,http/1.1", "TLS"),
+        None => tracing::info!("plain HTTP (HTTP/1.1, or HTTP/2 with prior knowledge)"),
+    }
     tracing::info!(workers, "serving");
     println!("wsgate listening on {local}");
     use std::io::Write as _;
@@ -148,6 +192,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         threads.push(workers::spawn(
             index + 1,
             listener,
+            tls.clone(),
             app.clone(),
             stop.clone(),
             tunnels.clone(),
@@ -157,6 +202,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let first = listeners.pop().expect("one listener at least");
     let serving = tokio::spawn(workers::serve(
         first,
+        tls,
         app,
         stop.clone(),
         tunnels.clone(),

@@ -45,10 +45,14 @@ pub(crate) fn router(
 /// in demo mode, a client.
 async fn index(State(state): State<PageState>) -> Html<String> {
     let demo = if state.demo { DEMO_CLIENT } else { "" };
+    let stats = state.tunnels.stats();
     Html(format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>wsgate</title></head>\n<body>\n\
-         <h1>wsgate</h1>\n<p>Open tunnels: {}</p>\n<h2>Routes</h2>\n<p>Balancing: {}</p>\n{}{demo}</body></html>\n",
-        state.tunnels.open(),
+         <h1>wsgate</h1>\n<p>Open tunnels: {}</p>\n<p>Tunnels opened: {} (over HTTP/2: {})</p>\n\
+         <h2>Routes</h2>\n<p>Balancing: {}</p>\n{}{demo}</body></html>\n",
+        stats.open,
+        stats.opened,
+        stats.opened_h2,
         escape(&state.balance),
         routes(&state.routes),
     ))

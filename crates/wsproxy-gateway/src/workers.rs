@@ -4,16 +4,31 @@
 //! The kernel spreads new connections over the listeners; a connection,
 //! its tunnel and its backend socket then stay on one thread, with no
 //! work stealing and no cross-thread wake-ups.
+//!
+//! Each worker serves HTTP/1.1 and HTTP/2 (by ALPN `h2` under TLS, by
+//! prior knowledge without), with extended CONNECT for WebSockets over
+//! HTTP/2; see [`http`] for why this is not `axum::serve`.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::serve::ListenerExt;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
+use axum::serve::{Listener, ListenerExt};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Socket, Type};
+use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
+use tower::Service as _;
 use wsproxy::Tunnels;
+
+use crate::tls::TlsListener;
 
 /// Bind `count` listeners to `addr` with `SO_REUSEPORT` (the first one
 /// picks the port when `addr` has port 0).
@@ -38,11 +53,13 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Serve `app` on `listener` until `stop`, then drain for up to `grace`:
-/// HTTP connections finish their requests while open tunnels get the same
-/// time to end, after which both are closed.
+/// Serve `app` on `listener` (with TLS when `tls` is given) until `stop`,
+/// then drain for up to `grace`: HTTP connections finish their requests
+/// while open tunnels get the same time to end, after which both are
+/// closed.
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     app: Router,
     stop: CancellationToken,
     tunnels: Tunnels,
@@ -53,27 +70,92 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned())
-    .into_future();
-    let mut server = std::pin::pin!(server);
-    tokio::select! {
-        served = &mut server => return served,
-        () = stop.cancelled() => {}
-    }
-    // Tunnels live on the runtime that accepted them: keep it running
-    // until they are gone. A request still in flight at the deadline is
-    // dropped with the runtime.
-    let (served, ()) = tokio::join!(tokio::time::timeout(grace, server), tunnels.shutdown(grace));
-    match served {
-        Ok(served) => served,
-        Err(_) => {
-            tracing::warn!("HTTP connections still open at the shutdown deadline, dropping them");
-            Ok(())
+    match tls {
+        None => serve_on(listener, false, app, stop, tunnels, grace).await,
+        Some(config) => {
+            serve_on(
+                TlsListener::new(listener, config),
+                true,
+                app,
+                stop,
+                tunnels,
+                grace,
+            )
+            .await
         }
+    }
+    Ok(())
+}
+
+/// The HTTP/1.1 and HTTP/2 server of every connection (HTTP/2 by ALPN
+/// `h2` or by prior knowledge: hyper-util reads the preface).
+///
+/// This is what `axum::serve` does, plus the HTTP/2 receive windows that
+/// the `wsproxy` docs ("Serving") recommend, which `axum::serve` cannot
+/// set: a WebSocket whose backend stops reading holds at most 256 KiB of
+/// its connection's 8 MiB window, so the other WebSockets multiplexed on
+/// a browser's connection keep flowing.
+fn http() -> Builder<TokioExecutor> {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets over HTTP/2 (RFC 8441).
+        .enable_connect_protocol()
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024);
+    builder
+}
+
+/// Accept on `listener` until `stop`, serving each connection on its own
+/// task with the client address as axum's `ConnectInfo<SocketAddr>` (as
+/// `into_make_service_with_connect_info` gives it) and, over TLS,
+/// [`wsproxy::ClientTls`] (so backends are told `https`); then drain.
+async fn serve_on<L>(
+    mut listener: L,
+    tls: bool,
+    app: Router,
+    stop: CancellationToken,
+    tunnels: Tunnels,
+    grace: Duration,
+) where
+    L: Listener<Addr = SocketAddr>,
+{
+    let http = http();
+    let connections = GracefulShutdown::new();
+    loop {
+        let (io, client) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.cancelled() => break,
+        };
+        let app = app.clone();
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(client));
+            if tls {
+                req.extensions_mut().insert(wsproxy::ClientTls);
+            }
+            app.clone().call(req)
+        });
+        let connection = http
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
+            .into_owned();
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::trace!(client = %client, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    // Idle connections close now, busy ones after their request (HTTP/2:
+    // GOAWAY, then its streams run out). Tunnels live on the runtime that
+    // accepted them: keep it running until they are gone. A request still
+    // in flight at the deadline is dropped with the runtime.
+    let (served, ()) = tokio::join!(
+        tokio::time::timeout(grace, connections.shutdown()),
+        tunnels.shutdown(grace)
+    );
+    if served.is_err() {
+        tracing::warn!("HTTP connections still open at the shutdown deadline, dropping them");
     }
 }
 
@@ -81,6 +163,7 @@ pub(crate) async fn serve(
 pub(crate) fn spawn(
     index: usize,
     listener: std::net::TcpListener,
+    tls: Option<Arc<ServerConfig>>,
     app: Router,
     stop: CancellationToken,
     tunnels: Tunnels,
@@ -99,7 +182,7 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            if let Err(e) = runtime.block_on(serve(listener, app, stop, tunnels, grace)) {
+            if let Err(e) = runtime.block_on(serve(listener, tls, app, stop, tunnels, grace)) {
                 tracing::error!(error = %e, worker = index, "worker stopped with an error");
             }
         })

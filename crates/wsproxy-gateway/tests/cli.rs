@@ -1,14 +1,14 @@
-//! The `wsgate` binary as a user runs it: flags, the demo, and SIGTERM.
+//! The `wsgate` binary as a user runs it: flags, the demo, TLS and
+//! HTTP/2, and SIGTERM.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
@@ -16,92 +16,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use support::{Gateway, LIMIT, TestCert, h2_client, h2_get, opened, refused, wss_echo};
+
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-const LIMIT: Duration = Duration::from_secs(10);
-
-/// A `wsgate` child process, killed and reaped on drop.
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Gateway {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn wsgate");
-        // Read the first line on a thread, so the wait is bounded, and keep
-        // reading both pipes so the gateway never writes to a closed one.
-        let stdout = child.stdout.take().unwrap();
-        let (first, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let _ = first.send(line.unwrap_or_default());
-            }
-        });
-        let stderr = child.stderr.take().unwrap();
-        let (log, logged) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let _ = log.send(line.unwrap_or_default());
-            }
-        });
-        let line = match lines.recv_timeout(LIMIT) {
-            Ok(line) => line,
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait();
-                let mut log = Vec::new();
-                while let Ok(line) = logged.recv_timeout(Duration::from_secs(1)) {
-                    log.push(line);
-                }
-                panic!(
-                    "wsgate printed no address ({e}; {status:?}); its log:\n{}",
-                    log.join("\n")
-                );
-            }
-        };
-        let addr = line
-            .trim()
-            .strip_prefix("wsgate listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Self { child, addr }
-    }
-
-    fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Wait up to `limit` for the process to exit.
-    fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Open a WebSocket through the gateway.
 async fn connect(addr: SocketAddr, path: &str) -> Client {
@@ -116,7 +33,10 @@ async fn connect(addr: SocketAddr, path: &str) -> Client {
 }
 
 /// The next message, within [`LIMIT`].
-async fn next(ws: &mut Client) -> Message {
+async fn next<S>(ws: &mut WebSocketStream<S>) -> Message
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     timeout(LIMIT, ws.next())
         .await
         .expect("a message in time")
@@ -143,21 +63,6 @@ async fn get(addr: SocketAddr, path: &str) -> String {
         .unwrap()
         .unwrap();
     response
-}
-
-/// Run wsgate with `args` and expect a usage error (exit code 2); its stderr.
-fn refused(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{args:?} must be a usage error"
-    );
-    String::from_utf8(output.stderr).unwrap()
 }
 
 #[test]
@@ -719,4 +624,427 @@ async fn a_backend_failing_its_probes_is_taken_out_and_its_tunnels_closed() {
         let mut ws = connect(gateway.addr, "/").await;
         assert_eq!(answered_by(&mut ws).await, "b");
     }
+}
+
+/// The `--tls-cert` and `--tls-key` flags for `cert`.
+fn tls_flags(cert: &TestCert) -> [&str; 4] {
+    [
+        "--tls-cert",
+        TestCert::arg(&cert.cert),
+        "--tls-key",
+        TestCert::arg(&cert.key),
+    ]
+}
+
+/// Open a WebSocket to `path` on an HTTP/2 connection: an extended
+/// CONNECT with `:protocol = websocket` (RFC 8441).
+async fn h2_websocket(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    uri: &str,
+) -> WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>> {
+    let mut request = http::Request::connect(uri)
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let response = timeout(LIMIT, sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(response.status(), http::StatusCode::OK, "{response:?}");
+    let upgraded = timeout(LIMIT, hyper::upgrade::on(response))
+        .await
+        .unwrap()
+        .expect("the stream is handed over");
+    WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await
+}
+
+/// Send `text` on `ws` and expect it back.
+async fn echo<S>(ws: &mut WebSocketStream<S>, text: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    ws.send(Message::text(text)).await.unwrap();
+    assert_eq!(next(ws).await, Message::text(text));
+}
+
+#[tokio::test]
+async fn tls_serves_wss_and_https_over_http2_or_http1_by_alpn() {
+    let cert = TestCert::new();
+    let mut args = vec!["--demo"];
+    args.extend(tls_flags(&cert));
+    let gateway = Gateway::start(&args);
+    let addr = gateway.addr;
+    let authority = format!("localhost:{}", addr.port());
+
+    // wss:// over HTTP/1.1, as tungstenite speaks it.
+    let tls = cert.connect(addr, &[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut ws, response) = timeout(
+        LIMIT,
+        tokio_tungstenite::client_async(format!("wss://{authority}/echo"), tls),
+    )
+    .await
+    .unwrap()
+    .expect("a WebSocket over TLS");
+    assert_eq!(response.status(), 101);
+    echo(&mut ws, "over TLS").await;
+    ws.send(Message::binary(vec![0, 1, 2, 255])).await.unwrap();
+    assert_eq!(next(&mut ws).await, Message::binary(vec![0, 1, 2, 255]));
+
+    // A client offering h2 gets it: the page and /healthz over HTTP/2...
+    let tls = cert.connect(addr, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut h2 = h2_client(tls).await;
+    let (status, body) = h2_get(&mut h2, &authority, "https", "/healthz").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "ok\n"));
+    let (status, page) = h2_get(&mut h2, &authority, "https", "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<code>/echo</code>"), "{page}");
+    assert_eq!(opened(&page), (1, 0), "{page}");
+
+    // ...and WebSockets over HTTP/2 streams of that connection (RFC 8441).
+    let mut first = h2_websocket(&mut h2, &format!("https://{authority}/echo")).await;
+    let mut second = h2_websocket(&mut h2, &format!("https://{authority}/echo")).await;
+    echo(&mut first, "first stream").await;
+    echo(&mut second, "second stream").await;
+    let (_, page) = h2_get(&mut h2, &authority, "https", "/").await;
+    assert_eq!(opened(&page), (3, 2), "{page}");
+    assert!(page.contains("Open tunnels: 3"), "{page}");
+
+    // A client without ALPN speaks HTTP/1.1.
+    let mut tls = cert.connect(addr, &[]).await;
+    tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    timeout(LIMIT, tls.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("\r\n\r\nok\n"), "{response}");
+}
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_does_not_hold_up_others() {
+    let cert = TestCert::new();
+    let mut args = vec!["--demo", "--workers", "1"];
+    args.extend(tls_flags(&cert));
+    let gateway = Gateway::start(&args);
+    // Connections that never say hello, and one that is not TLS at all.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(gateway.addr).await.unwrap());
+    }
+    let mut plain = TcpStream::connect(gateway.addr).await.unwrap();
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // The plain one is dropped (no TLS record: an alert, then EOF)...
+    let mut answer = Vec::new();
+    let _ = timeout(LIMIT, plain.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    // ...and a real client is served meanwhile.
+    let tls = cert.connect(gateway.addr, &[b"http/1.1"]).await;
+    let (mut ws, _) = timeout(
+        LIMIT,
+        tokio_tungstenite::client_async(
+            format!("wss://localhost:{}/echo", gateway.addr.port()),
+            tls,
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    echo(&mut ws, "not blocked").await;
+    drop(silent);
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_serves_the_page_and_websockets() {
+    let gateway = Gateway::start(&["--demo"]);
+    let addr = gateway.addr;
+    let tcp = timeout(LIMIT, TcpStream::connect(addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut h2 = h2_client(tcp).await;
+    let authority = addr.to_string();
+    let (status, body) = h2_get(&mut h2, &authority, "http", "/healthz").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "ok\n"));
+    let (status, page) = h2_get(&mut h2, &authority, "http", "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("<code>/chat</code>"), "{page}");
+
+    let mut ws = h2_websocket(&mut h2, &format!("http://{authority}/echo")).await;
+    echo(&mut ws, "over h2c").await;
+    let (_, page) = h2_get(&mut h2, &authority, "http", "/").await;
+    assert_eq!(opened(&page), (1, 1), "{page}");
+}
+
+#[test]
+fn bad_tls_files_exit_with_a_clear_message() {
+    let cert = TestCert::new();
+    let (cert_file, key_file) = (TestCert::arg(&cert.cert), TestCert::arg(&cert.key));
+    let stderr = refused(&["--demo", "--tls-cert", cert_file]);
+    assert!(
+        stderr.contains("required") && stderr.contains("--tls-key"),
+        "{stderr}"
+    );
+    let stderr = refused(&["--demo", "--tls-key", key_file]);
+    assert!(
+        stderr.contains("required") && stderr.contains("--tls-cert"),
+        "{stderr}"
+    );
+
+    let missing = cert.file("missing.pem");
+    let missing = TestCert::arg(&missing);
+    let stderr = refused(&["--demo", "--tls-cert", missing, "--tls-key", key_file]);
+    assert!(
+        stderr.contains(&format!("--tls-cert '{missing}'")) && stderr.contains("No such file"),
+        "{stderr}"
+    );
+    let garbage = cert.file("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let garbage = TestCert::arg(&garbage);
+    let stderr = refused(&["--demo", "--tls-cert", garbage, "--tls-key", key_file]);
+    assert!(
+        stderr.contains(&format!("--tls-cert '{garbage}'"))
+            && stderr.contains("no PEM certificate"),
+        "{stderr}"
+    );
+    // The two files swapped.
+    let stderr = refused(&["--demo", "--tls-cert", key_file, "--tls-key", cert_file]);
+    assert!(
+        stderr.contains(&format!("--tls-cert '{key_file}'"))
+            && stderr.contains("no PEM certificate"),
+        "{stderr}"
+    );
+    let stderr = refused(&["--demo", "--tls-cert", cert_file, "--tls-key", cert_file]);
+    assert!(
+        stderr.contains(&format!("--tls-key '{cert_file}'"))
+            && stderr.contains("no PEM private key"),
+        "{stderr}"
+    );
+    let stderr = refused(&["--demo", "--tls-cert", cert_file, "--tls-key", missing]);
+    assert!(
+        stderr.contains(&format!("--tls-key '{missing}'")),
+        "{stderr}"
+    );
+    // A key of another certificate.
+    let other = TestCert::new();
+    let stderr = refused(&[
+        "--demo",
+        "--tls-cert",
+        cert_file,
+        "--tls-key",
+        TestCert::arg(&other.key),
+    ]);
+    assert!(
+        stderr.contains(&format!(
+            "cannot use the certificate '{cert_file}' with the key '{}'",
+            other.key.display()
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_over_http2_with_1001_and_exits() {
+    let cert = TestCert::new();
+    let mut args = vec!["--demo", "--shutdown-timeout", "30s"];
+    args.extend(tls_flags(&cert));
+    let mut gateway = Gateway::start(&args);
+    let tls = cert.connect(gateway.addr, &[b"h2"]).await;
+    let mut h2 = h2_client(tls).await;
+    let uri = format!("https://localhost:{}/echo", gateway.addr.port());
+    let mut ws = h2_websocket(&mut h2, &uri).await;
+    echo(&mut ws, "x").await;
+
+    let start = Instant::now();
+    gateway.terminate();
+    // The stream hears "going away"; the connection's GOAWAY lets it end.
+    match next(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
+    let ended = timeout(LIMIT, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+    assert!(ended.is_ok(), "the tunnel must be closed");
+    let status = tokio::task::spawn_blocking(move || gateway.wait_exit(LIMIT))
+        .await
+        .unwrap()
+        .expect("wsgate exits after SIGTERM");
+    assert!(status.success(), "{status}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn backend_tls_flags_reach_wss_backends() {
+    // Backends reached by address whose certificate names a service, and
+    // one of them wants a client certificate.
+    let server = TestCert::with_names(&["backend.test"]);
+    let client = TestCert::new();
+    let open = wss_echo(&server, None).await;
+    let mutual = wss_echo(&server, Some(&client)).await;
+    let routes = [
+        "--route".to_owned(),
+        format!("/open=wss://127.0.0.1:{}", open.port()),
+        "--route".to_owned(),
+        format!("/mutual=wss://127.0.0.1:{}", mutual.port()),
+    ];
+    let start = |flags: &[&str]| {
+        let mut args: Vec<&str> = routes.iter().map(String::as_str).collect();
+        args.extend(flags);
+        Gateway::start(&args)
+    };
+    let ca = TestCert::arg(&server.ca_file);
+
+    let gateway = start(&[
+        "--backend-ca",
+        ca,
+        "--backend-sni",
+        "backend.test",
+        "--backend-cert",
+        TestCert::arg(&client.cert),
+        "--backend-key",
+        TestCert::arg(&client.key),
+    ]);
+    for path in ["/open", "/mutual"] {
+        let mut ws = connect(gateway.addr, path).await;
+        echo(&mut ws, path).await;
+    }
+
+    // Without the client certificate the mutual one refuses: 502.
+    let gateway = start(&["--backend-ca", ca, "--backend-sni", "backend.test"]);
+    echo(&mut connect(gateway.addr, "/open").await, "still open").await;
+    assert_eq!(
+        handshake_status(gateway.addr, "/mutual", "").await,
+        "HTTP/1.1 502"
+    );
+    // Checked against the URL's host (127.0.0.1), the certificate is for
+    // another name; with Mozilla's roots, its CA is unknown.
+    let gateway = start(&["--backend-ca", ca]);
+    assert_eq!(
+        handshake_status(gateway.addr, "/open", "").await,
+        "HTTP/1.1 502"
+    );
+    let gateway = start(&["--backend-sni", "backend.test"]);
+    assert_eq!(
+        handshake_status(gateway.addr, "/open", "").await,
+        "HTTP/1.1 502"
+    );
+}
+
+#[test]
+fn bad_backend_tls_flags_exit_with_a_clear_message() {
+    let cert = TestCert::new();
+    let route = ["--route", "/a=wss://127.0.0.1:1"];
+    let with = |flags: &[&str]| {
+        let mut args = route.to_vec();
+        args.extend(flags);
+        refused(&args)
+    };
+    let missing = cert.file("missing.pem");
+    let missing = TestCert::arg(&missing);
+    let stderr = with(&["--backend-ca", missing]);
+    assert!(
+        stderr.contains("--backend-ca: ") && stderr.contains(missing),
+        "{stderr}"
+    );
+    let key = TestCert::arg(&cert.key);
+    let stderr = with(&["--backend-ca", key]);
+    assert!(
+        stderr.contains("--backend-ca: ") && stderr.contains(key),
+        "{stderr}"
+    );
+    let stderr = with(&["--backend-sni", "not a name!"]);
+    assert!(stderr.contains("--backend-sni: "), "{stderr}");
+    let stderr = with(&["--backend-cert", TestCert::arg(&cert.cert)]);
+    assert!(stderr.contains("--backend-key"), "{stderr}");
+    let other = TestCert::new();
+    let stderr = with(&[
+        "--backend-cert",
+        TestCert::arg(&cert.cert),
+        "--backend-key",
+        TestCert::arg(&other.key),
+    ]);
+    assert!(
+        stderr.contains("--backend-cert/--backend-key: "),
+        "{stderr}"
+    );
+}
+
+/// A WebSocket backend that sends the `X-Forwarded-Proto` of each
+/// handshake it accepts.
+async fn proto_recorder() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                #[allow(clippy::result_large_err)]
+                let callback = |req: &Request, res: Response| {
+                    let proto = req
+                        .headers()
+                        .get("x-forwarded-proto")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    let _ = tx.send(proto.unwrap_or_default());
+                    Ok(res)
+                };
+                if let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await {
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn backends_hear_https_only_for_tls_clients() {
+    let (backend, mut protos) = proto_recorder().await;
+    let route = format!("/p=ws://{backend}");
+    let cert = TestCert::new();
+    let mut args = vec!["--route", route.as_str()];
+    args.extend(tls_flags(&cert));
+    let tls_gateway = Gateway::start(&args);
+    let tls = cert.connect(tls_gateway.addr, &[b"http/1.1"]).await;
+    let url = format!("wss://localhost:{}/p", tls_gateway.addr.port());
+    let (_ws, _) = timeout(LIMIT, tokio_tungstenite::client_async(url, tls))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        timeout(LIMIT, protos.recv()).await.unwrap().unwrap(),
+        "https"
+    );
+
+    let plain_gateway = Gateway::start(&["--route", route.as_str()]);
+    let url = format!("ws://{}/p", plain_gateway.addr);
+    let (_ws, _) = timeout(LIMIT, tokio_tungstenite::connect_async(url))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        timeout(LIMIT, protos.recv()).await.unwrap().unwrap(),
+        "http"
+    );
 }
