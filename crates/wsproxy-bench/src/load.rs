@@ -4,11 +4,9 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use crate::client::{BoxError, Dialer, Ws};
 
 /// Latency samples kept per phase at most.
 const MAX_SAMPLES: usize = 2_000_000;
@@ -65,24 +63,11 @@ impl Sample {
     }
 }
 
-async fn connect(url: &str) -> Result<Ws, tokio_tungstenite::tungstenite::Error> {
-    let (ws, _) = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio_tungstenite::connect_async(url),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    Ok(ws)
-}
-
-/// Open `count` connections one after the other.
-async fn connect_all(
-    url: &str,
-    count: usize,
-) -> Vec<Result<Ws, tokio_tungstenite::tungstenite::Error>> {
+/// Open `count` WebSockets one after the other.
+async fn connect_all(dialer: &Dialer, count: usize) -> Vec<Result<Ws, BoxError>> {
     let mut clients = Vec::with_capacity(count);
     for _ in 0..count {
-        clients.push(connect(url).await);
+        clients.push(dialer.connect().await);
     }
     clients
 }
@@ -99,12 +84,12 @@ async fn gather(tasks: Vec<tokio::task::JoinHandle<Sample>>, start: Instant) -> 
 /// `connections` clients each send a `size`-byte message and wait for its
 /// echo, again and again, for `duration`.
 pub(crate) async fn round_trips(
-    url: &str,
+    dialer: &Dialer,
     connections: usize,
     size: usize,
     duration: Duration,
 ) -> Sample {
-    let clients = connect_all(url, connections).await;
+    let clients = connect_all(dialer, connections).await;
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = clients
@@ -148,13 +133,13 @@ pub(crate) async fn round_trips(
 /// `connections` clients each keep `window` messages of `size` bytes in
 /// flight for `duration`; measures echoed bytes per second.
 pub(crate) async fn throughput(
-    url: &str,
+    dialer: &Dialer,
     connections: usize,
     window: usize,
     size: usize,
     duration: Duration,
 ) -> Sample {
-    let clients = connect_all(url, connections).await;
+    let clients = connect_all(dialer, connections).await;
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = clients
@@ -202,17 +187,17 @@ pub(crate) async fn throughput(
 
 /// `concurrency` loops each open a WebSocket (timing the handshake), then
 /// close it, for `duration`.
-pub(crate) async fn handshakes(url: &str, concurrency: usize, duration: Duration) -> Sample {
+pub(crate) async fn handshakes(dialer: &Dialer, concurrency: usize, duration: Duration) -> Sample {
     let start = Instant::now();
     let deadline = start + duration;
     let tasks: Vec<_> = (0..concurrency)
         .map(|_| {
-            let url = url.to_owned();
+            let dialer = dialer.clone();
             tokio::spawn(async move {
                 let mut sample = Sample::default();
                 while Instant::now() < deadline {
                     let begun = Instant::now();
-                    match connect(&url).await {
+                    match dialer.connect().await {
                         Ok(mut ws) => {
                             sample.ops += 1;
                             sample.latencies.push(begun.elapsed());
@@ -233,11 +218,11 @@ pub(crate) async fn handshakes(url: &str, concurrency: usize, duration: Duration
 }
 
 /// Open `count` WebSockets and keep them, `parallel` handshakes at a time.
-pub(crate) async fn open_idle(url: &str, count: usize, parallel: usize) -> (Vec<Ws>, u64) {
+pub(crate) async fn open_idle(dialer: &Dialer, count: usize, parallel: usize) -> (Vec<Ws>, u64) {
     let mut open = Vec::with_capacity(count);
     let mut errors = 0;
     let mut pending =
-        futures_util::stream::iter((0..count).map(|_| connect(url))).buffer_unordered(parallel);
+        futures_util::stream::iter((0..count).map(|_| dialer.connect())).buffer_unordered(parallel);
     while let Some(result) = pending.next().await {
         match result {
             Ok(ws) => open.push(ws),

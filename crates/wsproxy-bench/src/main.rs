@@ -1,18 +1,23 @@
-//! Benchmarks for wsproxy: an echo backend, a load generator, and a
-//! side-by-side comparison of a direct connection, the `wsgate` gateway
-//! and nginx.
+//! Benchmarks for wsproxy: an echo backend, a load generator (HTTP/1.1 or
+//! HTTP/2), a side-by-side comparison of a direct connection, the `wsgate`
+//! gateway and nginx, and one of WebSockets over HTTP/2 against HTTP/1.1
+//! through the same proxy.
 //!
 //! Run with:
 //!
 //! ```text
 //! cargo build --release -p wsproxy-gateway -p wsproxy-bench
 //! cargo run --release -p wsproxy-bench -- compare
+//! cargo run --release -p wsproxy-bench -- compare-h2
 //! ```
 //!
 //! See BENCHMARKS.md for what each figure means and recorded results.
 
+mod client;
+mod h2;
 mod load;
 mod procs;
+mod proxy;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,6 +26,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::client::Dialer;
 use crate::load::Sample;
 use crate::procs::Proc;
 
@@ -57,6 +63,14 @@ enum Cmd {
         /// Duration of the run.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Open the WebSockets over HTTP/2 (h2c with prior knowledge,
+        /// RFC 8441 extended CONNECT) instead of one TCP connection each.
+        #[arg(long)]
+        http2: bool,
+        /// With --http2: spread the WebSockets over this many HTTP/2
+        /// connections, in turn.
+        #[arg(long, default_value_t = 1, requires = "http2")]
+        h2_connections: usize,
     },
     /// Compare direct, wsgate and nginx side by side, alternating rounds.
     Compare {
@@ -72,13 +86,29 @@ enum Cmd {
         /// Idle connections for the memory figure.
         #[arg(long, default_value_t = 5_000)]
         idle: usize,
-        /// The gateway binary.
+        /// The gateway binary (default: `wsgate` beside this binary, else
+        /// `target/release/wsgate`).
         #[arg(long)]
         gateway: Option<PathBuf>,
         /// nginx's `proxy_buffer_size` (e.g. 64k, wsgate's read buffer),
         /// instead of its default of one page.
         #[arg(long)]
         nginx_buffer: Option<String>,
+    },
+    /// Compare WebSockets over HTTP/2 (many streams on few connections)
+    /// with HTTP/1.1 (a connection each) through one proxy, alternating
+    /// rounds.
+    CompareH2(h2::Options),
+    /// Run the wsproxy layer in a hyper-util server (HTTP/1.1 and h2c,
+    /// extended CONNECT, windows 256 KiB per stream and 8 MiB per
+    /// connection) until killed; `compare-h2 --proxy layer` starts it.
+    Proxy {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9002")]
+        listen: std::net::SocketAddr,
+        /// The backend, e.g. ws://127.0.0.1:9001.
+        #[arg(long)]
+        backend: String,
     },
 }
 
@@ -105,9 +135,21 @@ fn main() -> std::process::ExitCode {
                 connections,
                 size,
                 duration,
+                http2,
+                h2_connections,
             } => {
-                load_once(&url, mode, connections, size, duration).await;
-                Ok(())
+                let dialer = if http2 {
+                    Dialer::http2(&url, h2_connections).await
+                } else {
+                    Dialer::http1(&url)
+                };
+                match dialer {
+                    Ok(dialer) => {
+                        load_once(&dialer, mode, connections, size, duration).await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e.to_string().into()),
+                }
             }
             Cmd::Compare {
                 quick,
@@ -124,6 +166,10 @@ fn main() -> std::process::ExitCode {
                 };
                 compare(rounds, phase, idle, gateway, nginx_buffer.as_deref()).await
             }
+            Cmd::CompareH2(options) => h2::compare(options).await,
+            Cmd::Proxy { listen, backend } => proxy::run(listen, &backend)
+                .await
+                .map_err(|e| e.to_string().into()),
         }
     });
     match result {
@@ -144,13 +190,20 @@ async fn echo(listen: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Er
     Ok(())
 }
 
-async fn load_once(url: &str, mode: Mode, connections: usize, size: usize, duration: Duration) {
+async fn load_once(
+    dialer: &Dialer,
+    mode: Mode,
+    connections: usize,
+    size: usize,
+    duration: Duration,
+) {
+    println!("{}", dialer.describe());
     let sample = match mode {
-        Mode::Rtt => load::round_trips(url, connections, size, duration).await,
-        Mode::Throughput => load::throughput(url, connections, 8, size, duration).await,
-        Mode::Handshake => load::handshakes(url, connections, duration).await,
+        Mode::Rtt => load::round_trips(dialer, connections, size, duration).await,
+        Mode::Throughput => load::throughput(dialer, connections, 8, size, duration).await,
+        Mode::Handshake => load::handshakes(dialer, connections, duration).await,
         Mode::Idle => {
-            let (open, errors) = load::open_idle(url, connections, 64).await;
+            let (open, errors) = load::open_idle(dialer, connections, 64).await;
             println!(
                 "holding {} idle connections ({errors} failed) for {duration:?}",
                 open.len()
@@ -167,6 +220,18 @@ async fn load_once(url: &str, mode: Mode, connections: usize, size: usize, durat
         sample.quantile_us(0.99),
         sample.errors
     );
+}
+
+/// `wsgate` beside this binary (the same target directory), else in the
+/// workspace's `target/release`.
+pub(crate) fn default_gateway() -> PathBuf {
+    std::env::current_exe()
+        .map(|exe| exe.with_file_name("wsgate"))
+        .ok()
+        .filter(|beside| beside.exists())
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/release/wsgate")
+        })
 }
 
 /// One proxied or direct target of the comparison.
@@ -203,8 +268,7 @@ async fn compare(
     gateway: Option<PathBuf>,
     nginx_buffer: Option<&str>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let gateway = gateway.unwrap_or_else(|| root.join("target/release/wsgate"));
+    let gateway = gateway.unwrap_or_else(default_gateway);
     if !gateway.exists() {
         return Err(format!(
             "{} not found: cargo build --release -p wsproxy-gateway",
@@ -301,6 +365,13 @@ async fn compare(
 }
 
 async fn run_phases(target: &Target<'_>, phase: Duration, figures: &mut Figures) {
+    let dialer = match Dialer::http1(&target.url) {
+        Ok(dialer) => dialer,
+        Err(e) => {
+            eprintln!("  {}: {e}", target.name);
+            return;
+        }
+    };
     let cpu = || target.proxy.map(Proc::cpu_seconds);
     let mut record = |metric: &'static str, value: f64| {
         figures
@@ -309,14 +380,14 @@ async fn run_phases(target: &Target<'_>, phase: Duration, figures: &mut Figures)
             .push(value);
     };
 
-    let s = load::round_trips(&target.url, 1, 32, phase).await;
+    let s = load::round_trips(&dialer, 1, 32, phase).await;
     report_errors(target.name, "rtt1", &s);
     record("rtt1_rate", s.rate());
     record("rtt1_p50", s.quantile_us(0.5));
     record("rtt1_p99", s.quantile_us(0.99));
 
     let before = cpu();
-    let s = load::round_trips(&target.url, 64, 32, phase).await;
+    let s = load::round_trips(&dialer, 64, 32, phase).await;
     report_errors(target.name, "rtt64", &s);
     record("rtt64_rate", s.rate());
     record("rtt64_p50", s.quantile_us(0.5));
@@ -326,7 +397,7 @@ async fn run_phases(target: &Target<'_>, phase: Duration, figures: &mut Figures)
     }
 
     let before = cpu();
-    let s = load::throughput(&target.url, 4, 8, 16 * 1024, phase).await;
+    let s = load::throughput(&dialer, 4, 8, 16 * 1024, phase).await;
     report_errors(target.name, "throughput", &s);
     record("tput_mb", s.mb_per_s());
     if let (Some(a), Some(b)) = (before, cpu()) {
@@ -334,7 +405,7 @@ async fn run_phases(target: &Target<'_>, phase: Duration, figures: &mut Figures)
     }
 
     let before = cpu();
-    let s = load::handshakes(&target.url, 8, phase).await;
+    let s = load::handshakes(&dialer, 8, phase).await;
     report_errors(target.name, "handshakes", &s);
     record("hs_rate", s.rate());
     record("hs_p50", s.quantile_us(0.5));
@@ -356,7 +427,14 @@ async fn idle_rss(target: &Target<'_>, count: usize) -> f64 {
     let settle = Duration::from_millis(500);
     tokio::time::sleep(settle).await;
     let before = proxy.rss_kib();
-    let (open, errors) = load::open_idle(&target.url, count, 64).await;
+    let dialer = match Dialer::http1(&target.url) {
+        Ok(dialer) => dialer,
+        Err(e) => {
+            eprintln!("  {}: {e}", target.name);
+            return f64::NAN;
+        }
+    };
+    let (open, errors) = load::open_idle(&dialer, count, 64).await;
     if errors > 0 {
         eprintln!("  {}: {errors} idle connections failed", target.name);
     }
@@ -368,7 +446,7 @@ async fn idle_rss(target: &Target<'_>, count: usize) -> f64 {
     after.saturating_sub(before) as f64 / opened as f64
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if sorted.is_empty() {
         return f64::NAN;

@@ -1,6 +1,7 @@
 //! Child processes of the benchmark (echo backend, gateway, nginx) and
 //! their CPU time and memory, read from `/proc`.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -107,13 +108,15 @@ impl Proc {
             .family()
             .into_iter()
             .filter_map(stat_fields)
-            .map(|f| {
-                // After the command name: state is [0], utime [11], stime [12].
-                f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-                    + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            })
+            .map(|f| cpu_ticks(&f))
             .sum();
         ticks as f64 / clock_ticks()
+    }
+
+    /// CPU seconds (user + system) of each thread of the process (not its
+    /// children), by thread ID.
+    pub(crate) fn thread_cpu_seconds(&self) -> BTreeMap<u32, f64> {
+        thread_cpu_seconds(self.pid())
     }
 
     /// Resident memory in KiB of the process and its children.
@@ -166,19 +169,62 @@ impl Drop for Proc {
 
 /// Fields of `/proc/PID/stat` after the `(comm)` field.
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_fields_at(&format!("/proc/{pid}/stat"))
+}
+
+/// Fields of a `stat` file after the `(comm)` field.
+fn stat_fields_at(path: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(path).ok()?;
     let after = &stat[stat.rfind(')')? + 2..];
     Some(after.split_whitespace().map(str::to_owned).collect())
 }
 
+/// User + system clock ticks in `stat` fields.
+fn cpu_ticks(fields: &[String]) -> u64 {
+    // After the command name: state is [0], utime [11], stime [12].
+    fields
+        .get(11)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) of each thread of `pid`, by thread ID.
+fn thread_cpu_seconds(pid: u32) -> BTreeMap<u32, f64> {
+    let ticks = clock_ticks();
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return BTreeMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let tid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let fields = stat_fields_at(&format!("/proc/{pid}/task/{tid}/stat"))?;
+            Some((tid, cpu_ticks(&fields) as f64 / ticks))
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) this process (the load generator) used.
+pub(crate) fn own_cpu_seconds() -> f64 {
+    stat_fields_at("/proc/self/stat").map_or(0.0, |f| cpu_ticks(&f) as f64 / clock_ticks())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, asked once).
 fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 /// Wait until `addr` accepts TCP connections, for at most 10 s.
