@@ -929,19 +929,33 @@ async fn removing_a_backend_can_close_its_tunnels_with_1001() {
     echo(&mut to_b, Message::text("b, untouched")).await;
 }
 
-#[tokio::test]
-async fn a_discover_stream_adds_and_removes_backends() {
-    let a = named("a").await;
-    let b = named("b").await;
-    let set = Backends::new(Vec::<balance::Backend>::new());
-    let (proxy, _) = balancer(&set).await;
+/// Where a test sends discovery changes.
+type Changes = tokio::sync::mpsc::UnboundedSender<Change<&'static str, balance::Backend>>;
+
+/// A channel of discovery changes that `set` follows; the task ends with
+/// the stream.
+fn follow_channel(
+    set: &Backends,
+) -> (
+    Changes,
+    tokio::task::JoinHandle<Result<(), std::convert::Infallible>>,
+) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let changes = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()
             .await
             .map(|change| (Ok::<_, std::convert::Infallible>(change), rx))
     });
-    let follow = tokio::spawn(set.clone().discover(changes));
+    (tx, tokio::spawn(set.clone().discover(changes)))
+}
+
+#[tokio::test]
+async fn a_discover_stream_adds_and_removes_backends() {
+    let a = named("a").await;
+    let b = named("b").await;
+    let set = Backends::new(Vec::<balance::Backend>::new());
+    let (proxy, _) = balancer(&set).await;
+    let (tx, follow) = follow_channel(&set);
     let ids =
         |set: &Backends| -> BTreeSet<BackendId> { set.status().iter().map(|s| s.id).collect() };
 
@@ -1069,9 +1083,9 @@ async fn close_tunnels_when_down_also_applies_when_set_after_active_health() {
     probes_close_the_tunnels_of_a_backend_they_mark_down(false).await;
 }
 
-// Fails today: `remove` fires the member's close signal and puts a fresh
-// one in its place (`Member::close_tunnels`), and the tunnel, spawned after
-// the handshake, watches the fresh one (`proxy::tunnels_drain`).
+// Regression: `remove` fires the member's close signal and puts a fresh one
+// in its place; a tunnel must watch the signal taken when its backend was
+// chosen, not the fresh one.
 #[tokio::test]
 async fn a_handshake_under_way_when_its_backend_is_removed_does_not_leave_a_tunnel_open() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1121,8 +1135,8 @@ async fn a_handshake_under_way_when_its_backend_is_removed_does_not_leave_a_tunn
     }
 }
 
-// Fails today: the old member's last load unit (`Load::drop`) removes
-// whatever member has the same id, and the one added again has it.
+// Regression: the old member's last load unit must remove that member
+// only, not a newer one with the same URL.
 #[tokio::test]
 async fn a_drained_backend_removed_and_added_again_stays_when_its_old_tunnel_ends() {
     let a = named("a").await;
@@ -1229,21 +1243,15 @@ async fn bounded_load_spills_one_hot_key_over_to_other_backends() {
     );
 }
 
-// Fails today: `Backends::discover` skips the removal when the key's
-// backend has the same URL, and `insert` then refuses the new one.
+// Regression: a discover insert for a known key and the same URL must
+// update the backend's settings, not be refused.
 #[tokio::test]
 async fn a_discover_insert_for_a_known_key_replaces_its_backends_settings() {
     let a = named("a").await;
     let b = named("b").await;
     let set = Backends::new(Vec::<balance::Backend>::new());
     let (proxy, _) = balancer(&set).await;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let changes = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|change| (Ok::<_, std::convert::Infallible>(change), rx))
-    });
-    let follow = tokio::spawn(set.clone().discover(changes));
+    let (tx, follow) = follow_channel(&set);
 
     tx.send(Change::Insert("a", member(a.addr))).unwrap();
     tx.send(Change::Insert("b", member(b.addr))).unwrap();

@@ -172,16 +172,28 @@ async fn close_codes_and_a_16_mib_message_cross_over_h2() {
     assert_eq!(close.map(|f| u16::from(f.code)), Some(4001));
 }
 
-#[tokio::test]
-async fn refusals_are_statuses_on_the_h2_stream() {
-    // The backend's own answer: relayed as that status.
-    let refusing = RawBackend::start("HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno").await;
+/// A proxy to a raw backend that answers `answer`, and an HTTP/2
+/// connection to it, ready for extended CONNECT.
+async fn h2_to_raw(
+    answer: &'static str,
+) -> (RawBackend, SocketAddr, Tunnels, SendRequest<Empty<Bytes>>) {
+    let backend = RawBackend::start(answer).await;
     let (proxy, tunnels) = proxy_over(WebSocketProxyLayer::new(
-        format!("ws://{}", refusing.addr).parse().unwrap(),
+        format!("ws://{}", backend.addr).parse().unwrap(),
     ))
     .await;
     let mut sender = h2(proxy).await;
-    sender.ready().await.unwrap();
+    within("the connection to be ready", sender.ready())
+        .await
+        .unwrap();
+    (backend, proxy, tunnels, sender)
+}
+
+#[tokio::test]
+async fn refusals_are_statuses_on_the_h2_stream() {
+    // The backend's own answer: relayed as that status.
+    let (refusing, proxy, tunnels, mut sender) =
+        h2_to_raw("HTTP/1.1 403 Forbidden\r\ncontent-length: 2\r\n\r\nno").await;
     let response = sender
         .send_request(connect_request(proxy, "/", &[]))
         .await
@@ -207,13 +219,8 @@ async fn refusals_are_statuses_on_the_h2_stream() {
 
     // A backend's 200 (not an upgrade) must not reach an HTTP/2 client as
     // a 200, which would mean "WebSocket open": 502.
-    let ok_page = RawBackend::start("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi").await;
-    let (proxy, tunnels) = proxy_over(WebSocketProxyLayer::new(
-        format!("ws://{}", ok_page.addr).parse().unwrap(),
-    ))
-    .await;
-    let mut sender = h2(proxy).await;
-    sender.ready().await.unwrap();
+    let (_, proxy, tunnels, mut sender) =
+        h2_to_raw("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi").await;
     let response = sender
         .send_request(connect_request(proxy, "/", &[]))
         .await

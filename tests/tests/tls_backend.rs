@@ -4,7 +4,6 @@
 //! TLS fails. Health probes speak TLS the same way. Certificates are made
 //! at run time (rcgen); no key is committed.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,11 +18,10 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{Acceptor, WebPkiClientVerifier};
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tracing_subscriber::fmt::MakeWriter;
 use wsproxy::WebSocketProxyLayer;
 use wsproxy::balance::{ActiveHealth, Backend, Backends, PassiveHealth, Probe};
 use wsproxy::tls::BackendTls;
-use wsproxy_e2e::{LIMIT, wait_until, within};
+use wsproxy_e2e::{Captured, LIMIT, wait_until, within};
 
 // ---------------------------------------------------------------------
 // Certificates.
@@ -234,56 +232,12 @@ async fn echo_through(proxy: SocketAddr) -> Result<(), u16> {
     Ok(())
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Captured {
-    /// This thread's log lines until the guard drops (the tests run on a
-    /// current-thread runtime, so the proxy's tasks log here).
-    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
-        let captured = Self::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(captured.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        (
-            captured.clone(),
-            tracing::subscriber::set_default(subscriber),
-        )
-    }
-
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// The WARN line of the failed backend handshake.
-    fn failure_line(&self) -> String {
-        self.lines()
-            .into_iter()
-            .find(|l| l.contains("WARN") && l.contains("wsproxy::proxy: backend handshake failed"))
-            .unwrap_or_else(|| panic!("no failure logged: {:#?}", self.lines()))
-    }
+/// The WARN line of the failed backend handshake.
+fn failure_line(log: &Captured) -> String {
+    log.lines()
+        .into_iter()
+        .find(|l| l.contains("WARN") && l.contains("wsproxy::proxy: backend handshake failed"))
+        .unwrap_or_else(|| panic!("no failure logged: {:#?}", log.lines()))
 }
 
 // ---------------------------------------------------------------------
@@ -319,7 +273,7 @@ async fn an_unknown_ca_is_a_502_and_a_warning_that_says_why() {
         .unwrap();
     let proxy_other = proxy(&backend.url("localhost"), Some(other)).await;
     assert_eq!(echo_through(proxy_other).await, Err(502));
-    let line = log.failure_line();
+    let line = failure_line(&log);
     assert!(line.contains("status=502"), "{line}");
     assert!(
         line.contains("TLS with the backend failed: invalid peer certificate: UnknownIssuer"),
@@ -342,7 +296,7 @@ async fn a_certificate_for_another_name_is_a_502_unless_that_name_is_set() {
 
     let by_host = proxy(&backend.url("localhost"), Some(tls.clone())).await;
     assert_eq!(echo_through(by_host).await, Err(502));
-    let line = log.failure_line();
+    let line = failure_line(&log);
     assert!(
         line.contains(r#"invalid peer certificate: certificate not valid for name "localhost""#),
         "{line}"
@@ -371,7 +325,7 @@ async fn a_backend_that_demands_a_client_certificate_gets_the_configured_one() {
 
     let without = proxy(&backend.url("localhost"), Some(tls.clone())).await;
     assert_eq!(echo_through(without).await, Err(502));
-    let line = log.failure_line();
+    let line = failure_line(&log);
     assert!(
         line.contains("TLS with the backend failed: received fatal alert: CertificateRequired"),
         "{line}"

@@ -2,49 +2,13 @@
 //! closing event with the status, duration, bytes each way and how it
 //! ended.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tracing_subscriber::fmt::MakeWriter;
 use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-/// Capture this thread's log lines until the guard drops.
-fn capture() -> (Captured, tracing::subscriber::DefaultGuard) {
-    let captured = Captured::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(captured.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    (
-        captured.clone(),
-        tracing::subscriber::set_default(subscriber),
-    )
-}
+use wsproxy_e2e::Captured;
 
 async fn tunnel_closes(tunnels: &Tunnels) {
     timeout(Duration::from_secs(10), async {
@@ -58,7 +22,7 @@ async fn tunnel_closes(tunnels: &Tunnels) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
-    let (captured, _default) = capture();
+    let (captured, _default) = Captured::start();
 
     let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
         .await
@@ -93,7 +57,7 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
     drop(ws);
     tunnel_closes(&tunnels).await;
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     let line = log
         .lines()
         .find(|l| l.contains("tunnel closed"))
@@ -132,7 +96,7 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
-    let (captured, _default) = capture();
+    let (captured, _default) = Captured::start();
 
     let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
         .await
@@ -152,7 +116,7 @@ async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
     drop(ws);
     tunnel_closes(&tunnels).await;
 
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let log = captured.text();
     let line = log
         .lines()
         .find(|l| l.contains("message limit broken"))

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::client::Dialer;
 use crate::load::{self, Sample};
 use crate::procs::{self, Proc};
+use crate::{cell, ratio};
 
 /// Options of `compare-h2`.
 #[derive(Debug, clap::Args)]
@@ -441,20 +442,6 @@ async fn idle_rss(proxy: &Proc, dialer: &Dialer, count: usize) -> f64 {
 }
 
 fn print_table(settings: &[Setting], websockets: usize, figures: &Figures) {
-    let ratio = |a: f64, b: f64| {
-        if a.is_finite() && b.is_finite() && b != 0.0 {
-            format!("{:.2}", a / b)
-        } else {
-            "-".to_owned()
-        }
-    };
-    let cell = |v: f64| {
-        if v.is_finite() {
-            format!("{v:.1}")
-        } else {
-            "-".to_owned()
-        }
-    };
     let mut header = format!("\n{:<42}", "figure (median of rounds)");
     for setting in settings {
         header += &format!(" {:>9}", setting.header());

@@ -474,20 +474,6 @@ fn print_table(figures: &Figures) {
         let get = |target| figures.get(&(target, *key)).map_or(f64::NAN, |v| median(v));
         let (direct, wsgate, frames, nginx) =
             (get("direct"), get("wsgate"), get("frames"), get("nginx"));
-        let ratio = |a: f64, b: f64| {
-            if a.is_finite() && b.is_finite() && b != 0.0 {
-                format!("{:.2}", a / b)
-            } else {
-                "-".to_owned()
-            }
-        };
-        let cell = |v: f64| {
-            if v.is_finite() {
-                format!("{v:.1}")
-            } else {
-                "-".to_owned()
-            }
-        };
         println!(
             "{:<36} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
             label,
@@ -499,5 +485,23 @@ fn print_table(figures: &Figures) {
             ratio(wsgate, nginx),
             ratio(frames, wsgate)
         );
+    }
+}
+
+/// `a / b` to two decimals, or `-` when either is missing.
+pub(crate) fn ratio(a: f64, b: f64) -> String {
+    if a.is_finite() && b.is_finite() && b != 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// A figure to one decimal, or `-` when missing.
+pub(crate) fn cell(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.1}")
+    } else {
+        "-".to_owned()
     }
 }
