@@ -1048,3 +1048,69 @@ async fn backends_hear_https_only_for_tls_clients() {
         "http"
     );
 }
+
+/// A WebSocket backend that completes handshakes and then never reads.
+async fn stalled_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            // Handshake, then hold the socket without reading.
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                held.push(ws);
+            }
+        }
+    });
+    addr
+}
+
+/// With hyper's default windows (1 MiB for a stream and for the whole
+/// connection), one upload to a stalled backend stops every other upload
+/// on the connection; the gateway's 256 KiB / 8 MiB keep them flowing.
+#[tokio::test]
+async fn a_stalled_websocket_does_not_stall_its_h2_neighbours() {
+    let stalled = stalled_backend().await;
+    let echo_backend = EchoBackend::start("e").await;
+    let stalled_route = format!("/stalled=ws://{stalled}");
+    let echo_route = format!("/echo={}", echo_backend.url);
+    let gateway = Gateway::start(&[
+        "--route",
+        stalled_route.as_str(),
+        "--route",
+        echo_route.as_str(),
+        "--workers",
+        "1",
+    ]);
+    let tcp = TcpStream::connect(gateway.addr).await.unwrap();
+    let mut h2 = h2_client(tcp).await;
+    timeout(LIMIT, h2.ready()).await.unwrap().unwrap();
+    let base = format!("http://{}", gateway.addr);
+    let mut a = h2_websocket(&mut h2, &format!("{base}/stalled")).await;
+    let writer = tokio::spawn(async move {
+        let chunk = Message::binary(vec![1u8; 1024 * 1024]);
+        for _ in 0..64 {
+            if a.send(chunk.clone()).await.is_err() {
+                break;
+            }
+        }
+    });
+    // No event tells when A's bytes have filled every window on the way:
+    // give them time (the assertion below does not depend on it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut b = h2_websocket(&mut h2, &format!("{base}/echo")).await;
+    for i in 0..10 {
+        b.send(Message::text(format!("still flowing {i}")))
+            .await
+            .unwrap();
+        assert_eq!(
+            next(&mut b).await,
+            Message::text(format!("e:still flowing {i}"))
+        );
+    }
+    let big = "x".repeat(1024 * 1024);
+    b.send(Message::text(big.clone())).await.unwrap();
+    assert_eq!(next(&mut b).await, Message::text(format!("e:{big}")));
+    assert!(!writer.is_finished(), "64 MiB were buffered somewhere");
+    writer.abort();
+}
