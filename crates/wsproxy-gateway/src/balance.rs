@@ -11,7 +11,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use axum::http::HeaderName;
-use ipnet::IpNet;
 use wsproxy::Upstream;
 use wsproxy::admit::Key;
 use wsproxy::balance::{
@@ -185,10 +184,11 @@ impl fmt::Display for Balance {
 }
 
 impl HashOn {
-    /// The library's key; a client IP is looked up through `trusted`.
-    fn key(&self, trusted: &[IpNet]) -> Key {
+    /// The library's key (a client IP is the one `ResolveClient` found
+    /// behind `--trusted-proxy` networks).
+    fn key(&self) -> Key {
         match self {
-            Self::ClientIp => Key::client_ip().trusting(trusted.iter().copied()),
+            Self::ClientIp => Key::client_ip(),
             Self::Header(name) => Key::header(name.clone()),
             Self::Cookie(name) => Key::cookie(name),
             Self::Query(name) => Key::query(name),
@@ -370,9 +370,8 @@ impl BalanceArgs {
             .to_string()
     }
 
-    /// The backend set of one route; `trusted` are the `--trusted-proxy`
-    /// networks, for hashing on the client IP.
-    pub(crate) fn backends(&self, backends: &[BackendSpec], trusted: &[IpNet]) -> Backends {
+    /// The backend set of one route.
+    pub(crate) fn backends(&self, backends: &[BackendSpec]) -> Backends {
         let mut set = Backends::new(backends.iter().map(BackendSpec::backend));
         set = match &self.balance {
             None => set,
@@ -380,7 +379,7 @@ impl BalanceArgs {
             Some(Balance::LeastConn) => set.strategy(LeastConn::new()),
             Some(Balance::PowerOfTwo) => set.strategy(PowerOfTwo::new()),
             Some(Balance::Hash(on)) => {
-                let hash = ConsistentHash::new(on.key(trusted));
+                let hash = ConsistentHash::new(on.key());
                 set.strategy(match self.hash_bound {
                     Some(factor) => hash.bounded_load(factor),
                     None => hash,
@@ -628,7 +627,7 @@ mod tests {
         let args = crate::cli::Args::try_parse_from(["wsgate", "--balance", "least-conn"])
             .unwrap()
             .balance;
-        let status = args.backends(&specs, &[]).status();
+        let status = args.backends(&specs).status();
         let seen: Vec<_> = status
             .iter()
             .map(|s| (s.upstream.port(), s.weight, s.backup, s.up))

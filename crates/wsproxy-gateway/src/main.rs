@@ -150,9 +150,7 @@ async fn run(
     let sets: Vec<Backends> = routes
         .iter()
         .map(|route| {
-            let set = args
-                .balance
-                .backends(&route.backends, &args.trusted_proxies);
+            let set = args.balance.backends(&route.backends);
             match &backend_tls {
                 Some(tls) => set.tls(tls.clone()),
                 None => set,
@@ -283,7 +281,9 @@ fn router(args: &Args, routes: &[RouteSpec], sets: &[Backends], tunnels: &Tunnel
 /// connection limits, rate limits, then the Origin check (see
 /// `wsproxy::admit` for why this order).
 fn admission(mut app: Router, args: &Args) -> Router {
-    let client = Key::client_ip().trusting(args.trusted_proxies.iter().copied());
+    // Who the client is was decided once, by `ResolveClient` in front
+    // (with --trusted-proxy): the key reads its `ClientIp`.
+    let client = Key::client_ip();
     if args.max_conns.is_some() || args.max_conns_per_ip.is_some() {
         let mut limit = ConnectionLimit::new();
         if let Some(max) = args.max_conns {

@@ -553,7 +553,7 @@ fn resolve(request: &Parts, trusted: &[IpNet], header: ForwardedBy) -> Option<Ip
     let peer = forward::client_addr(&request.extensions)?
         .ip()
         .to_canonical();
-    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let is_trusted = |ip: &IpAddr| forward::is_trusted(*ip, trusted);
     if !is_trusted(&peer) {
         return Some(peer);
     }

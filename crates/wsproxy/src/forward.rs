@@ -141,7 +141,7 @@ pub(crate) struct Forwarding<'a> {
 impl Forwarding<'_> {
     fn peer_is_trusted(&self) -> bool {
         self.peer
-            .is_some_and(|peer| self.trusted.iter().any(|net| net.contains(&peer.ip())))
+            .is_some_and(|peer| is_trusted(peer.ip(), self.trusted))
     }
 
     /// Rewrite the forwarding headers of a request on its way to a backend.
@@ -158,8 +158,9 @@ impl Forwarding<'_> {
                 headers.remove(name);
             }
         }
-        if let Some(peer) = self.peer {
-            append_list(headers, X_FORWARDED_FOR, &peer.ip().to_string());
+        let peer = self.peer.map(|p| p.ip().to_canonical());
+        if let Some(peer) = peer {
+            append_list(headers, X_FORWARDED_FOR, &peer.to_string());
         }
         if !headers.contains_key(X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
@@ -171,7 +172,7 @@ impl Forwarding<'_> {
         }
         if self.rfc7239 {
             let mut element = String::with_capacity(64);
-            match self.peer.map(|p| p.ip()) {
+            match peer {
                 Some(IpAddr::V4(ip)) => write!(element, "for={ip}").unwrap(),
                 Some(IpAddr::V6(ip)) => write!(element, "for=\"[{ip}]\"").unwrap(),
                 None => element.push_str("for=unknown"),
@@ -189,7 +190,15 @@ impl Forwarding<'_> {
     }
 }
 
-fn is_token(s: &str) -> bool {
+/// Whether `ip` is in one of `nets`, compared in canonical form (the
+/// IPv4-mapped `::ffff:10.0.0.1` of a dual-stack listener is `10.0.0.1`).
+pub(crate) fn is_trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|net| net.contains(&ip))
+}
+
+/// Whether `s` is an RFC 9110 token (also what a cookie name must be).
+pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
@@ -259,6 +268,22 @@ mod tests {
                 .to_str()
                 .unwrap()
                 .contains("for=\"[::1]\"")
+        );
+    }
+
+    #[test]
+    fn an_ipv4_mapped_peer_is_trusted_and_forwarded_as_ipv4() {
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; the
+        // trust check and the address sent must be the same as
+        // `admit::client_ip`'s.
+        let trusted = ["10.0.0.0/8".parse().unwrap()];
+        let h = forwarding("[::ffff:10.0.0.1]:1", &trusted, true);
+        assert_eq!(h[X_FORWARDED_FOR], "6.6.6.6, 10.0.0.1");
+        assert!(
+            h[header::FORWARDED]
+                .to_str()
+                .unwrap()
+                .contains("for=10.0.0.1;")
         );
     }
 

@@ -20,34 +20,55 @@ use http::StatusCode;
 use crate::relay::{End, Totals};
 use crate::{Route, Upstream};
 
-/// A tunnel opened on `route`.
-pub(crate) fn tunnel_opened(route: &Route) {
+/// A tunnel opened on `route`: counts it, and keeps it in the open gauge
+/// until the returned guard drops (in the tunnel task, so a task that ends
+/// any way at all takes it out).
+pub(crate) fn tunnel_opened(route: &Route) -> OpenTunnel {
     #[cfg(feature = "metrics")]
     {
         let route = route.to_string();
         metrics::counter!("wsproxy_tunnels_opened_total", "route" => route.clone()).increment(1);
-        metrics::gauge!("wsproxy_tunnels_open", "route" => route).increment(1.0);
+        metrics::gauge!("wsproxy_tunnels_open", "route" => route.clone()).increment(1.0);
+        OpenTunnel { route }
+    }
+    #[cfg(not(feature = "metrics"))]
+    OpenTunnel {}
+}
+
+/// One tunnel in the `wsproxy_tunnels_open` gauge.
+#[derive(Debug)]
+pub(crate) struct OpenTunnel {
+    #[cfg(feature = "metrics")]
+    route: String,
+}
+
+impl OpenTunnel {
+    /// The tunnel ended: count why, and what went through.
+    pub(crate) fn closed(self, end: &End, totals: &Totals) {
+        #[cfg(feature = "metrics")]
+        {
+            let route = &self.route;
+            metrics::counter!(
+                "wsproxy_tunnels_closed_total",
+                "route" => route.clone(),
+                "reason" => end.kind().as_str()
+            )
+            .increment(1);
+            for (direction, totals) in [("up", &totals.up), ("down", &totals.down)] {
+                metrics::counter!("wsproxy_bytes_total", "route" => route.clone(), "direction" => direction)
+                    .increment(totals.bytes);
+                metrics::counter!("wsproxy_messages_total", "route" => route.clone(), "direction" => direction)
+                    .increment(totals.messages);
+            }
+        }
     }
 }
 
-/// A tunnel on `route` ended.
-pub(crate) fn tunnel_closed(route: &Route, end: &End, totals: &Totals) {
-    #[cfg(feature = "metrics")]
-    {
-        let route = route.to_string();
-        metrics::gauge!("wsproxy_tunnels_open", "route" => route.clone()).decrement(1.0);
-        metrics::counter!(
-            "wsproxy_tunnels_closed_total",
-            "route" => route.clone(),
-            "reason" => end.kind().as_str()
-        )
-        .increment(1);
-        for (direction, totals) in [("up", &totals.up), ("down", &totals.down)] {
-            metrics::counter!("wsproxy_bytes_total", "route" => route.clone(), "direction" => direction)
-                .increment(totals.bytes);
-            metrics::counter!("wsproxy_messages_total", "route" => route.clone(), "direction" => direction)
-                .increment(totals.messages);
-        }
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("wsproxy_tunnels_open", "route" => std::mem::take(&mut self.route))
+            .decrement(1.0);
     }
 }
 
@@ -74,4 +95,45 @@ pub(crate) fn backend_retry(backend: &Upstream) {
     #[cfg(feature = "metrics")]
     metrics::counter!("wsproxy_backend_retries_total", "backend" => backend.to_string())
         .increment(1);
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::*;
+
+    #[test]
+    fn the_open_gauge_goes_down_however_the_tunnel_task_ends() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        // A snapshot takes (and resets) what changed since the last one.
+        let mut level = 0.0;
+        let mut gauge = || {
+            level += snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find_map(|(key, _, _, value)| match value {
+                    DebugValue::Gauge(g) if key.key().name() == "wsproxy_tunnels_open" => {
+                        Some(g.into_inner())
+                    }
+                    _ => None,
+                })
+                .unwrap_or(0.0);
+            level
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let route = Route::prefix("/chat");
+            let ended = tunnel_opened(&route);
+            let dropped = tunnel_opened(&route);
+            assert_eq!(gauge(), 2.0);
+            ended.closed(&End::Idle, &Totals::default());
+            assert_eq!(gauge(), 1.0);
+            // A task dropped before its end (runtime shut down) still
+            // takes its tunnel out.
+            drop(dropped);
+            assert_eq!(gauge(), 0.0);
+        });
+    }
 }

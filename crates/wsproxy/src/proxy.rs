@@ -142,8 +142,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
 
         let tunnels = config.tunnels.clone();
         let settings = config.settings();
-        let route = config.route.clone();
-        crate::metrics::tunnel_opened(&route);
+        let open = crate::metrics::tunnel_opened(&config.route);
         let handshake_timeout = config.handshake_timeout;
         tokio::spawn(
             async move {
@@ -171,7 +170,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                     ),
                 };
                 tunnels.record(&end, &totals);
-                crate::metrics::tunnel_closed(&route, &end, &totals);
+                open.closed(&end, &totals);
                 if let relay::End::Proxy {
                     reason: relay::Reason::Limit { exceeded, .. },
                     ..

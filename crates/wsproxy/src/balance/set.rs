@@ -434,7 +434,10 @@ impl Backends {
     /// If `name` is not a cookie name (letters, digits and
     /// ``!#$%&'*+-.^_`|~``).
     pub fn sticky_cookie(mut self, name: &str) -> Self {
-        assert!(is_cookie_name(name), "invalid sticky cookie name {name:?}");
+        assert!(
+            crate::forward::is_token(name),
+            "invalid sticky cookie name {name:?}"
+        );
         let secret = self
             .config
             .sticky
@@ -847,14 +850,6 @@ impl Backends {
         }
         text
     }
-}
-
-/// Whether `name` is a cookie name (an RFC 6265 token).
-fn is_cookie_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl SetState {
