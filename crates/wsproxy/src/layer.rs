@@ -57,12 +57,8 @@ pub(crate) struct Config {
     pub(crate) trusted_proxies: Vec<IpNet>,
     pub(crate) connect_timeout: Duration,
     pub(crate) handshake_timeout: Duration,
-    pub(crate) idle_timeout: Option<Duration>,
-    pub(crate) half_close_timeout: Duration,
-    pub(crate) client_keepalive: Option<Keepalive>,
-    pub(crate) backend_keepalive: Option<Keepalive>,
-    pub(crate) client_limits: MessageLimits,
-    pub(crate) backend_limits: MessageLimits,
+    /// What every tunnel of the layer relays with, shared.
+    pub(crate) settings: Arc<Settings>,
     pub(crate) tunnels: Tunnels,
     pub(crate) admissions: Admissions,
 }
@@ -74,19 +70,6 @@ pub(crate) struct Admissions(pub(crate) Vec<Arc<dyn Admission>>);
 impl std::fmt::Debug for Admissions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} admission checks", self.0.len())
-    }
-}
-
-impl Config {
-    pub(crate) fn settings(&self) -> Settings {
-        Settings {
-            idle: self.idle_timeout,
-            half_close: self.half_close_timeout,
-            client_keepalive: self.client_keepalive,
-            backend_keepalive: self.backend_keepalive,
-            client_limits: self.client_limits,
-            backend_limits: self.backend_limits,
-        }
     }
 }
 
@@ -124,16 +107,22 @@ impl WebSocketProxyLayer {
                 trusted_proxies: Vec::new(),
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
-                idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
-                half_close_timeout: DEFAULT_HALF_CLOSE_TIMEOUT,
-                client_keepalive: None,
-                backend_keepalive: None,
-                client_limits: MessageLimits::new(),
-                backend_limits: MessageLimits::new(),
+                settings: Arc::new(Settings {
+                    idle: Some(DEFAULT_IDLE_TIMEOUT),
+                    half_close: DEFAULT_HALF_CLOSE_TIMEOUT,
+                    client_keepalive: None,
+                    backend_keepalive: None,
+                    client_limits: MessageLimits::new(),
+                    backend_limits: MessageLimits::new(),
+                }),
                 tunnels: Tunnels::new(),
                 admissions: Admissions::default(),
             },
         }
+    }
+
+    fn settings(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.config.settings)
     }
 
     /// Claim only handshakes that match `route` (default: [`Route::any`]).
@@ -232,7 +221,7 @@ impl WebSocketProxyLayer {
     /// far above the ping intervals of common clients (socket.io 25 s,
     /// graphql-ws 12 s) while still reclaiming dead tunnels.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.idle_timeout = timeout;
+        self.settings().idle = timeout;
         self
     }
 
@@ -243,35 +232,35 @@ impl WebSocketProxyLayer {
     /// itself for a [limit](Self::client_limits) or a
     /// [keepalive](Self::client_keepalive).
     pub fn half_close_timeout(mut self, timeout: Duration) -> Self {
-        self.config.half_close_timeout = timeout;
+        self.settings().half_close = timeout;
         self
     }
 
     /// Ping clients that have been silent (default: off). See
     /// [`Keepalive`].
     pub fn client_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
-        self.config.client_keepalive = keepalive;
+        self.settings().client_keepalive = keepalive;
         self
     }
 
     /// Ping backends that have been silent (default: off). See
     /// [`Keepalive`].
     pub fn backend_keepalive(mut self, keepalive: Option<Keepalive>) -> Self {
-        self.config.backend_keepalive = keepalive;
+        self.settings().backend_keepalive = keepalive;
         self
     }
 
     /// Limits on the frames and messages clients send (default: none).
     /// See [`MessageLimits`].
     pub fn client_limits(mut self, limits: MessageLimits) -> Self {
-        self.config.client_limits = limits;
+        self.settings().client_limits = limits;
         self
     }
 
     /// Limits on the frames and messages backends send (default: none).
     /// See [`MessageLimits`].
     pub fn backend_limits(mut self, limits: MessageLimits) -> Self {
-        self.config.backend_limits = limits;
+        self.settings().backend_limits = limits;
         self
     }
 

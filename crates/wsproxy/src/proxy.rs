@@ -141,7 +141,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         let drain = tunnels_drain(&config, &picked);
 
         let tunnels = config.tunnels.clone();
-        let settings = config.settings();
+        let settings = config.settings.clone();
         let open = crate::metrics::tunnel_opened(&config.route);
         let handshake_timeout = config.handshake_timeout;
         tokio::spawn(

@@ -316,17 +316,20 @@ impl Alive {
     }
 }
 
-/// Relay between `client` and `backend` until the tunnel ends.
+/// Relay between `client` and `backend` until the tunnel ends. The proxy
+/// passes its layer's shared `Arc<Settings>`, so an open tunnel does not
+/// carry a copy of them.
 pub(crate) async fn relay<C, B>(
     mut client: C,
     mut backend: B,
-    settings: Settings,
+    settings: impl Into<std::sync::Arc<Settings>>,
     drain: Drain,
 ) -> (End, Totals)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
+    let settings = settings.into();
     let start = Instant::now();
     // Up: client to backend; the proxy's frames to the backend are masked.
     let mut up = Pump::new(

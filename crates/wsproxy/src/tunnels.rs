@@ -168,6 +168,7 @@ impl Tunnels {
     pub(crate) fn drain(&self) -> Drain {
         Drain {
             shared: self.shared.clone(),
+            shutdown: self.shared.drain.child_token(),
             backend: None,
         }
     }
@@ -218,7 +219,11 @@ impl Drop for TunnelGuard {
 #[derive(Debug)]
 pub(crate) struct Drain {
     shared: Arc<Shared>,
-    backend: Option<Arc<CloseSignal>>,
+    /// Child tokens of the shared ones: a relay polls them on every
+    /// wake-up, and polling a token locks it, so each tunnel polls its own
+    /// rather than every tunnel of every worker locking the same one.
+    shutdown: CancellationToken,
+    backend: Option<(Arc<CloseSignal>, CancellationToken)>,
 }
 
 /// Closes the tunnels of one backend gracefully, with a deadline.
@@ -240,20 +245,21 @@ impl CloseSignal {
 impl Drain {
     /// Also end when `signal` closes the backend's tunnels.
     pub(crate) fn with_backend(mut self, signal: Arc<CloseSignal>) -> Self {
-        self.backend = Some(signal);
+        let token = signal.token.child_token();
+        self.backend = Some((signal, token));
         self
     }
 
     /// Resolves when a shutdown starts.
     pub(crate) fn shutdown(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.shared.drain.cancelled()
+        self.shutdown.cancelled()
     }
 
     /// Resolves when the backend's tunnels are closed (never without a
     /// backend signal).
     pub(crate) async fn backend_closed(&self) {
         match &self.backend {
-            Some(backend) => backend.token.cancelled().await,
+            Some((_, token)) => token.cancelled().await,
             None => std::future::pending().await,
         }
     }
@@ -271,13 +277,13 @@ impl Drain {
     pub(crate) fn backend_deadline(&self) -> Instant {
         self.backend
             .as_ref()
-            .and_then(|b| b.deadline.get().copied())
+            .and_then(|(signal, _)| signal.deadline.get().copied())
             .unwrap_or_else(Instant::now)
     }
 
     /// Resolves at the deadline of a started shutdown.
     pub(crate) async fn hard_close(&self) {
-        self.shared.drain.cancelled().await;
+        self.shutdown.cancelled().await;
         tokio::time::sleep_until(self.deadline()).await;
     }
 }
