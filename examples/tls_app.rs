@@ -66,8 +66,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut http = Builder::new(TokioExecutor::new());
     http.http2()
         .enable_connect_protocol()
-        .initial_stream_window_size(256 * 1024)
-        .initial_connection_window_size(8 * 1024 * 1024);
+        .initial_stream_window_size(wsproxy::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(wsproxy::HTTP2_CONNECTION_WINDOW);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
     println!("listening on https://{}", listener.local_addr()?);

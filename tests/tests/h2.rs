@@ -268,8 +268,8 @@ async fn serve_h2(app: axum::Router) -> SocketAddr {
                 builder
                     .http2()
                     .enable_connect_protocol()
-                    .initial_stream_window_size(256 * 1024)
-                    .initial_connection_window_size(8 * 1024 * 1024);
+                    .initial_stream_window_size(wsproxy::HTTP2_STREAM_WINDOW)
+                    .initial_connection_window_size(wsproxy::HTTP2_CONNECTION_WINDOW);
                 let _ = builder
                     .serve_connection_with_upgrades(
                         TokioIo::new(tcp),

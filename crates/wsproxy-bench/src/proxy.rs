@@ -21,10 +21,9 @@ use wsproxy::{ClientAddr, WebSocketProxyLayer};
 
 use crate::client::BoxError;
 
-/// HTTP/2 receive window per stream, as the crate docs recommend.
-pub(crate) const STREAM_WINDOW: u32 = 256 * 1024;
-/// HTTP/2 receive window per connection, as the crate docs recommend.
-pub(crate) const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+pub(crate) use wsproxy::{
+    HTTP2_CONNECTION_WINDOW as CONNECTION_WINDOW, HTTP2_STREAM_WINDOW as STREAM_WINDOW,
+};
 
 /// Bind `listen` and proxy every WebSocket to `backend` (`ws://host:port`)
 /// until the task is dropped; returns the bound address and the accept

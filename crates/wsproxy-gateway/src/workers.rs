@@ -101,8 +101,8 @@ fn http() -> Builder<TokioExecutor> {
         .http2()
         // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets over HTTP/2 (RFC 8441).
         .enable_connect_protocol()
-        .initial_stream_window_size(256 * 1024)
-        .initial_connection_window_size(8 * 1024 * 1024);
+        .initial_stream_window_size(wsproxy::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(wsproxy::HTTP2_CONNECTION_WINDOW);
     builder
 }
 

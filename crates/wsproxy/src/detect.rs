@@ -27,7 +27,7 @@ pub(crate) fn is_handshake<B>(req: &Request<B>) -> bool {
 /// `Connection` header holds the token `upgrade`, both compared
 /// case-insensitively in comma-separated lists (Firefox sends
 /// `Connection: keep-alive, Upgrade`).
-pub(crate) fn is_http1_handshake<B>(req: &Request<B>) -> bool {
+fn is_http1_handshake<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET
         && req.version() == Version::HTTP_11
         && has_token(req.headers(), &UPGRADE, "websocket")
@@ -36,7 +36,7 @@ pub(crate) fn is_http1_handshake<B>(req: &Request<B>) -> bool {
 
 /// Is `req` an HTTP/2 WebSocket opening handshake (RFC 8441): an extended
 /// `CONNECT` with `:protocol` `websocket`? Other protocols are not claimed.
-pub(crate) fn is_http2_handshake<B>(req: &Request<B>) -> bool {
+fn is_http2_handshake<B>(req: &Request<B>) -> bool {
     #[cfg(feature = "http2")]
     {
         req.method() == Method::CONNECT
@@ -88,7 +88,8 @@ impl Invalid {
 }
 
 /// Check the headers of an HTTP/2 handshake (RFC 8441 §5: no key, no
-/// accept; the version is still 13).
+/// accept; the version is still 13). Also the version check of
+/// [`validate`].
 pub(crate) fn validate_http2(headers: &HeaderMap) -> Result<(), Invalid> {
     let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
     match (versions.next(), versions.next()) {
@@ -111,11 +112,7 @@ pub(crate) fn validate(headers: &HeaderMap) -> Result<HeaderValue, Invalid> {
     if decoded_len != 16 {
         return Err(Invalid::MalformedKey);
     }
-    let mut versions = headers.get_all(SEC_WEBSOCKET_VERSION).iter();
-    match (versions.next(), versions.next()) {
-        (Some(v), None) if v.as_bytes().trim_ascii() == b"13" => {}
-        _ => return Err(Invalid::UnsupportedVersion),
-    }
+    validate_http2(headers)?;
     let has_body = headers.contains_key(TRANSFER_ENCODING)
         || headers
             .get_all(CONTENT_LENGTH)

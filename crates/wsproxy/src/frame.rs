@@ -25,8 +25,6 @@ pub(crate) struct FrameTracker {
     offset: u64,
     /// Opcode of the current frame.
     opcode: u8,
-    /// FIN bit of the current frame.
-    fin: bool,
     /// Header length of the current frame.
     header_len: u8,
     /// Payload length of the current frame.
@@ -51,10 +49,9 @@ pub(crate) struct FrameTracker {
 
 /// The header of the frame that just started, as read by
 /// [`FrameTracker::feed_to_header`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct Head {
     pub(crate) opcode: u8,
-    pub(crate) fin: bool,
     /// Header length in bytes (2 to 14).
     pub(crate) header_len: usize,
     /// Payload length.
@@ -85,10 +82,9 @@ impl FrameTracker {
     }
 
     /// The header of the current (or last) frame.
-    pub(crate) fn head(&self) -> Head {
+    fn head(&self) -> Head {
         Head {
             opcode: self.opcode,
-            fin: self.fin,
             header_len: usize::from(self.header_len),
             len: self.len,
             message_len: if self.opcode & 0x8 == 0 {
@@ -198,7 +194,6 @@ impl FrameTracker {
         self.header_len = self.header_len() as u8;
         let h = &self.header;
         let fin = h[0] & 0x80 != 0;
-        self.fin = fin;
         self.opcode = h[0] & 0x0f;
         let len7 = h[1] & 0x7f;
         let (len, rest) = match len7 {

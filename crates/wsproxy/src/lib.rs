@@ -130,8 +130,9 @@
 //!   the same 1 MiB receive window, so one WebSocket whose backend stops
 //!   reading fills the connection's window and stalls the uploads of every
 //!   other stream on it (measured in `tests/tests/h2.rs`). With hyper-util's
-//!   builder set `initial_stream_window_size(256 * 1024)` and
-//!   `initial_connection_window_size(8 * 1024 * 1024)`: a stalled
+//!   builder set `initial_stream_window_size(`[`HTTP2_STREAM_WINDOW`]`)`
+//!   and `initial_connection_window_size(`[`HTTP2_CONNECTION_WINDOW`]`)`: a
+//!   stalled
 //!   WebSocket then holds at most 256 KiB (that is also the most a client
 //!   can make the server hold per stream), and 31 can stall before the
 //!   others feel it. `axum::serve` cannot set them; the `hyper_server`
@@ -188,6 +189,16 @@ pub use service::{UpgradeRequired, WebSocketProxy};
 pub use settings::{Keepalive, MessageLimits};
 pub use tunnels::{EndCounts, SideStats, TunnelStats, Tunnels};
 pub use upstream::{InvalidUpstream, Upstream};
+
+/// The HTTP/2 receive window per stream that serving docs recommend
+/// (256 KiB): what one WebSocket whose backend stops reading can hold. See
+/// "Serving" in the [crate docs](crate).
+pub const HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
+
+/// The HTTP/2 receive window per connection that serving docs recommend
+/// (8 MiB, 32 streams' worth): well above [`HTTP2_STREAM_WINDOW`], so a
+/// stalled WebSocket does not stall the others on its connection.
+pub const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// Errors of different origins meeting in a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -138,7 +138,10 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         if let Some(cookie) = sticky {
             head.headers.append(header::SET_COOKIE, cookie);
         }
-        let drain = tunnels_drain(&config, &picked);
+        // The tunnel ends on a shutdown, or when its backend goes down (if
+        // the set closes tunnels then); it holds its backend's load unit.
+        let (close, load) = picked.into_parts();
+        let drain = config.tunnels.drain().with_backend(close);
 
         let tunnels = config.tunnels.clone();
         let settings = config.settings.clone();
@@ -148,7 +151,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
             async move {
                 let _guard = guard;
                 let _holds = holds;
-                let _load = picked.into_load();
+                let _load = load;
                 // A client that goes away before its side of the upgrade
                 // completes still ends the tunnel that was counted open.
                 let (end, totals) = match tokio::time::timeout(handshake_timeout, on_client_upgrade)
@@ -345,12 +348,6 @@ fn failed<B>(failure: &Failure) -> Response<ResponseBody<B>> {
     tracing::warn!(status = status.as_u16(), error = %failure, "backend handshake failed");
     // The cause is for the log; the client learns only the status.
     refusal(status, status.canonical_reason().unwrap_or("bad gateway"))
-}
-
-/// What the tunnel watches to be closed: a shutdown, or its backend going
-/// down (when the set closes tunnels then).
-fn tunnels_drain(config: &Config, picked: &Picked) -> crate::tunnels::Drain {
-    config.tunnels.drain().with_backend(picked.close.clone())
 }
 
 /// Count a refused handshake in the metrics.

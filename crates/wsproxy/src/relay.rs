@@ -1012,6 +1012,12 @@ fn unmasked_eq(payload: &[u8], mask: Option<[u8; 4]>, expected: &[u8]) -> bool {
 
 /// A control frame (payload of at most 125 bytes), masked with a fresh
 /// key when `masked`.
+/// A Close frame with status `code`, masked as a client's (toward a
+/// backend) or not.
+pub(crate) fn close_frame(code: u16, masked: bool) -> Vec<u8> {
+    control_frame(OP_CLOSE, &code.to_be_bytes(), masked)
+}
+
 fn control_frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     debug_assert!(payload.len() <= 125);
     let mut frame = Vec::with_capacity(6 + payload.len());
@@ -1033,6 +1039,14 @@ mod tests {
     use super::*;
     use crate::Tunnels;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+
+    /// Why and how the proxy closed the tunnel, if it did.
+    fn proxy_close(end: &End) -> Option<(Reason, bool)> {
+        match *end {
+            End::Proxy { reason, answered } => Some((reason, answered)),
+            _ => None,
+        }
+    }
 
     fn timeouts(idle: Option<u64>, half_close: u64) -> Settings {
         Settings {
@@ -1223,16 +1237,7 @@ mod tests {
         let start = Instant::now();
         drop(tunnels.shutdown(Duration::from_secs(3)));
         let (end, _) = task.await.unwrap();
-        assert!(
-            matches!(
-                end,
-                End::Proxy {
-                    reason: Reason::Shutdown,
-                    answered: false
-                }
-            ),
-            "{end}"
-        );
+        assert_eq!(proxy_close(&end), Some((Reason::Shutdown, false)), "{end}");
         assert_eq!(start.elapsed(), Duration::from_secs(3));
     }
 
@@ -1260,10 +1265,7 @@ mod tests {
                 drop(tunnels.shutdown(Duration::from_secs(3)));
             }
             let (end, _) = task.await.unwrap();
-            assert!(
-                matches!(end, End::Proxy { reason: r, answered: false } if r == reason),
-                "{end}"
-            );
+            assert_eq!(proxy_close(&end), Some((reason, false)), "{end}");
             assert_eq!(start.elapsed(), Duration::from_secs(expect));
         }
     }
@@ -1364,14 +1366,9 @@ mod tests {
             .await
             .unwrap();
         let (end, _) = task.await.unwrap();
-        assert!(
-            matches!(
-                end,
-                End::Proxy {
-                    reason: Reason::Keepalive { client: false },
-                    answered: true
-                }
-            ),
+        assert_eq!(
+            proxy_close(&end),
+            Some((Reason::Keepalive { client: false }, true)),
             "{end}"
         );
     }
@@ -1453,16 +1450,7 @@ mod tests {
                 .await
                 .unwrap();
             let (end, _) = task.await.unwrap();
-            assert!(
-                matches!(
-                    end,
-                    End::Proxy {
-                        reason: Reason::Shutdown,
-                        answered: true
-                    }
-                ),
-                "{end}"
-            );
+            assert_eq!(proxy_close(&end), Some((Reason::Shutdown, true)), "{end}");
             let mut rest = Vec::new();
             client.read_to_end(&mut rest).await.unwrap();
             assert!(rest.is_empty(), "after the backend's Close: {rest:?}");
@@ -1497,16 +1485,7 @@ mod tests {
                 got
             });
             let (end, _) = task.await.unwrap();
-            assert!(
-                matches!(
-                    end,
-                    End::Proxy {
-                        reason: Reason::Shutdown,
-                        answered: true
-                    }
-                ),
-                "{end}"
-            );
+            assert_eq!(proxy_close(&end), Some((Reason::Shutdown, true)), "{end}");
             assert_eq!(reader.await.unwrap(), sent, "all of it reached the backend");
         }
 
@@ -1530,16 +1509,7 @@ mod tests {
                 .unwrap();
             backend.shutdown().await.unwrap();
             let (end, _) = task.await.unwrap();
-            assert!(
-                matches!(
-                    end,
-                    End::Proxy {
-                        reason: Reason::Shutdown,
-                        answered: true
-                    }
-                ),
-                "{end}"
-            );
+            assert_eq!(proxy_close(&end), Some((Reason::Shutdown, true)), "{end}");
         }
 
         #[tokio::test(start_paused = true)]
@@ -1586,14 +1556,9 @@ mod tests {
                 .await
                 .unwrap();
             let (end, _) = task.await.unwrap();
-            assert!(
-                matches!(
-                    end,
-                    End::Proxy {
-                        reason: Reason::Keepalive { client: true },
-                        ..
-                    }
-                ),
+            assert_eq!(
+                proxy_close(&end).map(|(reason, _)| reason),
+                Some(Reason::Keepalive { client: true }),
                 "{end}"
             );
         }

@@ -256,7 +256,12 @@ impl Probe {
                     match connect::handshake(stream, request, &key, timeout, &tunnels).await {
                         Ok(Answer::Upgraded(_, upgraded)) => {
                             let mut io = TokioIo::new(upgraded);
-                            let _ = io.write_all(&close_going_away()).await;
+                            let _ = io
+                                .write_all(&crate::relay::close_frame(
+                                    crate::relay::GOING_AWAY,
+                                    true,
+                                ))
+                                .await;
                             let _ = io.shutdown().await;
                             Ok(())
                         }
@@ -313,22 +318,6 @@ async fn http_get(
     .await
 }
 
-/// A masked Close frame with status 1001, as a client sends it.
-fn close_going_away() -> [u8; 8] {
-    let mask: [u8; 4] = std::array::from_fn(|_| fastrand::u8(..));
-    let code = 1001u16.to_be_bytes();
-    [
-        0x88,
-        0x82,
-        mask[0],
-        mask[1],
-        mask[2],
-        mask[3],
-        code[0] ^ mask[0],
-        code[1] ^ mask[1],
-    ]
-}
-
 /// Probe `member` until it is removed or `stopped` (the set is gone).
 pub(crate) async fn probe_loop(
     member: Arc<Member>,
@@ -339,14 +328,16 @@ pub(crate) async fn probe_loop(
 ) {
     let upstream = member.backend.upstream.clone();
     let (mut good, mut bad) = (0u32, 0u32);
-    let mut next = tokio::time::Instant::now();
+    // The first tick is at once; a slow probe delays the next ones
+    // rather than bunching them.
+    let mut ticks = tokio::time::interval(health.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = tokio::time::sleep_until(next) => {}
+            _ = ticks.tick() => {}
             () = stopped.cancelled() => return,
             () = member.removed.cancelled() => return,
         }
-        next += health.interval;
         let result = tokio::select! {
             result = health.probe.run(&upstream, &tls, health.timeout) => result,
             () = stopped.cancelled() => return,
@@ -374,11 +365,6 @@ pub(crate) async fn probe_loop(
                     tracing::debug!(backend = %upstream, %error, "health probe failed");
                 }
             }
-        }
-        // Missed ticks (a slow probe) are skipped, not bunched.
-        let now = tokio::time::Instant::now();
-        if next < now {
-            next = now;
         }
     }
 }

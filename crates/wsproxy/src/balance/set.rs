@@ -196,8 +196,22 @@ impl Member {
     /// after its close signal is taken, so that a mark-down that swapped
     /// the signal first is seen).
     fn went_away(&self, passive: bool, now: u64) -> bool {
+        self.removed.is_cancelled() || !self.probe_up() || self.passively_down(passive, now)
+    }
+
+    /// Whether passive checks (if they apply) skip it at `now`.
+    fn passively_down(&self, passive: bool, now: u64) -> bool {
         let until = self.down_until.load(Ordering::Relaxed);
-        self.removed.is_cancelled() || !self.probe_up() || (passive && until != 0 && now < until)
+        passive && until != 0 && now < until
+    }
+
+    /// Count a transition down or up (which starts slow start).
+    fn transition(&self, up: bool) {
+        if up {
+            self.up_since.store(now(), Ordering::Relaxed);
+        }
+        self.transitions.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::backend_transition(&self.backend.upstream, up);
     }
 
     pub(crate) fn probe_up(&self) -> bool {
@@ -206,11 +220,7 @@ impl Member {
 
     pub(crate) fn set_probe_up(&self, up: bool) {
         self.probe_up.store(up, Ordering::Relaxed);
-        self.transitions.fetch_add(1, Ordering::Relaxed);
-        if up {
-            self.up_since.store(now(), Ordering::Relaxed);
-        }
-        crate::metrics::backend_transition(&self.backend.upstream, up);
+        self.transition(up);
     }
 
     /// Close this backend's open tunnels (Close 1001, hard after `grace`);
@@ -248,9 +258,7 @@ impl Member {
                 .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
             {
-                self.up_since.store(now, Ordering::Relaxed);
-                self.transitions.fetch_add(1, Ordering::Relaxed);
-                crate::metrics::backend_transition(&self.backend.upstream, true);
+                self.transition(true);
                 tracing::info!(backend = %self.backend.upstream, "backend back in rotation after fail_timeout");
             }
         }
@@ -287,11 +295,10 @@ fn now() -> u64 {
 /// The backend chosen for one handshake attempt; counts toward its load
 /// until dropped, so it moves into the tunnel task.
 pub(crate) struct Picked {
-    pub(crate) member: Arc<Member>,
     /// What closes the tunnel if the backend goes down or is removed,
     /// taken when it was chosen (so a removal during the handshake is not
     /// missed).
-    pub(crate) close: Arc<CloseSignal>,
+    close: Arc<CloseSignal>,
     load: Load,
 }
 
@@ -318,17 +325,21 @@ impl Drop for Load {
 }
 
 impl Picked {
+    fn member(&self) -> &Member {
+        &self.load.member
+    }
+
     pub(crate) fn upstream(&self) -> &Upstream {
-        &self.member.backend.upstream
+        &self.member().backend.upstream
     }
 
     pub(crate) fn id(&self) -> BackendId {
-        self.member.backend.id
+        self.member().backend.id
     }
 
-    /// The load unit, for the tunnel task to hold.
-    pub(crate) fn into_load(self) -> impl Send + 'static {
-        self.load
+    /// What closes its tunnel, and the load unit the tunnel task holds.
+    pub(crate) fn into_parts(self) -> (Arc<CloseSignal>, impl Send + 'static) {
+        (self.close, self.load)
     }
 }
 
@@ -643,19 +654,16 @@ impl Backends {
         let now = now();
         members
             .iter()
-            .map(|m| {
-                let until = m.down_until.load(Ordering::Relaxed);
-                BackendStatus {
-                    id: m.backend.id,
-                    upstream: m.backend.upstream.clone(),
-                    weight: m.weight.load(Ordering::Relaxed),
-                    backup: m.backup(),
-                    max_conns: Some(m.max_conns()).filter(|&max| max != usize::MAX),
-                    open: m.open(),
-                    up: m.probe_up() && !(passive && until != 0 && now < until),
-                    draining: m.draining.load(Ordering::Relaxed),
-                    transitions: m.transitions.load(Ordering::Relaxed),
-                }
+            .map(|m| BackendStatus {
+                id: m.backend.id,
+                upstream: m.backend.upstream.clone(),
+                weight: m.weight.load(Ordering::Relaxed),
+                backup: m.backup(),
+                max_conns: Some(m.max_conns()).filter(|&max| max != usize::MAX),
+                open: m.open(),
+                up: m.probe_up() && !m.passively_down(passive, now),
+                draining: m.draining.load(Ordering::Relaxed),
+                transitions: m.transitions.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -744,7 +752,7 @@ impl Backends {
                         .pick(request, &candidates)
                         .min(candidates.len() - 1)
                 });
-            let member = candidates[i].member.clone();
+            let member = candidates[i].member;
             let before = member.open.fetch_add(1, Ordering::SeqCst);
             let load = Load {
                 member: member.clone(),
@@ -762,14 +770,7 @@ impl Backends {
             let cookie = sticky
                 .filter(|s| wanted != Some(s.value(member.backend.id)))
                 .map(|s| s.cookie(member.backend.id));
-            return Some((
-                Picked {
-                    member,
-                    close,
-                    load,
-                },
-                cookie,
-            ));
+            return Some((Picked { close, load }, cookie));
         }
         None
     }
@@ -777,7 +778,7 @@ impl Backends {
     /// Count a failed handshake attempt on `picked` (passive health).
     pub(crate) fn failed(&self, picked: &Picked) {
         let passive = self.config.passive;
-        let member = &picked.member;
+        let member = picked.member();
         if passive.max_fails == 0 || !self.passive_applies(&self.state.read()) {
             return;
         }
@@ -801,8 +802,7 @@ impl Backends {
         let timeout = u64::try_from(passive.fail_timeout.as_nanos()).unwrap_or(u64::MAX);
         let until = now().saturating_add(timeout);
         if member.down_until.swap(until, Ordering::Relaxed) == 0 {
-            member.transitions.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::backend_transition(&member.backend.upstream, false);
+            member.transition(false);
             tracing::warn!(
                 backend = %member.backend.upstream,
                 failed,
@@ -820,10 +820,12 @@ impl Backends {
     /// not clear them, as in nginx), or at once if it was marked down and
     /// was tried anyway because every backend was.
     pub(crate) fn succeeded(&self, picked: &Picked) {
-        let member = &picked.member;
+        let member = picked.member();
         let mut fails = member.fails.lock().unwrap_or_else(PoisonError::into_inner);
         let (count, last) = &mut *fails;
-        let was_down = member.down_until.swap(0, Ordering::Relaxed) != 0;
+        // Only a member that was down is written to (a shared cache line).
+        let was_down = member.down_until.load(Ordering::Relaxed) != 0
+            && member.down_until.swap(0, Ordering::Relaxed) != 0;
         let expired = last
             .is_none_or(|t| Instant::now().duration_since(t) > self.config.passive.fail_timeout);
         if expired || was_down {
@@ -831,9 +833,7 @@ impl Backends {
             *last = None;
         }
         if was_down {
-            member.up_since.store(now(), Ordering::Relaxed);
-            member.transitions.fetch_add(1, Ordering::Relaxed);
-            crate::metrics::backend_transition(&member.backend.upstream, true);
+            member.transition(true);
             tracing::info!(backend = %member.backend.upstream, "backend up: a handshake succeeded");
         }
     }
