@@ -989,9 +989,14 @@ fn bad_backend_tls_flags_exit_with_a_clear_message() {
     );
 }
 
-/// A WebSocket backend that sends the `X-Forwarded-Proto` of each
+/// What a [`recorder`] reports of each handshake.
+type Describe = fn(&tokio_tungstenite::tungstenite::handshake::server::Request) -> String;
+
+/// A WebSocket echo backend that sends `describe(request)` for each
 /// handshake it accepts.
-async fn proto_recorder() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+async fn recorder(
+    describe: Describe,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1002,15 +1007,17 @@ async fn proto_recorder() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<S
             tokio::spawn(async move {
                 #[allow(clippy::result_large_err)]
                 let callback = |req: &Request, res: Response| {
-                    let proto = req
-                        .headers()
-                        .get("x-forwarded-proto")
-                        .map(|v| v.to_str().unwrap().to_owned());
-                    let _ = tx.send(proto.unwrap_or_default());
+                    let _ = tx.send(describe(req));
                     Ok(res)
                 };
                 if let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await {
-                    while let Some(Ok(_)) = ws.next().await {}
+                    while let Some(Ok(message)) = ws.next().await {
+                        if (message.is_text() || message.is_binary())
+                            && ws.send(message).await.is_err()
+                        {
+                            break;
+                        }
+                    }
                 }
             });
         }
@@ -1018,9 +1025,17 @@ async fn proto_recorder() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<S
     (addr, rx)
 }
 
+/// Its `X-Forwarded-Proto`.
+fn forwarded_proto(req: &tokio_tungstenite::tungstenite::handshake::server::Request) -> String {
+    req.headers()
+        .get("x-forwarded-proto")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
 #[tokio::test]
 async fn backends_hear_https_only_for_tls_clients() {
-    let (backend, mut protos) = proto_recorder().await;
+    let (backend, mut protos) = recorder(forwarded_proto).await;
     let route = format!("/p=ws://{backend}");
     let cert = TestCert::new();
     let mut args = vec!["--route", route.as_str()];
@@ -1087,17 +1102,32 @@ async fn a_stalled_websocket_does_not_stall_its_h2_neighbours() {
     timeout(LIMIT, h2.ready()).await.unwrap().unwrap();
     let base = format!("http://{}", gateway.addr);
     let mut a = h2_websocket(&mut h2, &format!("{base}/stalled")).await;
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = sent.clone();
+    let count = move || sent.load(std::sync::atomic::Ordering::SeqCst);
     let writer = tokio::spawn(async move {
         let chunk = Message::binary(vec![1u8; 1024 * 1024]);
         for _ in 0..64 {
             if a.send(chunk.clone()).await.is_err() {
                 break;
             }
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     });
-    // No event tells when A's bytes have filled every window on the way:
-    // give them time (the assertion below does not depend on it).
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A is stalled once its writer stops making progress.
+    let stalled_at = timeout(LIMIT, async {
+        let mut last = usize::MAX;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if count() == last {
+                break last;
+            }
+            last = count();
+        }
+    })
+    .await
+    .expect("A stalls");
+    assert!(stalled_at < 64, "64 MiB were buffered somewhere");
     let mut b = h2_websocket(&mut h2, &format!("{base}/echo")).await;
     for i in 0..10 {
         b.send(Message::text(format!("still flowing {i}")))
@@ -1111,6 +1141,122 @@ async fn a_stalled_websocket_does_not_stall_its_h2_neighbours() {
     let big = "x".repeat(1024 * 1024);
     b.send(Message::text(big.clone())).await.unwrap();
     assert_eq!(next(&mut b).await, Message::text(format!("e:{big}")));
-    assert!(!writer.is_finished(), "64 MiB were buffered somewhere");
+    assert_eq!(count(), stalled_at, "A moved: it was not stalled");
     writer.abort();
+}
+
+/// A backend that accepts connections and never answers.
+async fn silent_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    addr
+}
+
+/// Reads messages until the close; its code (pings skipped).
+async fn close_code<S>(ws: &mut WebSocketStream<S>) -> Option<u16>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match timeout(LIMIT, ws.next()).await.expect("a close in time") {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a Close frame, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn route_and_timeout_flags_reach_the_layer() {
+    let (backend, mut paths) = recorder(|req| req.uri().to_string()).await;
+    let silent = silent_backend().await;
+    let strip = format!("/strip=ws://{backend}/base");
+    let keep = format!("/keep=ws://{backend}/base");
+    let slow = format!("/slow=ws://{silent}");
+    let stripping = Gateway::start(&["--route", strip.as_str(), "--strip-prefix"]);
+    let keeping = Gateway::start(&[
+        "--route",
+        keep.as_str(),
+        "--route",
+        slow.as_str(),
+        "--handshake-timeout",
+        "300ms",
+        "--idle-timeout",
+        "300ms",
+    ]);
+    // --strip-prefix: /strip/room goes to /base/room; without it the
+    // prefix stays.
+    let _a = connect(stripping.addr, "/strip/room?id=1").await;
+    assert_eq!(
+        timeout(LIMIT, paths.recv()).await.unwrap().unwrap(),
+        "/base/room?id=1"
+    );
+    let mut idle = connect(keeping.addr, "/keep/room").await;
+    assert_eq!(
+        timeout(LIMIT, paths.recv()).await.unwrap().unwrap(),
+        "/base/keep/room"
+    );
+    // --handshake-timeout: a backend that never answers is a 504, soon.
+    let started = Instant::now();
+    assert_eq!(
+        handshake_status(keeping.addr, "/slow", "").await,
+        "HTTP/1.1 504"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // --idle-timeout: a silent tunnel is closed (no Close frame: TCP).
+    let started = Instant::now();
+    let ended = timeout(LIMIT, async {
+        while let Some(Ok(_)) = idle.next().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the idle tunnel must be closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn backend_limit_and_per_ip_flags_reach_the_layers() {
+    let (backend, _) = recorder(|_| String::new()).await;
+    let route = format!("/=ws://{backend}");
+    let gateway = Gateway::start(&[
+        "--route",
+        route.as_str(),
+        "--backend-max-message",
+        "1KiB",
+        "--max-conns-per-ip",
+        "1",
+    ]);
+    // The backend echoes 2 KiB, over its limit: the client is told 1001
+    // (the backend got 1009).
+    let mut ws = connect(gateway.addr, "/").await;
+    ws.send(Message::text("x".repeat(2048))).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1001));
+    drop(ws);
+    // One open WebSocket per client address: the second is a 429.
+    let gateway = Gateway::start(&["--route", route.as_str(), "--max-conns-per-ip", "1"]);
+    let _open = connect(gateway.addr, "/").await;
+    assert_eq!(
+        handshake_status(gateway.addr, "/", "").await,
+        "HTTP/1.1 429"
+    );
+    // A global rate of one a minute, no burst: the second handshake is a 429.
+    let gateway = Gateway::start(&["--route", route.as_str(), "--rate", "1/m", "--burst", "0"]);
+    let _first = connect(gateway.addr, "/").await;
+    assert_eq!(
+        handshake_status(gateway.addr, "/", "").await,
+        "HTTP/1.1 429"
+    );
 }

@@ -1095,26 +1095,40 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_timeout_counts_both_directions() {
-        let (mut client, client_side) = duplex(64);
-        let (backend_side, mut backend) = duplex(64);
-        let task = tokio::spawn(relay(
-            client_side,
-            backend_side,
-            timeouts(Some(1_000), 5_000),
-            Tunnels::new().drain(),
-        ));
-        let start = Instant::now();
-        let mut buf = [0; 1];
-        for _ in 0..3 {
-            tokio::time::sleep(Duration::from_millis(600)).await;
-            backend.write_all(b"x").await.unwrap();
-            client.read_exact(&mut buf).await.unwrap();
+        // Traffic only down, then only up: either keeps the tunnel alive.
+        for up in [false, true] {
+            let (mut client, client_side) = duplex(64);
+            let (backend_side, mut backend) = duplex(64);
+            let task = tokio::spawn(relay(
+                client_side,
+                backend_side,
+                timeouts(Some(1_000), 5_000),
+                Tunnels::new().drain(),
+            ));
+            let start = Instant::now();
+            let mut buf = [0; 1];
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                if up {
+                    client.write_all(b"x").await.unwrap();
+                    backend.read_exact(&mut buf).await.unwrap();
+                } else {
+                    backend.write_all(b"x").await.unwrap();
+                    client.read_exact(&mut buf).await.unwrap();
+                }
+            }
+            let (end, _) = task.await.unwrap();
+            assert!(matches!(end, End::Idle), "{end}");
+            let elapsed = start.elapsed();
+            assert!(
+                elapsed >= Duration::from_millis(2_800),
+                "up {up}: {elapsed:?}"
+            );
+            assert!(
+                elapsed < Duration::from_millis(2_900),
+                "up {up}: {elapsed:?}"
+            );
         }
-        let (end, _) = task.await.unwrap();
-        assert!(matches!(end, End::Idle), "{end}");
-        let elapsed = start.elapsed();
-        assert!(elapsed >= Duration::from_millis(2_800), "{elapsed:?}");
-        assert!(elapsed < Duration::from_millis(2_900), "{elapsed:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -118,7 +118,10 @@ impl RateLimit {
         let Some(per_key) = &self.per_key else {
             return;
         };
-        if per_key.sweeping.swap(true, Ordering::Relaxed) {
+        // A read, not a write, on every handshake after the first.
+        if per_key.sweeping.load(Ordering::Relaxed)
+            || per_key.sweeping.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -225,6 +228,27 @@ mod tests {
         let limit = RateLimit::new().global(Rate::per_minute(2));
         limit.admit(&mut request("a")).unwrap();
         assert!(limit.admit(&mut request("b")).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_forgets_idle_clients_every_sweep() {
+        // Fresh again 1 ms after a handshake (governor's clock is real time).
+        let limit = RateLimit::new().per_key(user_key(), Rate::per_second(1_000));
+        for user in ["a", "b", "c"] {
+            limit.admit(&mut request(user)).unwrap();
+        }
+        assert_eq!(limit.keys(), 3);
+        std::thread::sleep(Duration::from_millis(20));
+        // Nobody calls forget_idle: the task started by the first
+        // handshake does, at the next sweep.
+        tokio::time::advance(SWEEP_EVERY / 2).await;
+        tokio::task::yield_now().await;
+        assert_eq!(limit.keys(), 3, "not before the sweep");
+        tokio::time::advance(SWEEP_EVERY).await;
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(limit.keys(), 0);
     }
 
     #[test]
