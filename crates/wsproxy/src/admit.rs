@@ -57,8 +57,27 @@
 //! A WebSocket lives as long as its tunnel, not its handshake request. An
 //! admission that counts open WebSockets puts its permit in the request's
 //! [`Holds`]; the proxy moves them into the tunnel task and drops them when
-//! the tunnel ends. If the handshake is refused later, fails, or is
-//! answered by the app itself (not proxied), they drop with the request.
+//! the tunnel ends. If the handshake is refused later or fails, they drop
+//! with the request.
+//!
+//! Admission layers also check the WebSocket handshakes the app answers
+//! itself (its own axum `WebSocketUpgrade` routes). For those, nothing
+//! moves the permits into the WebSocket's task unless the handler does:
+//! take the `Holds` extension (present when an admission holds something)
+//! and keep it in the upgraded task, or the permits return at the `101`.
+//!
+//! ```
+//! use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+//! use axum::{Extension, response::Response};
+//! use wsproxy::admit::Holds;
+//!
+//! async fn own_socket(ws: WebSocketUpgrade, holds: Option<Extension<Holds>>) -> Response {
+//!     ws.on_upgrade(move |socket: WebSocket| async move {
+//!         let _holds = holds; // released when this WebSocket ends
+//!         drop(socket);
+//!     })
+//! }
+//! ```
 
 use std::any::Any;
 use std::collections::HashMap;

@@ -240,6 +240,10 @@ impl CloseSignal {
         self.deadline.get_or_init(|| Instant::now() + grace);
         self.token.cancel();
     }
+    #[cfg(test)]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
 }
 
 impl Drain {

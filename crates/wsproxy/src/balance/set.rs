@@ -67,6 +67,8 @@ pub(crate) struct SetConfig {
     slow_start: Option<Duration>,
     close_when_down: Option<Duration>,
     sticky: Option<Sticky>,
+    /// The key of sticky cookie values (random unless set).
+    sticky_secret: u64,
     pub(crate) tries: usize,
 }
 
@@ -352,6 +354,7 @@ impl Default for SetConfig {
             slow_start: None,
             close_when_down: None,
             sticky: None,
+            sticky_secret: crate::relay::random_u64(),
             tries: 3,
         }
     }
@@ -435,7 +438,7 @@ impl Backends {
     /// The value is 16 hex digits, a keyed hash of the backend's id: it
     /// does not reveal the backend's address, and clients cannot compute
     /// the value of a backend they were never sent to (they can still
-    /// replay one they were given). The key is random per process unless
+    /// replay one they were given). The key is random per set unless
     /// set with [`sticky_secret`](Self::sticky_secret): set it when
     /// several proxy instances share clients, or to keep cookies valid
     /// across restarts.
@@ -449,11 +452,7 @@ impl Backends {
             crate::forward::is_token(name),
             "invalid sticky cookie name {name:?}"
         );
-        let secret = self
-            .config
-            .sticky
-            .as_ref()
-            .map_or_else(crate::relay::random_u64, |s| s.secret);
+        let secret = self.config.sticky_secret;
         self.config().sticky = Some(Sticky {
             name: name.into(),
             secret,
@@ -463,10 +462,13 @@ impl Backends {
 
     /// The key of [sticky cookie](Self::sticky_cookie) values, for
     /// cookies that hold across proxy instances and restarts (default: a
-    /// random key per process). Call it after `sticky_cookie`.
+    /// random key per set), before or after `sticky_cookie`.
     pub fn sticky_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
-        if let Some(sticky) = &mut self.config().sticky {
-            sticky.secret = twox_hash::XxHash64::oneshot(0x5713_c00c, secret.as_ref());
+        let secret = twox_hash::XxHash64::oneshot(0x5713_c00c, secret.as_ref());
+        let config = self.config();
+        config.sticky_secret = secret;
+        if let Some(sticky) = &mut config.sticky {
+            sticky.secret = secret;
         }
         self
     }
@@ -1171,12 +1173,13 @@ mod tests {
 
     #[test]
     fn a_shared_sticky_secret_gives_the_same_cookie_everywhere() {
-        let make = || {
-            Backends::new([backend(1), backend(2)])
-                .sticky_cookie("srv")
-                .sticky_secret("s3cret")
-        };
-        let (a, b) = (make(), make());
+        let a = Backends::new([backend(1), backend(2)])
+            .sticky_cookie("srv")
+            .sticky_secret("s3cret");
+        // The order of the two settings does not matter.
+        let b = Backends::new([backend(1), backend(2)])
+            .sticky_secret("s3cret")
+            .sticky_cookie("srv");
         let (picked, cookie) = a.pick(&request("/"), &[]).unwrap();
         let cookie = cookie.unwrap().to_str().unwrap().to_owned();
         let value = cookie.split(';').next().unwrap();
@@ -1291,6 +1294,21 @@ mod tests {
         };
         drop(load);
         assert!(backends.status().iter().all(|s| s.id != id(1)));
+    }
+
+    #[test]
+    fn passive_mark_down_closes_tunnels_only_when_told_to() {
+        for close in [None, Some(Duration::from_secs(1))] {
+            let backends = Backends::new([backend(1), backend(2)]).close_tunnels_when_down(close);
+            // An open tunnel on backend 1...
+            let (open, _) = backends.pick(&request("/"), &[id(2)]).unwrap();
+            let (signal, _load) = open.into_parts();
+            // ...and a handshake to it that fails (max_fails 1): down.
+            let (failing, _) = backends.pick(&request("/"), &[id(2)]).unwrap();
+            backends.failed(&failing);
+            assert!(!backends.status()[0].up);
+            assert_eq!(signal.is_closed(), close.is_some(), "{close:?}");
+        }
     }
 
     #[test]
