@@ -8,30 +8,32 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
-use wsproxy_e2e::Captured;
+use wsproxy_e2e::{Captured, LIMIT, proxy_to, wait_until};
 
 async fn tunnel_closes(tunnels: &Tunnels) {
-    timeout(Duration::from_secs(10), async {
-        while tunnels.open() > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("the tunnel closes");
+    assert!(
+        wait_until(LIMIT, || tunnels.open() == 0).await,
+        "the tunnel closes"
+    );
+}
+
+/// An echo backend behind a proxy configured by `configure`: the proxy's
+/// address, its tunnels and the backend's address.
+async fn logged_proxy(
+    configure: impl FnOnce(WebSocketProxyLayer) -> WebSocketProxyLayer,
+) -> (std::net::SocketAddr, Tunnels, std::net::SocketAddr) {
+    let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (proxy, tunnels) = proxy_to(backend, configure).await;
+    (proxy, tunnels, backend)
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
     let (captured, _default) = Captured::start();
 
-    let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let tunnels = Tunnels::new();
-    let layer = WebSocketProxyLayer::new(format!("ws://{backend}").parse().unwrap())
-        .route(Route::prefix("/logged"))
-        .tunnels(tunnels.clone());
-    let proxy = wsproxy_e2e::serve(axum::Router::new().layer(layer)).await;
+    let (proxy, tunnels, backend) = logged_proxy(|l| l.route(Route::prefix("/logged"))).await;
 
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/logged"))
         .await
@@ -98,16 +100,12 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
 async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
     let (captured, _default) = Captured::start();
 
-    let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let tunnels = Tunnels::new();
-    let layer = WebSocketProxyLayer::new(format!("ws://{backend}").parse().unwrap())
-        .route(Route::prefix("/limited"))
-        .client_limits(wsproxy::MessageLimits::new().max_message(100))
-        .admit(wsproxy::admit::ResolveClient::new([]))
-        .tunnels(tunnels.clone());
-    let proxy = wsproxy_e2e::serve(axum::Router::new().layer(layer)).await;
+    let (proxy, tunnels, _) = logged_proxy(|l| {
+        l.route(Route::prefix("/limited"))
+            .client_limits(wsproxy::MessageLimits::new().max_message(100))
+            .admit(wsproxy::admit::ResolveClient::new([]))
+    })
+    .await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/limited"))
         .await
         .unwrap();
