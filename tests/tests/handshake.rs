@@ -46,37 +46,72 @@ async fn connection_and_upgrade_token_variants_open_a_tunnel() {
 async fn bad_handshakes_are_refused_before_the_backend() {
     let backend = Backend::start().await;
     let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
-    let base = "GET / HTTP/1.1\r\nHost: p\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+    let upgrade = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+    let host = "Host: p\r\n";
     let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
     let v13 = "Sec-WebSocket-Version: 13\r\n";
-    for (headers, body, status) in [
+    for (headers, body, status, reason) in [
         // Missing, short, not base64, repeated keys.
-        (v13.to_owned(), "", 400),
-        (format!("Sec-WebSocket-Key: c2hvcnQ=\r\n{v13}"), "", 400),
+        (format!("{host}{v13}"), "", 400, "missing Sec-WebSocket-Key"),
         (
-            format!("Sec-WebSocket-Key: !!notbase64!!!!!!!!!!!!!\r\n{v13}"),
+            format!("{host}Sec-WebSocket-Key: c2hvcnQ=\r\n{v13}"),
             "",
             400,
+            "not base64 of 16 bytes",
         ),
         (
-            format!("{key}Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n{v13}"),
+            format!("{host}Sec-WebSocket-Key: !!notbase64!!!!!!!!!!!!!\r\n{v13}"),
             "",
             400,
+            "not base64 of 16 bytes",
+        ),
+        (
+            format!("{host}{key}Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n{v13}"),
+            "",
+            400,
+            "more than one Sec-WebSocket-Key",
+        ),
+        // No Host, two, or an invalid one (RFC 9112 §3.2).
+        (format!("{key}{v13}"), "", 400, "missing Host header"),
+        (
+            format!("{host}Host: q\r\n{key}{v13}"),
+            "",
+            400,
+            "more than one Host header",
+        ),
+        (
+            format!("Host: u@p\r\n{key}{v13}"),
+            "",
+            400,
+            "invalid Host header",
         ),
         // A handshake with a body.
-        (format!("{key}{v13}Content-Length: 5\r\n"), "hello", 400),
         (
-            format!("{key}{v13}Transfer-Encoding: chunked\r\n"),
+            format!("{host}{key}{v13}Content-Length: 5\r\n"),
+            "hello",
+            400,
+            "must not have a body",
+        ),
+        (
+            format!("{host}{key}{v13}Transfer-Encoding: chunked\r\n"),
             "5\r\nhello\r\n0\r\n\r\n",
             400,
+            "must not have a body",
         ),
         // Versions other than 13, or none.
-        (format!("{key}Sec-WebSocket-Version: 8\r\n"), "", 426),
-        (key.to_owned(), "", 426),
+        (
+            format!("{host}{key}Sec-WebSocket-Version: 8\r\n"),
+            "",
+            426,
+            "must be 13",
+        ),
+        (format!("{host}{key}"), "", 426, "must be 13"),
     ] {
-        let mut stream = raw(proxy, format!("{base}{headers}\r\n{body}").as_bytes()).await;
+        let mut stream = raw(proxy, format!("{upgrade}{headers}\r\n{body}").as_bytes()).await;
         let head = read_head(&mut stream).await;
         assert_eq!(head.status, status, "{headers:?}: {}", head.text);
+        let text = String::from_utf8(read_body(&mut stream, &head).await).unwrap();
+        assert!(text.contains(reason), "{headers:?}: {text:?}");
         if status == 426 {
             assert_eq!(head.header("sec-websocket-version"), Some("13"));
         }

@@ -7,7 +7,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
 use sha1::{Digest, Sha1};
 
@@ -66,8 +66,16 @@ pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> 
 /// Why a handshake was refused before any backend was contacted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Invalid {
-    /// No `Sec-WebSocket-Key`, or more than one.
+    /// No `Host` header on an HTTP/1.1 request (RFC 9112 §3.2).
+    MissingHost,
+    /// More than one `Host` header (RFC 9112 §3.2).
+    RepeatedHost,
+    /// A `Host` that is not a valid `host[:port]` (RFC 9112 §3.2).
+    InvalidHost,
+    /// No `Sec-WebSocket-Key`.
     MissingKey,
+    /// More than one `Sec-WebSocket-Key`.
+    RepeatedKey,
     /// A key that is not base64 of 16 bytes.
     MalformedKey,
     /// `Sec-WebSocket-Version` missing or not 13.
@@ -79,7 +87,11 @@ pub(crate) enum Invalid {
 impl Invalid {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
+            Invalid::MissingHost => "missing Host header",
+            Invalid::RepeatedHost => "more than one Host header",
+            Invalid::InvalidHost => "invalid Host header",
             Invalid::MissingKey => "missing Sec-WebSocket-Key",
+            Invalid::RepeatedKey => "more than one Sec-WebSocket-Key",
             Invalid::MalformedKey => "Sec-WebSocket-Key is not base64 of 16 bytes",
             Invalid::UnsupportedVersion => "Sec-WebSocket-Version must be 13",
             Invalid::UnexpectedBody => "a WebSocket handshake must not have a body",
@@ -98,12 +110,25 @@ pub(crate) fn validate_http2(headers: &HeaderMap) -> Result<(), Invalid> {
     }
 }
 
-/// Check the handshake headers; returns the client's key on success.
+/// Check the headers of an HTTP/1.1 handshake; returns the client's key
+/// on success.
+///
+/// `Host` first: RFC 9112 §3.2 requires `400` for an HTTP/1.1 request
+/// without one, with more than one, or with an invalid one (nginx answers
+/// the same), and a backend chosen by `Host` must not be left to guess.
 pub(crate) fn validate(headers: &HeaderMap) -> Result<HeaderValue, Invalid> {
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => return Err(Invalid::MissingHost),
+        (Some(_), Some(_)) => return Err(Invalid::RepeatedHost),
+        (Some(host), None) if !is_valid_host(host) => return Err(Invalid::InvalidHost),
+        (Some(_), None) => {}
+    }
     let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
     let key = match (keys.next(), keys.next()) {
         (Some(key), None) => key,
-        _ => return Err(Invalid::MissingKey),
+        (None, _) => return Err(Invalid::MissingKey),
+        (Some(_), Some(_)) => return Err(Invalid::RepeatedKey),
     };
     let decoded_len = STANDARD
         .decode(key.as_bytes().trim_ascii())
@@ -122,6 +147,20 @@ pub(crate) fn validate(headers: &HeaderMap) -> Result<HeaderValue, Invalid> {
         return Err(Invalid::UnexpectedBody);
     }
     Ok(key.clone())
+}
+
+/// Whether `host` is `uri-host [ ":" port ]` (RFC 9112 §3.2): an
+/// authority without user information. (An empty `Host` is allowed by the
+/// RFC for targets without an authority, which a WebSocket URI always has.)
+fn is_valid_host(host: &HeaderValue) -> bool {
+    let host = host.as_bytes();
+    if host.is_empty() || host.contains(&b'@') {
+        return false;
+    }
+    // `Authority` parses a port lazily: one that is there must be a number.
+    http::uri::Authority::try_from(host).is_ok_and(|authority| {
+        authority.host().len() == authority.as_str().len() || authority.port_u16().is_some()
+    })
 }
 
 /// The `Sec-WebSocket-Accept` value for `key` (RFC 6455 §4.2.2).
@@ -210,47 +249,84 @@ mod tests {
         map
     }
 
+    /// `pairs` with a valid `Host` in front.
+    fn with_host(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = headers(&[("host", "example.com:8080")]);
+        map.extend(headers(pairs));
+        map
+    }
+
+    #[test]
+    fn host_must_be_present_once_and_valid() {
+        let key = "dGhlIHNhbXBsZSBub25jZQ==";
+        let rest = [("sec-websocket-key", key), ("sec-websocket-version", "13")];
+        assert!(validate(&with_host(&rest)).is_ok());
+        assert_eq!(validate(&headers(&rest)), Err(Invalid::MissingHost));
+        let mut twice = with_host(&rest);
+        twice.append(HOST, HeaderValue::from_static("example.com"));
+        assert_eq!(validate(&twice), Err(Invalid::RepeatedHost));
+        for bad in ["", "user@example.com", "exa mple.com", "example.com:http", "a/b"] {
+            let mut map = headers(&rest);
+            map.insert(HOST, HeaderValue::from_str(bad).unwrap());
+            assert_eq!(validate(&map), Err(Invalid::InvalidHost), "{bad:?}");
+        }
+        for good in ["example.com", "[::1]:8080", "127.0.0.1", "xn--bcher-kva.example"] {
+            let mut map = headers(&rest);
+            map.insert(HOST, HeaderValue::from_str(good).unwrap());
+            assert!(validate(&map).is_ok(), "{good:?}");
+        }
+    }
+
     #[test]
     fn validation() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
         assert!(
-            validate(&headers(&[
+            validate(&with_host(&[
                 ("sec-websocket-key", key),
                 ("sec-websocket-version", "13")
             ]))
             .is_ok()
         );
         assert_eq!(
-            validate(&headers(&[("sec-websocket-version", "13")])),
+            validate(&with_host(&[("sec-websocket-version", "13")])),
             Err(Invalid::MissingKey)
         );
         assert_eq!(
-            validate(&headers(&[
+            validate(&with_host(&[
+                ("sec-websocket-key", key),
+                ("sec-websocket-key", key),
+                ("sec-websocket-version", "13")
+            ])),
+            Err(Invalid::RepeatedKey)
+        );
+        assert_eq!(Invalid::RepeatedKey.as_str(), "more than one Sec-WebSocket-Key");
+        assert_eq!(
+            validate(&with_host(&[
                 ("sec-websocket-key", "c2hvcnQ="),
                 ("sec-websocket-version", "13")
             ])),
             Err(Invalid::MalformedKey)
         );
         assert_eq!(
-            validate(&headers(&[
+            validate(&with_host(&[
                 ("sec-websocket-key", "not base64!"),
                 ("sec-websocket-version", "13")
             ])),
             Err(Invalid::MalformedKey)
         );
         assert_eq!(
-            validate(&headers(&[
+            validate(&with_host(&[
                 ("sec-websocket-key", key),
                 ("sec-websocket-version", "8")
             ])),
             Err(Invalid::UnsupportedVersion)
         );
         assert_eq!(
-            validate(&headers(&[("sec-websocket-key", key)])),
+            validate(&with_host(&[("sec-websocket-key", key)])),
             Err(Invalid::UnsupportedVersion)
         );
         assert_eq!(
-            validate(&headers(&[
+            validate(&with_host(&[
                 ("sec-websocket-key", key),
                 ("sec-websocket-version", "13"),
                 ("content-length", "5")

@@ -36,9 +36,11 @@
 //!    that the [`Route`] matches is claimed. Anything else — plain
 //!    requests, `Upgrade: h2c`, `Upgrade: websocket` on a `POST`, other
 //!    `:protocol`s — goes to the inner service untouched.
-//! 2. **Validate.** A missing or malformed `Sec-WebSocket-Key` (or a
-//!    handshake with a body) is answered `400` (HTTP/2 handshakes carry no
-//!    key); a `Sec-WebSocket-Version`
+//! 2. **Validate.** An HTTP/1.1 handshake without a `Host` header, with
+//!    two, or with an invalid one (RFC 9112 §3.2), a missing, repeated or
+//!    malformed `Sec-WebSocket-Key`, or a handshake with a body is
+//!    answered `400` with the reason (HTTP/2 handshakes carry no key and
+//!    name their authority in `:authority`); a `Sec-WebSocket-Version`
 //!    other than 13 is answered `426` with `Sec-WebSocket-Version: 13`.
 //!    Nothing reaches a backend. While [shutting down](Tunnels::shutdown),
 //!    handshakes are answered `503`.
