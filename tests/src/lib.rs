@@ -725,3 +725,159 @@ impl Captured {
         self.text().lines().map(str::to_owned).collect()
     }
 }
+
+/// An HTTP/2 connection (prior knowledge, no TLS) to `proxy`.
+pub async fn h2(
+    proxy: SocketAddr,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// An extended CONNECT for a WebSocket on `path`.
+pub fn connect_request(
+    proxy: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> http::Request<http_body_util::Empty<bytes::Bytes>> {
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .version(http::Version::HTTP_2)
+        .uri(format!("http://{proxy}{path}"))
+        .header("sec-websocket-version", "13");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(http_body_util::Empty::new()).unwrap();
+    request
+        .extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    request
+}
+
+/// A WebSocket over an HTTP/2 stream.
+pub type H2Socket =
+    tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Open a WebSocket over `sender`; the response head and the socket.
+pub async fn open(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    request: http::Request<http_body_util::Empty<bytes::Bytes>>,
+) -> (http::response::Parts, H2Socket) {
+    // Extended CONNECT may only be sent once the server's SETTINGS
+    // allowed it.
+    within("the connection to be ready", sender.ready())
+        .await
+        .unwrap();
+    let response = within("an answer", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK, "{response:?}");
+    let (parts, body) = response.into_parts();
+    let mut response = http::Response::from_parts(parts.clone(), body);
+    let upgraded = within("the stream", hyper::upgrade::on(&mut response))
+        .await
+        .unwrap();
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        Some(big()),
+    )
+    .await;
+    (parts, ws)
+}
+
+/// A CA made for one test.
+#[allow(missing_debug_implementations)]
+pub struct Ca {
+    /// The CA certificate, PEM.
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate and its key, in PEM.
+#[derive(Debug)]
+pub struct Leaf {
+    /// The certificate, PEM.
+    pub cert: String,
+    /// Its private key, PEM.
+    pub key: String,
+}
+
+impl Ca {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names` (DNS names or IP addresses).
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+
+    /// A root store holding this CA.
+    pub fn roots(&self) -> Arc<tokio_rustls::rustls::RootCertStore> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        roots
+            .add(
+                tokio_rustls::rustls::pki_types::CertificateDer::from_pem_slice(
+                    self.pem.as_bytes(),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        Arc::new(roots)
+    }
+}
+
+impl Leaf {
+    /// A self-signed certificate for `localhost` and 127.0.0.1.
+    pub fn self_signed() -> Self {
+        Ca::new("test CA").leaf(&["localhost", "127.0.0.1"])
+    }
+
+    /// A rustls server configuration presenting this certificate, with
+    /// ALPN `h2` and `http/1.1`.
+    pub fn server_config(&self) -> Arc<tokio_rustls::rustls::ServerConfig> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![CertificateDer::from_pem_slice(self.cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(self.key.as_bytes()).unwrap(),
+            )
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}

@@ -9,76 +9,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{Method, Request, StatusCode, Version};
+use http::{Request, StatusCode, Version};
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper::ext::Protocol;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
 use wsproxy_e2e::*;
-
-/// An HTTP/2 connection (prior knowledge, no TLS) to `proxy`.
-async fn h2(proxy: SocketAddr) -> SendRequest<Empty<Bytes>> {
-    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-/// An extended CONNECT for a WebSocket on `path`.
-fn connect_request(
-    proxy: SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Request<Empty<Bytes>> {
-    let mut request = Request::builder()
-        .method(Method::CONNECT)
-        .version(Version::HTTP_2)
-        .uri(format!("http://{proxy}{path}"))
-        .header("sec-websocket-version", "13");
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let mut request = request.body(Empty::new()).unwrap();
-    request
-        .extensions_mut()
-        .insert(Protocol::from_static("websocket"));
-    request
-}
-
-type H2Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
-
-/// Open a WebSocket over `sender`; the response head and the socket.
-async fn open(
-    sender: &mut SendRequest<Empty<Bytes>>,
-    request: Request<Empty<Bytes>>,
-) -> (http::response::Parts, H2Socket) {
-    // Extended CONNECT may only be sent once the server's SETTINGS
-    // allowed it.
-    within("the connection to be ready", sender.ready())
-        .await
-        .unwrap();
-    let response = within("an answer", sender.send_request(request))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK, "{response:?}");
-    let (parts, body) = response.into_parts();
-    let mut response = http::Response::from_parts(parts.clone(), body);
-    let upgraded = within("the stream", hyper::upgrade::on(&mut response))
-        .await
-        .unwrap();
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, Some(big())).await;
-    (parts, ws)
-}
 
 async fn proxy_over(layer: WebSocketProxyLayer) -> (SocketAddr, Tunnels) {
     let tunnels = layer.tunnels_handle().clone();

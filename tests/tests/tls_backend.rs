@@ -12,69 +12,16 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{Acceptor, WebPkiClientVerifier};
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use wsproxy::WebSocketProxyLayer;
 use wsproxy::balance::{ActiveHealth, Backend, Backends, PassiveHealth, Probe};
 use wsproxy::tls::BackendTls;
-use wsproxy_e2e::{Captured, LIMIT, wait_until, within};
-
-// ---------------------------------------------------------------------
-// Certificates.
-// ---------------------------------------------------------------------
-
-/// A CA made for one test.
-struct Ca {
-    pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-/// A certificate and its key, in PEM.
-struct Leaf {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            pem,
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `names` (DNS names or IP addresses).
-    fn leaf(&self, names: &[&str]) -> Leaf {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    fn roots(&self) -> Arc<RootCertStore> {
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(self.pem.as_bytes()).unwrap())
-            .unwrap();
-        Arc::new(roots)
-    }
-}
+use wsproxy_e2e::{Ca, Captured, LIMIT, Leaf, wait_until, within};
 
 // ---------------------------------------------------------------------
 // A TLS WebSocket echo backend.

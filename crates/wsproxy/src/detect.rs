@@ -71,7 +71,7 @@ pub(crate) enum Invalid {
     /// More than one `Host` header (RFC 9112 §3.2).
     RepeatedHost,
     /// A `Host` that is not a valid `host[:port]` (RFC 9112 §3.2).
-    InvalidHost,
+    BadHost,
     /// No `Sec-WebSocket-Key`.
     MissingKey,
     /// More than one `Sec-WebSocket-Key`.
@@ -89,7 +89,7 @@ impl Invalid {
         match self {
             Invalid::MissingHost => "missing Host header",
             Invalid::RepeatedHost => "more than one Host header",
-            Invalid::InvalidHost => "invalid Host header",
+            Invalid::BadHost => "invalid Host header",
             Invalid::MissingKey => "missing Sec-WebSocket-Key",
             Invalid::RepeatedKey => "more than one Sec-WebSocket-Key",
             Invalid::MalformedKey => "Sec-WebSocket-Key is not base64 of 16 bytes",
@@ -121,7 +121,7 @@ pub(crate) fn validate(headers: &HeaderMap) -> Result<HeaderValue, Invalid> {
     match (hosts.next(), hosts.next()) {
         (None, _) => return Err(Invalid::MissingHost),
         (Some(_), Some(_)) => return Err(Invalid::RepeatedHost),
-        (Some(host), None) if !is_valid_host(host) => return Err(Invalid::InvalidHost),
+        (Some(host), None) if !is_valid_host(host) => return Err(Invalid::BadHost),
         (Some(_), None) => {}
     }
     let mut keys = headers.get_all(SEC_WEBSOCKET_KEY).iter();
@@ -265,12 +265,23 @@ mod tests {
         let mut twice = with_host(&rest);
         twice.append(HOST, HeaderValue::from_static("example.com"));
         assert_eq!(validate(&twice), Err(Invalid::RepeatedHost));
-        for bad in ["", "user@example.com", "exa mple.com", "example.com:http", "a/b"] {
+        for bad in [
+            "",
+            "user@example.com",
+            "exa mple.com",
+            "example.com:http",
+            "a/b",
+        ] {
             let mut map = headers(&rest);
             map.insert(HOST, HeaderValue::from_str(bad).unwrap());
-            assert_eq!(validate(&map), Err(Invalid::InvalidHost), "{bad:?}");
+            assert_eq!(validate(&map), Err(Invalid::BadHost), "{bad:?}");
         }
-        for good in ["example.com", "[::1]:8080", "127.0.0.1", "xn--bcher-kva.example"] {
+        for good in [
+            "example.com",
+            "[::1]:8080",
+            "127.0.0.1",
+            "xn--bcher-kva.example",
+        ] {
             let mut map = headers(&rest);
             map.insert(HOST, HeaderValue::from_str(good).unwrap());
             assert!(validate(&map).is_ok(), "{good:?}");
@@ -299,7 +310,10 @@ mod tests {
             ])),
             Err(Invalid::RepeatedKey)
         );
-        assert_eq!(Invalid::RepeatedKey.as_str(), "more than one Sec-WebSocket-Key");
+        assert_eq!(
+            Invalid::RepeatedKey.as_str(),
+            "more than one Sec-WebSocket-Key"
+        );
         assert_eq!(
             validate(&with_host(&[
                 ("sec-websocket-key", "c2hvcnQ="),

@@ -159,6 +159,9 @@ pub mod metrics;
 mod proxy;
 mod relay;
 mod route;
+#[cfg(feature = "serve")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serve")))]
+pub mod serve;
 mod service;
 mod settings;
 #[cfg(feature = "tls")]

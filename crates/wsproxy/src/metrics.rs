@@ -12,6 +12,17 @@
 //! | `wsproxy_messages_total` | counter | `route`, `direction` | data messages, added when a tunnel ends |
 //! | `wsproxy_backend_transitions_total` | counter | `backend`, `to` (`up`, `down`) | a backend marked down or back up by a health check |
 //! | `wsproxy_backend_retries_total` | counter | `backend` | handshakes moved on to another backend after this one failed |
+//!
+//! With the [`serve::Server`](crate::serve::Server) (feature `serve`), also:
+//!
+//! | name | kind | labels | what |
+//! | --- | --- | --- | --- |
+//! | `wsproxy_connections_open` | gauge | | client connections the server holds (an HTTP/1.1 WebSocket leaves at its upgrade) |
+//! | `wsproxy_connections_timed_out_total` | counter | `state` (`tls_handshake`, `detect`, `request_head`, `keep_alive`, `http2_idle`) | connections closed by a [timeout](crate::serve::Timeouts) |
+//! | `wsproxy_connections_shed_total` | counter | `reason` (`max_connections`, `max_connections_per_ip`, `descriptors`) | idle connections closed to make room |
+//! | `wsproxy_connections_refused_total` | counter | `reason` (`max_connections_per_ip`, `descriptors`) | new connections closed at once (or answered `503` from the reserve descriptor) |
+//! | `wsproxy_accept_errors_total` | counter | `kind` (`descriptors`, `memory`, `other`) | `accept` failures |
+//! | `wsproxy_http2_goaway_total` | counter | `reason` (`resets`) | HTTP/2 connections sent `GOAWAY` for resetting too many handshakes |
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
@@ -95,6 +106,63 @@ pub(crate) fn backend_retry(backend: &Upstream) {
     #[cfg(feature = "metrics")]
     metrics::counter!("wsproxy_backend_retries_total", "backend" => backend.to_string())
         .increment(1);
+}
+
+/// A client connection opened; it leaves the `wsproxy_connections_open`
+/// gauge when the guard drops.
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
+pub(crate) fn connection_opened() -> OpenConnection {
+    #[cfg(feature = "metrics")]
+    metrics::gauge!("wsproxy_connections_open").increment(1.0);
+    OpenConnection { _priv: () }
+}
+
+/// One client connection in the `wsproxy_connections_open` gauge.
+#[derive(Debug)]
+pub(crate) struct OpenConnection {
+    _priv: (),
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("wsproxy_connections_open").decrement(1.0);
+    }
+}
+
+/// A client connection closed by a timeout in `state`.
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
+pub(crate) fn connection_timed_out(state: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("wsproxy_connections_timed_out_total", "state" => state).increment(1);
+}
+
+/// An idle client connection closed to make room.
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
+pub(crate) fn connection_shed(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("wsproxy_connections_shed_total", "reason" => reason).increment(1);
+}
+
+/// A new client connection closed at once.
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
+pub(crate) fn connection_refused(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("wsproxy_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// `accept` failed.
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
+pub(crate) fn accept_error(kind: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("wsproxy_accept_errors_total", "kind" => kind).increment(1);
+}
+
+/// An HTTP/2 connection was sent `GOAWAY`.
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
+pub(crate) fn http2_goaway(reason: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("wsproxy_http2_goaway_total", "reason" => reason).increment(1);
 }
 
 #[cfg(all(test, feature = "metrics"))]

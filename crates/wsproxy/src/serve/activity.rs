@@ -1,0 +1,377 @@
+//! What one client connection is doing, shared by its watchdog, its
+//! service, its I/O and the executor of its HTTP/2 streams.
+//!
+//! Everything here is written on the request path (a few relaxed atomics
+//! per request, one relaxed load per read), and read by the connection's
+//! watchdog only when it wakes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+use crate::admit::Rate;
+
+/// Milliseconds on a process-wide clock (since its first use), so that
+/// connections can be compared by when they went idle.
+pub(crate) fn now_ms() -> u64 {
+    epoch().elapsed().as_millis() as u64
+}
+
+fn epoch() -> std::time::Instant {
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
+}
+
+/// The tokio instant of `ms` on the [`now_ms`] clock.
+pub(crate) fn instant_of(ms: u64) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(epoch()) + Duration::from_millis(ms)
+}
+
+/// "No time recorded".
+const NEVER: u64 = u64::MAX;
+
+/// The protocol a connection speaks, as far as known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Unknown = 0,
+    Http1 = 1,
+    Http2 = 2,
+}
+
+/// The HTTP/2 connection preface starts with this (RFC 9113 §3.4).
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
+
+/// The state of one connection.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    /// Requests being answered (from the service call to the end of the
+    /// response body) plus, over HTTP/2, the tasks of open streams and
+    /// upgraded streams (WebSockets): while non-zero the connection is
+    /// busy, and no idle timeout applies.
+    busy: AtomicUsize,
+    /// When `busy` last became zero (or the connection started), on the
+    /// [`now_ms`] clock.
+    idle_since: AtomicU64,
+    /// When the first bytes arrived since the connection went idle, or
+    /// [`NEVER`].
+    first_byte: AtomicU64,
+    /// The next read with data records `first_byte` and wakes the
+    /// watchdog.
+    armed: AtomicBool,
+    /// Requests received so far (saturating at 2: none, one, more).
+    requests: AtomicU8,
+    protocol: AtomicU8,
+    /// Asked to close to make room for another connection.
+    evicted: AtomicBool,
+    /// Asked to stop taking new requests (HTTP/2: GOAWAY).
+    goaway: AtomicBool,
+    /// WebSocket handshakes (extended CONNECT) being answered.
+    pub(crate) handshakes: AtomicUsize,
+    /// When the next reset handshake is due at the allowed rate (GCRA's
+    /// theoretical arrival time).
+    reset_due: Mutex<Option<std::time::Instant>>,
+    /// Wakes the watchdog: idle again, first bytes, evicted, goaway.
+    pub(crate) wake: Notify,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Self {
+        Activity {
+            busy: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(now_ms()),
+            first_byte: AtomicU64::new(NEVER),
+            armed: AtomicBool::new(true),
+            requests: AtomicU8::new(0),
+            protocol: AtomicU8::new(Protocol::Unknown as u8),
+            evicted: AtomicBool::new(false),
+            goaway: AtomicBool::new(false),
+            handshakes: AtomicUsize::new(0),
+            reset_due: Mutex::new(None),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Count something that keeps the connection busy until the guard
+    /// drops.
+    pub(crate) fn busy(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// A request arrived (its head is complete).
+    pub(crate) fn request(self: &Arc<Self>, http2: bool) -> Busy {
+        let busy = self.busy();
+        self.armed.store(false, Ordering::Relaxed);
+        if self.requests.load(Ordering::Relaxed) < 2 {
+            self.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        self.set_protocol(if http2 {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        });
+        busy
+    }
+
+    fn set_protocol(&self, protocol: Protocol) {
+        if self.protocol.load(Ordering::Relaxed) == Protocol::Unknown as u8 {
+            self.protocol.store(protocol as u8, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn protocol(&self) -> Protocol {
+        match self.protocol.load(Ordering::Relaxed) {
+            1 => Protocol::Http1,
+            2 => Protocol::Http2,
+            _ => Protocol::Unknown,
+        }
+    }
+
+    pub(crate) fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) > 0
+    }
+
+    pub(crate) fn idle_since(&self) -> u64 {
+        self.idle_since.load(Ordering::Acquire)
+    }
+
+    /// When the first bytes arrived since the connection went idle.
+    pub(crate) fn first_byte(&self) -> Option<u64> {
+        Some(self.first_byte.load(Ordering::Acquire)).filter(|&at| at != NEVER)
+    }
+
+    /// Whether a request was ever received.
+    pub(crate) fn served(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) > 0
+    }
+
+    /// Ask the connection to close to make room (see the registry).
+    pub(crate) fn evict(&self) {
+        self.evicted.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Ask an HTTP/2 connection to stop taking streams (GOAWAY).
+    pub(crate) fn goaway(&self) {
+        self.goaway.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn goaway_asked(&self) -> bool {
+        self.goaway.load(Ordering::Acquire)
+    }
+
+    /// A handshake was reset before its answer: whether that is one too
+    /// many for `rate` (GCRA: one per interval, `burst` more at once).
+    pub(crate) fn reset_over(&self, rate: Rate) -> bool {
+        let mut due = self
+            .reset_due
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        let interval = rate.interval();
+        let next = due.map_or(now, |due| due.max(now));
+        if next.saturating_duration_since(now) > interval * rate.extra() {
+            return true;
+        }
+        *due = Some(next + interval);
+        false
+    }
+
+    /// Bytes were read: the first since going idle are recorded.
+    #[inline]
+    fn read(&self, data: &[u8]) {
+        if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
+            let start = &H2_PREFACE_START[..data.len().min(H2_PREFACE_START.len())];
+            if !self.served() && data.len() >= 4 && data.starts_with(start) {
+                // No HTTP/1.1 method starts with `PRI `; hyper reads the
+                // rest of the preface. (Fewer bytes than that stay
+                // unknown, and are timed as an HTTP/1.1 head.)
+                self.set_protocol(Protocol::Http2);
+            }
+            self.first_byte.store(now_ms(), Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Keeps a connection busy while alive; the last one to drop makes it
+/// idle, and wakes its watchdog.
+#[derive(Debug)]
+pub(crate) struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        if activity.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
+            activity.first_byte.store(NEVER, Ordering::Release);
+            activity.idle_since.store(now_ms(), Ordering::Release);
+            activity.armed.store(true, Ordering::Release);
+            activity.wake.notify_one();
+        }
+    }
+}
+
+pin_project! {
+    /// A client connection's I/O, telling its [`Activity`] when bytes
+    /// arrive after an idle spell (one relaxed load per read otherwise).
+    #[derive(Debug)]
+    pub(crate) struct Watched<IO> {
+        #[pin]
+        io: IO,
+        activity: Arc<Activity>,
+    }
+}
+
+impl<IO> Watched<IO> {
+    pub(crate) fn new(io: IO, activity: Arc<Activity>) -> Self {
+        Watched { io, activity }
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for Watched<IO> {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let result = this.io.poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result
+            && buf.filled().len() > before
+        {
+            this.activity.read(&buf.filled()[before..]);
+        }
+        result
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Watched<IO> {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+
+    #[inline]
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// The executor of one connection's HTTP/2 stream tasks: each task keeps
+/// the connection busy while it runs, so an HTTP/2 connection counts as
+/// idle only when no stream — request or WebSocket — is open.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnExecutor {
+    activity: Arc<Activity>,
+}
+
+impl ConnExecutor {
+    pub(crate) fn new(activity: Arc<Activity>) -> Self {
+        ConnExecutor { activity }
+    }
+}
+
+impl<F> hyper::rt::Executor<F> for ConnExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let busy = self.activity.busy();
+        tokio::spawn(async move {
+            let _busy = busy;
+            future.await
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_first_bytes_after_going_idle_are_recorded_once() {
+        let activity = Arc::new(Activity::new());
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Watched::new(server, activity.clone());
+        assert_eq!(activity.first_byte(), None);
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0; 8];
+        let _ = server.read(&mut buf).await.unwrap();
+        let first = activity.first_byte().expect("recorded");
+        assert_eq!(activity.protocol(), Protocol::Unknown);
+        // Later reads of the same idle spell change nothing.
+        client.write_all(b" /").await.unwrap();
+        let _ = server.read(&mut buf).await.unwrap();
+        assert_eq!(activity.first_byte(), Some(first));
+        // A request makes it busy; its end makes it idle and re-arms.
+        let busy = activity.request(false);
+        assert!(activity.is_busy());
+        assert_eq!(activity.protocol(), Protocol::Http1);
+        drop(busy);
+        assert!(!activity.is_busy());
+        assert_eq!(activity.first_byte(), None);
+        client.write_all(b"x").await.unwrap();
+        let _ = server.read(&mut buf).await.unwrap();
+        assert!(activity.first_byte().is_some());
+    }
+
+    #[test]
+    fn resets_past_the_rate_and_burst_are_too_many() {
+        let activity = Activity::new();
+        let rate = Rate::per_minute(1).burst(2);
+        assert!(!activity.reset_over(rate));
+        assert!(!activity.reset_over(rate));
+        assert!(!activity.reset_over(rate));
+        assert!(activity.reset_over(rate));
+    }
+
+    #[tokio::test]
+    async fn a_preface_marks_http2() {
+        let activity = Arc::new(Activity::new());
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Watched::new(server, activity.clone());
+        client.write_all(b"PRI * HT").await.unwrap();
+        let mut buf = [0; 8];
+        let _ = server.read(&mut buf).await.unwrap();
+        assert_eq!(activity.protocol(), Protocol::Http2);
+    }
+}

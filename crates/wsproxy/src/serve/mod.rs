@@ -1,0 +1,129 @@
+//! Serving a proxy to untrusted clients: a [`Server`] with a bound on
+//! every state a connection can sit in, on the connections it holds, and
+//! on what one HTTP/2 connection can make it do (feature `serve`, on by
+//! default).
+//!
+//! `axum::serve` and a bare hyper-util accept loop leave a client that
+//! says nothing connected for ever: a few thousand silent connections (or
+//! ones that send a byte every few seconds) use up the process's file
+//! descriptors and shut every other client out. [`Server`] serves any
+//! tower service — an axum `Router` with a
+//! [`WebSocketProxyLayer`](crate::WebSocketProxyLayer) — over HTTP/1.1 and
+//! HTTP/2 (by ALPN under [TLS](Server::tls), by prior knowledge without)
+//! with:
+//!
+//! - [`Timeouts`] for the TLS handshake, protocol detection, the request
+//!   head (in all, not per byte), keep-alive between requests and HTTP/2
+//!   connections with no stream, on by default with nginx's values;
+//! - [`ConnectionLimits`]: connections in all and per client IP, where the
+//!   longest-idle connection is closed to make room for a new one (as
+//!   nginx does); `accept` failures (out of descriptors) logged at most
+//!   once a second with a count, counted, and waited out rather than spun
+//!   on, with a descriptor in reserve to tell a waiting client `503`;
+//! - on HTTP/2, a bound on WebSocket handshakes answered at once per
+//!   connection (`429` past it) and on handshakes the client resets
+//!   (`GOAWAY` past it), so one connection cannot make the proxy open
+//!   backend connections faster than they are used;
+//! - the settings WebSockets need: upgrades, extended `CONNECT` (RFC 8441)
+//!   and the recommended HTTP/2 windows ([`http_builder`]), `TCP_NODELAY`,
+//!   the client address as [`ClientAddr`](crate::ClientAddr) (and axum's
+//!   `ConnectInfo<SocketAddr>`), [`ClientTls`](crate::ClientTls) on TLS;
+//! - a graceful shutdown that also drains the proxy's
+//!   [`Tunnels`](crate::Tunnels) with Close 1001.
+//!
+//! Every timeout, shed and refused connection is logged (debug, or a
+//! throttled warning when a bound is reached) and counted in
+//! [`metrics`](crate::metrics).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use axum::{Router, routing::get};
+//! use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
+//! use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let tunnels = Tunnels::new();
+//! let app = Router::new().route("/", get(|| async { "hello" })).layer(
+//!     WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse()?)
+//!         .route(Route::prefix("/chat"))
+//!         .tunnels(tunnels.clone()),
+//! );
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! Server::new(app)
+//!     .timeouts(Timeouts::new().keep_alive(Duration::from_secs(30)))
+//!     .limits(ConnectionLimits::new().max_connections_per_ip(100))
+//!     .tunnels(tunnels)
+//!     .serve(listener)
+//!     .with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! With a server of your own, [`http_builder`] gives hyper-util's builder
+//! set up for WebSockets (upgrades need `serve_connection_with_upgrades`);
+//! the timeouts and limits above are then yours to provide.
+
+mod accept;
+mod activity;
+mod connection;
+mod limits;
+mod registry;
+mod server;
+mod service;
+mod timeouts;
+
+pub use limits::{ConnectionLimits, DEFAULT_HTTP2_MAX_HANDSHAKES};
+pub use server::{DEFAULT_SHUTDOWN_TIMEOUT, Serve, Server};
+pub use timeouts::{
+    DEFAULT_DETECT_TIMEOUT, DEFAULT_HTTP2_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT,
+    DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_TLS_HANDSHAKE_TIMEOUT, Timeouts,
+};
+
+use hyper_util::server::conn::auto::Builder;
+
+/// hyper-util's HTTP/1.1 + HTTP/2 server builder, set up for WebSockets:
+/// extended `CONNECT` (`SETTINGS_ENABLE_CONNECT_PROTOCOL`, RFC 8441) so
+/// browsers can open WebSockets over HTTP/2, and the receive windows of
+/// [`HTTP2_STREAM_WINDOW`](crate::HTTP2_STREAM_WINDOW) and
+/// [`HTTP2_CONNECTION_WINDOW`](crate::HTTP2_CONNECTION_WINDOW), so that
+/// one WebSocket whose backend stops reading does not stall the others on
+/// its connection. Serve with `serve_connection_with_upgrades`.
+///
+/// This is what [`Server`] uses; call it when you run your own accept
+/// loop.
+///
+/// # Example
+///
+/// ```no_run
+/// use hyper_util::rt::{TokioExecutor, TokioIo};
+/// use hyper_util::service::TowerToHyperService;
+/// use wsproxy::WebSocketProxyLayer;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let proxy = WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse()?).into_service();
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// let http = wsproxy::serve::http_builder(TokioExecutor::new());
+/// loop {
+///     let (tcp, _) = listener.accept().await?;
+///     let _ = tcp.set_nodelay(true);
+///     let connection = http
+///         .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(proxy.clone()))
+///         .into_owned();
+///     tokio::spawn(connection);
+/// }
+/// # }
+/// ```
+pub fn http_builder<E: Clone>(executor: E) -> Builder<E> {
+    let mut builder = Builder::new(executor);
+    builder
+        .http2()
+        .enable_connect_protocol()
+        .initial_stream_window_size(crate::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW);
+    builder
+}

@@ -1,0 +1,247 @@
+//! The client connections of a server: counted in all and per client IP,
+//! and the longest-idle one closed when a bound is reached.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::Notify;
+
+use super::activity::Activity;
+
+/// The connections of one server (shared by its accept loops).
+#[derive(Debug)]
+pub(crate) struct Registry {
+    max: usize,
+    per_ip: Option<usize>,
+    state: Mutex<State>,
+    /// Notified when a connection ends.
+    room: Notify,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    open: HashMap<u64, Entry>,
+    /// Connections per client IP that are not being shed (only with a
+    /// per-IP bound).
+    per_ip: HashMap<IpAddr, usize>,
+    /// Connections asked to close that have not yet.
+    shedding: usize,
+}
+
+#[derive(Debug)]
+struct Entry {
+    ip: IpAddr,
+    activity: Arc<Activity>,
+    shed: bool,
+}
+
+/// Why a new connection was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Its client IP has as many connections as allowed, none idle.
+    PerIp,
+}
+
+/// One accepted connection's place; dropping it frees the place.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    registry: Arc<Registry>,
+    id: u64,
+    pub(crate) activity: Arc<Activity>,
+}
+
+impl Registry {
+    pub(crate) fn new(max: usize, per_ip: Option<usize>) -> Self {
+        Registry {
+            max,
+            per_ip,
+            state: Mutex::default(),
+            room: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bound on connections in all.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Connections open and not being shed.
+    pub(crate) fn open(&self) -> usize {
+        let state = self.lock();
+        state.open.len() - state.shedding
+    }
+
+    /// Wait until a connection can be taken: there is room, or an idle
+    /// connection to shed for it. Returns how many were shed.
+    pub(crate) async fn room(&self) -> usize {
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if state.open.len() - state.shedding < self.max {
+                    return 0;
+                }
+                if state.shed_idlest(None) {
+                    return 1;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Shed the longest-idle connection, if any (the accept loop does when
+    /// descriptors run out).
+    pub(crate) fn shed_one(&self) -> bool {
+        self.lock().shed_idlest(None)
+    }
+
+    /// Resolves when a connection ends.
+    pub(crate) async fn ended(&self) {
+        self.room.notified().await;
+    }
+
+    /// Take a connection from `ip`, shedding its longest-idle one if the IP
+    /// is at its bound.
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Result<(Slot, bool), Refused> {
+        let mut state = self.lock();
+        let mut shed = false;
+        if let Some(max) = self.per_ip {
+            let count = state.per_ip.get(&ip).copied().unwrap_or(0);
+            if count >= max {
+                if !state.shed_idlest(Some(ip)) {
+                    return Err(Refused::PerIp);
+                }
+                shed = true;
+            }
+            *state.per_ip.entry(ip).or_default() += 1;
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        let activity = Arc::new(Activity::new());
+        state.open.insert(
+            id,
+            Entry {
+                ip,
+                activity: activity.clone(),
+                shed: false,
+            },
+        );
+        Ok((
+            Slot {
+                registry: self.clone(),
+                id,
+                activity,
+            },
+            shed,
+        ))
+    }
+}
+
+impl State {
+    /// Ask the connection idle the longest (of `ip`, if given) to close.
+    fn shed_idlest(&mut self, ip: Option<IpAddr>) -> bool {
+        let idlest = self
+            .open
+            .iter()
+            .filter(|(_, entry)| {
+                !entry.shed && ip.is_none_or(|ip| entry.ip == ip) && !entry.activity.is_busy()
+            })
+            .min_by_key(|(id, entry)| (entry.activity.idle_since(), **id))
+            .map(|(id, _)| *id);
+        let Some(id) = idlest else { return false };
+        let entry = self.open.get_mut(&id).expect("listed above");
+        entry.shed = true;
+        entry.activity.evict();
+        let ip = entry.ip;
+        self.shedding += 1;
+        if let Some(count) = self.per_ip.get_mut(&ip) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+        true
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.registry.lock();
+        if let Some(entry) = state.open.remove(&self.id) {
+            if entry.shed {
+                state.shedding -= 1;
+            } else if let Some(count) = state.per_ip.get_mut(&entry.ip) {
+                *count -= 1;
+                if *count == 0 {
+                    state.per_ip.remove(&entry.ip);
+                }
+            }
+        }
+        drop(state);
+        self.registry.room.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+    #[tokio::test]
+    async fn at_the_bound_the_idlest_connection_is_shed() {
+        let registry = Arc::new(Registry::new(2, None));
+        let (first, _) = registry.take(A).unwrap();
+        let (second, _) = registry.take(B).unwrap();
+        // The first is busy: the second is the one to go.
+        let _request = first.activity.request(false);
+        assert_eq!(registry.room().await, 1);
+        assert!(second.activity.is_evicted());
+        assert!(!first.activity.is_evicted());
+        assert_eq!(registry.open(), 1);
+        let (third, _) = registry.take(A).unwrap();
+        // Now both counted ones are busy: no room until one ends.
+        let _busy = third.activity.request(false);
+        let waiting = tokio::spawn({
+            let registry = registry.clone();
+            async move { registry.room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(second); // the shed one closing frees nothing counted
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        drop(_request);
+        drop(first);
+        assert_eq!(waiting.await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn over_the_per_ip_bound_its_own_idle_one_goes_or_the_new_one_is_refused() {
+        let registry = Arc::new(Registry::new(100, Some(2)));
+        let (a1, _) = registry.take(A).unwrap();
+        let (a2, _) = registry.take(A).unwrap();
+        let (b1, _) = registry.take(B).unwrap();
+        let _busy = a2.activity.request(false);
+        let (a3, shed) = registry.take(A).unwrap();
+        assert!(shed);
+        assert!(a1.activity.is_evicted(), "A's idle one went");
+        assert!(!b1.activity.is_evicted(), "not another IP's");
+        let _busy3 = a3.activity.request(false);
+        assert_eq!(registry.take(A).unwrap_err(), Refused::PerIp);
+        drop(a1);
+        assert_eq!(registry.take(A).unwrap_err(), Refused::PerIp);
+        drop(_busy3);
+        drop(a3);
+        assert!(registry.take(A).is_ok());
+    }
+}

@@ -1,0 +1,370 @@
+//! [`Server`]: the accept loop, with connection limits and accept errors
+//! handled; each connection is served by [`connection`](super::connection).
+
+use std::future::{Future, IntoFuture};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::accept::{AcceptError, Backoff, OVERLOADED, Reserve, Throttled};
+use super::connection::{self, Stop};
+use super::registry::{Refused, Registry};
+use super::{ConnectionLimits, Timeouts};
+use crate::{BoxError, Tunnels};
+
+/// Default [`Server::shutdown_timeout`].
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An HTTP/1.1 and HTTP/2 server for a tower service that proxies
+/// WebSockets, with a bound on every state a client connection can sit in
+/// and on the connections it holds. See the [module docs](super).
+///
+/// Clones share their connection counts: serve several listeners (say one
+/// per worker thread with `SO_REUSEPORT`) from clones of one server and the
+/// [limits](ConnectionLimits) hold across them.
+#[derive(Debug)]
+pub struct Server<S> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S> Clone for Server<S> {
+    fn clone(&self) -> Self {
+        Server {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// What every connection of a server shares.
+pub(crate) struct Shared<S> {
+    pub(crate) service: S,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) limits: ConnectionLimits,
+    pub(crate) registry: Arc<Registry>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    tunnels: Option<Tunnels>,
+    shutdown_timeout: Duration,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("Server");
+        debug
+            .field("service", &self.service)
+            .field("timeouts", &self.timeouts)
+            .field("limits", &self.limits)
+            .field("connections", &self.registry.open());
+        #[cfg(feature = "tls")]
+        debug.field("tls", &self.tls.is_some());
+        debug
+            .field("tunnels", &self.tunnels)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
+
+impl<S: Clone> Server<S> {
+    /// Serve `service` (an axum `Router`, or any tower service of
+    /// `Request<hyper::body::Incoming>`) with the default
+    /// [`Timeouts`] and [`ConnectionLimits`].
+    pub fn new(service: S) -> Self {
+        let limits = ConnectionLimits::new();
+        Server {
+            shared: Arc::new(Shared {
+                service,
+                timeouts: Timeouts::new(),
+                registry: Arc::new(Registry::new(limits.resolved_max(), limits.per_ip)),
+                limits,
+                #[cfg(feature = "tls")]
+                tls: None,
+                tunnels: None,
+                shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            }),
+        }
+    }
+
+    fn edit(mut self, edit: impl FnOnce(&mut Shared<S>)) -> Self {
+        let shared = match Arc::try_unwrap(self.shared) {
+            Ok(shared) => shared,
+            Err(shared) => Shared {
+                service: shared.service.clone(),
+                timeouts: shared.timeouts,
+                limits: shared.limits,
+                registry: shared.registry.clone(),
+                #[cfg(feature = "tls")]
+                tls: shared.tls.clone(),
+                tunnels: shared.tunnels.clone(),
+                shutdown_timeout: shared.shutdown_timeout,
+            },
+        };
+        self.shared = Arc::new(shared);
+        edit(Arc::get_mut(&mut self.shared).expect("just made"));
+        self
+    }
+
+    /// How long connections may sit in each state (default:
+    /// [`Timeouts::new`]).
+    #[must_use]
+    pub fn timeouts(self, timeouts: Timeouts) -> Self {
+        self.edit(|shared| shared.timeouts = timeouts)
+    }
+
+    /// Bounds on connections (default: [`ConnectionLimits::new`]). Set
+    /// them before cloning the server for several listeners: a server
+    /// given new limits counts its connections apart from its clones.
+    #[must_use]
+    pub fn limits(self, limits: ConnectionLimits) -> Self {
+        self.edit(|shared| {
+            shared.registry = Arc::new(Registry::new(limits.resolved_max(), limits.per_ip));
+            shared.limits = limits;
+        })
+    }
+
+    /// Terminate TLS with `config` on every connection (feature `tls`):
+    /// ALPN picks HTTP/2 or HTTP/1.1 if the config offers them (`h2`,
+    /// `http/1.1`), and requests carry [`ClientTls`](crate::ClientTls) so
+    /// backends are told `https`. The handshake is bounded by
+    /// [`Timeouts::tls_handshake`].
+    #[cfg(feature = "tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+    #[must_use]
+    pub fn tls(self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        self.edit(|shared| shared.tls = Some(tokio_rustls::TlsAcceptor::from(config)))
+    }
+
+    /// On a graceful shutdown, also [shut down](Tunnels::shutdown) these
+    /// tunnels (Close 1001 to every open WebSocket) within the same
+    /// [deadline](Self::shutdown_timeout), and wait for them.
+    #[must_use]
+    pub fn tunnels(self, tunnels: Tunnels) -> Self {
+        self.edit(|shared| shared.tunnels = Some(tunnels))
+    }
+
+    /// How long a graceful shutdown waits for requests in flight (and
+    /// [tunnels](Self::tunnels)) before closing what is left (default:
+    /// 10 s).
+    #[must_use]
+    pub fn shutdown_timeout(self, timeout: Duration) -> Self {
+        self.edit(|shared| shared.shutdown_timeout = timeout)
+    }
+
+    /// Client connections open now, across this server and its clones
+    /// (tunnels that left HTTP/1.1 by an upgrade not counted).
+    pub fn connections(&self) -> usize {
+        self.shared.registry.open()
+    }
+
+    /// Accept and serve connections on `listener` until the returned
+    /// future is dropped, or until a
+    /// [graceful shutdown](Serve::with_graceful_shutdown) ends.
+    pub fn serve(&self, listener: TcpListener) -> Serve<S> {
+        Serve {
+            server: self.clone(),
+            listener,
+            signal: None,
+        }
+    }
+}
+
+/// A server accepting on one listener; await it (it is
+/// [`IntoFuture`]). From [`Server::serve`].
+#[must_use = "a Serve does nothing until awaited"]
+pub struct Serve<S> {
+    server: Server<S>,
+    listener: TcpListener,
+    signal: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl<S> std::fmt::Debug for Serve<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Serve")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Serve<S> {
+    /// When `signal` resolves: stop accepting, let requests in flight
+    /// finish (HTTP/2 connections get `GOAWAY`, idle ones close), shut the
+    /// [tunnels](Server::tunnels) down, and after the
+    /// [shutdown timeout](Server::shutdown_timeout) close what is left.
+    /// The server's future then resolves.
+    pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.signal = Some(Box::pin(signal));
+        self
+    }
+}
+
+impl<S, B> IntoFuture for Serve<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = io::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(run(self))
+    }
+}
+
+/// The accept loop, then the drain.
+async fn run<S, B>(serve: Serve<S>) -> io::Result<()>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Serve {
+        server,
+        listener,
+        signal,
+    } = serve;
+    let shared = server.shared;
+    let registry = shared.registry.clone();
+    let mut signal = signal.unwrap_or_else(|| Box::pin(std::future::pending()));
+    let tasks = TaskTracker::new();
+    let stop = Stop {
+        graceful: CancellationToken::new(),
+        now: CancellationToken::new(),
+    };
+    let mut reserve = Reserve::new();
+    let mut backoff = Backoff::default();
+    let mut accept_failed = Throttled::new("accept failed");
+    let mut full = Throttled::new("connection limit reached: closing the longest-idle connections");
+    let mut per_ip =
+        Throttled::new("a client IP is at its connection limit: new connections closed");
+    loop {
+        let shed = tokio::select! {
+            shed = registry.room() => shed,
+            () = &mut signal => break,
+        };
+        if shed > 0 {
+            crate::metrics::connection_shed("max_connections");
+            full.warn(&format_args!("max {} connections", registry_max(&shared)));
+        }
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut signal => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                let kind = AcceptError::of(&e);
+                if kind == AcceptError::Connection {
+                    continue;
+                }
+                crate::metrics::accept_error(kind.as_str());
+                accept_failed.warn(&e);
+                if kind == AcceptError::Descriptors {
+                    if registry.shed_one() {
+                        crate::metrics::connection_shed("descriptors");
+                    } else if reserve.release() {
+                        overloaded(&listener, &shared).await;
+                        reserve.restore();
+                    }
+                }
+                // Wait for a connection to end (a descriptor freed), or
+                // a while: never spin on a failing accept.
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next()) => {}
+                    () = registry.ended() => {}
+                    () = &mut signal => break,
+                }
+                continue;
+            }
+        };
+        backoff.reset();
+        // As nginx's `tcp_nodelay on`: a tunnel relays frames split across
+        // writes, which must not wait for Nagle and delayed ACKs.
+        let _ = tcp.set_nodelay(true);
+        match registry.take(peer.ip()) {
+            Ok((slot, shed)) => {
+                if shed {
+                    crate::metrics::connection_shed("max_connections_per_ip");
+                }
+                tasks.spawn(connection::run(
+                    tcp,
+                    peer,
+                    slot,
+                    shared.clone(),
+                    stop.clone(),
+                ));
+            }
+            Err(Refused::PerIp) => {
+                crate::metrics::connection_refused("max_connections_per_ip");
+                per_ip.warn(&format_args!("client {}", peer.ip()));
+            }
+        }
+    }
+    drop(listener);
+    stop.graceful.cancel();
+    tasks.close();
+    let deadline = shared.shutdown_timeout;
+    let tunnels = shared
+        .tunnels
+        .as_ref()
+        .map(|tunnels| tunnels.shutdown(deadline));
+    let connections = async {
+        if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                open = tasks.len(),
+                "client connections still open at the shutdown deadline, closing them"
+            );
+            stop.now.cancel();
+            tasks.wait().await;
+        }
+    };
+    match tunnels {
+        Some(tunnels) => {
+            tokio::join!(connections, tunnels);
+        }
+        None => connections.await,
+    }
+    Ok(())
+}
+
+fn registry_max<S>(shared: &Shared<S>) -> usize {
+    shared.registry.max()
+}
+
+/// Out of descriptors with nothing to free: accept one waiting client on
+/// the reserve descriptor and tell it `503` (plain HTTP; a TLS client is
+/// only closed), so that it does not wait in the backlog for nothing.
+async fn overloaded<S>(listener: &TcpListener, shared: &Shared<S>) {
+    let Ok(Ok((tcp, peer))) =
+        tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
+    else {
+        return;
+    };
+    #[cfg(feature = "tls")]
+    let plain = shared.tls.is_none();
+    #[cfg(not(feature = "tls"))]
+    let plain = {
+        let _ = shared;
+        true
+    };
+    if plain {
+        let _ = tcp.try_write(OVERLOADED);
+    }
+    crate::metrics::connection_refused("descriptors");
+    tracing::debug!(client = %peer, "out of descriptors: answered 503 from the reserve");
+}

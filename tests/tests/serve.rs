@@ -1,0 +1,547 @@
+//! `wsproxy::serve::Server` against raw sockets: every state a client
+//! connection can sit in is bounded in time, connections are bounded in
+//! number with the longest-idle one making room, and one HTTP/2
+//! connection cannot make the proxy open backend connections without
+//! bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use futures_util::StreamExt;
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use wsproxy::admit::Rate;
+use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
+use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
+use wsproxy_e2e::*;
+
+/// Serve `app` with `timeouts` and `limits` on 127.0.0.1:0.
+async fn start(app: Router, timeouts: Timeouts, limits: ConnectionLimits) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(app).timeouts(timeouts).limits(limits);
+    tokio::spawn(async move { server.serve(listener).await.unwrap() });
+    addr
+}
+
+/// An app with a plain route and the proxy on `/ws` to `backend`.
+fn app(backend: SocketAddr) -> (Router, Tunnels) {
+    let layer = WebSocketProxyLayer::new(format!("ws://{backend}").parse().unwrap())
+        .route(Route::prefix("/ws"));
+    let tunnels = layer.tunnels_handle().clone();
+    let app = Router::new()
+        .route("/", get(|| async { "plain" }))
+        .layer(layer);
+    (app, tunnels)
+}
+
+/// Long enough never to fire in a test.
+const NEVER: Duration = Duration::from_secs(3600);
+
+/// Timeouts that never fire, to change one at a time.
+fn quiet() -> Timeouts {
+    Timeouts::new()
+        .tls_handshake(NEVER)
+        .detect(NEVER)
+        .request_head(NEVER)
+        .keep_alive(NEVER)
+        .http2_idle(NEVER)
+}
+
+/// Read until the server closes the connection; what was read.
+async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    within("the server to close the connection", async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    got
+}
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+
+#[tokio::test]
+async fn a_connection_that_says_nothing_is_closed_after_the_detect_timeout() {
+    let backend = Backend::start().await;
+    let (app, _) = app(backend.addr);
+    let proxy = start(
+        app,
+        quiet().detect(Duration::from_millis(300)),
+        ConnectionLimits::new(),
+    )
+    .await;
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(proxy).await.unwrap();
+    assert!(read_to_close(&mut silent).await.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+    // One that speaks at once is served.
+    let mut speaking = raw(proxy, GET).await;
+    assert_eq!(read_head(&mut speaking).await.status, 200);
+}
+
+#[tokio::test]
+async fn a_partial_head_is_closed_after_the_request_head_timeout() {
+    let proxy = start(
+        Router::new().route("/", get(|| async { "plain" })),
+        quiet().request_head(Duration::from_millis(400)),
+        ConnectionLimits::new(),
+    )
+    .await;
+    let start = Instant::now();
+    let mut half = raw(proxy, b"GET / HTTP/1.1\r\nHost: t\r\n").await;
+    assert!(read_to_close(&mut half).await.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_byte_at_a_time_does_not_keep_a_head_alive() {
+    let head_timeout = Duration::from_millis(600);
+    let proxy = start(
+        Router::new().route("/", get(|| async { "plain" })),
+        quiet().request_head(head_timeout),
+        ConnectionLimits::new(),
+    )
+    .await;
+    // A head that never ends: "X-Pad: aaaa..." one byte every 100 ms. A
+    // timer that restarted with every byte would never fire.
+    let mut slow = raw(proxy, b"GET / HTTP/1.1\r\nHost: t\r\nX-Pad: ").await;
+    let start = Instant::now();
+    let mut closed_after = None;
+    for _ in 0..300 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if slow.write_all(b"a").await.is_err() {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), slow.read(&mut byte)).await
+        {
+            closed_after = Some(start.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the trickling client was never closed");
+    assert!(
+        closed_after >= Duration::from_millis(500),
+        "{closed_after:?}"
+    );
+    assert!(closed_after < LIMIT, "{closed_after:?}");
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_and_a_later_head_is_timed() {
+    let keep_alive = Duration::from_millis(400);
+    let proxy = start(
+        Router::new().route("/", get(|| async { "plain" })),
+        quiet().keep_alive(keep_alive),
+        ConnectionLimits::new(),
+    )
+    .await;
+    let mut idle = raw(proxy, GET).await;
+    let head = read_head(&mut idle).await;
+    assert_eq!(head.status, 200);
+    let _ = read_body(&mut idle, &head).await;
+    let after_response = Instant::now();
+    assert!(read_to_close(&mut idle).await.is_empty());
+    assert!(after_response.elapsed() >= Duration::from_millis(350));
+
+    // Keep-alive spans several requests while they come in time.
+    let mut busy = TcpStream::connect(proxy).await.unwrap();
+    for _ in 0..3 {
+        busy.write_all(GET).await.unwrap();
+        let head = read_head(&mut busy).await;
+        assert_eq!(head.status, 200);
+        let _ = read_body(&mut busy, &head).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_head_of_a_later_request_is_timed_from_its_first_byte() {
+    let proxy = start(
+        Router::new().route("/", get(|| async { "plain" })),
+        quiet().request_head(Duration::from_millis(400)),
+        ConnectionLimits::new(),
+    )
+    .await;
+    let mut stream = raw(proxy, GET).await;
+    let head = read_head(&mut stream).await;
+    let _ = read_body(&mut stream, &head).await;
+    // Idle keep-alive never times out here; half a second head does.
+    stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let start = Instant::now();
+    assert!(read_to_close(&mut stream).await.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_request_being_answered_is_never_cut() {
+    let app = Router::new().route(
+        "/",
+        get(|| async {
+            // Longer than every timeout of the server.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            "slow"
+        }),
+    );
+    let short = Duration::from_millis(200);
+    let proxy = start(
+        app,
+        Timeouts::new()
+            .detect(short)
+            .request_head(short)
+            .keep_alive(short)
+            .http2_idle(short),
+        ConnectionLimits::new(),
+    )
+    .await;
+    let mut stream = raw(proxy, GET).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(read_body(&mut stream, &head).await, b"slow");
+}
+
+/// HTTP/2 frames: (type, flags) of each one read until the server closes.
+async fn h2_frames_until_close(stream: &mut TcpStream) -> Vec<(u8, u8)> {
+    let bytes = read_to_close(stream).await;
+    let mut frames = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 9 {
+        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
+        frames.push((rest[3], rest[4]));
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    frames
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+const GOAWAY: u8 = 0x7;
+
+#[tokio::test]
+async fn an_http2_connection_with_no_stream_gets_goaway_after_the_idle_timeout() {
+    let proxy = start(
+        Router::new().route("/", get(|| async { "plain" })),
+        // Detection and heads would close it sooner if they applied.
+        quiet()
+            .detect(Duration::from_millis(100))
+            .request_head(Duration::from_millis(100))
+            .http2_idle(Duration::from_millis(500)),
+        ConnectionLimits::new(),
+    )
+    .await;
+    let start = Instant::now();
+    let mut preface_only = raw(proxy, H2_PREFACE).await;
+    let frames = h2_frames_until_close(&mut preface_only).await;
+    assert!(frames.iter().any(|&(kind, _)| kind == GOAWAY), "{frames:?}");
+    // GOAWAY at 500 ms, closed a second later as the client never closes.
+    assert!(
+        start.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_http2_connection_carrying_a_websocket_is_not_idle() {
+    let backend = Backend::start().await;
+    let (app, tunnels) = app(backend.addr);
+    let idle = Duration::from_millis(300);
+    let proxy = start(app, quiet().http2_idle(idle), ConnectionLimits::new()).await;
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    let (_, mut ws) = open(&mut sender, connect_request(proxy, "/ws", &[])).await;
+    // Silent for longer than the idle timeout and the grace after a
+    // GOAWAY together: the stream is open, so the connection is not idle.
+    tokio::time::sleep(idle + Duration::from_millis(1_500)).await;
+    assert!(!connection.is_finished());
+    echo(&mut ws, Message::text("still here")).await;
+    // No GOAWAY either: the connection still takes new streams.
+    let plain = http::Request::get(format!("http://{proxy}/"))
+        .version(http::Version::HTTP_2)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    within("ready", sender.ready()).await.unwrap();
+    let response = within("plain", sender.send_request(plain)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The WebSocket ends: now the connection is idle, and the server
+    // sends GOAWAY (the client still holds its sender, so it is the
+    // server that ends the connection).
+    drop(ws);
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    // (hyper's client calls a connection closed after GOAWAY an error
+    // or not depending on timing: that it ended is what counts.)
+    let _ = within("the idle connection to close", connection)
+        .await
+        .unwrap();
+    assert!(sender.ready().await.is_err(), "the connection is gone");
+}
+
+#[tokio::test]
+async fn a_tls_handshake_that_never_comes_is_closed() {
+    let config = Leaf::self_signed().server_config();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(Router::new().route("/", get(|| async { "plain" })))
+        .timeouts(quiet().tls_handshake(Duration::from_millis(300)))
+        .tls(config);
+    tokio::spawn(async move { server.serve(listener).await.unwrap() });
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    assert!(read_to_close(&mut silent).await.is_empty());
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn at_the_bound_the_longest_idle_connection_makes_room() {
+    let backend = Backend::start().await;
+    let (app, _) = app(backend.addr);
+    let proxy = start(app, quiet(), ConnectionLimits::new().max_connections(3)).await;
+    let mut oldest = TcpStream::connect(proxy).await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        idle.push(TcpStream::connect(proxy).await.unwrap());
+    }
+    // All three places taken by connections that say nothing: a client
+    // that speaks is still served, and the oldest silent one goes.
+    let mut ws = connect(&format!("ws://{proxy}/ws")).await;
+    echo(&mut ws, Message::text("served")).await;
+    assert!(read_to_close(&mut oldest).await.is_empty());
+    let mut plain = raw(proxy, GET).await;
+    assert_eq!(read_head(&mut plain).await.status, 200);
+}
+
+#[tokio::test]
+async fn over_the_per_ip_bound_a_busy_client_gets_no_more_connections() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let app = Router::new().route(
+        "/",
+        get({
+            let release = release.clone();
+            move || async move {
+                release.notified().await;
+                "released"
+            }
+        }),
+    );
+    let proxy = start(
+        app,
+        quiet(),
+        ConnectionLimits::new().max_connections_per_ip(2),
+    )
+    .await;
+    // Two requests in flight: both connections busy.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        busy.push(raw(proxy, GET).await);
+    }
+    // The third has nothing idle to replace: closed at once.
+    let mut third = TcpStream::connect(proxy).await.unwrap();
+    assert!(read_to_close(&mut third).await.is_empty());
+    release.notify_waiters();
+    for stream in &mut busy {
+        let head = read_head(stream).await;
+        assert_eq!(read_body(stream, &head).await, b"released");
+    }
+    // Both idle now: a new connection replaces the longest-idle one.
+    let mut fresh = raw(proxy, GET).await;
+    release.notify_waiters();
+    let closed = within("one idle connection to be closed", async {
+        loop {
+            for (index, stream) in busy.iter_mut().enumerate() {
+                let mut byte = [0u8; 1];
+                if let Ok(Ok(0) | Err(_)) =
+                    tokio::time::timeout(Duration::from_millis(5), stream.read(&mut byte)).await
+                {
+                    return index;
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, 0, "the longest idle goes first");
+    drop(fresh.write_all(b"").await);
+}
+
+/// A backend that accepts TCP connections, counts them, and never answers.
+async fn silent_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn one_http2_connection_cannot_drive_more_backend_handshakes_than_the_bound() {
+    let (backend, accepted) = silent_backend().await;
+    let (app, _) = app(backend);
+    let proxy = start(
+        app,
+        quiet(),
+        ConnectionLimits::new().http2_max_handshakes(4),
+    )
+    .await;
+    let mut sender = h2(proxy).await;
+    within("ready", sender.ready()).await.unwrap();
+    let mut pending = Vec::new();
+    for _ in 0..20 {
+        pending.push(tokio::spawn(sender.send_request(connect_request(
+            proxy,
+            "/ws",
+            &[],
+        ))));
+    }
+    // 16 are refused at once; 4 wait on the silent backend.
+    let mut refused = 0;
+    for task in &mut pending {
+        if let Ok(Ok(Ok(response))) =
+            tokio::time::timeout(Duration::from_millis(50), &mut *task).await
+        {
+            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(response.headers()["retry-after"], "1");
+            refused += 1;
+        }
+    }
+    assert!(
+        wait_until(LIMIT, || accepted.load(Ordering::SeqCst) == 4).await,
+        "{} backend connections",
+        accepted.load(Ordering::SeqCst)
+    );
+    let refused_rest = within("the refusals", async {
+        let mut refused = refused;
+        for task in pending.iter_mut().filter(|task| !task.is_finished()) {
+            if let Ok(Ok(Ok(response))) =
+                tokio::time::timeout(Duration::from_millis(200), &mut *task).await
+            {
+                assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+                refused += 1;
+            }
+        }
+        refused
+    })
+    .await;
+    assert_eq!(refused_rest, 16);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        4,
+        "never more than the bound"
+    );
+    // A plain request on the same connection is not a handshake: served.
+    let mut plain = http::Request::get(format!("http://{proxy}/"))
+        .version(http::Version::HTTP_2)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    plain.headers_mut().insert("x", "y".parse().unwrap());
+    let response = within("plain", sender.send_request(plain)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn resetting_handshakes_faster_than_allowed_gets_goaway() {
+    let (backend, accepted) = silent_backend().await;
+    let (app, _) = app(backend);
+    let proxy = start(
+        app,
+        quiet(),
+        ConnectionLimits::new().http2_reset_handshakes(Rate::per_minute(1).burst(3)),
+    )
+    .await;
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(connection);
+    // Open a handshake, wait until it reached the backend, reset it (the
+    // response future dropped sends RST_STREAM), again and again.
+    let mut opened = 0;
+    for _ in 0..50 {
+        if sender.ready().await.is_err() {
+            break;
+        }
+        let before = accepted.load(Ordering::SeqCst);
+        let mut response = Box::pin(sender.send_request(connect_request(proxy, "/ws", &[])));
+        let reached = wait_until(Duration::from_secs(2), || {
+            accepted.load(Ordering::SeqCst) > before
+        });
+        tokio::select! {
+            done = &mut response => {
+                // Refused because the connection is going away.
+                assert!(done.is_err() || done.unwrap().status() != StatusCode::OK);
+                break;
+            }
+            reached = reached => if !reached { break },
+        }
+        opened += 1;
+        // Dropping the response future resets the stream.
+        drop(response);
+    }
+    // The burst of 3 and one over it; never the 50 asked for.
+    assert!(
+        (4..=6).contains(&opened),
+        "{opened} handshakes reached the backend"
+    );
+    within("the connection to end after GOAWAY", connection)
+        .await
+        .unwrap()
+        .ok();
+    assert!(accepted.load(Ordering::SeqCst) <= 6);
+}
+
+#[tokio::test]
+async fn a_websocket_served_through_the_server_knows_the_client_address() {
+    let backend = Backend::start().await;
+    let (app, tunnels) = app(backend.addr);
+    let proxy = start(app, Timeouts::new(), ConnectionLimits::new()).await;
+    let mut ws = connect(&format!("ws://{proxy}/ws")).await;
+    echo(&mut ws, Message::text("hi")).await;
+    let headers = backend.last_headers();
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+}
