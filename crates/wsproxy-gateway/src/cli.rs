@@ -134,6 +134,57 @@ pub(crate) struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub(crate) burst: u32,
 
+    /// Time a client has to complete its TLS handshake.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) tls_handshake_timeout: Duration,
+
+    /// Time from accepting a connection (after TLS) to its first bytes: a
+    /// client that connects and says nothing is closed after this.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub(crate) detect_timeout: Duration,
+
+    /// Time from the first byte of a request to the end of its head (in
+    /// all, not per byte; nginx's client_header_timeout).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub(crate) request_head_timeout: Duration,
+
+    /// Time an HTTP/1.1 connection may wait for its next request (nginx's
+    /// keepalive_timeout); 0 closes every connection after one response.
+    #[arg(long, default_value = "75s", value_parser = parse_duration)]
+    pub(crate) keepalive_timeout: Duration,
+
+    /// Time an HTTP/2 connection may stay with no open stream before it
+    /// gets GOAWAY (a WebSocket over HTTP/2 is an open stream).
+    #[arg(long, default_value = "75s", value_parser = parse_duration)]
+    pub(crate) http2_idle_timeout: Duration,
+
+    /// At most this many client connections held by the HTTP server (in
+    /// all workers; an HTTP/1.1 WebSocket leaves the count at its upgrade,
+    /// see --max-conns). At the bound the longest-idle one is closed to
+    /// make room. Default: half the open file limit.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_client_conns: Option<usize>,
+
+    /// At most this many client connections per client IP (default: no
+    /// bound); over it the IP's longest-idle connection is closed, or the
+    /// new one if none is idle.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_client_conns_per_ip: Option<usize>,
+
+    /// WebSocket handshakes answered at once on one HTTP/2 connection;
+    /// more get 429 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = wsproxy::serve::DEFAULT_HTTP2_MAX_HANDSHAKES)]
+    pub(crate) h2_max_handshakes: usize,
+
+    /// Handshakes an HTTP/2 client may reset before their answer, e.g.
+    /// 2/s; faster (past --h2-reset-burst) gets its connection GOAWAY.
+    #[arg(long, value_name = "RATE", default_value = "2/s", value_parser = parse_rate)]
+    pub(crate) h2_reset_rate: wsproxy::admit::Rate,
+
+    /// Resets allowed at once over --h2-reset-rate.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub(crate) h2_reset_burst: u32,
+
     /// On SIGTERM/SIGINT, how long open WebSockets have to finish their
     /// closing handshakes after the proxy's Close 1001.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]

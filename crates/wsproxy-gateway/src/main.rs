@@ -54,6 +54,7 @@ use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 use wsproxy::admit::{AdmitLayer, ConnectionLimit, Key, OriginCheck, RateLimit, ResolveClient};
 use wsproxy::balance::Backends;
+use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
 use wsproxy::tls::BackendTls;
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
@@ -184,28 +185,19 @@ async fn run(
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
 
+    let server = server(&args, app, tls, &tunnels);
     let stop = CancellationToken::new();
     let mut threads = Vec::with_capacity(workers - 1);
     for (index, listener) in listeners.drain(1..).enumerate() {
         threads.push(workers::spawn(
             index + 1,
             listener,
-            tls.clone(),
-            app.clone(),
+            server.clone(),
             stop.clone(),
-            tunnels.clone(),
-            args.shutdown_timeout,
         )?);
     }
     let first = listeners.pop().expect("one listener at least");
-    let serving = tokio::spawn(workers::serve(
-        first,
-        tls,
-        app,
-        stop.clone(),
-        tunnels.clone(),
-        args.shutdown_timeout,
-    ));
+    let serving = tokio::spawn(workers::serve(first, server, stop.clone()));
     shutdown_signal().await;
     stop.cancel();
     tracing::info!(open = tunnels.open(), timeout = ?args.shutdown_timeout, "draining tunnels with Close 1001");
@@ -221,6 +213,42 @@ async fn run(
     demo_tasks.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The HTTP server of every worker: timeouts for every state of a client
+/// connection, connection limits, TLS, and the tunnels to drain on
+/// shutdown.
+fn server(
+    args: &Args,
+    app: Router,
+    tls: Option<Arc<ServerConfig>>,
+    tunnels: &Tunnels,
+) -> Server<Router> {
+    let mut limits = ConnectionLimits::new()
+        .http2_max_handshakes(args.h2_max_handshakes)
+        .http2_reset_handshakes(args.h2_reset_rate.burst(args.h2_reset_burst));
+    if let Some(max) = args.max_client_conns {
+        limits = limits.max_connections(max);
+    }
+    if let Some(max) = args.max_client_conns_per_ip {
+        limits = limits.max_connections_per_ip(max);
+    }
+    let server = Server::new(app)
+        .timeouts(
+            Timeouts::new()
+                .tls_handshake(args.tls_handshake_timeout)
+                .detect(args.detect_timeout)
+                .request_head(args.request_head_timeout)
+                .keep_alive(args.keepalive_timeout)
+                .http2_idle(args.http2_idle_timeout),
+        )
+        .limits(limits)
+        .tunnels(tunnels.clone())
+        .shutdown_timeout(args.shutdown_timeout);
+    match tls {
+        Some(config) => server.tls(config),
+        None => server,
+    }
 }
 
 /// A prefix that two routes claim (the demo's `/echo` and `/chat` count

@@ -1,37 +1,18 @@
 //! TLS termination (`--tls-cert`, `--tls-key`): rustls with the `ring`
-//! provider, HTTP/2 or HTTP/1.1 chosen by ALPN; and the `--backend-*`
-//! flags for `wss://` backends ([`backend`]).
-//!
-//! [`TlsListener`] is an axum [`Listener`]: it accepts TCP connections from
-//! an inner listener and runs each TLS handshake in a task of its own,
-//! bounded by [`HANDSHAKE_TIMEOUT`], so a slow or silent client never holds
-//! up the accept loop. A failed handshake is logged at debug and the loop
-//! goes on.
+//! provider, HTTP/2 or HTTP/1.1 chosen by ALPN (the handshake itself runs
+//! in `wsproxy::serve::Server`, bounded by `--tls-handshake-timeout`); and
+//! the `--backend-*` flags for `wss://` backends ([`backend`]).
 
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::serve::Listener;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::task::JoinSet;
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::{self, ServerConfig};
-use tokio_rustls::server::TlsStream;
 use wsproxy::tls::BackendTls;
 
 use crate::cli::Args;
-
-/// Time a client has to finish its TLS handshake.
-pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshakes in progress at once per worker; past this the worker stops
-/// accepting until one finishes (the kernel's backlog holds the rest).
-const MAX_HANDSHAKES: usize = 1024;
 
 /// A server configuration from PEM files: `cert` holds the certificate
 /// chain (leaf first), `key` its private key (PKCS#8, PKCS#1 or SEC1).
@@ -190,97 +171,6 @@ impl std::error::Error for TlsError {
         match self {
             Self::Cert { source, .. } | Self::Key { source, .. } => Some(source),
             Self::Config { source, .. } => Some(source),
-        }
-    }
-}
-
-/// A [`Listener`] that completes a TLS handshake on every connection of
-/// `L` before handing it over (to the gateway's serve loop here; it works
-/// with `axum::serve` as well).
-///
-/// Handshakes run in tasks owned by the listener: dropping the listener
-/// (the serve loop does at shutdown) aborts those still in progress.
-pub(crate) struct TlsListener<L: Listener> {
-    inner: L,
-    acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<Accepted<L>>>,
-}
-
-/// A connection that completed its TLS handshake, and its peer.
-type Accepted<L> = (TlsStream<<L as Listener>::Io>, <L as Listener>::Addr);
-
-impl<L: Listener> TlsListener<L> {
-    /// Terminate TLS with `config` on the connections `inner` accepts.
-    pub(crate) fn new(inner: L, config: Arc<ServerConfig>) -> Self {
-        Self {
-            inner,
-            acceptor: TlsAcceptor::from(config),
-            handshakes: JoinSet::new(),
-        }
-    }
-}
-
-impl<L: Listener> fmt::Debug for TlsListener<L> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsListener")
-            .field("handshakes", &self.handshakes.len())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<L> Listener for TlsListener<L>
-where
-    L: Listener,
-    L::Addr: fmt::Debug + Send + 'static,
-{
-    type Io = TlsStream<L::Io>;
-    type Addr = L::Addr;
-
-    // Cancel safe, as a serve loop that also waits for a shutdown signal
-    // needs (axum's and ours drop this future when it fires): a connection
-    // is either still in the inner listener's queue or owned by
-    // `handshakes`.
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            tokio::select! {
-                biased;
-                Some(done) = self.handshakes.join_next() => {
-                    if let Ok(Some(accepted)) = done {
-                        return accepted;
-                    }
-                }
-                (io, addr) = self.inner.accept(), if self.handshakes.len() < MAX_HANDSHAKES => {
-                    self.handshakes.spawn(handshake(self.acceptor.clone(), io, addr));
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// The server side of one TLS handshake, within [`HANDSHAKE_TIMEOUT`];
-/// `None` (logged at debug) if it fails or times out.
-async fn handshake<Io, Addr>(
-    acceptor: TlsAcceptor,
-    io: Io,
-    addr: Addr,
-) -> Option<(TlsStream<Io>, Addr)>
-where
-    Io: AsyncRead + AsyncWrite + Unpin,
-    Addr: fmt::Debug,
-{
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
-        Ok(Ok(tls)) => Some((tls, addr)),
-        Ok(Err(e)) => {
-            tracing::debug!(client = ?addr, error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(client = ?addr, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
-            None
         }
     }
 }

@@ -3,32 +3,16 @@
 //!
 //! The kernel spreads new connections over the listeners; a connection,
 //! its tunnel and its backend socket then stay on one thread, with no
-//! work stealing and no cross-thread wake-ups.
-//!
-//! Each worker serves HTTP/1.1 and HTTP/2 (by ALPN `h2` under TLS, by
-//! prior knowledge without), with extended CONNECT for WebSockets over
-//! HTTP/2; see [`http`] for why this is not `axum::serve`.
+//! work stealing and no cross-thread wake-ups. Every worker serves a clone
+//! of one `wsproxy::serve::Server`, so its connection limits hold across
+//! workers.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
-use axum::extract::ConnectInfo;
-use axum::http::Request;
-use axum::serve::{Listener, ListenerExt};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Socket, Type};
-use tokio_rustls::rustls::ServerConfig;
 use tokio_util::sync::CancellationToken;
-use tower::Service as _;
-use wsproxy::Tunnels;
-
-use crate::tls::TlsListener;
+use wsproxy::serve::Server;
 
 /// Bind `count` listeners to `addr` with `SO_REUSEPORT` (the first one
 /// picks the port when `addr` has port 0).
@@ -53,121 +37,28 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Serve `app` on `listener` (with TLS when `tls` is given) until `stop`,
-/// then drain for up to `grace`: HTTP connections finish their requests
-/// while open tunnels get the same time to end, after which both are
-/// closed.
+/// Serve on `listener` until `stop`, then drain: HTTP connections finish
+/// their requests while open tunnels get Close 1001 and the server's
+/// shutdown timeout to end, after which both are closed. Tunnels live on
+/// the runtime that accepted them, which runs until they are gone.
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
-    tls: Option<Arc<ServerConfig>>,
-    app: Router,
+    server: Server<Router>,
     stop: CancellationToken,
-    tunnels: Tunnels,
-    grace: Duration,
 ) -> std::io::Result<()> {
-    // Like nginx's `tcp_nodelay on`: a tunnel relays partial frames, which
-    // must not wait for Nagle's algorithm and the peer's delayed ACK.
-    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    match tls {
-        None => serve_on(listener, false, app, stop, tunnels, grace).await,
-        Some(config) => {
-            serve_on(
-                TlsListener::new(listener, config),
-                true,
-                app,
-                stop,
-                tunnels,
-                grace,
-            )
-            .await
-        }
-    }
-    Ok(())
-}
-
-/// The HTTP/1.1 and HTTP/2 server of every connection (HTTP/2 by ALPN
-/// `h2` or by prior knowledge: hyper-util reads the preface).
-///
-/// This is what `axum::serve` does, plus the HTTP/2 receive windows that
-/// the `wsproxy` docs ("Serving") recommend, which `axum::serve` cannot
-/// set: a WebSocket whose backend stops reading holds at most 256 KiB of
-/// its connection's 8 MiB window, so the other WebSockets multiplexed on
-/// a browser's connection keep flowing.
-fn http() -> Builder<TokioExecutor> {
-    let mut builder = Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSockets over HTTP/2 (RFC 8441).
-        .enable_connect_protocol()
-        .initial_stream_window_size(wsproxy::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(wsproxy::HTTP2_CONNECTION_WINDOW);
-    builder
-}
-
-/// Accept on `listener` until `stop`, serving each connection on its own
-/// task with the client address as axum's `ConnectInfo<SocketAddr>` (as
-/// `into_make_service_with_connect_info` gives it) and, over TLS,
-/// [`wsproxy::ClientTls`] (so backends are told `https`); then drain.
-async fn serve_on<L>(
-    mut listener: L,
-    tls: bool,
-    app: Router,
-    stop: CancellationToken,
-    tunnels: Tunnels,
-    grace: Duration,
-) where
-    L: Listener<Addr = SocketAddr>,
-{
-    let http = http();
-    let connections = GracefulShutdown::new();
-    loop {
-        let (io, client) = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stop.cancelled() => break,
-        };
-        let app = app.clone();
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(client));
-            if tls {
-                req.extensions_mut().insert(wsproxy::ClientTls);
-            }
-            app.clone().call(req)
-        });
-        let connection = http
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let connection = connections.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::trace!(client = %client, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    // Idle connections close now, busy ones after their request (HTTP/2:
-    // GOAWAY, then its streams run out). Tunnels live on the runtime that
-    // accepted them: keep it running until they are gone. A request still
-    // in flight at the deadline is dropped with the runtime.
-    let (served, ()) = tokio::join!(
-        tokio::time::timeout(grace, connections.shutdown()),
-        tunnels.shutdown(grace)
-    );
-    if served.is_err() {
-        tracing::warn!("HTTP connections still open at the shutdown deadline, dropping them");
-    }
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    server
+        .serve(listener)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
 }
 
 /// Run [`serve`] on a new thread with a single-threaded runtime.
 pub(crate) fn spawn(
     index: usize,
     listener: std::net::TcpListener,
-    tls: Option<Arc<ServerConfig>>,
-    app: Router,
+    server: Server<Router>,
     stop: CancellationToken,
-    tunnels: Tunnels,
-    grace: Duration,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("wsgate-worker-{index}"))
@@ -182,7 +73,7 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            if let Err(e) = runtime.block_on(serve(listener, tls, app, stop, tunnels, grace)) {
+            if let Err(e) = runtime.block_on(serve(listener, server, stop)) {
                 tracing::error!(error = %e, worker = index, "worker stopped with an error");
             }
         })
