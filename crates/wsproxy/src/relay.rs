@@ -1074,7 +1074,10 @@ impl Pump {
     /// shut down. When the other direction is already `done`, `dst` is not
     /// shut down: the tunnel closes both sockets next, and closing sends
     /// the same FIN (`dst` was read to its end, so no reset) for one
-    /// system call less per tunnel.
+    /// system call less per tunnel. Nor is it when it is gone, or was sent
+    /// the proxy's Close after `src` vanished (only flushed then). With
+    /// `report_end`, the end of `src` is first reported once as
+    /// [`Failure::Ended`].
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
