@@ -678,6 +678,70 @@ pub async fn raw_websocket(proxy: SocketAddr) -> (TcpStream, Vec<u8>) {
     (stream, head.rest)
 }
 
+/// A child process, killed (`SIGKILL`) and reaped on drop.
+#[derive(Debug)]
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The path of the Python script `name` in `tests/py/`.
+pub fn python_script(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(name)
+}
+
+/// Start the Python backend `tests/py/NAME`, which prints
+/// `listening on PORT` and serves until its standard input closes; returns
+/// the process and its address. Python's `websockets` is installed by
+/// `.ci/test`.
+pub async fn python_backend(name: &str) -> (Reaped, SocketAddr) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let check = Command::new("python3")
+        .args(["-c", "import websockets"])
+        .status()
+        .expect("python3 is needed for this test");
+    assert!(
+        check.success(),
+        "Python's websockets is missing: run `bash .ci/test` or `python3 -m pip install websockets`"
+    );
+    let mut backend = Reaped(
+        Command::new("python3")
+            .arg(python_script(name))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = backend.0.stdout.take().unwrap();
+    let line = within(
+        "the Python backend's port",
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .map(|_| line)
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let port: u16 = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected {line:?}"))
+        .parse()
+        .unwrap();
+    (backend, ([127, 0, 0, 1], port).into())
+}
+
 /// Log lines written on this thread, captured for a test.
 #[derive(Clone, Debug, Default)]
 pub struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -1,6 +1,6 @@
-//! The tunnel: bytes and frames pass untouched both ways; closes, drops,
-//! half-closes, idle timeouts and shutdown end it cleanly, and the open
-//! tunnel count returns to zero.
+//! The tunnel: bytes and frames pass untouched both ways; closes, drops
+//! (the survivor hears a Close of the proxy's), half-closes, idle timeouts
+//! and shutdown end it cleanly, and the open tunnel count returns to zero.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -101,6 +101,23 @@ async fn close_code_and_reason_travel_both_ways() {
     assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
 }
 
+/// Wait until `backend` has received a Close frame; returns it.
+async fn backend_close(backend: &Backend) -> CloseFrame {
+    let seen = backend.seen.clone();
+    let close = || {
+        seen.lock().unwrap().messages.iter().find_map(|m| match m {
+            Message::Close(Some(frame)) => Some(frame.clone()),
+            _ => None,
+        })
+    };
+    assert!(
+        wait_until(LIMIT, || close().is_some()).await,
+        "the backend got no Close: {:?}",
+        seen.lock().unwrap().messages
+    );
+    close().unwrap()
+}
+
 #[tokio::test]
 async fn an_abrupt_client_drop_closes_the_backend_side() {
     let backend = Backend::start().await;
@@ -110,6 +127,10 @@ async fn an_abrupt_client_drop_closes_the_backend_side() {
     assert_eq!(backend.live.load(Ordering::SeqCst), 1);
     let start = Instant::now();
     drop(ws); // TCP closed without a close frame.
+    // The backend hears Close 1001, as from a browser tab that closed.
+    let close = backend_close(&backend).await;
+    assert_eq!(close.code, CloseCode::Away);
+    assert_eq!(close.reason, "client went away");
     let live = backend.live.clone();
     assert!(wait_until(LIMIT, || live.load(Ordering::SeqCst) == 0).await);
     assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
@@ -118,6 +139,7 @@ async fn an_abrupt_client_drop_closes_the_backend_side() {
         "{:?}",
         start.elapsed()
     );
+    assert!(backend.seen.lock().unwrap().errors.is_empty());
 }
 
 #[tokio::test]
@@ -128,13 +150,18 @@ async fn an_abrupt_backend_drop_ends_the_client_stream() {
     echo(&mut ws, Message::text("hello")).await;
     let start = Instant::now();
     ws.send(Message::text("server-drop")).await.unwrap();
-    // The backend drops its socket without a close frame: the client's
-    // stream ends (tungstenite reports the missing close handshake).
+    // The backend drops its socket without a close frame: the client gets
+    // Close 1011 from the proxy instead of a bare TCP close (1006).
+    match within("the Close", ws.next()).await {
+        Some(Ok(Message::Close(Some(frame)))) => {
+            assert_eq!(frame.code, CloseCode::Error);
+            assert_eq!(frame.reason, "backend went away");
+        }
+        other => panic!("expected Close 1011, got {other:?}"),
+    }
+    // tungstenite answered; the stream then ends cleanly.
     let end = within("client stream end", ws.next()).await;
-    assert!(
-        matches!(end, None | Some(Err(_))),
-        "the stream ends without a Close frame: {end:?}"
-    );
+    assert!(end.is_none(), "{end:?}");
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -142,6 +169,52 @@ async fn an_abrupt_backend_drop_ends_the_client_stream() {
     );
     drop(ws);
     assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    let stats = tunnels.stats();
+    assert_eq!(stats.ended.backend_close, 1, "{stats:?}");
+    assert_eq!(stats.client.close_codes.get(&1011), Some(&1), "the answer");
+}
+
+#[tokio::test]
+async fn a_fin_without_a_close_gets_the_other_side_a_close_frame() {
+    // A raw backend: after the handshake it sends a frame and its FIN,
+    // then records what still reaches it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (after_tx, after) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let head = read_request_head(&mut stream).await;
+        let mut answer = switching_protocols(&head).into_bytes();
+        answer.extend_from_slice(b"\x81\x04last");
+        stream.write_all(&answer).await.unwrap();
+        stream.shutdown().await.unwrap(); // FIN, no Close
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+        let _ = after_tx.send(rest);
+    });
+    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    let (mut client, mut buf) = raw_websocket(proxy).await;
+    let last = read_frame(&mut client, &mut buf).await.unwrap();
+    assert_eq!((last.opcode, &last.payload[..]), (0x1, &b"last"[..]));
+    let close = read_frame(&mut client, &mut buf).await.unwrap();
+    assert!(!close.masked);
+    assert_eq!(close.close_code(), Some(1011));
+    assert_eq!(&close.payload[2..], b"backend went away");
+    client
+        .write_all(&ws_frame(true, 0x8, &1011u16.to_be_bytes(), Some([9; 4])))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut client, &mut buf).await,
+        None,
+        "then the end"
+    );
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    let reached = within("the backend's side closes", after).await.unwrap();
+    assert!(
+        reached.is_empty(),
+        "the answer is not forwarded: {reached:?}"
+    );
 }
 
 #[tokio::test]
@@ -164,7 +237,8 @@ async fn a_half_close_is_passed_on_and_the_other_direction_keeps_flowing() {
         stream.write_all(b"\x81\x05after").await.unwrap();
         stream.shutdown().await.unwrap();
     });
-    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    // Byte-for-byte TCP semantics: no Close of the proxy's on the FIN.
+    let (proxy, tunnels) = proxy_to(backend, |l| l.close_on_disconnect(false)).await;
     let mut client = raw(proxy, handshake("/", "").as_bytes()).await;
     let head = read_head(&mut client).await;
     assert_eq!(head.status, 101);
@@ -320,6 +394,7 @@ async fn a_client_reset_closes_the_backend_side() {
     assert_eq!(backend.live.load(Ordering::SeqCst), 1);
     let start = Instant::now();
     reset(client);
+    assert_eq!(backend_close(&backend).await.code, CloseCode::Away);
     let live = backend.live.clone();
     assert!(wait_until(LIMIT, || live.load(Ordering::SeqCst) == 0).await);
     assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
@@ -332,35 +407,50 @@ async fn a_client_reset_closes_the_backend_side() {
 
 #[tokio::test]
 async fn a_backend_reset_ends_the_client_stream() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let head = read_request_head(&mut stream).await;
-        let mut answer = switching_protocols(&head).into_bytes();
-        answer.extend_from_slice(b"\x81\x05ready");
-        stream.write_all(&answer).await.unwrap();
-        let _ = go.await;
-        reset(stream);
-    });
-    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
-    let mut ws = connect(&format!("ws://{proxy}/")).await;
-    let ready = within("ready", ws.next()).await.unwrap().unwrap();
-    assert_eq!(ready, Message::text("ready"));
-    let start = Instant::now();
-    go_tx.send(()).unwrap();
-    let end = within("client stream end", ws.next()).await;
-    assert!(
-        matches!(end, None | Some(Err(_))),
-        "the stream ends without a Close frame: {end:?}"
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
-    );
-    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    // By default the client is told 1011; with the setting off its stream
+    // just ends. Either way it is counted as an error.
+    for close_on_disconnect in [true, false] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let head = read_request_head(&mut stream).await;
+            let mut answer = switching_protocols(&head).into_bytes();
+            answer.extend_from_slice(b"\x81\x05ready");
+            stream.write_all(&answer).await.unwrap();
+            let _ = go.await;
+            reset(stream);
+        });
+        let (proxy, tunnels) =
+            proxy_to(backend, |l| l.close_on_disconnect(close_on_disconnect)).await;
+        let mut ws = connect(&format!("ws://{proxy}/")).await;
+        let ready = within("ready", ws.next()).await.unwrap().unwrap();
+        assert_eq!(ready, Message::text("ready"));
+        let start = Instant::now();
+        go_tx.send(()).unwrap();
+        let end = within("client stream end", ws.next()).await;
+        if close_on_disconnect {
+            assert!(
+                matches!(&end, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::Error),
+                "expected Close 1011, got {end:?}"
+            );
+            let after = within("client stream end", ws.next()).await;
+            assert!(after.is_none(), "{after:?}");
+        } else {
+            assert!(
+                matches!(end, None | Some(Err(_))),
+                "the stream ends without a Close frame: {end:?}"
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+        assert_eq!(tunnels.stats().ended.error, 1);
+    }
 }
 
 #[tokio::test]
@@ -383,6 +473,7 @@ async fn a_half_closed_tunnel_is_closed_after_the_half_close_timeout() {
     });
     let (proxy, tunnels) = proxy_to(backend, |l| {
         l.half_close_timeout(Duration::from_millis(300))
+            .close_on_disconnect(false)
     })
     .await;
     let mut client = raw(proxy, handshake("/", "").as_bytes()).await;

@@ -1,6 +1,7 @@
 //! Each tunnel logs one span with the client, route and upstream, and a
 //! closing event with the status, duration, bytes each way and how it
-//! ended.
+//! ended (for a backend that vanished: the Close the proxy sent the
+//! client).
 
 use std::time::Duration;
 
@@ -124,4 +125,35 @@ async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
     assert!(line.contains("the client broke max_message"), "{line}");
     // The resolved client is on every line of the tunnel.
     assert!(line.contains("client_ip=127.0.0.1"), "{line}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_vanished_backend_is_logged_with_the_close_the_client_got() {
+    let (captured, _default) = Captured::start();
+    let backend = wsproxy_e2e::Backend::start().await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/"))
+        .await
+        .unwrap();
+    // The backend drops its socket without a Close frame.
+    ws.send(Message::text("server-drop")).await.unwrap();
+    while let Ok(Some(Ok(_))) = timeout(LIMIT, ws.next()).await {}
+    drop(ws);
+    tunnel_closes(&tunnels).await;
+
+    let log = captured.text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("tunnel closed"))
+        .unwrap_or_else(|| panic!("no closing event in:\n{log}"));
+    assert!(
+        line.contains(
+            "end=backend ended without a Close frame (end of stream), Close 1011 sent to the \
+             client, closing handshake completed"
+        ),
+        "{line}"
+    );
+    // The client's answer, never forwarded to the dead backend.
+    assert!(line.contains("client_close=1011"), "{line}");
+    assert!(line.contains("backend_close=none"), "{line}");
 }

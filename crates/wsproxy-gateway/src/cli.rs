@@ -46,6 +46,13 @@ pub(crate) struct Args {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub(crate) half_close_timeout: Duration,
 
+    /// When a backend's connection ends without a WebSocket Close frame
+    /// (a crash, kill -9), pass that on to the client as a bare TCP close
+    /// (browsers report 1006), a FIN as a half-close, instead of sending it
+    /// Close 1011; likewise toward a backend whose client vanished (1001).
+    #[arg(long)]
+    pub(crate) no_close_on_disconnect: bool,
+
     /// Remove the route prefix from the path sent to the backend.
     #[arg(long)]
     pub(crate) strip_prefix: bool,

@@ -287,6 +287,7 @@ fn router(args: &Args, routes: &[RouteSpec], sets: &[Backends], tunnels: &Tunnel
             .handshake_timeout(args.handshake_timeout)
             .idle_timeout(args.idle_timeout.0)
             .half_close_timeout(args.half_close_timeout)
+            .close_on_disconnect(!args.no_close_on_disconnect)
             .client_keepalive(
                 args.client_ping
                     .map(|i| Keepalive::new(i, args.ping_timeout)),

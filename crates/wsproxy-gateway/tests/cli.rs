@@ -1251,3 +1251,48 @@ async fn backend_limit_and_per_ip_flags_reach_the_layers() {
         "HTTP/1.1 429"
     );
 }
+
+/// A WebSocket backend that drops its connection, without a Close frame,
+/// on the first message.
+async fn vanishing_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
+                    let _ = ws.next().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn no_close_on_disconnect_passes_a_vanished_backend_on_as_a_tcp_close() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--no-close-on-disconnect"),
+        "not in --help"
+    );
+    let backend = vanishing_backend().await;
+    let route = format!("/=ws://{backend}");
+    // By default the client hears Close 1011 when its backend vanishes.
+    let gateway = Gateway::start(&["--route", route.as_str()]);
+    let mut ws = connect(gateway.addr, "/").await;
+    ws.send(Message::text("go away")).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, Some(1011));
+    // With the flag its stream just ends, without a Close frame.
+    let gateway = Gateway::start(&["--route", route.as_str(), "--no-close-on-disconnect"]);
+    let mut ws = connect(gateway.addr, "/").await;
+    ws.send(Message::text("go away")).await.unwrap();
+    let end = timeout(LIMIT, ws.next()).await.expect("the end in time");
+    assert!(
+        matches!(end, None | Some(Err(_))),
+        "expected no Close frame, got {end:?}"
+    );
+}

@@ -114,6 +114,7 @@ impl WebSocketProxyLayer {
                     backend_keepalive: None,
                     client_limits: MessageLimits::new(),
                     backend_limits: MessageLimits::new(),
+                    close_on_disconnect: true,
                 }),
                 tunnels: Tunnels::new(),
                 admissions: Admissions::default(),
@@ -230,9 +231,52 @@ impl WebSocketProxyLayer {
     /// 5 s). A WebSocket closing handshake finishes well within it. It is
     /// also how long the proxy waits for the answer to a Close it sent
     /// itself for a [limit](Self::client_limits) or a
-    /// [keepalive](Self::client_keepalive).
+    /// [keepalive](Self::client_keepalive), and (at most 1 s) after a side
+    /// [vanished](Self::close_on_disconnect).
     pub fn half_close_timeout(mut self, timeout: Duration) -> Self {
         self.settings().half_close = timeout;
+        self
+    }
+
+    /// When one side's connection ends without a WebSocket Close frame — a
+    /// backend that crashed or was killed, a client whose network went
+    /// away — send the other side a Close frame of the proxy's own
+    /// (default: `true`).
+    ///
+    /// The client is sent `1011` ("backend went away"), or `1001` ("going
+    /// away") if a [shutdown](Tunnels::shutdown) or a
+    /// [backend close](crate::balance::Backends::close_tunnels_when_down)
+    /// was already under way; a backend is sent `1001` ("client went
+    /// away"), masked, as a browser sends it when a page goes away. The
+    /// Close goes at the next frame boundary, after everything the
+    /// vanished side sent; the proxy then waits for the answering Close
+    /// for at most the [half-close timeout](Self::half_close_timeout) or
+    /// 1 s, whichever is shorter, and closes both connections. A side that
+    /// stopped in the middle of a frame leaves no boundary for a Close:
+    /// the other side then sees the connection end as with `false`.
+    ///
+    /// It is on by default because of what browsers make of a bare TCP
+    /// close: `1006` with no reason, which apps take for a network failure
+    /// and often answer by reconnecting in a tight loop. A Close with
+    /// `1011` or `1001` tells them the server side ended, and code and
+    /// reason reach `onclose`. (`1006` itself may never be sent on the
+    /// wire.)
+    ///
+    /// With `false` the proxy keeps byte-for-byte TCP semantics: a FIN is
+    /// passed on as a half-close (the other direction keeps flowing for
+    /// the half-close timeout) and a reset closes the other side at once,
+    /// with no frame of the proxy's own.
+    ///
+    /// ```
+    /// use wsproxy::WebSocketProxyLayer;
+    ///
+    /// // Pass a backend's FIN or reset on as is, as a TCP proxy would.
+    /// let layer = WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse().unwrap())
+    ///     .close_on_disconnect(false);
+    /// # drop(layer);
+    /// ```
+    pub fn close_on_disconnect(mut self, enabled: bool) -> Self {
+        self.settings().close_on_disconnect = enabled;
         self
     }
 

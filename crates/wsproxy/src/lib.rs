@@ -97,10 +97,23 @@
 //! - **Limits** ([`MessageLimits`], off by default): a frame or message over
 //!   the limit closes with `1009` to the sender and `1001` to the other side
 //!   before any of it is forwarded.
+//! - **A vanished peer**
+//!   ([`close_on_disconnect`](WebSocketProxyLayer::close_on_disconnect), on
+//!   by default): when a backend's connection ends without a Close frame
+//!   (a crash, `kill -9`, a cut network), its client gets Close `1011`
+//!   ("backend went away") at the next frame boundary instead of a bare
+//!   TCP close, which browsers report as `1006` and apps often answer by
+//!   reconnecting in a tight loop; a backend whose client vanished gets
+//!   `1001` ("client went away"), as from a browser tab that closed. The
+//!   proxy waits up to 1 s for the answering Close, then closes both
+//!   connections. A side that stopped inside a frame leaves no boundary
+//!   for a Close: the other side sees the TCP close.
 //!
-//! A TCP half-close is passed on and the other direction keeps flowing for
-//! the [half-close timeout](WebSocketProxyLayer::half_close_timeout); a
-//! reset on one side closes the other at once; no application traffic in
+//! Otherwise (a side that sent its Close first, or with
+//! `close_on_disconnect(false)`) a TCP half-close is passed on and the
+//! other direction keeps flowing for the
+//! [half-close timeout](WebSocketProxyLayer::half_close_timeout), and a
+//! reset on one side closes the other at once. No application traffic in
 //! either direction for the [idle timeout](WebSocketProxyLayer::idle_timeout)
 //! closes both. An idle tunnel holds no copy buffers. Each tunnel logs one
 //! `tunnel` span (client, route, upstream, status) with a closing event

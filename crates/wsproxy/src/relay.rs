@@ -26,11 +26,39 @@
 //!
 //! # Ending
 //!
-//! - A clean end of stream (FIN) on one side is passed on as a write
-//!   shutdown to the other; the other direction keeps flowing for up to the
-//!   half-close timeout.
-//! - A read or write error on either side (e.g. a reset) ends the tunnel at
-//!   once, which closes both connections.
+//! - A side whose connection ends *without having sent a Close frame* —
+//!   a crashed or killed backend, a closed laptop lid, a cut network: an
+//!   end of stream, a read error such as a reset, or a write error toward
+//!   it — has vanished. With `close_on_disconnect` (the default) the
+//!   survivor gets a Close frame of the proxy's own at the next frame
+//!   boundary of the direction that writes to it (everything the vanished
+//!   side sent has been forwarded by then): toward a client **1011**
+//!   ("backend went away"; 1001 "going away" if a drain of the tunnel was
+//!   under way), toward a backend **1001** ("client went away", masked).
+//!   What the survivor sends from then on is read, to see its answering
+//!   Close, and not forwarded; the tunnel ends at that answer or after
+//!   `min(half-close timeout, 1 s)`, closing both connections.
+//!
+//!   Why those codes: 1006 is reserved for an endpoint to *report* a
+//!   connection lost without a Close, and may never be sent (RFC 6455
+//!   §7.4.1); it is what a browser reports for a bare TCP close, and apps
+//!   take it for a network failure. 1011 says the server side met an
+//!   unexpected condition, which is what happened, from the client's
+//!   point of view, when its backend died. 1001 is what a browser itself
+//!   sends when a page goes away, so it is what a backend expects when
+//!   its client vanished; during a drain the client is told 1001, as
+//!   every other tunnel is.
+//!
+//!   If the vanished side stopped in the middle of a frame there is no
+//!   frame boundary, so no Close can be sent: the survivor sees the
+//!   connection end as below, as it would without the setting.
+//! - Otherwise (a side that sent its Close first, a side that stopped
+//!   inside a frame, a proxy Close already on its way to the survivor, or
+//!   the setting off) a clean end of stream (FIN) on one side is passed on
+//!   as a write shutdown to the other; the other direction keeps flowing
+//!   for up to the half-close timeout, and a read or write error on either
+//!   side (e.g. a reset) ends the tunnel at once, which closes both
+//!   connections.
 //! - No application bytes in either direction for the idle timeout end the
 //!   tunnel.
 //! - A shutdown, a broken limit or a dead keepalive peer makes the proxy
@@ -63,6 +91,9 @@ thread_local! {
 
 /// Close code: the endpoint is going away.
 pub(crate) const GOING_AWAY: u16 = 1001;
+/// Close code: the server met an unexpected condition (here: the backend
+/// went away without a Close).
+pub(crate) const INTERNAL_ERROR: u16 = 1011;
 /// Close code: a message too big to process.
 pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
 /// Close code: a message that breaks the endpoint's policy.
@@ -100,6 +131,45 @@ pub(crate) enum End {
     ClientError(io::Error),
     /// An I/O error on the backend connection.
     BackendError(io::Error),
+    /// One side's connection ended without a Close frame and the proxy
+    /// sent the other side one (`close_on_disconnect`).
+    Vanished {
+        vanished: Vanished,
+        /// Whether the survivor answered with its Close before the
+        /// deadline.
+        answered: bool,
+        /// An I/O error on the survivor's connection while waiting for
+        /// that answer.
+        then: Option<io::Error>,
+    },
+}
+
+/// A side whose connection ended before it sent a Close frame, and what
+/// the proxy told the other side.
+#[derive(Debug)]
+pub(crate) struct Vanished {
+    /// The side that went away: `true` for the client.
+    pub(crate) client: bool,
+    /// How its connection ended.
+    pub(crate) gone: Gone,
+    /// The code of the Close the proxy sent the survivor.
+    pub(crate) code: u16,
+    /// Who closed first, counted as for [`End::Closed`]: who sent the
+    /// first Close frame, or without one, who ended its stream first.
+    pub(crate) client_first: bool,
+    /// A close of the proxy's own (a drain) that was under way.
+    pub(crate) during: Option<Reason>,
+}
+
+/// How a side's connection ended.
+#[derive(Debug)]
+pub(crate) enum Gone {
+    /// End of stream (TCP FIN, HTTP/2 END_STREAM).
+    Eof,
+    /// Reading from it failed (e.g. a reset).
+    Read(io::Error),
+    /// Writing to it failed.
+    Write(io::Error),
 }
 
 /// Why the proxy closed a WebSocket itself.
@@ -155,13 +225,37 @@ impl End {
             }
             End::Closed { .. } | End::HalfCloseTimeout { .. } => EndKind::BackendClose,
             End::Idle => EndKind::Idle,
-            End::Proxy { reason, .. } => match reason {
-                Reason::Shutdown => EndKind::Shutdown,
-                Reason::BackendDown => EndKind::BackendDown,
-                Reason::Keepalive { .. } => EndKind::Keepalive,
-                Reason::Limit { .. } => EndKind::Limit,
-            },
+            End::Proxy { reason, .. } => reason.kind(),
             End::ClientError(_) | End::BackendError(_) => EndKind::Error,
+            // Counted as the same TCP events were without the proxy's
+            // Close: an error is an error, a drain under way counts as
+            // the drain, an end of stream as who closed first.
+            End::Vanished { vanished, then, .. } => match vanished {
+                _ if then.is_some() => EndKind::Error,
+                Vanished {
+                    gone: Gone::Read(_) | Gone::Write(_),
+                    ..
+                } => EndKind::Error,
+                Vanished {
+                    during: Some(reason),
+                    ..
+                } => reason.kind(),
+                Vanished {
+                    client_first: true, ..
+                } => EndKind::ClientClose,
+                Vanished { .. } => EndKind::BackendClose,
+            },
+        }
+    }
+}
+
+impl Reason {
+    fn kind(self) -> EndKind {
+        match self {
+            Reason::Shutdown => EndKind::Shutdown,
+            Reason::BackendDown => EndKind::BackendDown,
+            Reason::Keepalive { .. } => EndKind::Keepalive,
+            Reason::Limit { .. } => EndKind::Limit,
         }
     }
 }
@@ -169,6 +263,13 @@ impl End {
 impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let side = |client: bool| if client { "client" } else { "backend" };
+        let handshake = |f: &mut fmt::Formatter<'_>, answered: bool| {
+            if answered {
+                f.write_str(", closing handshake completed")
+            } else {
+                f.write_str(", closed without a complete closing handshake")
+            }
+        };
         match self {
             End::Closed { client_first } => write!(f, "{} closed first", side(*client_first)),
             End::HalfCloseTimeout { client_first } => {
@@ -190,14 +291,39 @@ impl fmt::Display for End {
                         write!(f, "limit: the {} broke {exceeded}", side(*client))?;
                     }
                 }
-                if *answered {
-                    f.write_str(", closing handshake completed")
-                } else {
-                    f.write_str(", closed without a complete closing handshake")
-                }
+                handshake(f, *answered)
             }
             End::ClientError(e) => write!(f, "client error: {e}"),
             End::BackendError(e) => write!(f, "backend error: {e}"),
+            End::Vanished {
+                vanished,
+                answered,
+                then,
+            } => {
+                write!(f, "{} ended without a Close frame (", side(vanished.client))?;
+                match &vanished.gone {
+                    Gone::Eof => f.write_str("end of stream")?,
+                    Gone::Read(e) => write!(f, "read error: {e}")?,
+                    Gone::Write(e) => write!(f, "write error: {e}")?,
+                }
+                f.write_str(")")?;
+                match vanished.during {
+                    Some(Reason::Shutdown) => f.write_str(" during shutdown")?,
+                    Some(Reason::BackendDown) => f.write_str(" while its backend was closed")?,
+                    _ => {}
+                }
+                write!(
+                    f,
+                    ", Close {} sent to the {}",
+                    vanished.code,
+                    side(!vanished.client)
+                )?;
+                handshake(f, *answered)?;
+                if let Some(e) = then {
+                    write!(f, ", then a {} error: {e}", side(!vanished.client))?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -215,6 +341,8 @@ pub(crate) struct Settings {
     pub(crate) client_limits: MessageLimits,
     /// Limits on what the backend sends.
     pub(crate) backend_limits: MessageLimits,
+    /// Send the survivor a Close when the other side vanishes without one.
+    pub(crate) close_on_disconnect: bool,
 }
 
 /// What crossed a finished tunnel, per direction.
@@ -242,12 +370,34 @@ pub(crate) struct Direction {
 
 /// The proxy closing the WebSocket itself.
 struct Closing {
-    reason: Reason,
+    why: Why,
     deadline: Instant,
     /// The sides that must answer the proxy's Close before the tunnel ends
     /// (a dead keepalive peer is not waited for).
     wait_client: bool,
     wait_backend: bool,
+}
+
+/// Why the proxy is closing a WebSocket.
+enum Why {
+    /// For a reason of its own.
+    Proxy(Reason),
+    /// A side vanished; the proxy told the other.
+    Vanished(Vanished),
+}
+
+impl Closing {
+    /// The tunnel ends now.
+    fn end(self, answered: bool) -> End {
+        match self.why {
+            Why::Proxy(reason) => End::Proxy { reason, answered },
+            Why::Vanished(vanished) => End::Vanished {
+                vanished,
+                answered,
+                then: None,
+            },
+        }
+    }
 }
 
 /// Keepalive state toward one peer.
@@ -336,11 +486,13 @@ where
         true,
         settings.client_limits,
         settings.client_keepalive.is_some(),
+        settings.close_on_disconnect,
     );
     let mut down = Pump::new(
         false,
         settings.backend_limits,
         settings.backend_keepalive.is_some(),
+        settings.close_on_disconnect,
     );
     let mut client_alive = Alive::new(settings.client_keepalive, start);
     let mut backend_alive = Alive::new(settings.backend_keepalive, start);
@@ -397,7 +549,7 @@ where
                         down.close_with(GOING_AWAY);
                     }
                     closing = Some(Closing {
-                        reason,
+                        why: Why::Proxy(reason),
                         deadline,
                         wait_client: true,
                         wait_backend: true,
@@ -405,36 +557,51 @@ where
                 }
             }
             let before = up.bytes + down.bytes;
-            let up_done =
-                match up.poll(cx, Pin::new(&mut client), Pin::new(&mut backend), down.done) {
-                    Poll::Ready(Ok(())) => true,
-                    Poll::Ready(Err(Failure::Read(e))) => return Poll::Ready(End::ClientError(e)),
-                    Poll::Ready(Err(Failure::Write(e))) => {
-                        return Poll::Ready(End::BackendError(e));
-                    }
-                    Poll::Pending => false,
+            let mut up_done = false;
+            let mut down_done = false;
+            // Up first (client to backend), then down.
+            for from_client in [true, false] {
+                let polled = if from_client {
+                    up.poll(cx, Pin::new(&mut client), Pin::new(&mut backend), down.done)
+                } else {
+                    down.poll(cx, Pin::new(&mut backend), Pin::new(&mut client), up.done)
                 };
-            if first_close.is_none() && up.frames.closes > 0 {
-                first_close = Some(true);
-            }
-            let down_done =
-                match down.poll(cx, Pin::new(&mut backend), Pin::new(&mut client), up.done) {
-                    Poll::Ready(Ok(())) => true,
-                    Poll::Ready(Err(Failure::Read(e))) => {
-                        return Poll::Ready(End::BackendError(e));
-                    }
-                    Poll::Ready(Err(Failure::Write(e))) => return Poll::Ready(End::ClientError(e)),
-                    Poll::Pending => false,
+                let closes = if from_client {
+                    up.frames.closes
+                } else {
+                    down.frames.closes
                 };
-            if first_close.is_none() && down.frames.closes > 0 {
-                first_close = Some(false);
+                if first_close.is_none() && closes > 0 {
+                    first_close = Some(from_client);
+                }
+                match polled {
+                    Poll::Ready(Ok(())) if from_client => up_done = true,
+                    Poll::Ready(Ok(())) => down_done = true,
+                    Poll::Ready(Err(failure)) => {
+                        let disconnect = Disconnect {
+                            enabled: settings.close_on_disconnect,
+                            closed_first: first_close
+                                .or(half_closed.map(|(_, client_first)| client_first)),
+                            grace: Instant::now() + settings.half_close.min(VANISHED_GRACE),
+                        };
+                        if let Err(end) = disconnect.handle(
+                            failure,
+                            from_client,
+                            &mut up,
+                            &mut down,
+                            &mut closing,
+                        ) {
+                            return Poll::Ready(end);
+                        }
+                        again = true;
+                    }
+                    Poll::Pending => {}
+                }
             }
             if up_done && down_done {
-                if let Some(closing) = &closing {
-                    return Poll::Ready(End::Proxy {
-                        reason: closing.reason,
-                        answered: handshakes_done(closing, &up, &down),
-                    });
+                if let Some(closing) = closing.take() {
+                    let answered = handshakes_done(&closing, &up, &down);
+                    return Poll::Ready(closing.end(answered));
                 }
                 let client_first = first_close
                     .unwrap_or_else(|| half_closed.is_none_or(|(_, client_first)| client_first));
@@ -450,7 +617,7 @@ where
                     let toward_sender = if client { &mut down } else { &mut up };
                     toward_sender.close_with(exceeded.close_code());
                     closing = Some(Closing {
-                        reason: Reason::Limit { client, exceeded },
+                        why: Why::Proxy(Reason::Limit { client, exceeded }),
                         deadline: now + settings.half_close,
                         wait_client: true,
                         wait_backend: true,
@@ -458,15 +625,13 @@ where
                     again = true;
                 }
             }
-            if let Some(closing) = &closing
-                && handshakes_done(closing, &up, &down)
+            if let Some(done) = &closing
+                && handshakes_done(done, &up, &down)
                 && up.flushed()
                 && down.flushed()
+                && let Some(closing) = closing.take()
             {
-                return Poll::Ready(End::Proxy {
-                    reason: closing.reason,
-                    answered: true,
-                });
+                return Poll::Ready(closing.end(true));
             }
             if up.bytes + down.bytes != before {
                 last_activity = now;
@@ -505,7 +670,7 @@ where
                         from_peer.close_with(GOING_AWAY);
                         to_peer.mute();
                         closing = Some(Closing {
-                            reason: Reason::Keepalive { client },
+                            why: Why::Proxy(Reason::Keepalive { client }),
                             deadline: now + settings.half_close,
                             wait_client: !client,
                             wait_backend: client,
@@ -546,13 +711,10 @@ where
             ready!(timer.as_mut().poll(cx));
             timer_armed = false;
             let now = Instant::now();
-            if let Some(closing) = &closing
-                && now >= closing.deadline
+            if closing.as_ref().is_some_and(|c| now >= c.deadline)
+                && let Some(closing) = closing.take()
             {
-                return Poll::Ready(End::Proxy {
-                    reason: closing.reason,
-                    answered: false,
-                });
+                return Poll::Ready(closing.end(false));
             }
             if let Some((at, client_first)) = half_closed
                 && now >= at
@@ -587,9 +749,154 @@ fn handshakes_done(closing: &Closing, up: &Pump, down: &Pump) -> bool {
     client && backend
 }
 
+/// How long, at most, the proxy waits for the survivor to answer the Close
+/// it sent after the other side vanished (less if the half-close timeout
+/// is shorter): a client must learn of the end promptly even if it never
+/// answers.
+const VANISHED_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a direction stopped before it was done.
 enum Failure {
+    /// Reading from the source failed.
     Read(io::Error),
+    /// Writing to the destination failed.
     Write(io::Error),
+    /// The source ended (reported once, with `close_on_disconnect`): the
+    /// relay decides whether the destination hears a Close first.
+    Ended,
+}
+
+impl Gone {
+    fn into_error(self) -> Option<io::Error> {
+        match self {
+            Gone::Eof => None,
+            Gone::Read(e) | Gone::Write(e) => Some(e),
+        }
+    }
+}
+
+impl Closing {
+    /// The tunnel ends at once on `error` on the `client`'s connection
+    /// (`true`) or the backend's.
+    fn failed(self, client: bool, error: io::Error) -> End {
+        match self.why {
+            Why::Vanished(vanished) => End::Vanished {
+                vanished,
+                answered: false,
+                then: Some(error),
+            },
+            Why::Proxy(_) if client => End::ClientError(error),
+            Why::Proxy(_) => End::BackendError(error),
+        }
+    }
+}
+
+/// What the relay knows when a direction stops with a [`Failure`]: a side
+/// is gone.
+struct Disconnect {
+    /// `close_on_disconnect`.
+    enabled: bool,
+    /// Who closed first so far (`true`: the client): who sent the first
+    /// Close frame, or without one, who ended its stream first.
+    closed_first: Option<bool>,
+    /// When the wait for the survivor's answer ends.
+    grace: Instant,
+}
+
+impl Disconnect {
+    /// The up direction (`from_client`) or the down one stopped with
+    /// `failure`: the side it reads from, or on a write error the side it
+    /// writes to, is gone. Either the survivor is told with a Close of the
+    /// proxy's own and the tunnel goes on until it answers (`Ok`), or it
+    /// goes on as without the setting: an end of stream is passed on as a
+    /// half-close (`Ok`), an error ends the tunnel (`Err`).
+    fn handle(
+        self,
+        failure: Failure,
+        from_client: bool,
+        up: &mut Pump,
+        down: &mut Pump,
+        closing: &mut Option<Closing>,
+    ) -> Result<(), End> {
+        let (client, gone) = match failure {
+            Failure::Ended => (from_client, Gone::Eof),
+            Failure::Read(e) => (from_client, Gone::Read(e)),
+            // The up direction writes to the backend.
+            Failure::Write(e) => (!from_client, Gone::Write(e)),
+        };
+        // After one side vanished, the survivor's end of stream ends the
+        // tunnel the usual way, its error at once.
+        if let Some(vanishing) = closing.take_if(|c| matches!(c.why, Why::Vanished(_))) {
+            let Some(error) = gone.into_error() else {
+                *closing = Some(vanishing);
+                return Ok(());
+            };
+            return Err(vanishing.failed(client, error));
+        }
+        // The survivor hears the Close from the direction that carried the
+        // vanished side's bytes, right after the last of them: not inside a
+        // frame, and not after a Close (forwarded or the proxy's) or with
+        // one of the proxy's already due.
+        let (to_survivor, to_dead) = if client { (up, down) } else { (down, up) };
+        let can_tell = self.enabled
+            && !to_survivor.done
+            && !to_survivor.closed_toward()
+            && to_survivor.close_due.is_none()
+            && to_survivor.frames.at_frame_boundary();
+        if !can_tell {
+            return match gone.into_error() {
+                None => Ok(()),
+                Some(e) if client => Err(End::ClientError(e)),
+                Some(e) => Err(End::BackendError(e)),
+            };
+        }
+        let during = match closing {
+            Some(Closing {
+                why: Why::Proxy(reason),
+                ..
+            }) => Some(*reason),
+            _ => None,
+        };
+        let draining = matches!(during, Some(Reason::Shutdown | Reason::BackendDown));
+        let (code, reason): (u16, &'static [u8]) = if client {
+            (GOING_AWAY, b"client went away")
+        } else if draining {
+            (GOING_AWAY, b"going away")
+        } else {
+            (INTERNAL_ERROR, b"backend went away")
+        };
+        to_survivor.close_with_reason(code, reason);
+        to_survivor.source_gone();
+        to_dead.destination_gone();
+        let why = Why::Vanished(Vanished {
+            client,
+            gone,
+            code,
+            client_first: self.closed_first.unwrap_or(client),
+            during,
+        });
+        match closing {
+            Some(closing) => {
+                closing.why = why;
+                closing.deadline = closing.deadline.min(self.grace);
+                // The vanished side is not waited for.
+                if client {
+                    closing.wait_client = false;
+                } else {
+                    closing.wait_backend = false;
+                }
+            }
+            None => {
+                *closing = Some(Closing {
+                    why,
+                    deadline: self.grace,
+                    wait_client: !client,
+                    wait_backend: client,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One direction of a tunnel.
@@ -619,9 +926,9 @@ struct Pump {
     own_pongs: bool,
     /// Send a Ping to the destination at the next frame boundary.
     ping_due: bool,
-    /// Send a Close with this code to the destination at the next frame
-    /// boundary.
-    close_due: Option<u16>,
+    /// Send a Close with this code and reason to the destination at the
+    /// next frame boundary.
+    close_due: Option<(u16, &'static [u8])>,
     /// The proxy sent a Close to the destination; what the source sends
     /// from now on is read (to see its Close) but not forwarded.
     close_sent: bool,
@@ -632,6 +939,17 @@ struct Pump {
     /// When the next message is due at the rate limit (GCRA's theoretical
     /// arrival time).
     rate_due: Option<Instant>,
+    /// Report the source's end to the relay before passing it on
+    /// (`close_on_disconnect`).
+    report_end: bool,
+    /// The source's end was reported.
+    end_reported: bool,
+    /// At the source's end, leave the destination open: the proxy's Close
+    /// went to it, and the tunnel closes it.
+    leave_open: bool,
+    /// The destination is gone: nothing is written to it, not even a
+    /// shutdown.
+    dst_gone: bool,
 }
 
 struct Pending {
@@ -640,7 +958,7 @@ struct Pending {
 }
 
 impl Pump {
-    fn new(mask: bool, limits: MessageLimits, own_pongs: bool) -> Self {
+    fn new(mask: bool, limits: MessageLimits, own_pongs: bool, report_end: bool) -> Self {
         Pump {
             pending: None,
             held: Vec::new(),
@@ -659,6 +977,10 @@ impl Pump {
             exceeded: None,
             pings: 0,
             rate_due: None,
+            report_end,
+            end_reported: false,
+            leave_open: false,
+            dst_gone: false,
         }
     }
 
@@ -698,8 +1020,19 @@ impl Pump {
     /// unless the source already sent one through (a second Close would
     /// break the protocol), and forward nothing after it.
     fn close_with(&mut self, code: u16) {
+        let reason: &[u8] = match code {
+            MESSAGE_TOO_BIG => b"message too big",
+            POLICY_VIOLATION => b"policy violation",
+            _ => b"going away",
+        };
+        self.close_with_reason(code, reason);
+    }
+
+    /// [`close_with`](Self::close_with) and a reason of its own (at most
+    /// 123 bytes).
+    fn close_with_reason(&mut self, code: u16, reason: &'static [u8]) {
         if !self.closed_toward() {
-            self.close_due = Some(code);
+            self.close_due = Some((code, reason));
         }
     }
 
@@ -711,6 +1044,27 @@ impl Pump {
         self.close_sent = true;
     }
 
+    /// The source vanished (after [`close_with`](Self::close_with)): read
+    /// nothing more from it; a partial frame held back is never sent. Once
+    /// the Close is written, the destination is left open for the tunnel
+    /// to close.
+    fn source_gone(&mut self) {
+        self.eof = true;
+        self.end_reported = true;
+        self.held = Vec::new();
+        self.leave_open = true;
+    }
+
+    /// The destination vanished: [`mute`](Self::mute), drop what waits to
+    /// be written to it, and do not shut it down. The source is still read,
+    /// to see its Close.
+    fn destination_gone(&mut self) {
+        self.mute();
+        self.dst_gone = true;
+        self.pending = None;
+        self.unflushed = false;
+    }
+
     /// Whether this direction must look at frames rather than pass chunks.
     fn frame_aware(&self) -> bool {
         !self.limits.is_none() || self.own_pongs || self.ping_due || self.close_due.is_some()
@@ -720,7 +1074,10 @@ impl Pump {
     /// shut down. When the other direction is already `done`, `dst` is not
     /// shut down: the tunnel closes both sockets next, and closing sends
     /// the same FIN (`dst` was read to its end, so no reset) for one
-    /// system call less per tunnel.
+    /// system call less per tunnel. Nor is it when it is gone, or was sent
+    /// the proxy's Close after `src` vanished (only flushed then). With
+    /// `report_end`, the end of `src` is first reported once as
+    /// [`Failure::Ended`].
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -753,7 +1110,14 @@ impl Pump {
                 continue;
             }
             if self.eof {
-                if !other_done {
+                if self.report_end && !self.end_reported {
+                    self.end_reported = true;
+                    return Poll::Ready(Err(Failure::Ended));
+                }
+                if self.leave_open {
+                    ready!(dst.as_mut().poll_flush(cx)).map_err(Failure::Write)?;
+                    self.unflushed = false;
+                } else if !other_done && !self.dst_gone {
                     ready!(dst.as_mut().poll_shutdown(cx)).map_err(Failure::Write)?;
                 }
                 self.done = true;
@@ -774,8 +1138,11 @@ impl Pump {
                         let data = &scratch[..held + n];
                         if n == 0 {
                             // End of stream: what was held back goes as is,
-                            // unless nothing may follow the proxy's Close.
+                            // unless nothing may follow the proxy's Close;
+                            // the tracker sees it (a partial frame leaves
+                            // no boundary for a Close of the proxy's).
                             if !self.close_sent {
+                                self.frames.feed(data);
                                 self.forward(cx, dst.as_mut(), data)?;
                             }
                             return Poll::Ready(Ok(0));
@@ -787,7 +1154,7 @@ impl Pump {
             });
             match read {
                 Poll::Ready(Ok(0)) => self.eof = true,
-                Poll::Ready(Ok(_)) => self.unflushed = true,
+                Poll::Ready(Ok(_)) => self.unflushed = !self.dst_gone,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     if self.unflushed {
@@ -852,7 +1219,7 @@ impl Pump {
                 // the other direction.
                 self.forward(cx, dst.as_mut(), &data[from..start])?;
                 self.exceeded = Some(exceeded);
-                self.close_due = Some(GOING_AWAY);
+                self.close_with(GOING_AWAY);
                 self.speak(cx, dst.as_mut())?;
                 self.frames.feed(&data[pos..]);
                 return Ok(());
@@ -896,14 +1263,9 @@ impl Pump {
             self.ping_due = false;
             return Ok(());
         }
-        let frame = if let Some(code) = self.close_due.take() {
+        let frame = if let Some((code, reason)) = self.close_due.take() {
             self.close_sent = true;
             self.ping_due = false;
-            let reason: &[u8] = match code {
-                MESSAGE_TOO_BIG => b"message too big",
-                POLICY_VIOLATION => b"policy violation",
-                _ => b"going away",
-            };
             let mut payload = Vec::with_capacity(2 + reason.len());
             payload.extend_from_slice(&code.to_be_bytes());
             payload.extend_from_slice(reason);
@@ -1056,6 +1418,7 @@ mod tests {
             backend_keepalive: None,
             client_limits: MessageLimits::new(),
             backend_limits: MessageLimits::new(),
+            close_on_disconnect: false,
         }
     }
 
@@ -1575,6 +1938,404 @@ mod tests {
                 Some(Reason::Keepalive { client: true }),
                 "{end}"
             );
+        }
+    }
+
+    /// A side whose connection ends without a Close frame
+    /// (`close_on_disconnect`).
+    mod vanished {
+        use super::*;
+        use crate::frame::tests::frame;
+        use tokio::io::DuplexStream;
+
+        const KEY: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+        /// The layer's default: tell the survivor.
+        fn on(half_close: u64) -> Settings {
+            Settings {
+                close_on_disconnect: true,
+                ..timeouts(None, half_close)
+            }
+        }
+
+        fn spawn(
+            settings: Settings,
+            drain: Drain,
+        ) -> (
+            DuplexStream,
+            DuplexStream,
+            tokio::task::JoinHandle<(End, Totals)>,
+        ) {
+            let (client, client_side) = duplex(4096);
+            let (backend_side, backend) = duplex(4096);
+            let task = tokio::spawn(relay(client_side, backend_side, settings, drain));
+            (client, backend, task)
+        }
+
+        /// Read one frame of under 126 payload bytes: its first byte,
+        /// whether it was masked, and its payload unmasked.
+        async fn read_small_frame(stream: &mut DuplexStream) -> (u8, bool, Vec<u8>) {
+            let mut head = [0; 2];
+            stream.read_exact(&mut head).await.unwrap();
+            let masked = head[1] & 0x80 != 0;
+            let len = usize::from(head[1] & 0x7f);
+            assert!(len < 126, "{head:02x?}");
+            let mut key = [0; 4];
+            if masked {
+                stream.read_exact(&mut key).await.unwrap();
+            }
+            let mut payload = vec![0; len];
+            stream.read_exact(&mut payload).await.unwrap();
+            for (i, byte) in payload.iter_mut().enumerate() {
+                *byte ^= if masked { key[i % 4] } else { 0 };
+            }
+            (head[0], masked, payload)
+        }
+
+        /// A Close payload: the code, then the reason.
+        fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(reason);
+            payload
+        }
+
+        /// Everything up to the end of stream.
+        async fn rest(stream: &mut DuplexStream) -> Vec<u8> {
+            let mut rest = Vec::new();
+            stream.read_to_end(&mut rest).await.unwrap();
+            rest
+        }
+
+        /// Who vanished (`true`: the client), the code sent to the other
+        /// side, and whether it answered.
+        fn vanished(end: &End) -> Option<(bool, u16, bool)> {
+            match end {
+                End::Vanished {
+                    vanished,
+                    answered,
+                    then: None,
+                } => Some((vanished.client, vanished.code, *answered)),
+                _ => None,
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_backend_gone_without_a_close_gets_the_client_a_1011() {
+            let (mut client, mut backend, task) = spawn(on(5_000), Tunnels::new().drain());
+            let text = frame(true, 0x1, b"last words", None);
+            backend.write_all(&text).await.unwrap();
+            backend.shutdown().await.unwrap();
+            // What the backend sent, then the proxy's Close, unmasked.
+            assert_eq!(read_n(&mut client, text.len()).await, text);
+            let close = read_small_frame(&mut client).await;
+            assert_eq!(
+                close,
+                (0x88, false, close_payload(1011, b"backend went away"))
+            );
+            client
+                .write_all(&frame(true, 0x8, &1011u16.to_be_bytes(), KEY))
+                .await
+                .unwrap();
+            assert_eq!(rest(&mut client).await, b"", "then the end of stream");
+            let (end, totals) = task.await.unwrap();
+            assert_eq!(vanished(&end), Some((false, 1011, true)), "{end}");
+            assert_eq!(end.kind(), EndKind::BackendClose);
+            assert_eq!(
+                end.to_string(),
+                "backend ended without a Close frame (end of stream), Close 1011 sent to \
+                 the client, closing handshake completed"
+            );
+            // The client's answer went nowhere; the proxy's Close is not
+            // counted as the backend's bytes.
+            assert_eq!(rest(&mut backend).await, b"");
+            assert_eq!(totals.down.bytes, text.len() as u64);
+            assert_eq!(totals.up.close_code, Some(1011));
+        }
+
+        /// A stream whose end reads as a connection reset.
+        struct ResetAtEnd(DuplexStream);
+
+        impl AsyncRead for ResetAtEnd {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                let before = buf.filled().len();
+                ready!(Pin::new(&mut self.0).poll_read(cx, buf))?;
+                if buf.filled().len() == before {
+                    return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+                }
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        impl AsyncWrite for ResetAtEnd {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Pin::new(&mut self.0).poll_write(cx, buf)
+            }
+            fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.0).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.0).poll_shutdown(cx)
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_backend_reset_gets_the_client_a_1011_and_counts_as_an_error() {
+            let (mut client, client_side) = duplex(4096);
+            let (backend_side, mut backend) = duplex(4096);
+            let task = tokio::spawn(relay(
+                client_side,
+                ResetAtEnd(backend_side),
+                on(5_000),
+                Tunnels::new().drain(),
+            ));
+            backend.shutdown().await.unwrap();
+            let (_, masked, payload) = read_small_frame(&mut client).await;
+            assert_eq!((masked, &payload[..2]), (false, &[0x03, 0xf3][..]));
+            client
+                .write_all(&frame(true, 0x8, &1011u16.to_be_bytes(), KEY))
+                .await
+                .unwrap();
+            assert_eq!(rest(&mut client).await, b"");
+            let (end, _) = task.await.unwrap();
+            assert_eq!(vanished(&end), Some((false, 1011, true)), "{end}");
+            assert_eq!(end.kind(), EndKind::Error, "counted as before");
+            assert!(
+                end.to_string()
+                    .starts_with("backend ended without a Close frame (read error: "),
+                "{end}"
+            );
+        }
+
+        /// A stream that cannot be written to, and reads from its pair.
+        struct Unwritable(DuplexStream);
+
+        impl AsyncRead for Unwritable {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                Pin::new(&mut self.0).poll_read(cx, buf)
+            }
+        }
+
+        impl AsyncWrite for Unwritable {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_write_error_toward_the_backend_gets_the_client_a_1011() {
+            let (mut client, client_side) = duplex(4096);
+            let (backend_side, _backend) = duplex(4096);
+            let task = tokio::spawn(relay(
+                client_side,
+                Unwritable(backend_side),
+                on(5_000),
+                Tunnels::new().drain(),
+            ));
+            client
+                .write_all(&frame(true, 0x1, b"anyone there?", KEY))
+                .await
+                .unwrap();
+            let (_, masked, payload) = read_small_frame(&mut client).await;
+            assert_eq!(
+                (masked, payload),
+                (false, close_payload(1011, b"backend went away"))
+            );
+            client
+                .write_all(&frame(true, 0x8, &1011u16.to_be_bytes(), KEY))
+                .await
+                .unwrap();
+            let (end, _) = task.await.unwrap();
+            assert_eq!(vanished(&end), Some((false, 1011, true)), "{end}");
+            assert_eq!(end.kind(), EndKind::Error);
+            assert!(end.to_string().contains("(write error: "), "{end}");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_backend_gone_inside_a_frame_leaves_the_client_a_plain_end() {
+            // The fast path forwards the partial frame as it comes; the
+            // frame-aware one holds a partial header back and forwards it
+            // at the end: either way the client has no frame boundary.
+            let text = frame(true, 0x1, b"0123456789", None);
+            let limited = Settings {
+                backend_limits: MessageLimits::new().max_frame(1 << 20),
+                ..on(5_000)
+            };
+            for (settings, cut) in [(on(5_000), 5), (limited, 1)] {
+                let (mut client, mut backend, task) = spawn(settings, Tunnels::new().drain());
+                backend.write_all(&text[..cut]).await.unwrap();
+                backend.shutdown().await.unwrap();
+                assert_eq!(rest(&mut client).await, &text[..cut], "no Close after it");
+                // The backend's end was passed on as a FIN; the client
+                // that then goes too is the one that vanished.
+                client.shutdown().await.unwrap();
+                let (end, _) = task.await.unwrap();
+                assert_eq!(vanished(&end), Some((true, 1001, false)), "{end}");
+                assert_eq!(end.kind(), EndKind::BackendClose, "the backend ended first");
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_client_gone_without_a_close_gets_the_backend_a_masked_1001() {
+            let (mut client, mut backend, task) = spawn(on(5_000), Tunnels::new().drain());
+            let text = frame(true, 0x2, &[7; 300], KEY);
+            client.write_all(&text).await.unwrap();
+            client.shutdown().await.unwrap();
+            assert_eq!(read_n(&mut backend, text.len()).await, text);
+            let close = read_small_frame(&mut backend).await;
+            assert_eq!(
+                close,
+                (0x88, true, close_payload(1001, b"client went away"))
+            );
+            backend
+                .write_all(&frame(true, 0x8, &1001u16.to_be_bytes(), None))
+                .await
+                .unwrap();
+            assert_eq!(rest(&mut backend).await, b"");
+            let (end, _) = task.await.unwrap();
+            assert_eq!(vanished(&end), Some((true, 1001, true)), "{end}");
+            assert_eq!(end.kind(), EndKind::ClientClose);
+            assert_eq!(rest(&mut client).await, b"", "nothing to the dead client");
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_survivor_that_never_answers_is_closed_within_the_grace() {
+            // At most 1 s, or the half-close timeout when it is shorter.
+            for (half_close, expect) in [(5_000, 1_000), (300, 300)] {
+                let (mut client, mut backend, task) = spawn(on(half_close), Tunnels::new().drain());
+                let start = Instant::now();
+                backend.shutdown().await.unwrap();
+                let close = read_small_frame(&mut client).await;
+                assert_eq!(close.2[..2], 1011u16.to_be_bytes());
+                // The client keeps talking, and never answers the Close.
+                client
+                    .write_all(&frame(true, 0x1, b"hello?", KEY))
+                    .await
+                    .unwrap();
+                assert_eq!(rest(&mut client).await, b"");
+                let (end, _) = task.await.unwrap();
+                assert_eq!(start.elapsed(), Duration::from_millis(expect));
+                assert_eq!(vanished(&end), Some((false, 1011, false)), "{end}");
+                assert!(
+                    end.to_string()
+                        .ends_with("closed without a complete closing handshake"),
+                    "{end}"
+                );
+                assert_eq!(rest(&mut backend).await, b"", "nothing forwarded");
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn during_a_drain_the_client_is_told_1001() {
+            // The client started the closing handshake, a drain began (no
+            // Close of the proxy's: one is under way), then the backend
+            // died instead of answering.
+            for backend_close in [false, true] {
+                let tunnels = Tunnels::new();
+                let signal = std::sync::Arc::new(crate::tunnels::CloseSignal::default());
+                let (mut client, mut backend, task) =
+                    spawn(on(5_000), tunnels.drain().with_backend(signal.clone()));
+                let close = frame(true, 0x8, &1000u16.to_be_bytes(), KEY);
+                client.write_all(&close).await.unwrap();
+                assert_eq!(read_n(&mut backend, close.len()).await, close);
+                let _shutdown = if backend_close {
+                    signal.close(Duration::from_secs(60));
+                    None
+                } else {
+                    Some(tunnels.shutdown(Duration::from_secs(60)))
+                };
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                backend.shutdown().await.unwrap();
+                let got = read_small_frame(&mut client).await;
+                assert_eq!(got, (0x88, false, close_payload(1001, b"going away")));
+                assert_eq!(rest(&mut client).await, b"");
+                let (end, _) = task.await.unwrap();
+                assert_eq!(vanished(&end), Some((false, 1001, true)), "{end}");
+                let kind = if backend_close {
+                    EndKind::BackendDown
+                } else {
+                    EndKind::Shutdown
+                };
+                assert_eq!(end.kind(), kind, "counted as the drain");
+            }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn with_the_setting_off_a_fin_is_passed_on_as_a_half_close() {
+            let (mut client, mut backend, task) =
+                spawn(timeouts(None, 5_000), Tunnels::new().drain());
+            let text = frame(true, 0x1, b"last words", None);
+            backend.write_all(&text).await.unwrap();
+            backend.shutdown().await.unwrap();
+            assert_eq!(rest(&mut client).await, text, "no Close, the FIN");
+            // The other direction still flows.
+            let late = frame(true, 0x1, b"still here", KEY);
+            client.write_all(&late).await.unwrap();
+            assert_eq!(read_n(&mut backend, late.len()).await, late);
+            client.shutdown().await.unwrap();
+            let (end, _) = task.await.unwrap();
+            assert!(
+                matches!(
+                    end,
+                    End::Closed {
+                        client_first: false
+                    }
+                ),
+                "{end}"
+            );
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_backend_that_closed_first_gets_an_ordinary_closing_handshake() {
+            let (mut client, mut backend, task) = spawn(on(5_000), Tunnels::new().drain());
+            let close = frame(true, 0x8, &1000u16.to_be_bytes(), None);
+            backend.write_all(&close).await.unwrap();
+            backend.shutdown().await.unwrap();
+            assert_eq!(rest(&mut client).await, close, "its Close, then the FIN");
+            let answer = frame(true, 0x8, &1000u16.to_be_bytes(), KEY);
+            client.write_all(&answer).await.unwrap();
+            assert_eq!(read_n(&mut backend, answer.len()).await, answer);
+            client.shutdown().await.unwrap();
+            let (end, _) = task.await.unwrap();
+            assert!(
+                matches!(
+                    end,
+                    End::Closed {
+                        client_first: false
+                    }
+                ),
+                "{end}"
+            );
+        }
+
+        async fn read_n(stream: &mut DuplexStream, n: usize) -> Vec<u8> {
+            let mut buf = vec![0; n];
+            stream.read_exact(&mut buf).await.unwrap();
+            buf
         }
     }
 }
