@@ -347,17 +347,20 @@ async fn at_the_bound_the_longest_idle_connection_makes_room() {
 
 #[tokio::test]
 async fn over_the_per_ip_bound_a_busy_client_gets_no_more_connections() {
-    let release = Arc::new(tokio::sync::Notify::new());
-    let app = Router::new().route(
-        "/",
-        get({
-            let release = release.clone();
-            move || async move {
-                release.notified().await;
-                "released"
-            }
-        }),
-    );
+    // Each request waits for a permit.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = Router::new()
+        .route(
+            "/",
+            get({
+                let release = release.clone();
+                move || async move {
+                    release.acquire().await.unwrap().forget();
+                    "released"
+                }
+            }),
+        )
+        .route("/quick", get(|| async { "quick" }));
     let proxy = start(
         app,
         quiet(),
@@ -372,14 +375,25 @@ async fn over_the_per_ip_bound_a_busy_client_gets_no_more_connections() {
     // The third has nothing idle to replace: closed at once.
     let mut third = TcpStream::connect(proxy).await.unwrap();
     assert!(read_to_close(&mut third).await.is_empty());
-    release.notify_waiters();
+    release.add_permits(2);
     for stream in &mut busy {
         let head = read_head(stream).await;
         assert_eq!(read_body(stream, &head).await, b"released");
     }
-    // Both idle now: a new connection replaces the longest-idle one.
-    let mut fresh = raw(proxy, GET).await;
-    release.notify_waiters();
+    // Both idle now: once they have been idle a moment (a connection
+    // just served is not shed at once), a new connection replaces the
+    // longest-idle one; until then new ones are closed.
+    let mut fresh = within("a new connection to be served", async {
+        loop {
+            let mut fresh = raw(proxy, b"GET /quick HTTP/1.1\r\nHost: t\r\n\r\n").await;
+            let mut first = [0u8; 1];
+            if let Ok(1) = fresh.read(&mut first).await {
+                break fresh;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     let closed = within("one idle connection to be closed", async {
         loop {
             for (index, stream) in busy.iter_mut().enumerate() {

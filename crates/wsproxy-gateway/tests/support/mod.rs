@@ -36,9 +36,26 @@ pub struct Gateway {
 impl Gateway {
     /// Start `wsgate --listen 127.0.0.1:0 ARGS` and wait for its address.
     pub fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        Self::spawn(command)
+    }
+
+    /// [`start`](Self::start) with the open file limit (soft and hard) at
+    /// `nofile`, as `ulimit -n` sets it; the shell `exec`s wsgate, so the
+    /// child's PID is wsgate's.
+    pub fn start_with_nofile(nofile: u64, args: &[&str]) -> Self {
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
+            .arg(env!("CARGO_BIN_EXE_wsgate"))
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
+            .args(args);
+        Self::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

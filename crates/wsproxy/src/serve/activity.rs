@@ -18,11 +18,14 @@ use tokio::sync::Notify;
 
 use crate::admit::Rate;
 
-/// Milliseconds on a process-wide clock (since its first use), so that
-/// connections can be compared by when they went idle.
+/// Milliseconds on a process-wide clock, so that connections can be
+/// compared by when they went idle. It starts at [`CLOCK_START`] on first
+/// use, so that times a little in the past never go below zero.
 pub(crate) fn now_ms() -> u64 {
-    epoch().elapsed().as_millis() as u64
+    CLOCK_START + epoch().elapsed().as_millis() as u64
 }
+
+const CLOCK_START: u64 = 1 << 32;
 
 fn epoch() -> std::time::Instant {
     static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
@@ -31,7 +34,7 @@ fn epoch() -> std::time::Instant {
 
 /// The tokio instant of `ms` on the [`now_ms`] clock.
 pub(crate) fn instant_of(ms: u64) -> tokio::time::Instant {
-    tokio::time::Instant::from_std(epoch()) + Duration::from_millis(ms)
+    tokio::time::Instant::from_std(epoch()) + Duration::from_millis(ms.saturating_sub(CLOCK_START))
 }
 
 /// "No time recorded".
@@ -150,6 +153,14 @@ impl Activity {
     /// Whether a request was ever received.
     pub(crate) fn served(&self) -> bool {
         self.requests.load(Ordering::Relaxed) > 0
+    }
+
+    /// Pretend the connection went idle `ms` earlier than it did.
+    #[cfg(test)]
+    pub(crate) fn age(&self, ms: u64) {
+        let since = self.idle_since.load(Ordering::Acquire);
+        self.idle_since
+            .store(since.saturating_sub(ms), Ordering::Release);
     }
 
     /// Ask the connection to close to make room (see the registry).

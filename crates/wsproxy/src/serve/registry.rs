@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::activity::Activity;
+use super::activity::{Activity, now_ms};
 
 /// The connections of one server (shared by its accept loops).
 #[derive(Debug)]
@@ -93,7 +94,12 @@ impl Registry {
                     return 1;
                 }
             }
-            notified.await;
+            // A connection ends, or one that is idle now becomes old
+            // enough to shed.
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(MIN_IDLE_TO_SHED) => {}
+            }
         }
     }
 
@@ -145,14 +151,24 @@ impl Registry {
     }
 }
 
+/// How long a connection must have been idle to be shed: one just
+/// accepted has not had its request read yet (its task may not even have
+/// run), which does not make it idle.
+const MIN_IDLE_TO_SHED: Duration = Duration::from_millis(250);
+
 impl State {
-    /// Ask the connection idle the longest (of `ip`, if given) to close.
+    /// Ask the connection idle the longest (of `ip`, if given, and for at
+    /// least [`MIN_IDLE_TO_SHED`]) to close.
     fn shed_idlest(&mut self, ip: Option<IpAddr>) -> bool {
+        let idle_before = now_ms().saturating_sub(MIN_IDLE_TO_SHED.as_millis() as u64);
         let idlest = self
             .open
             .iter()
             .filter(|(_, entry)| {
-                !entry.shed && ip.is_none_or(|ip| entry.ip == ip) && !entry.activity.is_busy()
+                !entry.shed
+                    && ip.is_none_or(|ip| entry.ip == ip)
+                    && !entry.activity.is_busy()
+                    && entry.activity.idle_since() <= idle_before
             })
             .min_by_key(|(id, entry)| (entry.activity.idle_since(), **id))
             .map(|(id, _)| *id);
@@ -197,20 +213,27 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
+    /// Idle for long enough to be shed.
+    fn old(slot: &Slot) {
+        slot.activity.age(10 * MIN_IDLE_TO_SHED.as_millis() as u64);
+    }
+
     #[tokio::test]
     async fn at_the_bound_the_idlest_connection_is_shed() {
         let registry = Arc::new(Registry::new(2, None));
         let (first, _) = registry.take(A).unwrap();
         let (second, _) = registry.take(B).unwrap();
+        old(&first);
+        old(&second);
         // The first is busy: the second is the one to go.
-        let _request = first.activity.request(false);
+        let request = first.activity.request(false);
         assert_eq!(registry.room().await, 1);
         assert!(second.activity.is_evicted());
         assert!(!first.activity.is_evicted());
         assert_eq!(registry.open(), 1);
         let (third, _) = registry.take(A).unwrap();
-        // Now both counted ones are busy: no room until one ends.
-        let _busy = third.activity.request(false);
+        // One counted connection is busy, the other only just accepted:
+        // no room until one ends (or the new one has been idle a while).
         let waiting = tokio::spawn({
             let registry = registry.clone();
             async move { registry.room().await }
@@ -220,9 +243,20 @@ mod tests {
         drop(second); // the shed one closing frees nothing counted
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        drop(_request);
+        drop(request);
         drop(first);
         assert_eq!(waiting.await.unwrap(), 0);
+        assert!(!third.activity.is_evicted());
+    }
+
+    #[test]
+    fn a_connection_just_accepted_is_not_shed() {
+        let registry = Arc::new(Registry::new(1, None));
+        let (fresh, _) = registry.take(A).unwrap();
+        assert!(!registry.shed_one());
+        old(&fresh);
+        assert!(registry.shed_one());
+        assert!(fresh.activity.is_evicted());
     }
 
     #[tokio::test]
@@ -231,16 +265,19 @@ mod tests {
         let (a1, _) = registry.take(A).unwrap();
         let (a2, _) = registry.take(A).unwrap();
         let (b1, _) = registry.take(B).unwrap();
+        for slot in [&a1, &a2, &b1] {
+            old(slot);
+        }
         let _busy = a2.activity.request(false);
         let (a3, shed) = registry.take(A).unwrap();
         assert!(shed);
         assert!(a1.activity.is_evicted(), "A's idle one went");
         assert!(!b1.activity.is_evicted(), "not another IP's");
-        let _busy3 = a3.activity.request(false);
+        let busy3 = a3.activity.request(false);
         assert_eq!(registry.take(A).unwrap_err(), Refused::PerIp);
         drop(a1);
         assert_eq!(registry.take(A).unwrap_err(), Refused::PerIp);
-        drop(_busy3);
+        drop(busy3);
         drop(a3);
         assert!(registry.take(A).is_ok());
     }

@@ -350,7 +350,7 @@ fn registry_max<S>(shared: &Shared<S>) -> usize {
 /// the reserve descriptor and tell it `503` (plain HTTP; a TLS client is
 /// only closed), so that it does not wait in the backlog for nothing.
 async fn overloaded<S>(listener: &TcpListener, shared: &Shared<S>) {
-    let Ok(Ok((tcp, peer))) =
+    let Ok(Ok((mut tcp, peer))) =
         tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
     else {
         return;
@@ -364,6 +364,12 @@ async fn overloaded<S>(listener: &TcpListener, shared: &Shared<S>) {
     };
     if plain {
         let _ = tcp.try_write(OVERLOADED);
+        // Read what the client sent (its request waited in the queue with
+        // it), so that closing sends a FIN after the answer rather than a
+        // reset that could destroy it.
+        let mut scratch = [0u8; 4096];
+        while let Ok(1..) = tcp.try_read(&mut scratch) {}
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tcp).await;
     }
     crate::metrics::connection_refused("descriptors");
     tracing::debug!(client = %peer, "out of descriptors: answered 503 from the reserve");
