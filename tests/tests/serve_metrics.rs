@@ -1,0 +1,181 @@
+//! `wsproxy::serve` counts what it does to client connections: timeouts,
+//! shed connections, and `accept` failures when descriptors run out (one
+//! test: the recorder and the descriptor limit are process-wide).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
+use wsproxy_e2e::*;
+
+/// The value of counter or gauge `name` with `label`, summed over its
+/// other labels.
+fn value(snapshotter: &Snapshotter, name: &str, label: (&str, &str)) -> f64 {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, _, _, _)| {
+            key.key().name() == name
+                && (label.0.is_empty()
+                    || key
+                        .key()
+                        .labels()
+                        .any(|l| l.key() == label.0 && l.value() == label.1))
+        })
+        .map(|(_, _, _, value)| match value {
+            DebugValue::Counter(n) => n as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(_) => 0.0,
+        })
+        .sum()
+}
+
+async fn start(app: Router, timeouts: Timeouts, limits: ConnectionLimits) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(app).timeouts(timeouts).limits(limits);
+    tokio::spawn(async move { server.serve(listener).await.unwrap() });
+    addr
+}
+
+/// Descriptors open in this process.
+fn open_descriptors() -> u64 {
+    std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder
+        .install()
+        .expect("the only recorder of this process");
+    // A snapshot drains counters: keep running totals.
+    let mut totals = std::collections::HashMap::<String, f64>::new();
+    let mut total = |name: &str, label: (&str, &str)| {
+        let key = format!("{name}{label:?}");
+        *totals.entry(key.clone()).or_default() += value(&snapshotter, name, label);
+        totals[&key]
+    };
+
+    // A timeout, by state.
+    let plain = Router::new().route("/", get(|| async { "plain" }));
+    let addr = start(
+        plain.clone(),
+        Timeouts::new().detect(Duration::from_millis(100)),
+        ConnectionLimits::new(),
+    )
+    .await;
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut rest = Vec::new();
+    within(
+        "the silent connection to be closed",
+        silent.read_to_end(&mut rest),
+    )
+    .await
+    .unwrap();
+    assert!(
+        wait_until(LIMIT, || total(
+            "wsproxy_connections_timed_out_total",
+            ("state", "detect")
+        ) == 1.0)
+        .await
+    );
+
+    // Shed to make room.
+    let addr = start(
+        plain,
+        Timeouts::new(),
+        ConnectionLimits::new().max_connections(1),
+    )
+    .await;
+    let mut oldest = TcpStream::connect(addr).await.unwrap();
+    let mut speaking = within("served in the end", async {
+        loop {
+            let mut speaking = TcpStream::connect(addr).await.unwrap();
+            speaking
+                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .await
+                .unwrap();
+            let mut first = [0u8; 1];
+            if let Ok(1) = speaking.read(&mut first).await {
+                break speaking;
+            }
+        }
+    })
+    .await;
+    within("the oldest to be closed", oldest.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(
+        total(
+            "wsproxy_connections_shed_total",
+            ("reason", "max_connections")
+        ) >= 1.0
+    );
+    speaking.shutdown().await.unwrap();
+
+    // Out of descriptors: requests that wait for a permit hold theirs.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let app = Router::new().route(
+        "/",
+        get({
+            let release = release.clone();
+            move || async move {
+                release.acquire().await.unwrap().forget();
+                "released"
+            }
+        }),
+    );
+    let addr = start(
+        app,
+        Timeouts::new(),
+        ConnectionLimits::new().max_connections(100_000),
+    )
+    .await;
+    // The clients' sockets are made before the limit drops (connecting
+    // takes no new descriptor); each accepted one takes one of the
+    // server's.
+    let sockets: Vec<TcpSocket> = (0..60).map(|_| TcpSocket::new_v4().unwrap()).collect();
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    rlimit::setrlimit(rlimit::Resource::NOFILE, open_descriptors() + 20, hard).unwrap();
+    let mut clients = Vec::new();
+    for socket in sockets {
+        let mut stream = socket.connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        clients.push(stream);
+    }
+    assert!(
+        wait_until(LIMIT, || total(
+            "wsproxy_accept_errors_total",
+            ("kind", "descriptors")
+        ) >= 1.0)
+        .await,
+        "accept failures counted"
+    );
+    assert!(
+        wait_until(LIMIT, || total(
+            "wsproxy_connections_refused_total",
+            ("reason", "descriptors")
+        ) >= 1.0)
+        .await,
+        "a client answered 503 from the reserve"
+    );
+    rlimit::setrlimit(rlimit::Resource::NOFILE, soft, hard).unwrap();
+    release.add_permits(1000);
+    drop(clients);
+    // Every connection ends: the gauge is back to zero.
+    assert!(
+        wait_until(LIMIT, || total("wsproxy_connections_open", ("", "")) == 0.0).await,
+        "open connections gauge"
+    );
+}
