@@ -13,27 +13,46 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
 use wsproxy_e2e::*;
 
-/// The value of counter or gauge `name` with `label`, summed over its
-/// other labels.
-fn value(snapshotter: &Snapshotter, name: &str, label: (&str, &str)) -> f64 {
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .filter(|(key, _, _, _)| {
-            key.key().name() == name
-                && (label.0.is_empty()
-                    || key
-                        .key()
-                        .labels()
-                        .any(|l| l.key() == label.0 && l.value() == label.1))
-        })
-        .map(|(_, _, _, value)| match value {
-            DebugValue::Counter(n) => n as f64,
-            DebugValue::Gauge(g) => g.into_inner(),
-            DebugValue::Histogram(_) => 0.0,
-        })
-        .sum()
+/// Running totals of every counter and gauge: a snapshot of the
+/// debugging recorder drains what changed since the last one.
+struct Totals {
+    snapshotter: Snapshotter,
+    /// (name, labels) -> total.
+    seen: Vec<((String, Vec<(String, String)>), f64)>,
+}
+
+impl Totals {
+    /// The total of `name` over the keys that have `label` (any with an
+    /// empty label name).
+    fn get(&mut self, name: &str, label: (&str, &str)) -> f64 {
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            let delta = match value {
+                DebugValue::Counter(n) => n as f64,
+                DebugValue::Gauge(g) => g.into_inner(),
+                DebugValue::Histogram(_) => 0.0,
+            };
+            let id = (
+                key.key().name().to_owned(),
+                key.key()
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect::<Vec<_>>(),
+            );
+            match self.seen.iter_mut().find(|(seen, _)| *seen == id) {
+                Some((_, total)) => *total += delta,
+                None => self.seen.push((id, delta)),
+            }
+        }
+        self.seen
+            .iter()
+            .filter(|((n, labels), _)| {
+                n == name
+                    && (label.0.is_empty()
+                        || labels.iter().any(|(k, v)| k == label.0 && v == label.1))
+            })
+            .map(|(_, total)| total)
+            .sum()
+    }
 }
 
 async fn start(app: Router, timeouts: Timeouts, limits: ConnectionLimits) -> std::net::SocketAddr {
@@ -56,13 +75,11 @@ async fn connections_are_counted() {
     recorder
         .install()
         .expect("the only recorder of this process");
-    // A snapshot drains counters: keep running totals.
-    let mut totals = std::collections::HashMap::<String, f64>::new();
-    let mut total = |name: &str, label: (&str, &str)| {
-        let key = format!("{name}{label:?}");
-        *totals.entry(key.clone()).or_default() += value(&snapshotter, name, label);
-        totals[&key]
+    let mut totals = Totals {
+        snapshotter,
+        seen: Vec::new(),
     };
+    let mut total = |name: &str, label: (&str, &str)| totals.get(name, label);
 
     // A timeout, by state.
     let plain = Router::new().route("/", get(|| async { "plain" }));
