@@ -13,12 +13,15 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
 use wsproxy_e2e::*;
 
+/// A metric: its name and labels.
+type Id = (String, Vec<(String, String)>);
+
 /// Running totals of every counter and gauge: a snapshot of the
 /// debugging recorder drains what changed since the last one.
 struct Totals {
     snapshotter: Snapshotter,
     /// (name, labels) -> total.
-    seen: Vec<((String, Vec<(String, String)>), f64)>,
+    seen: Vec<(Id, f64)>,
 }
 
 impl Totals {
@@ -31,7 +34,7 @@ impl Totals {
                 DebugValue::Gauge(g) => g.into_inner(),
                 DebugValue::Histogram(_) => 0.0,
             };
-            let id = (
+            let id: Id = (
                 key.key().name().to_owned(),
                 key.key()
                     .labels()
