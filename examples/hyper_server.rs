@@ -8,10 +8,15 @@
 //! A hyper server must serve connections with upgrades for the proxy to
 //! take over the client's connection, and should insert a
 //! [`wsproxy::ClientAddr`] so forwarding headers carry the client address.
-//! This one speaks HTTP/1.1 and HTTP/2 (prior knowledge, `h2c`) with
-//! extended `CONNECT` enabled, so WebSockets work over both, and sets the
-//! HTTP/2 windows the crate docs recommend ("Serving"): a WebSocket whose
-//! backend stops reading holds 256 KiB, not the whole connection.
+//! This one speaks HTTP/1.1 and HTTP/2 (prior knowledge, `h2c`) with the
+//! builder of [`wsproxy::serve::http_builder`]: extended `CONNECT`
+//! enabled, so WebSockets work over both, and the HTTP/2 windows the
+//! crate docs recommend ("Serving"): a WebSocket whose backend stops
+//! reading holds 256 KiB, not the whole connection.
+//!
+//! A loop this bare has no timeouts: a client that connects and says
+//! nothing holds its connection for ever. To face untrusted clients, serve
+//! with [`wsproxy::serve::Server`] instead (see the `tls_app` example).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +26,6 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tower::{ServiceBuilder, service_fn};
 use wsproxy::{ClientAddr, Route, WebSocketProxyLayer};
@@ -48,12 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .layer(proxy.clone())
             .service(service_fn(app));
         tokio::spawn(async move {
-            let mut builder = Builder::new(TokioExecutor::new());
-            builder
-                .http2()
-                .enable_connect_protocol()
-                .initial_stream_window_size(wsproxy::HTTP2_STREAM_WINDOW)
-                .initial_connection_window_size(wsproxy::HTTP2_CONNECTION_WINDOW);
+            let builder = wsproxy::serve::http_builder(TokioExecutor::new());
             let connection = builder.serve_connection_with_upgrades(
                 TokioIo::new(stream),
                 TowerToHyperService::new(service),

@@ -13,7 +13,6 @@ use http::{Request, StatusCode, Version};
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper::ext::Protocol;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -191,38 +190,14 @@ async fn stalled_backend() -> SocketAddr {
     addr
 }
 
-/// Serve `app` with hyper-util's builder, HTTP/1.1 and HTTP/2, with the
+/// Serve `app` with `wsproxy::serve::Server`: HTTP/1.1 and HTTP/2, with the
 /// windows the crate docs recommend (stream 256 KiB, connection 8 MiB)
 /// and extended CONNECT enabled.
 async fn serve_h2(app: axum::Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, peer)) = listener.accept().await {
-            let _ = tcp.set_nodelay(true);
-            let service = tower::ServiceBuilder::new()
-                .map_request(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(wsproxy::ClientAddr(peer));
-                    req
-                })
-                .service(app.clone());
-            tokio::spawn(async move {
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http2()
-                    .enable_connect_protocol()
-                    .initial_stream_window_size(wsproxy::HTTP2_STREAM_WINDOW)
-                    .initial_connection_window_size(wsproxy::HTTP2_CONNECTION_WINDOW);
-                let _ = builder
-                    .serve_connection_with_upgrades(
-                        TokioIo::new(tcp),
-                        hyper_util::service::TowerToHyperService::new(service),
-                    )
-                    .await;
-            });
-        }
-    });
+    let server = wsproxy::serve::Server::new(app);
+    tokio::spawn(async move { server.serve(listener).await.unwrap() });
     addr
 }
 

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -48,13 +47,7 @@ pub(crate) async fn spawn(
                 proxy.clone().oneshot(req)
             });
             tokio::spawn(async move {
-                let mut builder = Builder::new(TokioExecutor::new());
-                builder
-                    .http2()
-                    .enable_connect_protocol()
-                    .initial_stream_window_size(STREAM_WINDOW)
-                    .initial_connection_window_size(CONNECTION_WINDOW);
-                let _ = builder
+                let _ = wsproxy::serve::http_builder(TokioExecutor::new())
                     .serve_connection_with_upgrades(
                         TokioIo::new(tcp),
                         TowerToHyperService::new(service),
