@@ -122,6 +122,12 @@
 
 //! # Serving
 //!
+//! [`serve::Server`] does all of the following, and bounds what untrusted
+//! clients can hold (timeouts for every connection state, connection
+//! limits, HTTP/2 handshake bounds); `axum::serve` and a bare hyper-util
+//! accept loop do not, and leave a client that connects and says nothing
+//! connected for ever. With a server of your own:
+//!
 //! - **Upgrades.** The client's side of the upgrade needs a server that
 //!   supports upgrades: `axum::serve`, or hyper's
 //!   `serve_connection(..).with_upgrades()` (hyper-util's
