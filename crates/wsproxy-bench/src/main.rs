@@ -14,6 +14,7 @@
 //! See BENCHMARKS.md for what each figure means and recorded results.
 
 mod client;
+mod exhaust;
 mod h2;
 mod load;
 mod procs;
@@ -95,6 +96,10 @@ enum Cmd {
         #[arg(long)]
         nginx_buffer: Option<String>,
     },
+    /// The descriptor-exhaustion attack: silent connections past the
+    /// proxies' descriptor limit, and handshakes during it (wsgate, an
+    /// optional baseline build, nginx, HAProxy).
+    Exhaust(exhaust::Options),
     /// Compare WebSockets over HTTP/2 (many streams on few connections)
     /// with HTTP/1.1 (a connection each) through one proxy, alternating
     /// rounds.
@@ -167,6 +172,7 @@ fn main() -> std::process::ExitCode {
                 compare(rounds, phase, idle, gateway, nginx_buffer.as_deref()).await
             }
             Cmd::CompareH2(options) => h2::compare(options).await,
+            Cmd::Exhaust(options) => exhaust::run(options).await,
             Cmd::Proxy { listen, backend } => proxy::run(listen, &backend)
                 .await
                 .map_err(|e| e.to_string().into()),

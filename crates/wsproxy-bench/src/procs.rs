@@ -74,6 +74,18 @@ impl Proc {
         })
     }
 
+    /// [`spawn`](Self::spawn), stopped with `signal` (e.g. nginx's
+    /// `QUIT`) before it is killed.
+    pub(crate) fn spawn_quitting(
+        name: &'static str,
+        command: &mut Command,
+        signal: &'static str,
+    ) -> Result<Self, Box<dyn std::error::Error>> {
+        let mut proc = Self::spawn(name, command)?;
+        proc.quit = Some(signal);
+        Ok(proc)
+    }
+
     /// The process ID.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()

@@ -71,6 +71,10 @@ pub(crate) struct Activity {
     /// Requests received so far (saturating at 2: none, one, more).
     requests: AtomicU8,
     protocol: AtomicU8,
+    /// A read found nothing to read: whatever the client sent had been
+    /// read by then. A connection that has not waited yet may have a
+    /// request that nobody read, and is not idle.
+    waited: AtomicBool,
     /// Asked to close to make room for another connection.
     evicted: AtomicBool,
     /// Asked to stop taking new requests (HTTP/2: GOAWAY).
@@ -93,6 +97,7 @@ impl Activity {
             armed: AtomicBool::new(true),
             requests: AtomicU8::new(0),
             protocol: AtomicU8::new(Protocol::Unknown as u8),
+            waited: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             goaway: AtomicBool::new(false),
             handshakes: AtomicUsize::new(0),
@@ -155,12 +160,15 @@ impl Activity {
         self.requests.load(Ordering::Relaxed) > 0
     }
 
-    /// Pretend the connection went idle `ms` earlier than it did.
+    /// Whether a read of the connection ever found nothing to read.
+    pub(crate) fn has_waited(&self) -> bool {
+        self.waited.load(Ordering::Acquire)
+    }
+
+    /// As if a read had found nothing to read.
     #[cfg(test)]
-    pub(crate) fn age(&self, ms: u64) {
-        let since = self.idle_since.load(Ordering::Acquire);
-        self.idle_since
-            .store(since.saturating_sub(ms), Ordering::Release);
+    pub(crate) fn set_waited(&self) {
+        self.waited.store(true, Ordering::Release);
     }
 
     /// Ask the connection to close to make room (see the registry).
@@ -242,12 +250,33 @@ pin_project! {
         #[pin]
         io: IO,
         activity: Arc<Activity>,
+        // `activity.waited`, without touching the shared line each time.
+        waited: bool,
+        // Whether the bytes are HTTP (not TLS records under a TLS stream).
+        http: bool,
     }
 }
 
 impl<IO> Watched<IO> {
+    /// Watch the HTTP bytes of a connection: when reads find nothing, and
+    /// when the first bytes of a request arrive.
     pub(crate) fn new(io: IO, activity: Arc<Activity>) -> Self {
-        Watched { io, activity }
+        Watched {
+            io,
+            activity,
+            waited: false,
+            http: true,
+        }
+    }
+
+    /// Watch the TCP stream under a TLS handshake: only when reads find
+    /// nothing (a client that sends no ClientHello is idle).
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn under_tls(io: IO, activity: Arc<Activity>) -> Self {
+        Watched {
+            http: false,
+            ..Self::new(io, activity)
+        }
     }
 }
 
@@ -261,10 +290,15 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
         let this = self.project();
         let before = buf.filled().len();
         let result = this.io.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result
-            && buf.filled().len() > before
-        {
-            this.activity.read(&buf.filled()[before..]);
+        match result {
+            Poll::Ready(Ok(())) if *this.http && buf.filled().len() > before => {
+                this.activity.read(&buf.filled()[before..]);
+            }
+            Poll::Pending if !*this.waited => {
+                *this.waited = true;
+                this.activity.waited.store(true, Ordering::Release);
+            }
+            _ => {}
         }
         result
     }

@@ -77,6 +77,7 @@ pub(crate) async fn run<S, B>(
     #[cfg(feature = "tls")]
     if let Some(acceptor) = &shared.tls {
         let timeout = shared.timeouts.tls_handshake;
+        let tcp = Watched::under_tls(tcp, activity.clone());
         let tls = tokio::select! {
             result = acceptor.accept(tcp) => match result {
                 Ok(tls) => tls,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::activity::{Activity, now_ms};
+use super::activity::Activity;
 
 /// The connections of one server (shared by its accept loops).
 #[derive(Debug)]
@@ -94,11 +94,11 @@ impl Registry {
                     return 1;
                 }
             }
-            // A connection ends, or one that is idle now becomes old
-            // enough to shed.
+            // A connection ends, or one just accepted is read and found
+            // idle (not worth a wake-up of its own: look again shortly).
             tokio::select! {
                 () = notified => {}
-                () = tokio::time::sleep(MIN_IDLE_TO_SHED) => {}
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
         }
     }
@@ -151,16 +151,12 @@ impl Registry {
     }
 }
 
-/// How long a connection must have been idle to be shed: one just
-/// accepted has not had its request read yet (its task may not even have
-/// run), which does not make it idle.
-const MIN_IDLE_TO_SHED: Duration = Duration::from_millis(250);
-
 impl State {
-    /// Ask the connection idle the longest (of `ip`, if given, and for at
-    /// least [`MIN_IDLE_TO_SHED`]) to close.
+    /// Ask the connection idle the longest (of `ip`, if given) to close.
+    /// Idle: no request in flight, no stream open, and everything it sent
+    /// has been read (one just accepted may have a request waiting that
+    /// its task has not read yet: that is not idle).
     fn shed_idlest(&mut self, ip: Option<IpAddr>) -> bool {
-        let idle_before = now_ms().saturating_sub(MIN_IDLE_TO_SHED.as_millis() as u64);
         let idlest = self
             .open
             .iter()
@@ -168,7 +164,7 @@ impl State {
                 !entry.shed
                     && ip.is_none_or(|ip| entry.ip == ip)
                     && !entry.activity.is_busy()
-                    && entry.activity.idle_since() <= idle_before
+                    && entry.activity.has_waited()
             })
             .min_by_key(|(id, entry)| (entry.activity.idle_since(), **id))
             .map(|(id, _)| *id);
@@ -213,9 +209,9 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
-    /// Idle for long enough to be shed.
+    /// Read and found idle, so it may be shed.
     fn old(slot: &Slot) {
-        slot.activity.age(10 * MIN_IDLE_TO_SHED.as_millis() as u64);
+        slot.activity.set_waited();
     }
 
     #[tokio::test]
@@ -232,8 +228,8 @@ mod tests {
         assert!(!first.activity.is_evicted());
         assert_eq!(registry.open(), 1);
         let (third, _) = registry.take(A).unwrap();
-        // One counted connection is busy, the other only just accepted:
-        // no room until one ends (or the new one has been idle a while).
+        // One counted connection is busy, the other not read yet: no room
+        // until one ends (or the new one is read and found idle).
         let waiting = tokio::spawn({
             let registry = registry.clone();
             async move { registry.room().await }
