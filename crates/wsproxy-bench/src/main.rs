@@ -91,6 +91,10 @@ enum Cmd {
         /// `target/release/wsgate`).
         #[arg(long)]
         gateway: Option<PathBuf>,
+        /// A second gateway binary (e.g. a build of an earlier commit), run
+        /// as target `baseline` with the same flags as `wsgate`.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
         /// nginx's `proxy_buffer_size` (e.g. 64k, wsgate's read buffer),
         /// instead of its default of one page.
         #[arg(long)]
@@ -162,6 +166,7 @@ fn main() -> std::process::ExitCode {
                 phase,
                 idle,
                 gateway,
+                baseline,
                 nginx_buffer,
             } => {
                 let (rounds, phase, idle) = if quick {
@@ -169,7 +174,15 @@ fn main() -> std::process::ExitCode {
                 } else {
                     (rounds.max(1), phase, idle)
                 };
-                compare(rounds, phase, idle, gateway, nginx_buffer.as_deref()).await
+                compare(
+                    rounds,
+                    phase,
+                    idle,
+                    gateway,
+                    baseline,
+                    nginx_buffer.as_deref(),
+                )
+                .await
             }
             Cmd::CompareH2(options) => h2::compare(options).await,
             Cmd::Exhaust(options) => exhaust::run(options).await,
@@ -272,6 +285,7 @@ async fn compare(
     phase: Duration,
     idle: usize,
     gateway: Option<PathBuf>,
+    baseline: Option<PathBuf>,
     nginx_buffer: Option<&str>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let gateway = gateway.unwrap_or_else(default_gateway);
@@ -289,20 +303,12 @@ async fn compare(
         Command::new(std::env::current_exe()?).args(["echo", "--listen", "127.0.0.1:0"]),
         "listening on ",
     )?;
-    let start_wsgate = |name, extra: &[&str]| {
-        Proc::spawn_announcing(
-            name,
-            Command::new(&gateway)
-                .args(["--listen", "127.0.0.1:0", "--idle-timeout", "off"])
-                .arg("--route")
-                .arg(format!("/=ws://{echo_addr}"))
-                .args(extra)
-                // Per-tunnel logs off, as nginx's access_log is off.
-                .env("RUST_LOG", "warn"),
-            "listening on ",
-        )
-    };
+    let start_wsgate = |name, extra: &[&str]| start_gateway(&gateway, name, &echo_addr, extra);
     let (wsgate, wsgate_addr) = start_wsgate("wsgate", &[])?;
+    let baseline = match &baseline {
+        Some(binary) => Some(start_gateway(binary, "baseline", &echo_addr, &[])?),
+        None => None,
+    };
     // Frame-aware in both directions (limits and keepalives that never
     // fire): every chunk is walked header by header.
     let (frames, frames_addr) = start_wsgate(
@@ -320,7 +326,7 @@ async fn compare(
     )?;
     let nginx_port = procs::free_port()?;
     let nginx = procs::start_nginx(&scratch, nginx_port, &echo_addr, nginx_buffer)?;
-    let targets = [
+    let mut targets = vec![
         Target {
             name: "direct",
             url: format!("ws://{echo_addr}/"),
@@ -342,6 +348,16 @@ async fn compare(
             proxy: Some(&nginx),
         },
     ];
+    if let Some((proc, addr)) = &baseline {
+        targets.insert(
+            2,
+            Target {
+                name: "baseline",
+                url: format!("ws://{addr}/"),
+                proxy: Some(proc),
+            },
+        );
+    }
     println!(
         "cores: {}, rounds: {rounds}, phase: {phase:?}, idle connections: {idle}, \
          nginx proxy_buffer_size: {}",
@@ -368,6 +384,26 @@ async fn compare(
     let _ = std::fs::remove_dir_all(&scratch);
     print_table(&figures);
     Ok(())
+}
+
+/// Start the gateway `binary` in front of the echo backend, as `compare`
+/// runs it (idle timeout off, per-tunnel logs off as nginx's access_log).
+fn start_gateway(
+    binary: &std::path::Path,
+    name: &'static str,
+    echo_addr: &str,
+    extra: &[&str],
+) -> Result<(Proc, String), Box<dyn std::error::Error>> {
+    Proc::spawn_announcing(
+        name,
+        Command::new(binary)
+            .args(["--listen", "127.0.0.1:0", "--idle-timeout", "off"])
+            .arg("--route")
+            .arg(format!("/=ws://{echo_addr}"))
+            .args(extra)
+            .env("RUST_LOG", "warn"),
+        "listening on ",
+    )
 }
 
 async fn run_phases(target: &Target<'_>, phase: Duration, figures: &mut Figures) {
@@ -465,32 +501,42 @@ fn print_table(figures: &Figures) {
     println!(
         "\n(frames: wsgate with limits and keepalives that never fire, so the frame-aware path runs)"
     );
-    println!(
-        "{:<36} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
-        "figure (median of rounds)",
-        "direct",
-        "wsgate",
-        "frames",
-        "nginx",
-        "ws/dir",
-        "ws/ngx",
-        "fr/ws"
+    let baseline = figures.keys().any(|(target, _)| *target == "baseline");
+    let mut header = format!(
+        "{:<36} {:>9} {:>9}",
+        "figure (median of rounds)", "direct", "wsgate"
     );
+    if baseline {
+        header.push_str(&format!(" {:>9}", "baseline"));
+    }
+    header.push_str(&format!(
+        " {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "frames", "nginx", "ws/dir", "ws/ngx", "fr/ws"
+    ));
+    if baseline {
+        header.push_str(&format!(" {:>8}", "ws/base"));
+    }
+    println!("{header}");
     for (key, label) in METRICS {
         let get = |target| figures.get(&(target, *key)).map_or(f64::NAN, |v| median(v));
         let (direct, wsgate, frames, nginx) =
             (get("direct"), get("wsgate"), get("frames"), get("nginx"));
-        println!(
-            "{:<36} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8}",
-            label,
-            cell(direct),
-            cell(wsgate),
+        let mut row = format!("{:<36} {:>9} {:>9}", label, cell(direct), cell(wsgate));
+        if baseline {
+            row.push_str(&format!(" {:>9}", cell(get("baseline"))));
+        }
+        row.push_str(&format!(
+            " {:>9} {:>9} {:>8} {:>8} {:>8}",
             cell(frames),
             cell(nginx),
             ratio(wsgate, direct),
             ratio(wsgate, nginx),
             ratio(frames, wsgate)
-        );
+        ));
+        if baseline {
+            row.push_str(&format!(" {:>8}", ratio(wsgate, get("baseline"))));
+        }
+        println!("{row}");
     }
 }
 
