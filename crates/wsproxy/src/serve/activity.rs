@@ -48,6 +48,15 @@ pub(crate) enum Protocol {
     Http2 = 2,
 }
 
+/// How a server's shutdown reaches a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Finish the requests in flight, take no more (HTTP/2: GOAWAY).
+    Graceful = 1,
+    /// Close now.
+    Now = 2,
+}
+
 /// The HTTP/2 connection preface starts with this (RFC 9113 §3.4).
 const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0";
 
@@ -79,12 +88,14 @@ pub(crate) struct Activity {
     evicted: AtomicBool,
     /// Asked to stop taking new requests (HTTP/2: GOAWAY).
     goaway: AtomicBool,
+    /// The server shuts down: 1 graceful, 2 now.
+    stop: AtomicU8,
     /// WebSocket handshakes (extended CONNECT) being answered.
     pub(crate) handshakes: AtomicUsize,
     /// When the next reset handshake is due at the allowed rate (GCRA's
     /// theoretical arrival time).
     reset_due: Mutex<Option<std::time::Instant>>,
-    /// Wakes the watchdog: idle again, first bytes, evicted, goaway.
+    /// Wakes the watchdog: evicted, GOAWAY, shutdown.
     pub(crate) wake: Notify,
 }
 
@@ -100,6 +111,7 @@ impl Activity {
             waited: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
             goaway: AtomicBool::new(false),
+            stop: AtomicU8::new(0),
             handshakes: AtomicUsize::new(0),
             reset_due: Mutex::new(None),
             wake: Notify::new(),
@@ -208,6 +220,20 @@ impl Activity {
         false
     }
 
+    /// The server shuts down: stop taking requests, or close now.
+    pub(crate) fn stop(&self, how: Stop) {
+        self.stop.fetch_max(how as u8, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn stop_asked(&self) -> Option<Stop> {
+        match self.stop.load(Ordering::Acquire) {
+            1 => Some(Stop::Graceful),
+            2 => Some(Stop::Now),
+            _ => None,
+        }
+    }
+
     /// Bytes were read: the first since going idle are recorded.
     #[inline]
     fn read(&self, data: &[u8]) {
@@ -220,13 +246,12 @@ impl Activity {
                 self.set_protocol(Protocol::Http2);
             }
             self.first_byte.store(now_ms(), Ordering::Release);
-            self.wake.notify_one();
         }
     }
 }
 
 /// Keeps a connection busy while alive; the last one to drop makes it
-/// idle, and wakes its watchdog.
+/// idle (the watchdog sees it when its timer fires).
 #[derive(Debug)]
 pub(crate) struct Busy(Arc<Activity>);
 
@@ -237,7 +262,6 @@ impl Drop for Busy {
             activity.first_byte.store(NEVER, Ordering::Release);
             activity.idle_since.store(now_ms(), Ordering::Release);
             activity.armed.store(true, Ordering::Release);
-            activity.wake.notify_one();
         }
     }
 }

@@ -12,26 +12,45 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
-use super::activity::{Activity, ConnExecutor, Protocol, Watched, instant_of, now_ms};
-use super::registry::Slot;
-use super::server::Shared;
+use super::activity::{Activity, ConnExecutor, Protocol, Stop, Watched, instant_of, now_ms};
+use super::registry::{Registry, Slot};
 use super::service::ConnService;
+use super::{ConnectionLimits, Timeouts};
 use crate::BoxError;
+
+/// What every connection of a server shares.
+pub(crate) struct Shared<S> {
+    pub(crate) service: S,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) limits: ConnectionLimits,
+    pub(crate) registry: Arc<Registry>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) tunnels: Option<crate::Tunnels>,
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut debug = f.debug_struct("Server");
+        debug
+            .field("service", &self.service)
+            .field("timeouts", &self.timeouts)
+            .field("limits", &self.limits)
+            .field("connections", &self.registry.open());
+        #[cfg(feature = "tls")]
+        debug.field("tls", &self.tls.is_some());
+        debug
+            .field("tunnels", &self.tunnels)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
+}
 
 /// After a `GOAWAY` for idleness or to make room, how long the client has
 /// to close before the connection is closed under it.
 const GOAWAY_GRACE: Duration = Duration::from_secs(1);
-
-/// The signals of a server's shutdown.
-#[derive(Debug, Clone)]
-pub(crate) struct Stop {
-    /// Stop taking requests; finish those in flight.
-    pub(crate) graceful: CancellationToken,
-    /// Close now.
-    pub(crate) now: CancellationToken,
-}
 
 /// Why the watchdog closes a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +78,8 @@ impl Expiry {
 }
 
 /// Serve one accepted connection until it ends.
-pub(crate) async fn run<S, B>(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    slot: Slot,
-    shared: Arc<Shared<S>>,
-    stop: Stop,
-) where
+pub(crate) async fn run<S, B>(tcp: TcpStream, peer: SocketAddr, slot: Slot, shared: Arc<Shared<S>>)
+where
     S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
@@ -90,23 +104,22 @@ pub(crate) async fn run<S, B>(
                 timed_out(peer, Expiry::TlsHandshake, timeout);
                 return;
             }
-            () = evicted(&activity) => {
-                tracing::debug!(client = %peer, "connection closed to make room (during its TLS handshake)");
+            () = interrupted(&activity) => {
+                tracing::debug!(client = %peer, "connection closed during its TLS handshake (to make room, or shutting down)");
                 return;
             }
-            () = stop.graceful.cancelled() => return,
         };
-        return http(tls, true, peer, &activity, &shared, &stop).await;
+        return http(tls, true, peer, &activity, &shared).await;
     }
-    http(tcp, false, peer, &activity, &shared, &stop).await;
+    http(tcp, false, peer, &activity, &shared).await;
 }
 
-/// Resolves once the connection was asked to make room.
+/// Resolves once the connection was asked to make room, or to stop.
 #[cfg(feature = "tls")]
-async fn evicted(activity: &Activity) {
+async fn interrupted(activity: &Activity) {
     loop {
         let woken = activity.wake.notified();
-        if activity.is_evicted() {
+        if activity.is_evicted() || activity.stop_asked().is_some() {
             return;
         }
         woken.await;
@@ -119,13 +132,19 @@ fn timed_out(peer: SocketAddr, expiry: Expiry, after: Duration) {
 }
 
 /// Serve HTTP/1.1 or HTTP/2 on `io` under the watchdog.
+///
+/// The watchdog is this loop: it looks at the connection's [`Activity`]
+/// when its timer fires or it is woken (evicted, GOAWAY, shutdown), never
+/// on the way of a request or a read — those only write a few atomics.
+/// While the connection is busy, or idle before a deadline it may not see
+/// coming (the first byte of a head), the timer is set to look again no
+/// later than that deadline could be.
 async fn http<IO, S, B>(
     io: IO,
     tls: bool,
     peer: SocketAddr,
     activity: &Arc<Activity>,
     shared: &Shared<S>,
-    stop: &Stop,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: tower::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -154,11 +173,21 @@ async fn http<IO, S, B>(
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut timer_at = None;
+    let woken = activity.wake.notified();
+    tokio::pin!(woken);
     // A graceful close under way (shutdown, GOAWAY), and when to stop
     // waiting for an idle client to close.
     let mut closing = false;
     let mut close_by: Option<u64> = None;
     loop {
+        match activity.stop_asked() {
+            Some(Stop::Now) => break,
+            Some(Stop::Graceful) if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ => {}
+        }
         if !closing {
             let evicted = activity.is_evicted();
             if evicted || activity.goaway_asked() {
@@ -179,77 +208,88 @@ async fn http<IO, S, B>(
                 close_by = evicted.then(|| now_ms() + GOAWAY_GRACE.as_millis() as u64);
             }
         }
-        let expiry = if closing {
-            close_by
-                .filter(|_| !activity.is_busy())
-                .map(|at| (at, None))
+        let now = now_ms();
+        // When to look again.
+        let next = if closing {
+            match close_by {
+                // Closing and the client did not: close under it.
+                Some(at) if now >= at && !activity.is_busy() => break,
+                Some(at) => Some(at.max(now + RECHECK_BUSY_MS)),
+                None => None,
+            }
         } else {
-            next_expiry(activity, &timeouts, start).map(|(at, expiry)| (at, Some(expiry)))
+            match next_expiry(activity, &timeouts, start) {
+                Some((at, expiry)) if now >= at => {
+                    match expiry {
+                        Expiry::Http2Idle => {
+                            timed_out(peer, Expiry::Http2Idle, timeouts.http2_idle);
+                            connection.as_mut().graceful_shutdown();
+                            closing = true;
+                            close_by = Some(now + GOAWAY_GRACE.as_millis() as u64);
+                        }
+                        expiry => {
+                            let after = match expiry {
+                                Expiry::Detect => timeouts.detect,
+                                Expiry::RequestHead => timeouts.request_head,
+                                _ => timeouts.keep_alive,
+                            };
+                            timed_out(peer, expiry, after);
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                Some((at, _)) => Some(at.min(now + recheck(activity, &timeouts))),
+                // Busy: look again by when it could go idle and expire.
+                None => Some(now + recheck(activity, &timeouts)),
+            }
         };
-        let at = expiry.map(|(at, _)| at);
-        if at != timer_at {
-            if let Some(at) = at {
+        if next != timer_at {
+            if let Some(at) = next {
                 timer.as_mut().reset(instant_of(at));
             }
-            timer_at = at;
+            timer_at = next;
         }
         tokio::select! {
+            biased;
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::trace!(client = %peer, error = %e, "connection ended with an error");
                 }
                 break;
             }
-            () = activity.wake.notified() => {}
-            () = &mut timer, if at.is_some() => {
-                timer_at = None;
-                // The state may have changed since the timer was set (a
-                // request came, which does not wake the watchdog): look
-                // again.
-                let now = now_ms();
-                let expiry = if closing {
-                    close_by.filter(|&at| now >= at && !activity.is_busy()).map(|_| None)
-                } else {
-                    next_expiry(activity, &timeouts, start)
-                        .filter(|&(at, _)| now >= at)
-                        .map(|(_, expiry)| Some(expiry))
-                };
-                let Some(expiry) = expiry else { continue };
-                match expiry {
-                    // Closing and the client did not: close under it.
-                    None => break,
-                    Some(Expiry::Http2Idle) => {
-                        timed_out(peer, Expiry::Http2Idle, timeouts.http2_idle);
-                        connection.as_mut().graceful_shutdown();
-                        closing = true;
-                        close_by = Some(now_ms() + GOAWAY_GRACE.as_millis() as u64);
-                    }
-                    Some(expiry) => {
-                        let after = match expiry {
-                            Expiry::Detect => timeouts.detect,
-                            Expiry::RequestHead => timeouts.request_head,
-                            _ => timeouts.keep_alive,
-                        };
-                        timed_out(peer, expiry, after);
-                        break;
-                    }
-                }
-            }
-            () = stop.graceful.cancelled(), if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            () = stop.now.cancelled() => break,
+            () = woken.as_mut() => woken.set(activity.wake.notified()),
+            () = &mut timer, if timer_at.is_some() => timer_at = None,
         }
     }
 }
 
+/// While closing and busy, how often to look whether the client is done.
+const RECHECK_BUSY_MS: u64 = 1_000;
+
+/// How soon to look again at a connection that is busy, or idle with a
+/// deadline that bytes it has not been told about could bring forward:
+/// no later than the shortest deadline that could start now.
+fn recheck(activity: &Activity, timeouts: &Timeouts) -> u64 {
+    let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX / 4)) as u64;
+    let http1 = || {
+        let head = ms(timeouts.request_head);
+        match ms(timeouts.keep_alive) {
+            0 => head,
+            keep_alive => head.min(keep_alive),
+        }
+    };
+    match activity.protocol() {
+        Protocol::Http2 => ms(timeouts.http2_idle),
+        Protocol::Http1 => http1(),
+        // Either may come, and HTTP/2 from the first bytes.
+        Protocol::Unknown => http1().min(ms(timeouts.http2_idle)),
+    }
+    .max(1)
+}
+
 /// When the idle connection must be closed, and why; `None` while busy.
-fn next_expiry(
-    activity: &Activity,
-    timeouts: &super::Timeouts,
-    start: u64,
-) -> Option<(u64, Expiry)> {
+fn next_expiry(activity: &Activity, timeouts: &Timeouts, start: u64) -> Option<(u64, Expiry)> {
     if activity.is_busy() {
         return None;
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use super::activity::Activity;
+use super::activity::{Activity, Stop};
 
 /// The connections of one server (shared by its accept loops).
 #[derive(Debug)]
@@ -23,6 +23,7 @@ pub(crate) struct Registry {
 #[derive(Debug, Default)]
 struct State {
     next_id: u64,
+    next_owner: u64,
     open: HashMap<u64, Entry>,
     /// Connections per client IP that are not being shed (only with a
     /// per-IP bound).
@@ -34,6 +35,8 @@ struct State {
 #[derive(Debug)]
 struct Entry {
     ip: IpAddr,
+    /// The accept loop that took it.
+    owner: u64,
     activity: Arc<Activity>,
     shed: bool,
 }
@@ -114,9 +117,23 @@ impl Registry {
         self.room.notified().await;
     }
 
-    /// Take a connection from `ip`, shedding its longest-idle one if the IP
-    /// is at its bound.
-    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr) -> Result<(Slot, bool), Refused> {
+    /// A number for an accept loop, to tell its connections from others'.
+    pub(crate) fn owner(&self) -> u64 {
+        let mut state = self.lock();
+        state.next_owner += 1;
+        state.next_owner
+    }
+
+    /// Tell every connection of accept loop `owner` to stop.
+    pub(crate) fn stop(&self, owner: u64, how: Stop) {
+        for entry in self.lock().open.values().filter(|e| e.owner == owner) {
+            entry.activity.stop(how);
+        }
+    }
+
+    /// Take a connection from `ip` for accept loop `owner`, shedding the
+    /// IP's longest-idle one if it is at its bound.
+    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr, owner: u64) -> Result<(Slot, bool), Refused> {
         let mut state = self.lock();
         let mut shed = false;
         if let Some(max) = self.per_ip {
@@ -136,6 +153,7 @@ impl Registry {
             id,
             Entry {
                 ip,
+                owner,
                 activity: activity.clone(),
                 shed: false,
             },
@@ -217,8 +235,8 @@ mod tests {
     #[tokio::test]
     async fn at_the_bound_the_idlest_connection_is_shed() {
         let registry = Arc::new(Registry::new(2, None));
-        let (first, _) = registry.take(A).unwrap();
-        let (second, _) = registry.take(B).unwrap();
+        let (first, _) = registry.take(A, 0).unwrap();
+        let (second, _) = registry.take(B, 0).unwrap();
         old(&first);
         old(&second);
         // The first is busy: the second is the one to go.
@@ -227,7 +245,7 @@ mod tests {
         assert!(second.activity.is_evicted());
         assert!(!first.activity.is_evicted());
         assert_eq!(registry.open(), 1);
-        let (third, _) = registry.take(A).unwrap();
+        let (third, _) = registry.take(A, 0).unwrap();
         // One counted connection is busy, the other not read yet: no room
         // until one ends (or the new one is read and found idle).
         let waiting = tokio::spawn({
@@ -248,7 +266,7 @@ mod tests {
     #[test]
     fn a_connection_just_accepted_is_not_shed() {
         let registry = Arc::new(Registry::new(1, None));
-        let (fresh, _) = registry.take(A).unwrap();
+        let (fresh, _) = registry.take(A, 0).unwrap();
         assert!(!registry.shed_one());
         old(&fresh);
         assert!(registry.shed_one());
@@ -258,23 +276,23 @@ mod tests {
     #[tokio::test]
     async fn over_the_per_ip_bound_its_own_idle_one_goes_or_the_new_one_is_refused() {
         let registry = Arc::new(Registry::new(100, Some(2)));
-        let (a1, _) = registry.take(A).unwrap();
-        let (a2, _) = registry.take(A).unwrap();
-        let (b1, _) = registry.take(B).unwrap();
+        let (a1, _) = registry.take(A, 0).unwrap();
+        let (a2, _) = registry.take(A, 0).unwrap();
+        let (b1, _) = registry.take(B, 0).unwrap();
         for slot in [&a1, &a2, &b1] {
             old(slot);
         }
         let _busy = a2.activity.request(false);
-        let (a3, shed) = registry.take(A).unwrap();
+        let (a3, shed) = registry.take(A, 0).unwrap();
         assert!(shed);
         assert!(a1.activity.is_evicted(), "A's idle one went");
         assert!(!b1.activity.is_evicted(), "not another IP's");
         let busy3 = a3.activity.request(false);
-        assert_eq!(registry.take(A).unwrap_err(), Refused::PerIp);
+        assert_eq!(registry.take(A, 0).unwrap_err(), Refused::PerIp);
         drop(a1);
-        assert_eq!(registry.take(A).unwrap_err(), Refused::PerIp);
+        assert_eq!(registry.take(A, 0).unwrap_err(), Refused::PerIp);
         drop(busy3);
         drop(a3);
-        assert!(registry.take(A).is_ok());
+        assert!(registry.take(A, 0).is_ok());
     }
 }

@@ -12,11 +12,11 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::accept::{AcceptError, Backoff, OVERLOADED, Reserve, Throttled};
-use super::connection::{self, Stop};
+use super::activity::Stop;
+use super::connection::{self, Shared};
 use super::registry::{Refused, Registry};
 use super::{ConnectionLimits, Timeouts};
 use crate::{BoxError, Tunnels};
@@ -41,35 +41,6 @@ impl<S> Clone for Server<S> {
         Server {
             shared: self.shared.clone(),
         }
-    }
-}
-
-/// What every connection of a server shares.
-pub(crate) struct Shared<S> {
-    pub(crate) service: S,
-    pub(crate) timeouts: Timeouts,
-    pub(crate) limits: ConnectionLimits,
-    pub(crate) registry: Arc<Registry>,
-    #[cfg(feature = "tls")]
-    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
-    tunnels: Option<Tunnels>,
-    shutdown_timeout: Duration,
-}
-
-impl<S: std::fmt::Debug> std::fmt::Debug for Shared<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut debug = f.debug_struct("Server");
-        debug
-            .field("service", &self.service)
-            .field("timeouts", &self.timeouts)
-            .field("limits", &self.limits)
-            .field("connections", &self.registry.open());
-        #[cfg(feature = "tls")]
-        debug.field("tls", &self.tls.is_some());
-        debug
-            .field("tunnels", &self.tunnels)
-            .field("shutdown_timeout", &self.shutdown_timeout)
-            .finish()
     }
 }
 
@@ -242,10 +213,8 @@ where
     let registry = shared.registry.clone();
     let mut signal = signal.unwrap_or_else(|| Box::pin(std::future::pending()));
     let tasks = TaskTracker::new();
-    let stop = Stop {
-        graceful: CancellationToken::new(),
-        now: CancellationToken::new(),
-    };
+    // The connections of this accept loop, among those of the registry.
+    let owner = registry.owner();
     let mut reserve = Reserve::new();
     let mut backoff = Backoff::default();
     let mut accept_failed = Throttled::new("accept failed");
@@ -296,18 +265,12 @@ where
         // As nginx's `tcp_nodelay on`: a tunnel relays frames split across
         // writes, which must not wait for Nagle and delayed ACKs.
         let _ = tcp.set_nodelay(true);
-        match registry.take(peer.ip()) {
+        match registry.take(peer.ip(), owner) {
             Ok((slot, shed)) => {
                 if shed {
                     crate::metrics::connection_shed("max_connections_per_ip");
                 }
-                tasks.spawn(connection::run(
-                    tcp,
-                    peer,
-                    slot,
-                    shared.clone(),
-                    stop.clone(),
-                ));
+                tasks.spawn(connection::run(tcp, peer, slot, shared.clone()));
             }
             Err(Refused::PerIp) => {
                 crate::metrics::connection_refused("max_connections_per_ip");
@@ -316,7 +279,7 @@ where
         }
     }
     drop(listener);
-    stop.graceful.cancel();
+    registry.stop(owner, Stop::Graceful);
     tasks.close();
     let deadline = shared.shutdown_timeout;
     let tunnels = shared
@@ -329,7 +292,7 @@ where
                 open = tasks.len(),
                 "client connections still open at the shutdown deadline, closing them"
             );
-            stop.now.cancel();
+            registry.stop(owner, Stop::Now);
             tasks.wait().await;
         }
     };
