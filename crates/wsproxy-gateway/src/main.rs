@@ -36,7 +36,6 @@
 //! WebSocket Close 1001 ("going away") at a frame boundary, and gives the
 //! closing handshakes `--shutdown-timeout` before closing what is left.
 
-mod balance;
 mod cli;
 mod demo;
 mod page;

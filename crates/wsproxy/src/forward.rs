@@ -31,40 +31,10 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use http::header::{self, HeaderName};
-use http::{Extensions, HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
 
-/// The address of the peer that sent a request.
-///
-/// Insert it into request extensions when serving with plain hyper; with
-/// axum, `ConnectInfo<SocketAddr>` is read instead (feature `axum`).
-///
-/// # Example
-///
-/// ```
-/// use wsproxy::ClientAddr;
-///
-/// let mut req = http::Request::new(());
-/// req.extensions_mut().insert(ClientAddr("127.0.0.1:50000".parse().unwrap()));
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
-
-/// Marks a request that arrived over TLS, so that forwarding headers say
-/// `https` (`X-Forwarded-Proto`, `Forwarded: proto=`).
-///
-/// The server inserts it on TLS connections: only it knows. Without it the
-/// proxy says `http`, whatever the request claims (an HTTP/2 client's
-/// `:scheme` is its own word, not the connection's).
-///
-/// ```
-/// use wsproxy::ClientTls;
-///
-/// let mut req = http::Request::new(());
-/// req.extensions_mut().insert(ClientTls);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ClientTls;
+use crate::client::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, is_trusted};
 
 /// The `Host` header sent to the backend.
 ///
@@ -83,24 +53,8 @@ pub enum HostHeader {
     Fixed(HeaderValue),
 }
 
-pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(crate) const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub(crate) const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-
-pub(crate) fn client_addr(extensions: &Extensions) -> Option<SocketAddr> {
-    if let Some(ClientAddr(addr)) = extensions.get() {
-        return Some(*addr);
-    }
-    #[cfg(feature = "axum")]
-    if let Some(axum::extract::ConnectInfo(addr)) =
-        extensions.get::<axum::extract::ConnectInfo<SocketAddr>>()
-    {
-        return Some(*addr);
-    }
-    None
-}
 
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1): the fixed list plus every
 /// header the message's `Connection` names.
@@ -188,13 +142,6 @@ impl Forwarding<'_> {
             append_list(headers, header::FORWARDED, &element);
         }
     }
-}
-
-/// Whether `ip` is in one of `nets`, compared in canonical form (the
-/// IPv4-mapped `::ffff:10.0.0.1` of a dual-stack listener is `10.0.0.1`).
-pub(crate) fn is_trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
-    let ip = ip.to_canonical();
-    nets.iter().any(|net| net.contains(&ip))
 }
 
 /// Whether `s` is an RFC 9110 token (also what a cookie name must be).

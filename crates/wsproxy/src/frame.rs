@@ -1,5 +1,6 @@
-//! Track WebSocket frame boundaries in a byte stream (RFC 6455 §5.2)
-//! without decoding payloads.
+//! The WebSocket frame codec of the relay (RFC 6455 §5.2): track frame
+//! boundaries in a byte stream without decoding payloads, and write the
+//! proxy's own control frames (Ping, Close with its codes).
 //!
 //! The relay feeds every chunk it forwards to a [`FrameTracker`]. The
 //! tracker reads frame headers only and skips payloads by length, so it
@@ -242,6 +243,54 @@ impl FrameTracker {
         }
         self.offset = 0;
     }
+}
+
+// ---------------------------------------------------------------------
+// The proxy's own frames: close codes, control frames.
+// ---------------------------------------------------------------------
+
+/// Close code: the endpoint is going away.
+pub(crate) const GOING_AWAY: u16 = 1001;
+/// Close code: the server met an unexpected condition (here: the backend
+/// went away without a Close).
+pub(crate) const INTERNAL_ERROR: u16 = 1011;
+/// Close code: a message too big to process.
+pub(crate) const MESSAGE_TOO_BIG: u16 = 1009;
+/// Close code: a message that breaks the endpoint's policy.
+pub(crate) const POLICY_VIOLATION: u16 = 1008;
+
+/// Whether `payload`, unmasked with `mask`, equals `expected`.
+pub(crate) fn unmasked_eq(payload: &[u8], mask: Option<[u8; 4]>, expected: &[u8]) -> bool {
+    payload.len() == expected.len()
+        && payload
+            .iter()
+            .zip(expected)
+            .enumerate()
+            .all(|(i, (&byte, &want))| byte ^ mask.map_or(0, |key| key[i % 4]) == want)
+}
+
+/// A Close frame with status `code`, masked as a client's (toward a
+/// backend) or not.
+pub(crate) fn close_frame(code: u16, masked: bool) -> Vec<u8> {
+    control_frame(OP_CLOSE, &code.to_be_bytes(), masked)
+}
+
+/// A control frame (payload of at most 125 bytes), masked with a fresh
+/// key when `masked`.
+pub(crate) fn control_frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    debug_assert!(payload.len() <= 125);
+    let mut frame = Vec::with_capacity(6 + payload.len());
+    frame.push(0x80 | opcode);
+    if masked {
+        let key = (crate::random::random_u64() as u32).to_ne_bytes();
+        frame.push(0x80 | payload.len() as u8);
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        frame.push(payload.len() as u8);
+        frame.extend_from_slice(payload);
+    }
+    frame
 }
 
 /// Feed `data` to trackers three ways — whole, in chunks whose sizes

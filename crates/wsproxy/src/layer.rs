@@ -6,7 +6,7 @@ use tower::Layer;
 
 use crate::admit::Admission;
 use crate::balance::Backends;
-use crate::relay::Settings;
+use crate::settings::Settings;
 use crate::{
     HostHeader, Keepalive, MessageLimits, Route, Tunnels, UpgradeRequired, Upstream, WebSocketProxy,
 };

@@ -167,15 +167,20 @@
 pub mod admit;
 pub mod balance;
 mod body;
+mod client;
 mod connect;
 mod detect;
+mod drain;
 pub mod forward;
 mod frame;
 mod future;
 mod layer;
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub mod metrics;
+mod outcome;
+mod plain;
 mod proxy;
+mod random;
 mod relay;
 mod route;
 #[cfg(feature = "serve")]
@@ -202,7 +207,8 @@ pub mod fuzzing {
 }
 
 pub use body::ResponseBody;
-pub use forward::{ClientAddr, ClientTls, HostHeader};
+pub use client::{ClientAddr, ClientTls};
+pub use forward::HostHeader;
 pub use future::ResponseFuture;
 pub use layer::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,

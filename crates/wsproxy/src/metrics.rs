@@ -28,7 +28,7 @@
 
 use http::StatusCode;
 
-use crate::relay::{End, Totals};
+use crate::outcome::{End, Totals};
 use crate::{Route, Upstream};
 
 /// A tunnel opened on `route`: counts it, and keeps it in the open gauge

@@ -20,6 +20,7 @@ use crate::connect::{self, Answer, Failure};
 use crate::detect::{self, SEC_WEBSOCKET_VERSION};
 use crate::forward::{self, Forwarding, HostHeader};
 use crate::layer::Config;
+use crate::outcome::{End, Reason, Totals};
 use crate::relay;
 use crate::route;
 
@@ -30,12 +31,12 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
 ) -> Response<ResponseBody<ResBody>> {
     let (mut parts, body) = req.into_parts();
     drop(body);
-    let peer = forward::client_addr(&parts.extensions);
+    let peer = crate::client::client_addr(&parts.extensions);
     // Only an RFC 8441 handshake reaches here as a CONNECT.
     let http2 = parts.method == http::Method::CONNECT;
     let span = tracing::info_span!(
         "tunnel",
-        client = %DisplayPeer(peer),
+        client = %crate::client::DisplayPeer(peer),
         http = if http2 { "2" } else { "1.1" },
         route = %config.route,
         upstream = tracing::field::Empty,
@@ -62,7 +63,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                     reason = invalid.as_str(),
                     "handshake refused"
                 );
-                let mut response = refusal(status, invalid.as_str());
+                let mut response = crate::plain::response(status, invalid.as_str());
                 if status == StatusCode::UPGRADE_REQUIRED {
                     response
                         .headers_mut()
@@ -74,7 +75,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         if config.tunnels.is_draining() {
             Span::current().record("status", 503);
             tracing::info!(status = 503, "handshake refused: shutting down");
-            return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+            return crate::plain::response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         }
         // The layer's own admission checks, in the order they were added.
         for admission in &config.admissions.0 {
@@ -98,7 +99,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                 "the server does not support upgrades on this connection \
                  (serve with hyper's `with_upgrades()` or axum::serve)"
             );
-            return refusal(
+            return crate::plain::response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "this connection cannot be upgraded",
             );
@@ -119,7 +120,7 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                 status = 503,
                 "handshake refused: shutdown started during the handshake"
             );
-            return refusal(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+            return crate::plain::response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         };
         Span::current().record("status", if http2 { 200 } else { 101 });
 
@@ -162,20 +163,18 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
                             .await
                     }
                     Ok(Err(e)) => (
-                        relay::End::ClientError(std::io::Error::other(format!(
-                            "upgrade failed: {e}"
-                        ))),
-                        relay::Totals::default(),
+                        End::ClientError(std::io::Error::other(format!("upgrade failed: {e}"))),
+                        Totals::default(),
                     ),
                     Err(_) => (
-                        relay::End::ClientError(std::io::ErrorKind::TimedOut.into()),
-                        relay::Totals::default(),
+                        End::ClientError(std::io::ErrorKind::TimedOut.into()),
+                        Totals::default(),
                     ),
                 };
                 tunnels.record(&end, &totals);
                 open.closed(&end, &totals);
-                if let relay::End::Proxy {
-                    reason: relay::Reason::Limit { exceeded, .. },
+                if let End::Proxy {
+                    reason: Reason::Limit { exceeded, .. },
                     ..
                 } = &end
                 {
@@ -247,7 +246,7 @@ async fn handshake_backend<B>(
                         backends = %backends.describe(),
                         "no usable backend: all down, draining or full"
                     );
-                    refusal(StatusCode::SERVICE_UNAVAILABLE, "no backend available")
+                    crate::plain::response(StatusCode::SERVICE_UNAVAILABLE, "no backend available")
                 }
             });
         };
@@ -261,7 +260,10 @@ async fn handshake_backend<B>(
                 status = 400,
                 "handshake refused: request target cannot be mapped to the backend"
             );
-            return Err(refusal(StatusCode::BAD_REQUEST, "bad request target"));
+            return Err(crate::plain::response(
+                StatusCode::BAD_REQUEST,
+                "bad request target",
+            ));
         };
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         // Whether this attempt had the whole of its time: a timeout cut
@@ -309,7 +311,10 @@ async fn handshake_backend<B>(
                         "backend answered the upgrade with a success that is not 101; \
                          an HTTP/2 client would take it for an open WebSocket"
                     );
-                    return Err(refusal(StatusCode::BAD_GATEWAY, "bad gateway"));
+                    return Err(crate::plain::response(
+                        StatusCode::BAD_GATEWAY,
+                        "bad gateway",
+                    ));
                 }
                 Span::current().record("status", response.status().as_u16());
                 tracing::info!(
@@ -347,7 +352,7 @@ fn failed<B>(failure: &Failure) -> Response<ResponseBody<B>> {
     Span::current().record("status", status.as_u16());
     tracing::warn!(status = status.as_u16(), error = %failure, "backend handshake failed");
     // The cause is for the log; the client learns only the status.
-    refusal(status, status.canonical_reason().unwrap_or("bad gateway"))
+    crate::plain::response(status, status.canonical_reason().unwrap_or("bad gateway"))
 }
 
 /// Count a refused handshake in the metrics.
@@ -452,31 +457,6 @@ fn join_cookies(headers: &mut http::HeaderMap) {
     }
     if let Ok(value) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, value);
-    }
-}
-
-/// A short plain-text response written by the proxy itself.
-pub(crate) fn refusal<B>(status: StatusCode, reason: &str) -> Response<ResponseBody<B>> {
-    let mut body = String::with_capacity(reason.len() + 1);
-    body.push_str(reason);
-    body.push('\n');
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-pub(crate) struct DisplayPeer(pub(crate) Option<SocketAddr>);
-
-impl std::fmt::Display for DisplayPeer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(addr) => addr.fmt(f),
-            None => f.write_str("unknown"),
-        }
     }
 }
 

@@ -1,8 +1,8 @@
-//! Frame-aware settings of a tunnel: keepalive pings and message limits.
+//! What a tunnel relays with: timeouts, keepalive pings, message limits,
+//! and the rate they are measured in.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
-
-use crate::admit::Rate;
 
 /// Keepalive pings from the proxy toward one side of each tunnel.
 ///
@@ -149,8 +149,8 @@ impl Exceeded {
     /// The close code the sender gets.
     pub(crate) fn close_code(self) -> u16 {
         match self {
-            Exceeded::Frame(_) | Exceeded::Message(_) => crate::relay::MESSAGE_TOO_BIG,
-            Exceeded::Rate => crate::relay::POLICY_VIOLATION,
+            Exceeded::Frame(_) | Exceeded::Message(_) => crate::frame::MESSAGE_TOO_BIG,
+            Exceeded::Rate => crate::frame::POLICY_VIOLATION,
         }
     }
 }
@@ -162,5 +162,79 @@ impl std::fmt::Display for Exceeded {
             Exceeded::Message(len) => write!(f, "max_message (a message of {len}+ bytes)"),
             Exceeded::Rate => f.write_str("max_rate (messages faster than the rate)"),
         }
+    }
+}
+
+/// Settings of one tunnel.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) idle: Option<Duration>,
+    pub(crate) half_close: Duration,
+    /// Pings toward the client.
+    pub(crate) client_keepalive: Option<Keepalive>,
+    /// Pings toward the backend.
+    pub(crate) backend_keepalive: Option<Keepalive>,
+    /// Limits on what the client sends.
+    pub(crate) client_limits: MessageLimits,
+    /// Limits on what the backend sends.
+    pub(crate) backend_limits: MessageLimits,
+    /// Send the survivor a Close when the other side vanishes without one.
+    pub(crate) close_on_disconnect: bool,
+}
+
+/// A rate: `requests` per `period`, with room for a burst — of handshakes
+/// for `RateLimit`, of messages for
+/// [`MessageLimits::max_rate`](crate::MessageLimits::max_rate).
+///
+/// # nginx's `limit_req`
+///
+/// `limit_req_zone ... rate=10r/s;` + `limit_req ... burst=20 nodelay;` is
+/// `Rate::per_second(10).burst(20)`: 21 handshakes may come at once (one
+/// at the rate plus 20 of burst), then one every 100 ms, and every
+/// handshake over that is refused at once (`nodelay`: the proxy never
+/// queues handshakes). Without `burst`, nginx's default `burst=0` is
+/// `burst(0)`: one at a time, one every 100 ms. The algorithm is GCRA
+/// (the `governor` crate), which is what nginx's leaky bucket amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub struct Rate {
+    pub(crate) requests: NonZeroU32,
+    pub(crate) period: Duration,
+    pub(crate) burst: u32,
+}
+
+impl Rate {
+    /// `n` per second (at least 1).
+    pub fn per_second(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(1))
+    }
+
+    /// `n` per minute (at least 1).
+    pub fn per_minute(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(60))
+    }
+
+    fn new(n: u32, period: Duration) -> Self {
+        Self {
+            requests: NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN),
+            period,
+            burst: 0,
+        }
+    }
+
+    /// Allow `extra` over the rate at once (nginx's `burst`).
+    pub fn burst(mut self, extra: u32) -> Self {
+        self.burst = extra;
+        self
+    }
+
+    /// Time between two requests at the rate.
+    pub(crate) fn interval(self) -> Duration {
+        self.period / self.requests.get()
+    }
+
+    /// Requests over the rate allowed at once.
+    pub(crate) fn extra(self) -> u32 {
+        self.burst
     }
 }

@@ -4,14 +4,13 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::relay::{End, EndKind, Totals};
+use crate::drain::{CloseSignal, Drain};
+use crate::outcome::{End, EndKind, Totals};
 
 /// A cheap, cloneable handle over the tunnels of one or more proxies.
 ///
@@ -56,10 +55,9 @@ struct Shared {
     /// so that no tunnel is admitted after `shutdown` saw none left.
     admission: Mutex<()>,
     tasks: TaskTracker,
-    /// Cancelled when a shutdown starts: tunnels close gracefully.
-    drain: CancellationToken,
-    /// When tunnels still open after the drain are closed hard.
-    deadline: OnceLock<Instant>,
+    /// Closed when a shutdown starts: tunnels close gracefully, and hard
+    /// at its deadline.
+    shutdown: Arc<CloseSignal>,
     stats: Mutex<TunnelStats>,
 }
 
@@ -101,10 +99,9 @@ impl Tunnels {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
             shared.draining.store(true, Ordering::Relaxed);
-            shared.deadline.get_or_init(|| Instant::now() + deadline);
             shared.tasks.close();
         }
-        shared.drain.cancel();
+        shared.shutdown.close(deadline);
         async move {
             tracing::info!(
                 open = shared.open.load(Ordering::Relaxed),
@@ -166,11 +163,7 @@ impl Tunnels {
 
     /// What a tunnel watches to learn of a shutdown.
     pub(crate) fn drain(&self) -> Drain {
-        Drain {
-            shared: self.shared.clone(),
-            shutdown: self.shared.drain.child_token(),
-            backend: None,
-        }
+        Drain::new(self.shared.shutdown.clone())
     }
 
     /// Admit one tunnel unless a shutdown has started. The returned guard
@@ -211,84 +204,6 @@ pub(crate) struct TunnelGuard {
 impl Drop for TunnelGuard {
     fn drop(&mut self) {
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Tells a tunnel that a shutdown started (or that its backend went
-/// down), and the deadline.
-#[derive(Debug)]
-pub(crate) struct Drain {
-    shared: Arc<Shared>,
-    /// Child tokens of the shared ones: a relay polls them on every
-    /// wake-up, and polling a token locks it, so each tunnel polls its own
-    /// rather than every tunnel of every worker locking the same one.
-    shutdown: CancellationToken,
-    backend: Option<(Arc<CloseSignal>, CancellationToken)>,
-}
-
-/// Closes the tunnels of one backend gracefully, with a deadline.
-#[derive(Debug, Default)]
-pub(crate) struct CloseSignal {
-    token: CancellationToken,
-    deadline: OnceLock<Instant>,
-}
-
-impl CloseSignal {
-    /// Close every tunnel watching this signal: Close 1001 now, hard at
-    /// `now + grace`.
-    pub(crate) fn close(&self, grace: Duration) {
-        self.deadline.get_or_init(|| Instant::now() + grace);
-        self.token.cancel();
-    }
-    #[cfg(test)]
-    pub(crate) fn is_closed(&self) -> bool {
-        self.token.is_cancelled()
-    }
-}
-
-impl Drain {
-    /// Also end when `signal` closes the backend's tunnels.
-    pub(crate) fn with_backend(mut self, signal: Arc<CloseSignal>) -> Self {
-        let token = signal.token.child_token();
-        self.backend = Some((signal, token));
-        self
-    }
-
-    /// Resolves when a shutdown starts.
-    pub(crate) fn shutdown(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.shutdown.cancelled()
-    }
-
-    /// Resolves when the backend's tunnels are closed (never without a
-    /// backend signal).
-    pub(crate) async fn backend_closed(&self) {
-        match &self.backend {
-            Some((_, token)) => token.cancelled().await,
-            None => std::future::pending().await,
-        }
-    }
-
-    /// When a started shutdown closes tunnels hard.
-    pub(crate) fn deadline(&self) -> Instant {
-        self.shared
-            .deadline
-            .get()
-            .copied()
-            .unwrap_or_else(Instant::now)
-    }
-
-    /// When a started backend close closes tunnels hard.
-    pub(crate) fn backend_deadline(&self) -> Instant {
-        self.backend
-            .as_ref()
-            .and_then(|(signal, _)| signal.deadline.get().copied())
-            .unwrap_or_else(Instant::now)
-    }
-
-    /// Resolves at the deadline of a started shutdown.
-    pub(crate) async fn hard_close(&self) {
-        self.shutdown.cancelled().await;
-        tokio::time::sleep_until(self.deadline()).await;
     }
 }
 

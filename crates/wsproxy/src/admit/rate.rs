@@ -12,7 +12,10 @@ use http::StatusCode;
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::request::Parts;
 
-use super::{Admission, AdmitLayer, Key, Rate, Refusal};
+use super::admission::{Admission, Refusal};
+use super::layer::AdmitLayer;
+use crate::client::Key;
+use crate::settings::Rate;
 
 /// How often idle keys are dropped from a per-key limiter.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);

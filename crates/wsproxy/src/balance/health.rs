@@ -14,7 +14,7 @@ use std::future::Future;
 use tokio::io::AsyncWriteExt;
 use tokio_util::sync::CancellationToken;
 
-use super::set::Member;
+use super::member::Member;
 use crate::Upstream;
 use crate::connect::{self, Answer, BackendStream, SetTls};
 
@@ -257,8 +257,8 @@ impl Probe {
                         Ok(Answer::Upgraded(_, upgraded)) => {
                             let mut io = TokioIo::new(upgraded);
                             let _ = io
-                                .write_all(&crate::relay::close_frame(
-                                    crate::relay::GOING_AWAY,
+                                .write_all(&crate::frame::close_frame(
+                                    crate::frame::GOING_AWAY,
                                     true,
                                 ))
                                 .await;

@@ -91,7 +91,9 @@
 
 mod backend;
 mod health;
+mod member;
 pub(crate) mod set;
+mod sticky;
 mod strategy;
 
 pub use crate::connect::{Answer, Failure as BackendError};

@@ -1,8 +1,8 @@
 //! A live set of backends and the choice of one per handshake.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -12,11 +12,13 @@ use tokio_util::sync::CancellationToken;
 use tower::discover::{Change, Discover};
 
 use super::health::{self, ActiveHealth, PassiveHealth};
+use super::member::{Member, now};
+use super::sticky::Sticky;
 use super::strategy::{Candidate, RoundRobin, Strategy};
 use super::{Backend, BackendId};
 use crate::Upstream;
 use crate::connect::SetTls;
-use crate::tunnels::CloseSignal;
+use crate::drain::CloseSignal;
 
 /// A live set of backends for one route, and how one is chosen for each
 /// handshake. Cheap to clone: clones are handles on the same backends and
@@ -72,41 +74,6 @@ pub(crate) struct SetConfig {
     pub(crate) tries: usize,
 }
 
-#[derive(Clone)]
-struct Sticky {
-    name: Arc<str>,
-    /// Keys the cookie values: without it, a value does not tell which
-    /// URL it stands for.
-    secret: u64,
-}
-
-impl fmt::Debug for Sticky {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sticky")
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Sticky {
-    /// The cookie value standing for `id`.
-    fn value(&self, id: BackendId) -> BackendId {
-        BackendId(twox_hash::XxHash64::oneshot(
-            self.secret,
-            &id.0.to_le_bytes(),
-        ))
-    }
-
-    fn cookie(&self, id: BackendId) -> HeaderValue {
-        let cookie = format!(
-            "{}={}; Path=/; HttpOnly; SameSite=Lax",
-            self.name,
-            self.value(id)
-        );
-        HeaderValue::from_str(&cookie).expect("a checked cookie name and hex digits")
-    }
-}
-
 pub(crate) struct SetState {
     members: RwLock<Arc<[Arc<Member>]>>,
     /// Cancelled when the last handle is dropped: probes end.
@@ -122,176 +89,6 @@ impl Drop for SetState {
     fn drop(&mut self) {
         self.stopped.cancel();
     }
-}
-
-/// One backend of the set and what is known of it.
-pub(crate) struct Member {
-    /// Its URL and id; the settings below may change at runtime.
-    pub(crate) backend: Backend,
-    weight: AtomicU32,
-    backup: AtomicBool,
-    /// `usize::MAX`: no cap.
-    max_conns: AtomicUsize,
-    open: AtomicUsize,
-    /// Passively down until this time (ns since the epoch of [`now`]); 0:
-    /// not down.
-    down_until: AtomicU64,
-    /// Failures in the current window, and when the window started.
-    fails: Mutex<(u32, Option<Instant>)>,
-    probe_up: AtomicBool,
-    draining: AtomicBool,
-    /// When it last came (back) up (ns since the epoch of [`now`]; 0: in
-    /// the set from the start), for slow start.
-    up_since: AtomicU64,
-    transitions: AtomicU64,
-    probing: AtomicBool,
-    pub(crate) removed: CancellationToken,
-    close: Mutex<Arc<CloseSignal>>,
-}
-
-impl Member {
-    fn new(backend: Backend, up_since: u64) -> Self {
-        Self {
-            weight: AtomicU32::new(backend.weight),
-            backup: AtomicBool::new(backend.backup),
-            max_conns: AtomicUsize::new(backend.max_conns.unwrap_or(usize::MAX)),
-            backend,
-            open: AtomicUsize::new(0),
-            down_until: AtomicU64::new(0),
-            fails: Mutex::new((0, None)),
-            probe_up: AtomicBool::new(true),
-            draining: AtomicBool::new(false),
-            up_since: AtomicU64::new(up_since),
-            transitions: AtomicU64::new(0),
-            probing: AtomicBool::new(false),
-            removed: CancellationToken::new(),
-            close: Mutex::new(Arc::default()),
-        }
-    }
-
-    pub(crate) fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Its configured weight (no slow start).
-    pub(crate) fn base_weight(&self) -> u32 {
-        self.weight.load(Ordering::Relaxed)
-    }
-
-    fn backup(&self) -> bool {
-        self.backup.load(Ordering::Relaxed)
-    }
-
-    fn max_conns(&self) -> usize {
-        self.max_conns.load(Ordering::Relaxed)
-    }
-
-    /// Take the settings of `backend` (same URL), keeping state and load.
-    fn update(&self, backend: &Backend) {
-        self.weight.store(backend.weight, Ordering::Relaxed);
-        self.backup.store(backend.backup, Ordering::Relaxed);
-        self.max_conns
-            .store(backend.max_conns.unwrap_or(usize::MAX), Ordering::Relaxed);
-    }
-
-    /// Whether it was removed or marked down since it was listed (checked
-    /// after its close signal is taken, so that a mark-down that swapped
-    /// the signal first is seen).
-    fn went_away(&self, passive: bool, now: u64) -> bool {
-        self.removed.is_cancelled() || !self.probe_up() || self.passively_down(passive, now)
-    }
-
-    /// Whether passive checks (if they apply) skip it at `now`.
-    fn passively_down(&self, passive: bool, now: u64) -> bool {
-        let until = self.down_until.load(Ordering::Relaxed);
-        passive && until != 0 && now < until
-    }
-
-    /// Count a transition down or up (which starts slow start).
-    fn transition(&self, up: bool) {
-        if up {
-            self.up_since.store(now(), Ordering::Relaxed);
-        }
-        self.transitions.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::backend_transition(&self.backend.upstream, up);
-    }
-
-    pub(crate) fn probe_up(&self) -> bool {
-        self.probe_up.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn set_probe_up(&self, up: bool) {
-        self.probe_up.store(up, Ordering::Relaxed);
-        self.transition(up);
-    }
-
-    /// Close this backend's open tunnels (Close 1001, hard after `grace`);
-    /// tunnels opened later are not affected.
-    pub(crate) fn close_tunnels(&self, grace: Duration) {
-        let signal =
-            std::mem::take(&mut *self.close.lock().unwrap_or_else(PoisonError::into_inner));
-        signal.close(grace);
-    }
-
-    /// What this backend's next tunnel watches to be closed.
-    pub(crate) fn close_signal(&self) -> Arc<CloseSignal> {
-        self.close
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Whether it may take a new tunnel at `now`.
-    fn usable(&self, now: u64, passive: bool) -> bool {
-        if self.draining.load(Ordering::Relaxed) || !self.probe_up() {
-            return false;
-        }
-        if self.open() >= self.max_conns() {
-            return false;
-        }
-        let until = self.down_until.load(Ordering::Relaxed);
-        if until != 0 && passive {
-            if now < until {
-                return false;
-            }
-            // Its fail_timeout is over: back in rotation (once).
-            if self
-                .down_until
-                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-            {
-                self.transition(true);
-                tracing::info!(backend = %self.backend.upstream, "backend back in rotation after fail_timeout");
-            }
-        }
-        true
-    }
-
-    /// Its weight at `now`, ramped up during slow start.
-    fn weight(&self, now: u64, slow_start: Option<Duration>) -> u32 {
-        let weight = self.weight.load(Ordering::Relaxed);
-        let Some(period) = slow_start else {
-            return weight;
-        };
-        let up_since = self.up_since.load(Ordering::Relaxed);
-        if up_since == 0 {
-            // In the set from the start, never down: no ramp.
-            return weight;
-        }
-        let since = now.saturating_sub(up_since);
-        let period = period.as_nanos() as u64;
-        if period == 0 || since >= period {
-            return weight;
-        }
-        ((u128::from(weight) * u128::from(since) / u128::from(period)) as u32).max(1)
-    }
-}
-
-/// Nanoseconds since the first call (a process-wide epoch), never 0.
-fn now() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_nanos(1));
-    epoch.elapsed().as_nanos() as u64
 }
 
 /// The backend chosen for one handshake attempt; counts toward its load
@@ -354,7 +151,7 @@ impl Default for SetConfig {
             slow_start: None,
             close_when_down: None,
             sticky: None,
-            sticky_secret: crate::relay::random_u64(),
+            sticky_secret: crate::random::random_u64(),
             tries: 3,
         }
     }
@@ -742,7 +539,7 @@ impl Backends {
         }
         let sticky = self.config.sticky.as_ref();
         let wanted = sticky
-            .and_then(|s| crate::admit::cookie(request, &s.name))
+            .and_then(|s| crate::client::cookie(request, &s.name))
             .and_then(|v| BackendId::parse(&v));
         while !candidates.is_empty() {
             let i = sticky

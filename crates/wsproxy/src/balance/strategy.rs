@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use http::request::Parts;
 
-use super::set::Member;
+use super::member::Member;
 use super::{Backend, BackendId};
 use crate::admit::Key;
 

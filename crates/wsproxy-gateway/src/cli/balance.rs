@@ -18,7 +18,7 @@ use wsproxy::balance::{
     RoundRobin,
 };
 
-use crate::cli::parse_duration;
+use super::parse::parse_duration;
 
 /// One backend of a `--route` list: `URL[;weight=N][;max-conns=N][;backup]`.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,100 @@
+//! [`AdmitLayer`] and [`Admit`]: an [`Admission`] as tower middleware
+//! that checks WebSocket handshakes only.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::admission::Admission;
+use crate::client::ClientIp;
+use crate::client::{DisplayPeer, client_addr};
+use crate::{ResponseBody, ResponseFuture, detect};
+
+/// Applies an [`Admission`] to the WebSocket handshakes a service gets.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct AdmitLayer<A> {
+    admission: Arc<A>,
+}
+
+impl<A> AdmitLayer<A> {
+    /// A layer checking handshakes with `admission`.
+    pub fn new(admission: A) -> Self {
+        Self {
+            admission: Arc::new(admission),
+        }
+    }
+}
+
+impl<S, A> Layer<S> for AdmitLayer<A> {
+    type Service = Admit<S, A>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admit {
+            inner,
+            admission: self.admission.clone(),
+        }
+    }
+}
+
+/// Middleware that refuses WebSocket handshakes an [`Admission`] does not
+/// let on, and passes everything else to the inner service unchanged.
+///
+/// Refusals are responses, never `Service::Error`.
+#[derive(Debug, Clone)]
+pub struct Admit<S, A> {
+    inner: S,
+    admission: Arc<A>,
+}
+
+impl<S, A> Admit<S, A> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Consume `self`, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, A, ReqBody, ResBody> Service<Request<ReqBody>> for Admit<S, A>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    A: Admission,
+    ResBody: Send + 'static,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if !detect::is_handshake(&req) {
+            return ResponseFuture::inner(self.inner.call(req));
+        }
+        let (mut parts, body) = req.into_parts();
+        match self.admission.admit(&mut parts) {
+            Ok(()) => ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body))),
+            Err(refusal) => {
+                tracing::info!(
+                    status = refusal.status.as_u16(),
+                    reason = refusal.reason,
+                    uri = %parts.uri,
+                    client = %DisplayPeer(client_addr(&parts.extensions)),
+                    client_ip = ?parts.extensions.get::<ClientIp>().map(|ip| ip.0),
+                    "handshake refused before any backend was contacted"
+                );
+                crate::metrics::refused(refusal.status);
+                ResponseFuture::proxy(Box::pin(std::future::ready(refusal.into_response())))
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The signals that close open tunnels gracefully: a shutdown of the
+//! proxy, or their backend going down. Each comes with a deadline after
+//! which what is still open is closed hard.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Closes every tunnel watching it: Close 1001 at once, hard at the
+/// deadline.
+#[derive(Debug, Default)]
+pub(crate) struct CloseSignal {
+    token: CancellationToken,
+    deadline: OnceLock<Instant>,
+}
+
+impl CloseSignal {
+    /// Close every tunnel watching this signal: Close 1001 now, hard at
+    /// `now + grace` (the first call's deadline holds).
+    pub(crate) fn close(&self, grace: Duration) {
+        self.deadline.get_or_init(|| Instant::now() + grace);
+        self.token.cancel();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_closed(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// When tunnels still open are closed hard (now if not closed yet).
+    fn deadline(&self) -> Instant {
+        self.deadline.get().copied().unwrap_or_else(Instant::now)
+    }
+}
+
+/// What one tunnel watches: the proxy's shutdown and, if its backend set
+/// closes tunnels when a backend goes down, its backend's signal.
+///
+/// It holds child tokens of the shared ones: a relay polls them on every
+/// wake-up, and polling a token locks it, so each tunnel polls its own
+/// rather than every tunnel of every worker locking the same one.
+#[derive(Debug)]
+pub(crate) struct Drain {
+    shutdown: (Arc<CloseSignal>, CancellationToken),
+    backend: Option<(Arc<CloseSignal>, CancellationToken)>,
+}
+
+impl Drain {
+    /// Watch `shutdown`.
+    pub(crate) fn new(shutdown: Arc<CloseSignal>) -> Self {
+        let token = shutdown.token.child_token();
+        Drain {
+            shutdown: (shutdown, token),
+            backend: None,
+        }
+    }
+
+    /// Also end when `signal` closes the backend's tunnels.
+    pub(crate) fn with_backend(mut self, signal: Arc<CloseSignal>) -> Self {
+        let token = signal.token.child_token();
+        self.backend = Some((signal, token));
+        self
+    }
+
+    /// Resolves when a shutdown starts.
+    pub(crate) fn shutdown(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shutdown.1.cancelled()
+    }
+
+    /// Resolves when the backend's tunnels are closed (never without a
+    /// backend signal).
+    pub(crate) async fn backend_closed(&self) {
+        match &self.backend {
+            Some((_, token)) => token.cancelled().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// When a started shutdown closes tunnels hard.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.shutdown.0.deadline()
+    }
+
+    /// When a started backend close closes tunnels hard.
+    pub(crate) fn backend_deadline(&self) -> Instant {
+        self.backend
+            .as_ref()
+            .map_or_else(Instant::now, |(signal, _)| signal.deadline())
+    }
+
+    /// Resolves at the deadline of a started shutdown.
+    pub(crate) async fn hard_close(&self) {
+        self.shutdown().await;
+        tokio::time::sleep_until(self.deadline()).await;
+    }
+}

@@ -1,0 +1,945 @@
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, duplex};
+use tokio::time::Instant;
+
+use super::keepalive::ping_token;
+use super::relay;
+use crate::Tunnels;
+use crate::drain::Drain;
+use crate::outcome::{End, EndKind, Reason, Totals};
+use crate::settings::{Keepalive, MessageLimits, Settings};
+
+/// Why and how the proxy closed the tunnel, if it did.
+fn proxy_close(end: &End) -> Option<(Reason, bool)> {
+    match *end {
+        End::Proxy { reason, answered } => Some((reason, answered)),
+        _ => None,
+    }
+}
+
+fn timeouts(idle: Option<u64>, half_close: u64) -> Settings {
+    Settings {
+        idle: idle.map(Duration::from_millis),
+        half_close: Duration::from_millis(half_close),
+        client_keepalive: None,
+        backend_keepalive: None,
+        client_limits: MessageLimits::new(),
+        backend_limits: MessageLimits::new(),
+        close_on_disconnect: false,
+    }
+}
+
+#[tokio::test]
+async fn relays_both_ways_and_propagates_half_close() {
+    let (mut client, client_side) = duplex(16);
+    let (backend_side, mut backend) = duplex(16);
+    let task = tokio::spawn(relay(
+        client_side,
+        backend_side,
+        timeouts(None, 5_000),
+        Tunnels::new().drain(),
+    ));
+    let payload: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+    let writer = {
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            client.write_all(&payload).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        })
+    };
+    let mut got = Vec::new();
+    backend.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, payload, "bytes out equal bytes in, then EOF");
+    // The other direction still flows after the half-close.
+    backend.write_all(b"late reply").await.unwrap();
+    backend.shutdown().await.unwrap();
+    let mut client = writer.await.unwrap();
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, b"late reply");
+    let (end, totals) = task.await.unwrap();
+    assert!(matches!(end, End::Closed { client_first: true }), "{end}");
+    assert_eq!((totals.up.bytes, totals.down.bytes), (100_000, 10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_counts_both_directions() {
+    // Traffic only down, then only up: either keeps the tunnel alive.
+    for up in [false, true] {
+        let (mut client, client_side) = duplex(64);
+        let (backend_side, mut backend) = duplex(64);
+        let task = tokio::spawn(relay(
+            client_side,
+            backend_side,
+            timeouts(Some(1_000), 5_000),
+            Tunnels::new().drain(),
+        ));
+        let start = Instant::now();
+        let mut buf = [0; 1];
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            if up {
+                client.write_all(b"x").await.unwrap();
+                backend.read_exact(&mut buf).await.unwrap();
+            } else {
+                backend.write_all(b"x").await.unwrap();
+                client.read_exact(&mut buf).await.unwrap();
+            }
+        }
+        let (end, _) = task.await.unwrap();
+        assert!(matches!(end, End::Idle), "{end}");
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(2_800),
+            "up {up}: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_millis(2_900),
+            "up {up}: {elapsed:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_close_is_bounded() {
+    let (mut client, client_side) = duplex(64);
+    let (backend_side, _backend) = duplex(64);
+    let task = tokio::spawn(relay(
+        client_side,
+        backend_side,
+        timeouts(None, 2_000),
+        Tunnels::new().drain(),
+    ));
+    client.shutdown().await.unwrap();
+    let (end, _) = task.await.unwrap();
+    assert!(
+        matches!(end, End::HalfCloseTimeout { client_first: true }),
+        "{end}"
+    );
+}
+
+/// Frame-aware settings that never act: limits that are never broken
+/// and keepalives that never fire, so every chunk goes through the
+/// header-by-header path (partial headers held back, Pongs inspected).
+fn frame_aware_settings() -> Settings {
+    let never = Some(Keepalive::new(
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    ));
+    let huge = MessageLimits::new()
+        .max_frame(u64::MAX)
+        .max_message(u64::MAX);
+    Settings {
+        client_keepalive: never,
+        backend_keepalive: never,
+        client_limits: huge,
+        backend_limits: huge,
+        ..timeouts(None, 5_000)
+    }
+}
+
+/// Relay `up` from the client and `down` from the backend at once, each
+/// written in `chunk`-sized pieces through pipes of `pipe` bytes, and
+/// return what arrived at the backend and at the client.
+fn relay_both_ways(
+    settings: Settings,
+    up: &[u8],
+    down: &[u8],
+    chunk: usize,
+    pipe: usize,
+) -> (Vec<u8>, Vec<u8>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, client_side) = duplex(pipe);
+        let (backend_side, backend) = duplex(pipe);
+        let relay = tokio::spawn(relay(
+            client_side,
+            backend_side,
+            settings,
+            Tunnels::new().drain(),
+        ));
+        let pump = |mut end: tokio::io::DuplexStream, data: Vec<u8>| async move {
+            let (mut read, mut write) = tokio::io::split(&mut end);
+            let send = async {
+                for piece in data.chunks(chunk) {
+                    write.write_all(piece).await.unwrap();
+                }
+                write.shutdown().await.unwrap();
+            };
+            let mut received = Vec::new();
+            let ((), got) = tokio::join!(send, read.read_to_end(&mut received));
+            got.unwrap();
+            received
+        };
+        let (at_backend, at_client) =
+            tokio::join!(pump(backend, down.to_vec()), pump(client, up.to_vec()));
+        relay.await.unwrap();
+        (at_backend, at_client)
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Any bytes, written in any chunks, both ways at once: what comes
+    /// out is what went in, whatever the frame tracker makes of it.
+    #[test]
+    fn bytes_out_equal_bytes_in(
+        up in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
+        down in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20_000),
+        chunk in 1usize..3000,
+        pipe in 1usize..5000,
+        frame_aware in proptest::prelude::any::<bool>(),
+    ) {
+        let settings = if frame_aware {
+            frame_aware_settings()
+        } else {
+            timeouts(None, 5_000)
+        };
+        let (got_up, got_down) = relay_both_ways(settings, &up, &down, chunk, pipe);
+        proptest::prop_assert_eq!(got_up, up);
+        proptest::prop_assert_eq!(got_down, down);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_closes_unanswered_tunnels_at_its_deadline() {
+    let (_client, client_side) = duplex(64);
+    let (backend_side, _backend) = duplex(64);
+    let tunnels = Tunnels::new();
+    let task = tokio::spawn(relay(
+        client_side,
+        backend_side,
+        timeouts(None, 60_000),
+        tunnels.drain(),
+    ));
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    drop(tunnels.shutdown(Duration::from_secs(3)));
+    let (end, _) = task.await.unwrap();
+    assert_eq!(proxy_close(&end), Some((Reason::Shutdown, false)), "{end}");
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_close_ends_at_its_grace_and_a_later_shutdown_keeps_its_own_deadline() {
+    for (grace, shutdown_after, expect, reason) in [
+        (2, None, 2, Reason::BackendDown),
+        (600, Some(1), 4, Reason::BackendDown),
+    ] {
+        let (_client, client_side) = duplex(64);
+        let (backend_side, _backend) = duplex(64);
+        let tunnels = Tunnels::new();
+        let signal = std::sync::Arc::new(crate::drain::CloseSignal::default());
+        let task = tokio::spawn(relay(
+            client_side,
+            backend_side,
+            timeouts(None, 60_000),
+            tunnels.drain().with_backend(signal.clone()),
+        ));
+        tokio::task::yield_now().await;
+        let start = Instant::now();
+        signal.close(Duration::from_secs(grace));
+        if let Some(after) = shutdown_after {
+            tokio::time::sleep(Duration::from_secs(after)).await;
+            drop(tunnels.shutdown(Duration::from_secs(3)));
+        }
+        let (end, _) = task.await.unwrap();
+        assert_eq!(proxy_close(&end), Some((reason, false)), "{end}");
+        assert_eq!(start.elapsed(), Duration::from_secs(expect));
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Real frames (Pongs of the proxy's Ping length among them), cut
+    /// anywhere, through the frame-aware path with tiny pipes: what
+    /// comes out is what went in.
+    #[test]
+    fn frames_out_equal_frames_in(
+        frames in proptest::collection::vec(crate::frame::tests::any_frame(), 1..10),
+        chunk in 1usize..3000,
+        pipe in 1usize..600,
+    ) {
+        use crate::frame::tests::frame;
+        let up: Vec<u8> = frames
+            .iter()
+            .flat_map(|&(fin, op, len, _)| frame(fin, op, &vec![9; len], Some([5, 6, 7, 8])))
+            .collect();
+        let down: Vec<u8> = frames
+            .iter()
+            .rev()
+            .flat_map(|&(fin, op, len, _)| frame(fin, op, &vec![4; len], None))
+            .collect();
+        let (got_up, got_down) =
+            relay_both_ways(frame_aware_settings(), &up, &down, chunk, pipe);
+        proptest::prop_assert_eq!(got_up, up);
+        proptest::prop_assert_eq!(got_down, down);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_ping_to_the_backend_is_masked_and_its_pong_is_not_forwarded() {
+    use crate::frame::tests::frame;
+    let (mut client, client_side) = duplex(4096);
+    let (backend_side, mut backend) = duplex(4096);
+    let mut settings = timeouts(None, 5_000);
+    settings.backend_keepalive = Some(Keepalive::new(
+        Duration::from_secs(1),
+        Duration::from_secs(1),
+    ));
+    let task = tokio::spawn(relay(
+        client_side,
+        backend_side,
+        settings,
+        Tunnels::new().drain(),
+    ));
+
+    // After a second of silence the backend gets a masked Ping.
+    let mut ping = [0u8; 14];
+    backend.read_exact(&mut ping).await.unwrap();
+    assert_eq!(ping[0], 0x89, "FIN + Ping");
+    assert_eq!(ping[1], 0x80 | 8, "masked, 8 bytes");
+    let key = [ping[2], ping[3], ping[4], ping[5]];
+    let payload: Vec<u8> = ping[6..]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ key[i % 4])
+        .collect();
+    assert_eq!(payload, ping_token());
+
+    // Its Pong, split across two writes, stays with the proxy; the
+    // next frame goes through untouched.
+    let pong = frame(true, 0xA, &payload, None);
+    backend.write_all(&pong[..5]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    backend.write_all(&pong[5..]).await.unwrap();
+    let text = frame(true, 0x1, b"hello", None);
+    backend.write_all(&text).await.unwrap();
+    let mut got = vec![0u8; text.len()];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, text);
+
+    // An application Pong with another payload is forwarded.
+    let other = frame(true, 0xA, b"12345678", None);
+    backend.write_all(&other).await.unwrap();
+    let mut got = vec![0u8; other.len()];
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, other);
+
+    // A backend that then falls silent is given up on after the
+    // interval and the timeout: the client gets Close 1001.
+    let start = Instant::now();
+    let mut close = [0u8; 14];
+    client.read_exact(&mut close).await.unwrap();
+    assert_eq!(&close[..4], &[0x88, 12, 0x03, 0xe9]);
+    assert_eq!(&close[4..], b"going away");
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    client
+        .write_all(&frame(
+            true,
+            0x8,
+            &1001u16.to_be_bytes(),
+            Some([1, 2, 3, 4]),
+        ))
+        .await
+        .unwrap();
+    let (end, _) = task.await.unwrap();
+    assert_eq!(
+        proxy_close(&end),
+        Some((Reason::Keepalive { client: false }, true)),
+        "{end}"
+    );
+}
+
+/// Regression tests for the frame-aware paths (found in review).
+mod frame_aware {
+    use super::*;
+    use crate::frame::tests::frame;
+
+    const KEY: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+    fn spawn(
+        settings: Settings,
+        tunnels: &Tunnels,
+        client_pipe: usize,
+        backend_pipe: usize,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<(End, Totals)>,
+    ) {
+        let (client, client_side) = duplex(client_pipe);
+        let (backend_side, backend) = duplex(backend_pipe);
+        let task = tokio::spawn(relay(client_side, backend_side, settings, tunnels.drain()));
+        (client, backend, task)
+    }
+
+    fn keepalive(interval: u64, timeout: u64) -> Option<Keepalive> {
+        Some(Keepalive::new(
+            Duration::from_secs(interval),
+            Duration::from_secs(timeout),
+        ))
+    }
+
+    async fn read_n(stream: &mut tokio::io::DuplexStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        stream.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+
+    async fn nothing_more(stream: &mut tokio::io::DuplexStream) {
+        let mut byte = [0; 1];
+        let read = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut byte)).await;
+        assert!(read.is_err(), "unexpected {read:?} {byte:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_due_inside_a_header_left_by_the_fast_path_waits_for_the_frame() {
+        let mut settings = timeouts(None, 5_000);
+        settings.client_keepalive = keepalive(1, 10);
+        let (mut client, mut backend, _task) = spawn(settings, &Tunnels::new(), 4096, 4096);
+        let text = frame(true, 0x1, &[b'x'; 200], None);
+        backend.write_all(&text[..1]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        backend.write_all(&text[1..]).await.unwrap();
+        assert_eq!(read_n(&mut client, text.len()).await, text);
+        let ping = read_n(&mut client, 10).await;
+        assert_eq!(&ping[..2], &[0x89, 8]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_close_follows_a_close_that_went_through_while_a_drain_waited() {
+        let tunnels = Tunnels::new();
+        let (mut client, mut backend, task) = spawn(timeouts(None, 5_000), &tunnels, 4096, 4096);
+        let close = frame(true, 0x8, &1000u16.to_be_bytes(), None);
+        backend.write_all(&close[..3]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(tunnels.shutdown(Duration::from_secs(3)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        backend.write_all(&close[3..]).await.unwrap();
+        assert_eq!(read_n(&mut client, 4).await, close);
+        // The backend got the proxy's Close 1001; the client answers
+        // the backend's.
+        let to_backend = read_n(&mut backend, 18).await;
+        assert_eq!(&to_backend[..2], &[0x88, 0x80 | 12]);
+        client
+            .write_all(&frame(true, 0x8, &1000u16.to_be_bytes(), KEY))
+            .await
+            .unwrap();
+        let (end, _) = task.await.unwrap();
+        assert_eq!(proxy_close(&end), Some((Reason::Shutdown, true)), "{end}");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "after the backend's Close: {rest:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_ping_follows_a_forwarded_close() {
+        let mut settings = timeouts(None, 5_000);
+        settings.client_keepalive = keepalive(1, 10);
+        let (mut client, mut backend, _task) = spawn(settings, &Tunnels::new(), 4096, 4096);
+        let close = frame(true, 0x8, &1000u16.to_be_bytes(), None);
+        backend.write_all(&close).await.unwrap();
+        assert_eq!(read_n(&mut client, 4).await, close);
+        nothing_more(&mut client).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_handshake_is_done_only_once_everything_is_written() {
+        let tunnels = Tunnels::new();
+        let (mut client, mut backend, task) = spawn(timeouts(None, 5_000), &tunnels, 4096, 16);
+        let close = frame(true, 0x8, &1000u16.to_be_bytes(), None);
+        backend.write_all(&close).await.unwrap();
+        assert_eq!(read_n(&mut client, 4).await, close);
+        drop(tunnels.shutdown(Duration::from_secs(3)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut sent = frame(true, 0x2, &[7; 100], KEY);
+        sent.extend(frame(true, 0x8, &1000u16.to_be_bytes(), KEY));
+        client.write_all(&sent).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let (end, _) = task.await.unwrap();
+        assert_eq!(proxy_close(&end), Some((Reason::Shutdown, true)), "{end}");
+        assert_eq!(reader.await.unwrap(), sent, "all of it reached the backend");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answered_shutdown_counts_as_a_shutdown() {
+        let tunnels = Tunnels::new();
+        let (mut client, mut backend, task) = spawn(timeouts(None, 5_000), &tunnels, 4096, 4096);
+        tokio::task::yield_now().await;
+        drop(tunnels.shutdown(Duration::from_secs(3)));
+        read_n(&mut backend, 18).await;
+        read_n(&mut client, 14).await;
+        client
+            .write_all(&frame(true, 0x8, &1001u16.to_be_bytes(), KEY))
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        backend
+            .write_all(&frame(true, 0x8, &1001u16.to_be_bytes(), None))
+            .await
+            .unwrap();
+        backend.shutdown().await.unwrap();
+        let (end, _) = task.await.unwrap();
+        assert_eq!(proxy_close(&end), Some((Reason::Shutdown, true)), "{end}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_bytes_are_dropped_at_end_of_stream_after_the_proxys_close() {
+        let tunnels = Tunnels::new();
+        let mut settings = timeouts(None, 5_000);
+        settings.client_limits = MessageLimits::new().max_frame(1 << 20);
+        let (mut client, mut backend, _task) = spawn(settings, &tunnels, 4096, 4096);
+        client.write_all(&[0x82, 0xfe]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        drop(tunnels.shutdown(Duration::from_secs(3)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), 18, "only the proxy's Close: {got:02x?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_pong_timeout_runs_from_when_the_ping_could_be_written() {
+        let mut settings = timeouts(None, 5_000);
+        settings.client_keepalive = keepalive(1, 1);
+        let (mut client, mut backend, task) = spawn(settings, &Tunnels::new(), 1 << 20, 4096);
+        // A frame trickles toward the silent client for 6 s: no ping
+        // fits before its end, and the client is not given up on.
+        let slow = frame(true, 0x2, &[7; 1000], None);
+        backend.write_all(&slow[..10]).await.unwrap();
+        for i in 10..40 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            backend.write_all(&slow[i..=i]).await.unwrap();
+        }
+        assert!(!task.is_finished());
+        backend.write_all(&slow[40..]).await.unwrap();
+        assert_eq!(read_n(&mut client, slow.len()).await, slow);
+        // Then the ping, and the timeout from there.
+        let start = Instant::now();
+        assert_eq!(&read_n(&mut client, 10).await[..2], &[0x89, 8]);
+        // The backend hears Close 1001 one timeout later, and answers.
+        let close = read_n(&mut backend, 18).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(&close[..2], &[0x88, 0x80 | 12]);
+        backend
+            .write_all(&frame(true, 0x8, &1001u16.to_be_bytes(), None))
+            .await
+            .unwrap();
+        let (end, _) = task.await.unwrap();
+        assert_eq!(
+            proxy_close(&end).map(|(reason, _)| reason),
+            Some(Reason::Keepalive { client: true }),
+            "{end}"
+        );
+    }
+}
+
+/// A side whose connection ends without a Close frame
+/// (`close_on_disconnect`).
+mod vanished {
+    use super::*;
+    use crate::frame::tests::frame;
+    use tokio::io::DuplexStream;
+
+    const KEY: Option<[u8; 4]> = Some([1, 2, 3, 4]);
+
+    /// The layer's default: tell the survivor.
+    fn on(half_close: u64) -> Settings {
+        Settings {
+            close_on_disconnect: true,
+            ..timeouts(None, half_close)
+        }
+    }
+
+    fn spawn(
+        settings: Settings,
+        drain: Drain,
+    ) -> (
+        DuplexStream,
+        DuplexStream,
+        tokio::task::JoinHandle<(End, Totals)>,
+    ) {
+        let (client, client_side) = duplex(4096);
+        let (backend_side, backend) = duplex(4096);
+        let task = tokio::spawn(relay(client_side, backend_side, settings, drain));
+        (client, backend, task)
+    }
+
+    /// Read one frame of under 126 payload bytes: its first byte,
+    /// whether it was masked, and its payload unmasked.
+    async fn read_small_frame(stream: &mut DuplexStream) -> (u8, bool, Vec<u8>) {
+        let mut head = [0; 2];
+        stream.read_exact(&mut head).await.unwrap();
+        let masked = head[1] & 0x80 != 0;
+        let len = usize::from(head[1] & 0x7f);
+        assert!(len < 126, "{head:02x?}");
+        let mut key = [0; 4];
+        if masked {
+            stream.read_exact(&mut key).await.unwrap();
+        }
+        let mut payload = vec![0; len];
+        stream.read_exact(&mut payload).await.unwrap();
+        for (i, byte) in payload.iter_mut().enumerate() {
+            *byte ^= if masked { key[i % 4] } else { 0 };
+        }
+        (head[0], masked, payload)
+    }
+
+    /// A Close payload: the code, then the reason.
+    fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+        let mut payload = code.to_be_bytes().to_vec();
+        payload.extend_from_slice(reason);
+        payload
+    }
+
+    /// Everything up to the end of stream.
+    async fn rest(stream: &mut DuplexStream) -> Vec<u8> {
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        rest
+    }
+
+    /// Who vanished (`true`: the client), the code sent to the other
+    /// side, and whether it answered.
+    fn vanished(end: &End) -> Option<(bool, u16, bool)> {
+        match end {
+            End::Vanished {
+                vanished,
+                answered,
+                then: None,
+            } => Some((vanished.client, vanished.code, *answered)),
+            _ => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_gone_without_a_close_gets_the_client_a_1011() {
+        let (mut client, mut backend, task) = spawn(on(5_000), Tunnels::new().drain());
+        let text = frame(true, 0x1, b"last words", None);
+        backend.write_all(&text).await.unwrap();
+        backend.shutdown().await.unwrap();
+        // What the backend sent, then the proxy's Close, unmasked.
+        assert_eq!(read_n(&mut client, text.len()).await, text);
+        let close = read_small_frame(&mut client).await;
+        assert_eq!(
+            close,
+            (0x88, false, close_payload(1011, b"backend went away"))
+        );
+        client
+            .write_all(&frame(true, 0x8, &1011u16.to_be_bytes(), KEY))
+            .await
+            .unwrap();
+        assert_eq!(rest(&mut client).await, b"", "then the end of stream");
+        let (end, totals) = task.await.unwrap();
+        assert_eq!(vanished(&end), Some((false, 1011, true)), "{end}");
+        assert_eq!(end.kind(), EndKind::BackendClose);
+        assert_eq!(
+            end.to_string(),
+            "backend ended without a Close frame (end of stream), Close 1011 sent to \
+             the client, closing handshake completed"
+        );
+        // The client's answer went nowhere; the proxy's Close is not
+        // counted as the backend's bytes.
+        assert_eq!(rest(&mut backend).await, b"");
+        assert_eq!(totals.down.bytes, text.len() as u64);
+        assert_eq!(totals.up.close_code, Some(1011));
+    }
+
+    /// A stream whose end reads as a connection reset.
+    struct ResetAtEnd(DuplexStream);
+
+    impl AsyncRead for ResetAtEnd {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.0).poll_read(cx, buf))?;
+            if buf.filled().len() == before {
+                return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for ResetAtEnd {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_reset_gets_the_client_a_1011_and_counts_as_an_error() {
+        let (mut client, client_side) = duplex(4096);
+        let (backend_side, mut backend) = duplex(4096);
+        let task = tokio::spawn(relay(
+            client_side,
+            ResetAtEnd(backend_side),
+            on(5_000),
+            Tunnels::new().drain(),
+        ));
+        backend.shutdown().await.unwrap();
+        let (_, masked, payload) = read_small_frame(&mut client).await;
+        assert_eq!((masked, &payload[..2]), (false, &[0x03, 0xf3][..]));
+        client
+            .write_all(&frame(true, 0x8, &1011u16.to_be_bytes(), KEY))
+            .await
+            .unwrap();
+        assert_eq!(rest(&mut client).await, b"");
+        let (end, _) = task.await.unwrap();
+        assert_eq!(vanished(&end), Some((false, 1011, true)), "{end}");
+        assert_eq!(end.kind(), EndKind::Error, "counted as before");
+        assert!(
+            end.to_string()
+                .starts_with("backend ended without a Close frame (read error: "),
+            "{end}"
+        );
+    }
+
+    /// A stream that cannot be written to, and reads from its pair.
+    struct Unwritable(DuplexStream);
+
+    impl AsyncRead for Unwritable {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Unwritable {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_error_toward_the_backend_gets_the_client_a_1011() {
+        let (mut client, client_side) = duplex(4096);
+        let (backend_side, _backend) = duplex(4096);
+        let task = tokio::spawn(relay(
+            client_side,
+            Unwritable(backend_side),
+            on(5_000),
+            Tunnels::new().drain(),
+        ));
+        client
+            .write_all(&frame(true, 0x1, b"anyone there?", KEY))
+            .await
+            .unwrap();
+        let (_, masked, payload) = read_small_frame(&mut client).await;
+        assert_eq!(
+            (masked, payload),
+            (false, close_payload(1011, b"backend went away"))
+        );
+        client
+            .write_all(&frame(true, 0x8, &1011u16.to_be_bytes(), KEY))
+            .await
+            .unwrap();
+        let (end, _) = task.await.unwrap();
+        assert_eq!(vanished(&end), Some((false, 1011, true)), "{end}");
+        assert_eq!(end.kind(), EndKind::Error);
+        assert!(end.to_string().contains("(write error: "), "{end}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_gone_inside_a_frame_leaves_the_client_a_plain_end() {
+        // The fast path forwards the partial frame as it comes; the
+        // frame-aware one holds a partial header back and forwards it
+        // at the end: either way the client has no frame boundary.
+        let text = frame(true, 0x1, b"0123456789", None);
+        let limited = Settings {
+            backend_limits: MessageLimits::new().max_frame(1 << 20),
+            ..on(5_000)
+        };
+        for (settings, cut) in [(on(5_000), 5), (limited, 1)] {
+            let (mut client, mut backend, task) = spawn(settings, Tunnels::new().drain());
+            backend.write_all(&text[..cut]).await.unwrap();
+            backend.shutdown().await.unwrap();
+            assert_eq!(rest(&mut client).await, &text[..cut], "no Close after it");
+            // The backend's end was passed on as a FIN; the client
+            // that then goes too is the one that vanished.
+            client.shutdown().await.unwrap();
+            let (end, _) = task.await.unwrap();
+            assert_eq!(vanished(&end), Some((true, 1001, false)), "{end}");
+            assert_eq!(end.kind(), EndKind::BackendClose, "the backend ended first");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_gone_without_a_close_gets_the_backend_a_masked_1001() {
+        let (mut client, mut backend, task) = spawn(on(5_000), Tunnels::new().drain());
+        let text = frame(true, 0x2, &[7; 300], KEY);
+        client.write_all(&text).await.unwrap();
+        client.shutdown().await.unwrap();
+        assert_eq!(read_n(&mut backend, text.len()).await, text);
+        let close = read_small_frame(&mut backend).await;
+        assert_eq!(
+            close,
+            (0x88, true, close_payload(1001, b"client went away"))
+        );
+        backend
+            .write_all(&frame(true, 0x8, &1001u16.to_be_bytes(), None))
+            .await
+            .unwrap();
+        assert_eq!(rest(&mut backend).await, b"");
+        let (end, _) = task.await.unwrap();
+        assert_eq!(vanished(&end), Some((true, 1001, true)), "{end}");
+        assert_eq!(end.kind(), EndKind::ClientClose);
+        assert_eq!(rest(&mut client).await, b"", "nothing to the dead client");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_survivor_that_never_answers_is_closed_within_the_grace() {
+        // At most 1 s, or the half-close timeout when it is shorter.
+        for (half_close, expect) in [(5_000, 1_000), (300, 300)] {
+            let (mut client, mut backend, task) = spawn(on(half_close), Tunnels::new().drain());
+            let start = Instant::now();
+            backend.shutdown().await.unwrap();
+            let close = read_small_frame(&mut client).await;
+            assert_eq!(close.2[..2], 1011u16.to_be_bytes());
+            // The client keeps talking, and never answers the Close.
+            client
+                .write_all(&frame(true, 0x1, b"hello?", KEY))
+                .await
+                .unwrap();
+            assert_eq!(rest(&mut client).await, b"");
+            let (end, _) = task.await.unwrap();
+            assert_eq!(start.elapsed(), Duration::from_millis(expect));
+            assert_eq!(vanished(&end), Some((false, 1011, false)), "{end}");
+            assert!(
+                end.to_string()
+                    .ends_with("closed without a complete closing handshake"),
+                "{end}"
+            );
+            assert_eq!(rest(&mut backend).await, b"", "nothing forwarded");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn during_a_drain_the_client_is_told_1001() {
+        // The client started the closing handshake, a drain began (no
+        // Close of the proxy's: one is under way), then the backend
+        // died instead of answering.
+        for backend_close in [false, true] {
+            let tunnels = Tunnels::new();
+            let signal = std::sync::Arc::new(crate::drain::CloseSignal::default());
+            let (mut client, mut backend, task) =
+                spawn(on(5_000), tunnels.drain().with_backend(signal.clone()));
+            let close = frame(true, 0x8, &1000u16.to_be_bytes(), KEY);
+            client.write_all(&close).await.unwrap();
+            assert_eq!(read_n(&mut backend, close.len()).await, close);
+            let _shutdown = if backend_close {
+                signal.close(Duration::from_secs(60));
+                None
+            } else {
+                Some(tunnels.shutdown(Duration::from_secs(60)))
+            };
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            backend.shutdown().await.unwrap();
+            let got = read_small_frame(&mut client).await;
+            assert_eq!(got, (0x88, false, close_payload(1001, b"going away")));
+            assert_eq!(rest(&mut client).await, b"");
+            let (end, _) = task.await.unwrap();
+            assert_eq!(vanished(&end), Some((false, 1001, true)), "{end}");
+            let kind = if backend_close {
+                EndKind::BackendDown
+            } else {
+                EndKind::Shutdown
+            };
+            assert_eq!(end.kind(), kind, "counted as the drain");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_the_setting_off_a_fin_is_passed_on_as_a_half_close() {
+        let (mut client, mut backend, task) = spawn(timeouts(None, 5_000), Tunnels::new().drain());
+        let text = frame(true, 0x1, b"last words", None);
+        backend.write_all(&text).await.unwrap();
+        backend.shutdown().await.unwrap();
+        assert_eq!(rest(&mut client).await, text, "no Close, the FIN");
+        // The other direction still flows.
+        let late = frame(true, 0x1, b"still here", KEY);
+        client.write_all(&late).await.unwrap();
+        assert_eq!(read_n(&mut backend, late.len()).await, late);
+        client.shutdown().await.unwrap();
+        let (end, _) = task.await.unwrap();
+        assert!(
+            matches!(
+                end,
+                End::Closed {
+                    client_first: false
+                }
+            ),
+            "{end}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_that_closed_first_gets_an_ordinary_closing_handshake() {
+        let (mut client, mut backend, task) = spawn(on(5_000), Tunnels::new().drain());
+        let close = frame(true, 0x8, &1000u16.to_be_bytes(), None);
+        backend.write_all(&close).await.unwrap();
+        backend.shutdown().await.unwrap();
+        assert_eq!(rest(&mut client).await, close, "its Close, then the FIN");
+        let answer = frame(true, 0x8, &1000u16.to_be_bytes(), KEY);
+        client.write_all(&answer).await.unwrap();
+        assert_eq!(read_n(&mut backend, answer.len()).await, answer);
+        client.shutdown().await.unwrap();
+        let (end, _) = task.await.unwrap();
+        assert!(
+            matches!(
+                end,
+                End::Closed {
+                    client_first: false
+                }
+            ),
+            "{end}"
+        );
+    }
+
+    async fn read_n(stream: &mut DuplexStream, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        stream.read_exact(&mut buf).await.unwrap();
+        buf
+    }
+}
