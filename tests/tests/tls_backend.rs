@@ -183,7 +183,11 @@ async fn echo_through(proxy: SocketAddr) -> Result<(), u16> {
 fn failure_line(log: &Captured) -> String {
     log.lines()
         .into_iter()
-        .find(|l| l.contains("WARN") && l.contains("wsproxy::proxy: backend handshake failed"))
+        .find(|l| {
+            l.contains("WARN")
+                && l.contains("wsproxy::proxy")
+                && l.contains("backend handshake failed")
+        })
         .unwrap_or_else(|| panic!("no failure logged: {:#?}", log.lines()))
 }
 

@@ -66,6 +66,50 @@ impl<B> ResponseBody<B> {
     }
 }
 
+impl ResponseBody<Never> {
+    /// The same body as the response body of any inner service: it is
+    /// never one of the inner service's.
+    pub(crate) fn retype<B>(self) -> ResponseBody<B> {
+        match self.kind {
+            Kind::Inner { body } => match body {},
+            Kind::Upstream { body } => ResponseBody::upstream(body),
+            Kind::Full { data } => ResponseBody {
+                kind: Kind::Full { data },
+            },
+        }
+    }
+}
+
+impl ResponseBody<ResponseBody<Never>> {
+    /// The body of a middleware (an admission check) in front of the
+    /// proxy: its own, or the proxy's it passed on.
+    pub(crate) fn flatten(self) -> ResponseBody<Never> {
+        match self.kind {
+            Kind::Inner { body } => body,
+            Kind::Upstream { body } => ResponseBody::upstream(body),
+            Kind::Full { data } => ResponseBody {
+                kind: Kind::Full { data },
+            },
+        }
+    }
+}
+
+/// The inner body of what the proxy answers itself: there is none.
+#[derive(Debug)]
+pub(crate) enum Never {}
+
+impl Body for Never {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match *self {}
+    }
+}
+
 impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::Tunnels;
-use crate::detect::{SEC_WEBSOCKET_ACCEPT, accept_key, has_token};
+use crate::opening::{SEC_WEBSOCKET_ACCEPT, accept_key, fresh_key, has_token};
 use crate::upstream::Upstream;
 
 /// What a backend answered an upgrade request: the response of
@@ -355,7 +355,7 @@ pub(crate) fn complete_upgrade_request(
     request: &mut Request<Empty<Bytes>>,
     upstream: &Upstream,
 ) -> HeaderValue {
-    use crate::detect::{SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
+    use crate::opening::{SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
     let headers = request.headers_mut();
     headers
         .entry(http::header::HOST)
@@ -373,12 +373,4 @@ pub(crate) fn complete_upgrade_request(
         .entry(SEC_WEBSOCKET_KEY)
         .or_insert_with(fresh_key)
         .clone()
-}
-
-/// A new random `Sec-WebSocket-Key`: base64 of 16 random bytes.
-pub(crate) fn fresh_key() -> HeaderValue {
-    use base64::Engine as _;
-    let nonce: [u8; 16] = std::array::from_fn(|_| fastrand::u8(..));
-    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
-    HeaderValue::from_str(&key).expect("base64 is a valid header value")
 }

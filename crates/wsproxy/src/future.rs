@@ -6,6 +6,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::ResponseBody;
+use crate::proxy::ClaimFuture;
 
 type ProxyFuture<B> = Pin<Box<dyn Future<Output = Response<ResponseBody<B>>> + Send>>;
 
@@ -22,6 +23,7 @@ pin_project! {
     enum Kind<F, B> {
         Inner { #[pin] future: F },
         Proxy { future: ProxyFuture<B> },
+        Claimed { future: ClaimFuture },
     }
 }
 
@@ -35,6 +37,12 @@ impl<F, B> ResponseFuture<F, B> {
     pub(crate) fn proxy(future: ProxyFuture<B>) -> Self {
         Self {
             kind: Kind::Proxy { future },
+        }
+    }
+
+    pub(crate) fn claimed(future: ClaimFuture) -> Self {
+        Self {
+            kind: Kind::Claimed { future },
         }
     }
 }
@@ -52,6 +60,10 @@ where
                 Poll::Ready(Ok(response.map(ResponseBody::inner)))
             }
             KindProj::Proxy { future } => future.as_mut().poll(cx).map(Ok),
+            KindProj::Claimed { future } => match ready!(future.as_mut().poll(cx)) {
+                Ok(response) => Poll::Ready(Ok(response.map(ResponseBody::retype))),
+                Err(never) => match never {},
+            },
         }
     }
 }

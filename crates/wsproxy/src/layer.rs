@@ -6,6 +6,8 @@ use tower::Layer;
 
 use crate::admit::Admission;
 use crate::balance::Backends;
+use crate::handshake::Translation;
+use crate::proxy::{Config, Handshakes};
 use crate::settings::Settings;
 use crate::{
     HostHeader, Keepalive, MessageLimits, Route, Tunnels, UpgradeRequired, Upstream, WebSocketProxy,
@@ -41,35 +43,20 @@ pub const DEFAULT_HALF_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 ///             .idle_timeout(Some(Duration::from_secs(3600))),
 ///     );
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[must_use]
 pub struct WebSocketProxyLayer {
     config: Config,
+    /// Checks added with [`admit`](Self::admit), in order.
+    admissions: Vec<Arc<dyn Admission>>,
 }
 
-#[derive(Clone, Debug)]
-pub(crate) struct Config {
-    pub(crate) backends: Backends,
-    pub(crate) route: Route,
-    pub(crate) strip_prefix: bool,
-    pub(crate) host_header: HostHeader,
-    pub(crate) forwarded_header: bool,
-    pub(crate) trusted_proxies: Vec<IpNet>,
-    pub(crate) connect_timeout: Duration,
-    pub(crate) handshake_timeout: Duration,
-    /// What every tunnel of the layer relays with, shared.
-    pub(crate) settings: Arc<Settings>,
-    pub(crate) tunnels: Tunnels,
-    pub(crate) admissions: Admissions,
-}
-
-/// The admission checks of one layer.
-#[derive(Clone, Default)]
-pub(crate) struct Admissions(pub(crate) Vec<Arc<dyn Admission>>);
-
-impl std::fmt::Debug for Admissions {
+impl std::fmt::Debug for WebSocketProxyLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} admission checks", self.0.len())
+        f.debug_struct("WebSocketProxyLayer")
+            .field("config", &self.config)
+            .field("admissions", &self.admissions.len())
+            .finish()
     }
 }
 
@@ -101,10 +88,7 @@ impl WebSocketProxyLayer {
             config: Config {
                 backends,
                 route: Route::any(),
-                strip_prefix: false,
-                host_header: HostHeader::Upstream,
-                forwarded_header: false,
-                trusted_proxies: Vec::new(),
+                translation: Translation::default(),
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
                 settings: Arc::new(Settings {
@@ -117,8 +101,8 @@ impl WebSocketProxyLayer {
                     close_on_disconnect: true,
                 }),
                 tunnels: Tunnels::new(),
-                admissions: Admissions::default(),
             },
+            admissions: Vec::new(),
         }
     }
 
@@ -139,14 +123,14 @@ impl WebSocketProxyLayer {
     /// `/chat/room?id=1` goes to `/base/room?id=1` when stripping and to
     /// `/base/chat/room?id=1` when not.
     pub fn strip_prefix(mut self, strip: bool) -> Self {
-        self.config.strip_prefix = strip;
+        self.config.translation.strip_prefix = strip;
         self
     }
 
     /// The `Host` header sent to the backend (default:
     /// [`HostHeader::Upstream`]).
     pub fn host_header(mut self, host: HostHeader) -> Self {
-        self.config.host_header = host;
+        self.config.translation.host_header = host;
         self
     }
 
@@ -154,14 +138,14 @@ impl WebSocketProxyLayer {
     /// `X-Forwarded-For/-Proto/-Host` are always sent). See
     /// [the forwarding rules](crate::forward).
     pub fn forwarded_header(mut self, enabled: bool) -> Self {
-        self.config.forwarded_header = enabled;
+        self.config.translation.forwarded_header = enabled;
         self
     }
 
     /// Peers whose forwarding headers are trusted and appended to (default:
     /// none, so a client's `X-Forwarded-For` is replaced by its address).
     pub fn trusted_proxies(mut self, proxies: impl IntoIterator<Item = IpNet>) -> Self {
-        self.config.trusted_proxies = proxies.into_iter().collect();
+        self.config.translation.trusted_proxies = proxies.into_iter().collect();
         self
     }
 
@@ -325,7 +309,7 @@ impl WebSocketProxyLayer {
     /// # drop(chat);
     /// ```
     pub fn admit(mut self, admission: impl Admission) -> Self {
-        self.config.admissions.0.push(Arc::new(admission));
+        self.admissions.push(Arc::new(admission));
         self
     }
 
@@ -363,6 +347,10 @@ impl<S> Layer<S> for WebSocketProxyLayer {
     type Service = WebSocketProxy<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        WebSocketProxy::from_config(inner, Arc::new(self.config.clone()))
+        let mut config = self.config.clone();
+        config.translation.prefix = config.route.prefix_str().map(str::to_owned);
+        let config = Arc::new(config);
+        let handshakes = Handshakes::new(config.clone(), &self.admissions);
+        WebSocketProxy::from_parts(inner, config, handshakes)
     }
 }

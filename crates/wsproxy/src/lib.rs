@@ -169,14 +169,15 @@ pub mod balance;
 mod body;
 mod client;
 mod connect;
-mod detect;
 mod drain;
 pub mod forward;
 mod frame;
 mod future;
+mod handshake;
 mod layer;
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub mod metrics;
+mod opening;
 mod outcome;
 mod plain;
 mod proxy;

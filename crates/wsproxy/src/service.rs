@@ -9,8 +9,9 @@ use http_body_util::Empty;
 use tower::Service;
 
 use crate::future::ResponseFuture;
-use crate::layer::Config;
-use crate::{Upstream, WebSocketProxyLayer, detect, proxy};
+use crate::opening;
+use crate::proxy::{Config, Handshakes};
+use crate::{Upstream, WebSocketProxyLayer};
 
 /// Middleware that proxies WebSocket handshakes to a backend and passes
 /// every other request to the inner service unchanged.
@@ -24,11 +25,18 @@ use crate::{Upstream, WebSocketProxyLayer, detect, proxy};
 pub struct WebSocketProxy<S> {
     inner: S,
     config: Arc<Config>,
+    /// Where claimed handshakes go: the layer's admission checks, then
+    /// the proxy.
+    handshakes: Handshakes,
 }
 
 impl<S> WebSocketProxy<S> {
-    pub(crate) fn from_config(inner: S, config: Arc<Config>) -> Self {
-        Self { inner, config }
+    pub(crate) fn from_parts(inner: S, config: Arc<Config>, handshakes: Handshakes) -> Self {
+        Self {
+            inner,
+            config,
+            handshakes,
+        }
     }
 
     /// Wrap `inner`, proxying every WebSocket handshake to `upstream`.
@@ -74,8 +82,10 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if detect::is_handshake(&req) && self.config.route.matches(req.uri(), req.headers()) {
-            ResponseFuture::proxy(Box::pin(proxy::proxy(req, self.config.clone())))
+        if opening::is_handshake(&req) && self.config.route.matches(req.uri(), req.headers()) {
+            // A handshake's body is not read (one with a body is refused).
+            let (parts, _body) = req.into_parts();
+            ResponseFuture::claimed(self.handshakes.call(Request::from_parts(parts, ())))
         } else {
             ResponseFuture::inner(self.inner.call(req))
         }

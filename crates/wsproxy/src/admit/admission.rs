@@ -37,6 +37,12 @@ pub trait Admission: Send + Sync + 'static {
     fn admit(&self, request: &mut Parts) -> Result<(), Refusal>;
 }
 
+impl<A: Admission + ?Sized> Admission for std::sync::Arc<A> {
+    fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
+        (**self).admit(request)
+    }
+}
+
 /// A refused handshake: the response the client gets.
 #[derive(Debug, Clone)]
 pub struct Refusal {

@@ -10,7 +10,7 @@ use tower::{Layer, Service};
 use super::admission::Admission;
 use crate::client::ClientIp;
 use crate::client::{DisplayPeer, client_addr};
-use crate::{ResponseBody, ResponseFuture, detect};
+use crate::{ResponseBody, ResponseFuture};
 
 /// Applies an [`Admission`] to the WebSocket handshakes a service gets.
 #[derive(Debug, Clone)]
@@ -50,6 +50,14 @@ pub struct Admit<S, A> {
 }
 
 impl<S, A> Admit<S, A> {
+    /// Check the handshakes `inner` gets with `admission`.
+    pub fn new(inner: S, admission: A) -> Self {
+        Self {
+            inner,
+            admission: Arc::new(admission),
+        }
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -77,7 +85,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if !detect::is_handshake(&req) {
+        if !crate::opening::is_handshake(&req) {
             return ResponseFuture::inner(self.inner.call(req));
         }
         let (mut parts, body) = req.into_parts();

@@ -1,67 +1,12 @@
-//! Detect and validate WebSocket opening handshakes (RFC 6455 §4.2.1).
-//!
-//! [`is_handshake`] decides whether a request is an HTTP/1.1 WebSocket opening
-//! handshake at all; only those are candidates for the proxy. [`validate`]
-//! then checks the parts a backend would otherwise reject, so that a broken
-//! request never reaches a backend.
+//! Validation of a claimed handshake: what a backend would refuse, refused
+//! first, so that a broken request never reaches one.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Version};
-use sha1::{Digest, Sha1};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderValue};
 
-pub(crate) const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
-pub(crate) const SEC_WEBSOCKET_VERSION: HeaderName =
-    HeaderName::from_static("sec-websocket-version");
-pub(crate) const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
-
-/// Is `req` a WebSocket opening handshake (of either kind)?
-pub(crate) fn is_handshake<B>(req: &Request<B>) -> bool {
-    is_http1_handshake(req) || is_http2_handshake(req)
-}
-
-/// Is `req` an HTTP/1.1 WebSocket opening handshake?
-///
-/// A `GET` whose `Upgrade` header holds the token `websocket` and whose
-/// `Connection` header holds the token `upgrade`, both compared
-/// case-insensitively in comma-separated lists (Firefox sends
-/// `Connection: keep-alive, Upgrade`).
-fn is_http1_handshake<B>(req: &Request<B>) -> bool {
-    req.method() == Method::GET
-        && req.version() == Version::HTTP_11
-        && has_token(req.headers(), &UPGRADE, "websocket")
-        && has_token(req.headers(), &CONNECTION, "upgrade")
-}
-
-/// Is `req` an HTTP/2 WebSocket opening handshake (RFC 8441): an extended
-/// `CONNECT` with `:protocol` `websocket`? Other protocols are not claimed.
-fn is_http2_handshake<B>(req: &Request<B>) -> bool {
-    #[cfg(feature = "http2")]
-    {
-        req.method() == Method::CONNECT
-            && req.version() == Version::HTTP_2
-            && req
-                .extensions()
-                .get::<hyper::ext::Protocol>()
-                .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
-    }
-    #[cfg(not(feature = "http2"))]
-    {
-        let _ = req;
-        false
-    }
-}
-
-/// Does any `name` header hold `token` in its comma-separated list?
-pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
+use crate::opening::{SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION};
 
 /// Why a handshake was refused before any backend was contacted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,40 +108,13 @@ fn is_valid_host(host: &HeaderValue) -> bool {
     })
 }
 
-/// The `Sec-WebSocket-Accept` value for `key` (RFC 6455 §4.2.2).
-pub(crate) fn accept_key(key: &[u8]) -> HeaderValue {
-    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-    let digest = Sha1::new().chain_update(key).chain_update(GUID).finalize();
-    HeaderValue::try_from(STANDARD.encode(digest)).expect("base64 is a valid header value")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn request(connection: &str, upgrade: &str) -> Request<()> {
-        Request::get("/")
-            .header(CONNECTION, connection)
-            .header(UPGRADE, upgrade)
-            .body(())
-            .unwrap()
-    }
-
-    #[test]
-    fn token_variants_are_detected() {
-        for (connection, upgrade) in [
-            ("Upgrade", "websocket"),
-            ("upgrade", "WebSocket"),
-            ("keep-alive, Upgrade", "websocket"),
-            ("keep-alive,UPGRADE", "websocket"),
-            ("Upgrade", "h2c, websocket"),
-        ] {
-            assert!(
-                is_handshake(&request(connection, upgrade)),
-                "{connection} / {upgrade}"
-            );
-        }
-    }
+    #[cfg(feature = "http2")]
+    use crate::opening::is_handshake;
+    #[cfg(feature = "http2")]
+    use http::{Request, Version};
 
     #[cfg(feature = "http2")]
     #[test]
@@ -226,19 +144,6 @@ mod tests {
                 Err(Invalid::UnsupportedVersion)
             );
         }
-    }
-
-    #[test]
-    fn non_handshakes_are_not_detected() {
-        assert!(!is_handshake(&request("keep-alive", "websocket")));
-        assert!(!is_handshake(&request("Upgrade", "h2c")));
-        assert!(!is_handshake(&request("Upgrades", "websocket")));
-        let mut post = request("Upgrade", "websocket");
-        *post.method_mut() = Method::POST;
-        assert!(!is_handshake(&post));
-        let mut http10 = request("Upgrade", "websocket");
-        *http10.version_mut() = Version::HTTP_10;
-        assert!(!is_handshake(&http10));
     }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
@@ -346,14 +251,6 @@ mod tests {
                 ("content-length", "5")
             ])),
             Err(Invalid::UnexpectedBody)
-        );
-    }
-
-    #[test]
-    fn accept_key_matches_rfc_example() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }

@@ -1,0 +1,131 @@
+//! Translation: the upgrade request a backend gets for a client's
+//! handshake — HTTP/1.1 whatever the client spoke (an HTTP/2 extended
+//! `CONNECT` becomes an HTTP/1.1 upgrade with a key of the proxy's own),
+//! the path mapped onto the upstream's, hop-by-hop headers removed,
+//! forwarding headers and `Host` as configured.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::Request;
+use http::header::{self, HeaderValue};
+use http_body_util::Empty;
+use ipnet::IpNet;
+
+use crate::Upstream;
+use crate::forward::{self, Forwarding, HostHeader};
+use crate::opening::SEC_WEBSOCKET_KEY;
+use crate::route;
+
+/// How a claimed handshake becomes the upgrade request a backend gets:
+/// the path, `Host` and forwarding headers. Set on
+/// [`WebSocketProxyLayer`](crate::WebSocketProxyLayer).
+#[derive(Debug, Clone)]
+pub(crate) struct Translation {
+    /// The route's prefix, removed from the path when `strip_prefix`.
+    pub(crate) prefix: Option<String>,
+    pub(crate) strip_prefix: bool,
+    pub(crate) host_header: HostHeader,
+    pub(crate) forwarded_header: bool,
+    pub(crate) trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for Translation {
+    fn default() -> Self {
+        Translation {
+            prefix: None,
+            strip_prefix: false,
+            host_header: HostHeader::Upstream,
+            forwarded_header: false,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// The upgrade request sent to the backend `upstream` for the client's
+/// handshake `parts`, with `key` as its `Sec-WebSocket-Key`; `None` if the
+/// target cannot be expressed as the backend's URI.
+pub(crate) fn backend_request(
+    parts: &http::request::Parts,
+    config: &Translation,
+    peer: Option<SocketAddr>,
+    upstream: &Upstream,
+    key: &HeaderValue,
+) -> Option<Request<Empty<Bytes>>> {
+    let path = parts.uri.path();
+    let rest = match (config.strip_prefix, config.prefix.as_deref()) {
+        (true, Some(prefix)) => route::strip(prefix, path).unwrap_or(path),
+        _ => path,
+    };
+    let target = upstream.target(rest, parts.uri.query());
+
+    let mut headers = parts.headers.clone();
+    forward::remove_hop_by_hop(&mut headers);
+    let authority = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let host_header = parts.headers.get(header::HOST).cloned();
+    let http2 = parts.version == http::Version::HTTP_2;
+    // HTTP/2: `:authority` wins over a `host` header (RFC 9113 §8.3.1);
+    // HTTP/1.1: the `Host` header, else an absolute-form target's.
+    let client_host = if http2 {
+        authority.or(host_header)
+    } else {
+        host_header.or(authority)
+    };
+    if http2 {
+        // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one
+        // (RFC 9113 §8.2.3).
+        join_cookies(&mut headers);
+    }
+    Forwarding {
+        peer,
+        trusted: &config.trusted_proxies,
+        rfc7239: config.forwarded_header,
+        // The server knows whether the connection is TLS; the request's
+        // own scheme is the client's claim.
+        proto: if parts.extensions.get::<crate::ClientTls>().is_some() {
+            "https"
+        } else {
+            "http"
+        },
+    }
+    .apply(&mut headers, client_host.as_ref());
+    let host = match &config.host_header {
+        HostHeader::Upstream => Some(upstream.host_header()),
+        HostHeader::Client => client_host,
+        HostHeader::Fixed(value) => Some(value.clone()),
+    };
+    match host {
+        Some(host) => headers.insert(header::HOST, host),
+        None => headers.remove(header::HOST),
+    };
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    // The key the answer is checked against: the client's over HTTP/1.1,
+    // the proxy's own for an HTTP/2 client (which sent none).
+    headers.insert(SEC_WEBSOCKET_KEY, key.clone());
+
+    let mut request = Request::new(Empty::new());
+    *request.uri_mut() = target.parse().ok()?;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// Join every `Cookie` field into one, separated by `; `.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}

@@ -1,0 +1,121 @@
+//! The task of one tunnel: it waits for the client's side of the upgrade,
+//! relays until the tunnel ends, then counts and logs how it ended. It
+//! owns what the tunnel holds: its place among the open tunnels, the
+//! admission permits, its backend's load unit.
+
+use std::time::Instant;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tracing::{Instrument, Span};
+
+use super::config::Config;
+use crate::admit::Holds;
+use crate::balance::set::Picked;
+use crate::outcome::{End, Reason, Totals};
+use crate::relay;
+use crate::tunnels::TunnelGuard;
+
+/// What a tunnel starts with.
+pub(crate) struct Tunnel<'a> {
+    pub(crate) config: &'a Config,
+    /// Counts it open until it ends.
+    pub(crate) guard: TunnelGuard,
+    /// Admission permits held for its life.
+    pub(crate) holds: Option<Holds>,
+    /// Its backend: the load unit it holds, and what closes it when the
+    /// backend goes down.
+    pub(crate) picked: Picked,
+    /// The client's side of the upgrade, once the response is sent.
+    pub(crate) client: OnUpgrade,
+    /// The backend's upgraded connection.
+    pub(crate) backend: hyper::upgrade::Upgraded,
+    /// When the handshake started.
+    pub(crate) started: Instant,
+}
+
+/// Spawn the task of `tunnel`, in the current span.
+pub(crate) fn spawn(tunnel: Tunnel<'_>) {
+    let Tunnel {
+        config,
+        guard,
+        holds,
+        picked,
+        client: on_client_upgrade,
+        backend,
+        started,
+    } = tunnel;
+    // The tunnel ends on a shutdown, or when its backend goes down (if
+    // the set closes tunnels then); it holds its backend's load unit.
+    let (close, load) = picked.into_parts();
+    let drain = config.tunnels.drain().with_backend(close);
+    let tunnels = config.tunnels.clone();
+    let settings = config.settings.clone();
+    let open = crate::metrics::tunnel_opened(&config.route);
+    let handshake_timeout = config.handshake_timeout;
+    tokio::spawn(
+        async move {
+            let _guard = guard;
+            let _holds = holds;
+            let _load = load;
+            // A client that goes away before its side of the upgrade
+            // completes still ends the tunnel that was counted open.
+            let (end, totals) = match tokio::time::timeout(handshake_timeout, on_client_upgrade)
+                .await
+            {
+                Ok(Ok(client)) => {
+                    relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, drain).await
+                }
+                Ok(Err(e)) => (
+                    End::ClientError(std::io::Error::other(format!("upgrade failed: {e}"))),
+                    Totals::default(),
+                ),
+                Err(_) => (
+                    End::ClientError(std::io::ErrorKind::TimedOut.into()),
+                    Totals::default(),
+                ),
+            };
+            tunnels.record(&end, &totals);
+            open.closed(&end, &totals);
+            if let End::Proxy {
+                reason: Reason::Limit { exceeded, .. },
+                ..
+            } = &end
+            {
+                tracing::warn!(
+                    end = %end,
+                    close_code = exceeded.close_code(),
+                    "message limit broken, WebSocket closed"
+                );
+            }
+            let duration_ms = started.elapsed().as_millis() as u64;
+            let (up, down) = (&totals.up, &totals.down);
+            tracing::info!(
+                duration_ms,
+                bytes_up = up.bytes,
+                bytes_down = down.bytes,
+                frames_up = up.frames,
+                frames_down = down.frames,
+                messages_up = up.messages,
+                messages_down = down.messages,
+                client_close = %CloseCode(up.close_code),
+                backend_close = %CloseCode(down.close_code),
+                end = %end,
+                "tunnel closed"
+            );
+        }
+        .instrument(Span::current()),
+    );
+}
+
+/// A close code in logs: the number, or `none`.
+struct CloseCode(Option<u16>);
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(code) => code.fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
