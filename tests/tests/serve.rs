@@ -557,5 +557,6 @@ async fn a_websocket_served_through_the_server_knows_the_client_address() {
     assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}
+    drop(ws);
     assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
 }

@@ -380,3 +380,26 @@ async fn a_tls_failure_moves_on_to_another_backend_and_counts_against_the_first(
         Some(bad.url("localhost"))
     );
 }
+
+#[tokio::test]
+async fn tls_goes_over_a_connector_of_the_users_for_a_wss_backend() {
+    let ca = Ca::new("test CA");
+    let backend = TlsBackend::start(&ca.leaf(&["localhost"]), None).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let addr = backend.addr;
+    // A hop of the user's: plain TCP to the backend; TLS is the proxy's.
+    let hop = wsproxy::connect::Connector::new(tower::service_fn(move |_: wsproxy::Upstream| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        tokio::net::TcpStream::connect(addr)
+    }));
+    let layer = WebSocketProxyLayer::new(backend.url("localhost").parse().unwrap())
+        .backend_tls(BackendTls::new().add_ca_pem(&ca.pem).unwrap())
+        .connector(hop);
+    let proxy = wsproxy_e2e::proxy_with(layer).await.0;
+    echo_through(proxy).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let hello = backend.last_hello();
+    assert_eq!(hello.sni.as_deref(), Some("localhost"));
+    assert_eq!(backend.sessions.load(Ordering::SeqCst), 1);
+}

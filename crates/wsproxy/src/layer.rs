@@ -184,7 +184,16 @@ impl WebSocketProxyLayer {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn backend_tls(self, tls: crate::tls::BackendTls) -> Self {
-        self.config.backends.state.tls.set(tls);
+        self.config.backends.state.dialer.set(tls);
+        self
+    }
+
+    /// How connections to backends are opened: sets
+    /// [`Backends::connector`] on this layer's backend set, for handshakes
+    /// and health probes (default: TCP). See
+    /// [`Connector`](crate::connect::Connector) for a Unix socket example.
+    pub fn connector(self, connector: crate::connect::Connector) -> Self {
+        self.config.backends.state.dialer.set_connector(connector);
         self
     }
 

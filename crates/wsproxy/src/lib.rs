@@ -168,7 +168,7 @@ pub mod admit;
 pub mod balance;
 mod body;
 mod client;
-mod connect;
+pub mod connect;
 mod drain;
 pub mod forward;
 mod frame;

@@ -1,28 +1,16 @@
-//! One backend: its settings, and the tower service that hand-shakes with it.
+//! One backend: its URL, its id, and how it takes part in balancing.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::Empty;
-use tower::Service;
-
-use crate::connect::{self, Answer, Failure};
-use crate::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, Tunnels, Upstream};
+use crate::Upstream;
 
 /// A backend of a [`Backends`](super::Backends) set: an [`Upstream`] and
 /// how it takes part in balancing.
 ///
-/// It is also a tower [`Service`]: given the upgrade request meant for it
-/// (a target path, headers with a `Sec-WebSocket-Key`), it connects,
-/// hand-shakes and returns the backend's [`Answer`] — the connected and
-/// upgraded stream after a valid `101`, or the response it gave instead.
-/// That is the item type of a [`tower::discover::Discover`] stream fed to
-/// [`Backends::discover`](super::Backends::discover), and it can be used
-/// alone (e.g. in tests, with the default timeouts).
+/// It is the item type of a [`tower::discover::Discover`] stream fed to
+/// [`Backends::discover`](super::Backends::discover): a description, not
+/// a connection. How the proxy connects to it is the set's
+/// [`Connector`](crate::connect::Connector).
 ///
 /// # Example
 ///
@@ -106,44 +94,6 @@ impl std::str::FromStr for Backend {
     }
 }
 
-impl Service<Request<Empty<Bytes>>> for Backend {
-    type Response = Answer;
-    type Error = Failure;
-    type Future = Pin<Box<dyn Future<Output = Result<Answer, Failure>> + Send>>;
-
-    #[inline]
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Failure>> {
-        Poll::Ready(Ok(()))
-    }
-
-    /// Connect and hand-shake within [`DEFAULT_CONNECT_TIMEOUT`] and
-    /// [`DEFAULT_HANDSHAKE_TIMEOUT`] (a `wss://` backend with the default
-    /// TLS settings, `BackendTls::new()`). The answer's `Sec-WebSocket-Accept`
-    /// is checked against the request's `Sec-WebSocket-Key` (a fresh one
-    /// is added when it has none); `Upgrade`, `Connection` and
-    /// `Sec-WebSocket-Version` are added when missing.
-    fn call(&mut self, mut request: Request<Empty<Bytes>>) -> Self::Future {
-        let upstream = self.upstream.clone();
-        Box::pin(async move {
-            let key = connect::complete_upgrade_request(&mut request, &upstream);
-            let stream = connect::connect(
-                &upstream,
-                &connect::SetTls::default(),
-                DEFAULT_CONNECT_TIMEOUT,
-            )
-            .await?;
-            connect::handshake(
-                stream,
-                request,
-                &key,
-                DEFAULT_HANDSHAKE_TIMEOUT,
-                &Tunnels::new(),
-            )
-            .await
-        })
-    }
-}
-
 /// The identity of a [`Backend`]: a 64-bit hash of its URL, the same on
 /// every process that has the same URL (so consistent hashing agrees
 /// across instances). Shown and parsed as 16 hex digits.
@@ -220,43 +170,5 @@ mod tests {
         assert_eq!("ws://127.0.0.1:1/".parse::<Backend>().unwrap().id(), a.id());
         assert_eq!(a.id().to_string().parse::<BackendId>().unwrap(), a.id());
         assert!("nope".parse::<BackendId>().is_err());
-    }
-
-    #[tokio::test]
-    async fn as_a_service_it_hand_shakes() {
-        use tower::ServiceExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (tcp, _) = listener.accept().await.unwrap();
-            let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
-            use futures_util::StreamExt;
-            // The client's (masked) Close comes through.
-            ws.next().await
-        });
-        let backend: Backend = format!("ws://{addr}/").parse().unwrap();
-        let request = Request::get("/x").body(Empty::new()).unwrap();
-        match backend.clone().oneshot(request).await.unwrap() {
-            Answer::Upgraded(head, upgraded) => {
-                assert_eq!(head.status(), http::StatusCode::SWITCHING_PROTOCOLS);
-                use tokio::io::AsyncWriteExt;
-                let mut io = hyper_util::rt::TokioIo::new(upgraded);
-                // Close 1000, masked with a zero key.
-                io.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
-                    .await
-                    .unwrap();
-            }
-            Answer::Refused(response) => panic!("refused: {}", response.status()),
-        }
-        let closed = server.await.unwrap().unwrap().unwrap();
-        assert!(closed.is_close());
-
-        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead_addr = dead.local_addr().unwrap();
-        drop(dead);
-        let backend: Backend = format!("ws://{dead_addr}/").parse().unwrap();
-        let request = Request::get("/").body(Empty::new()).unwrap();
-        let failure = backend.oneshot(request).await.unwrap_err();
-        assert!(matches!(failure, Failure::Connect(_)), "{failure}");
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::member::Member;
 use crate::Upstream;
-use crate::connect::{self, Answer, BackendStream, SetTls};
+use crate::connect::{self, Answer, BackendStream, Dialer};
 
 /// Passive health checking, from the handshakes themselves (nginx's
 /// `max_fails` and `fail_timeout`).
@@ -226,11 +226,11 @@ impl Probe {
     pub(crate) async fn run(
         &self,
         upstream: &Upstream,
-        tls: &SetTls,
+        dialer: &Dialer,
         timeout: Duration,
     ) -> Result<(), String> {
         let attempt = async {
-            let stream = connect::connect(upstream, tls, timeout)
+            let stream = connect::connect(upstream, dialer, timeout)
                 .await
                 .map_err(|e| e.to_string())?;
             match &self.kind {
@@ -322,7 +322,7 @@ async fn http_get(
 pub(crate) async fn probe_loop(
     member: Arc<Member>,
     health: ActiveHealth,
-    tls: SetTls,
+    dialer: Dialer,
     close_when_down: Option<Duration>,
     stopped: CancellationToken,
 ) {
@@ -339,7 +339,7 @@ pub(crate) async fn probe_loop(
             () = member.removed.cancelled() => return,
         }
         let result = tokio::select! {
-            result = health.probe.run(&upstream, &tls, health.timeout) => result,
+            result = health.probe.run(&upstream, &dialer, health.timeout) => result,
             () = stopped.cancelled() => return,
             () = member.removed.cancelled() => return,
         };

@@ -96,7 +96,6 @@ pub(crate) mod set;
 mod sticky;
 mod strategy;
 
-pub use crate::connect::{Answer, Failure as BackendError};
 pub use backend::{Backend, BackendId, InvalidBackendId};
 pub use health::{ActiveHealth, PassiveHealth, Probe};
 pub use set::{BackendStatus, Backends};

@@ -17,7 +17,7 @@ use super::sticky::Sticky;
 use super::strategy::{Candidate, RoundRobin, Strategy};
 use super::{Backend, BackendId};
 use crate::Upstream;
-use crate::connect::SetTls;
+use crate::connect::Dialer;
 use crate::drain::CloseSignal;
 
 /// A live set of backends for one route, and how one is chosen for each
@@ -82,7 +82,7 @@ pub(crate) struct SetState {
     /// runtime, which a set built outside one gets at its first use).
     probing: AtomicBool,
     /// TLS toward its `wss://` backends, for handshakes and probes alike.
-    pub(crate) tls: SetTls,
+    pub(crate) dialer: Dialer,
 }
 
 impl Drop for SetState {
@@ -174,7 +174,7 @@ impl Backends {
                 members: RwLock::new(members.into()),
                 stopped: CancellationToken::new(),
                 probing: AtomicBool::new(false),
-                tls: SetTls::default(),
+                dialer: Dialer::default(),
             }),
         }
     }
@@ -295,7 +295,28 @@ impl Backends {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     pub fn tls(self, tls: crate::tls::BackendTls) -> Self {
-        self.state.tls.set(tls);
+        self.state.dialer.set(tls);
+        self
+    }
+
+    /// How connections to these backends are opened, for handshakes and
+    /// health probes alike (default: [`Connector::tcp`](crate::connect::Connector::tcp)).
+    /// TLS for `wss://` backends goes over what the connector opens. Like
+    /// [`tls`](Self::tls), it belongs to the backends: every clone uses it.
+    ///
+    /// ```
+    /// use wsproxy::balance::Backends;
+    /// use wsproxy::connect::Connector;
+    /// use wsproxy::Upstream;
+    ///
+    /// // Every backend through one local socket (a sidecar).
+    /// let sidecar = tower::service_fn(|_: Upstream| tokio::net::UnixStream::connect("/run/mesh.sock"));
+    /// let backends = Backends::new(["ws://chat-a".parse().unwrap(), "ws://chat-b".parse().unwrap()])
+    ///     .connector(Connector::new(sidecar));
+    /// # drop(backends);
+    /// ```
+    pub fn connector(self, connector: crate::connect::Connector) -> Self {
+        self.state.dialer.set_connector(connector);
         self
     }
 
@@ -486,7 +507,7 @@ impl Backends {
                 runtime.spawn(health::probe_loop(
                     member.clone(),
                     active.clone(),
-                    self.state.tls.clone(),
+                    self.state.dialer.clone(),
                     self.config.close_when_down,
                     self.state.stopped.clone(),
                 ));

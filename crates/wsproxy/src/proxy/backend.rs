@@ -85,7 +85,7 @@ pub(crate) async fn handshake(
         let first_attempt = tried.is_empty();
         let answer = match connect::connect(
             picked.upstream(),
-            &backends.state.tls,
+            &backends.state.dialer,
             config.connect_timeout.min(remaining),
         )
         .await

@@ -7,7 +7,6 @@ use std::sync::{Arc, OnceLock};
 
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, TrustAnchor};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::crypto::{CryptoProvider, ring};
@@ -239,11 +238,14 @@ impl BackendTls {
     }
 
     /// Hand-shake over `tcp` with `upstream`'s server.
-    pub(crate) async fn connect(
+    pub(crate) async fn connect<IO>(
         &self,
         upstream: &Upstream,
-        tcp: TcpStream,
-    ) -> io::Result<TlsStream<TcpStream>> {
+        tcp: IO,
+    ) -> io::Result<TlsStream<IO>>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let name = match &self.inner.server_name {
             Some(name) => name.clone(),
             None => ServerName::try_from(upstream.host())

@@ -1,9 +1,12 @@
-//! Connect to the backend (TCP, plus TLS for `wss://` with feature `tls`)
-//! and perform the HTTP/1.1 upgrade handshake with it.
+//! The HTTP/1.1 upgrade exchange with a backend over a connection: send
+//! the request, drive the connection, classify the answer.
 
 use std::error::Error;
 use std::fmt;
+use std::future::{Future, poll_fn};
 use std::io;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,33 +16,27 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
+use super::stream::BackendStream;
 use crate::Tunnels;
 use crate::opening::{SEC_WEBSOCKET_ACCEPT, accept_key, fresh_key, has_token};
 use crate::upstream::Upstream;
 
-/// What a backend answered an upgrade request: the response of
-/// [`Backend`](crate::balance::Backend) as a tower service.
+/// What a backend answered an upgrade request.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// A valid 101: the response head and the upgraded connection.
     Upgraded(Response<()>, Upgraded),
     /// Any other status; relay it to the client as it is.
     Refused(Response<Incoming>),
 }
 
-/// Why a backend gave no answer that can be relayed: the error of
-/// [`Backend`](crate::balance::Backend) as a tower service. The proxy
-/// answers the client `504` for the timeouts and `502` for the rest.
+/// Why a backend gave no answer that can be relayed. The proxy answers
+/// the client `504` for the timeouts and `502` for the rest.
 #[derive(Debug)]
-#[non_exhaustive]
-pub enum Failure {
-    /// TCP connect failed (refused, unreachable, name not resolved).
+pub(crate) enum Failure {
+    /// The connect failed (refused, unreachable, name not resolved, or
+    /// the error of a [`Connector`](super::Connector) of the user's).
     Connect(io::Error),
     /// The TLS handshake with a `wss://` backend failed: its certificate
     /// was refused (the error says why, e.g. `invalid peer certificate:
@@ -137,134 +134,6 @@ impl Error for Failure {
             Failure::Http(e) => Some(e),
             _ => None,
         }
-    }
-}
-
-/// The TLS settings of a backend set for its `wss://` backends, shared by
-/// every handle on the set and its health probes. Without feature `tls`
-/// there are none (and no `wss://` backend).
-#[derive(Clone, Debug, Default)]
-pub(crate) struct SetTls {
-    #[cfg(feature = "tls")]
-    chosen: std::sync::Arc<std::sync::RwLock<Option<crate::tls::BackendTls>>>,
-}
-
-impl SetTls {
-    #[cfg(feature = "tls")]
-    pub(crate) fn set(&self, tls: crate::tls::BackendTls) {
-        *self
-            .chosen
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tls);
-    }
-
-    /// The settings to use: the set's, else [`BackendTls::new`](crate::tls::BackendTls::new).
-    #[cfg(feature = "tls")]
-    fn get(&self) -> crate::tls::BackendTls {
-        self.chosen
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-            .unwrap_or_else(|| crate::tls::BackendTls::shared_default().clone())
-    }
-}
-
-/// Open a connection to `upstream` — TCP, then TLS with `tls` for a
-/// `wss://` one — within `timeout`.
-pub(crate) async fn connect(
-    upstream: &Upstream,
-    tls: &SetTls,
-    timeout: Duration,
-) -> Result<BackendStream, Failure> {
-    let attempt = async {
-        let tcp = TcpStream::connect((upstream.host(), upstream.port()))
-            .await
-            .map_err(Failure::Connect)?;
-        // Small WebSocket frames must not wait for Nagle.
-        let _ = tcp.set_nodelay(true);
-        #[cfg(feature = "tls")]
-        if upstream.is_tls() {
-            let stream = tls
-                .get()
-                .connect(upstream, tcp)
-                .await
-                .map_err(Failure::Tls)?;
-            return Ok(BackendStream::Tls(Box::new(stream)));
-        }
-        let _ = tls;
-        Ok(BackendStream::Tcp(tcp))
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .map_err(|_| Failure::ConnectTimeout(timeout))?
-}
-
-/// A connection to a backend: TCP, or TLS over TCP for `wss://`.
-#[derive(Debug)]
-pub(crate) enum BackendStream {
-    Tcp(TcpStream),
-    #[cfg(feature = "tls")]
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-/// Both variants are `Unpin`: each call goes to the one inside.
-macro_rules! delegate {
-    ($self:ident, $stream:ident => $call:expr) => {
-        match $self.get_mut() {
-            BackendStream::Tcp($stream) => {
-                let $stream = Pin::new($stream);
-                $call
-            }
-            #[cfg(feature = "tls")]
-            BackendStream::Tls($stream) => {
-                let $stream = Pin::new(&mut **$stream);
-                $call
-            }
-        }
-    };
-}
-
-impl AsyncRead for BackendStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        delegate!(self, s => s.poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for BackendStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => s.poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, s => s.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            BackendStream::Tcp(s) => s.is_write_vectored(),
-            #[cfg(feature = "tls")]
-            BackendStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => s.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, s => s.poll_shutdown(cx))
     }
 }
 

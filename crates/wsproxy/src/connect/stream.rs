@@ -1,0 +1,96 @@
+//! A connection to a backend, whatever opened it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::connector::Connection;
+
+/// A connection to a backend: TCP, or TLS over TCP for `wss://` (the
+/// default connector's), or what a connector of the user's opened, with
+/// TLS over it for `wss://`.
+#[derive(Debug)]
+pub(crate) enum BackendStream {
+    Tcp(TcpStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Custom(Box<dyn Connection>),
+    #[cfg(feature = "tls")]
+    CustomTls(Box<tokio_rustls::client::TlsStream<Box<dyn Connection>>>),
+}
+
+/// Both variants are `Unpin`: each call goes to the one inside.
+macro_rules! delegate {
+    ($self:ident, $stream:ident => $call:expr) => {
+        match $self.get_mut() {
+            BackendStream::Tcp($stream) => {
+                let $stream = Pin::new($stream);
+                $call
+            }
+            #[cfg(feature = "tls")]
+            BackendStream::Tls($stream) => {
+                let $stream = Pin::new(&mut **$stream);
+                $call
+            }
+            BackendStream::Custom($stream) => {
+                let $stream = Pin::new(&mut **$stream);
+                $call
+            }
+            #[cfg(feature = "tls")]
+            BackendStream::CustomTls($stream) => {
+                let $stream = Pin::new(&mut **$stream);
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendStream::Tcp(s) => s.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            BackendStream::Tls(s) => s.is_write_vectored(),
+            BackendStream::Custom(s) => s.is_write_vectored(),
+            #[cfg(feature = "tls")]
+            BackendStream::CustomTls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
+}
