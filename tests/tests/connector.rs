@@ -53,6 +53,7 @@ async fn unix_backend() -> (PathBuf, Arc<std::sync::Mutex<Vec<String>>>) {
     (path, hosts)
 }
 
+/// A number unlikely to repeat between runs.
 fn unique() -> u64 {
     use std::hash::{BuildHasher, Hasher, RandomState};
     RandomState::new().build_hasher().finish()
