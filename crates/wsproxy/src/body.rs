@@ -8,7 +8,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::BoxError;
+/// Errors of different origins meeting in a response body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// Response body of [`WebSocketProxy`](crate::WebSocketProxy): the inner

@@ -6,7 +6,15 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use crate::ResponseBody;
-use crate::proxy::ClaimFuture;
+use crate::body::Never;
+
+/// What the proxy answers a handshake it claimed: a body of its own or
+/// the backend's, never the inner service's.
+pub(crate) type ClaimResponse = Response<ResponseBody<Never>>;
+
+/// The future of a handshake the proxy claimed.
+pub(crate) type ClaimFuture =
+    Pin<Box<dyn Future<Output = Result<ClaimResponse, std::convert::Infallible>> + Send>>;
 
 type ProxyFuture<B> = Pin<Box<dyn Future<Output = Response<ResponseBody<B>>> + Send>>;
 

@@ -207,7 +207,7 @@ pub mod fuzzing {
     }
 }
 
-pub use body::ResponseBody;
+pub use body::{BoxError, ResponseBody};
 pub use client::{ClientAddr, ClientTls};
 pub use forward::HostHeader;
 pub use future::ResponseFuture;
@@ -230,6 +230,3 @@ pub const HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
 /// (8 MiB, 32 streams' worth): well above [`HTTP2_STREAM_WINDOW`], so a
 /// stalled WebSocket does not stall the others on its connection.
 pub const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
-
-/// Errors of different origins meeting in a response body.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -95,6 +95,8 @@ mod member;
 pub(crate) mod set;
 mod sticky;
 mod strategy;
+#[cfg(test)]
+mod tests;
 
 pub use backend::{Backend, BackendId, InvalidBackendId};
 pub use health::{ActiveHealth, PassiveHealth, Probe};

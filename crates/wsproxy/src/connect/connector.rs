@@ -9,16 +9,8 @@ use tokio::net::TcpStream;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt as _};
 
-use super::stream::BackendStream;
+use super::stream::{BackendStream, Connection};
 use crate::{BoxError, Upstream};
-
-/// A byte stream to a backend that a [`Connector`] opened.
-pub(crate) trait Connection:
-    AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug + 'static
-{
-}
-
-impl<T> Connection for T where T: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug + 'static {}
 
 /// How the proxy opens a connection to a backend: a tower service from the
 /// backend's [`Upstream`] to a byte stream, as hyper-util's connectors are

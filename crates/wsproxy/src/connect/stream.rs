@@ -1,5 +1,6 @@
 //! A connection to a backend, whatever opened it.
 
+use std::fmt;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -7,7 +8,13 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::connector::Connection;
+/// A byte stream to a backend that a `Connector` opened.
+pub(crate) trait Connection:
+    AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug + 'static
+{
+}
+
+impl<T> Connection for T where T: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug + 'static {}
 
 /// A connection to a backend: TCP, or TLS over TCP for `wss://` (the
 /// default connector's), or what a connector of the user's opened, with

@@ -10,7 +10,6 @@ use http::header::HeaderValue;
 use http::{Response, StatusCode};
 use tracing::Span;
 
-use super::claim::ClaimResponse;
 use super::config::Config;
 use crate::Upstream;
 use crate::balance::BackendId;
@@ -18,6 +17,7 @@ use crate::balance::set::Picked;
 use crate::body::ResponseBody;
 use crate::connect::{self, Answer, Failure};
 use crate::forward;
+use crate::future::ClaimResponse;
 use crate::handshake;
 
 /// A valid `101` from a backend: its head, the upgraded connection, the

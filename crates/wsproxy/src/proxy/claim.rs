@@ -5,8 +5,6 @@
 //! of it ([`Handshakes`]).
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -21,17 +19,10 @@ use tracing::{Instrument, Span};
 use super::config::Config;
 use super::{backend, tunnel};
 use crate::admit::{Admission, Admit, ClientIp, Holds};
-use crate::body::{Never, ResponseBody};
+use crate::body::ResponseBody;
+use crate::future::{ClaimFuture, ClaimResponse};
 use crate::handshake;
 use crate::opening::{self, SEC_WEBSOCKET_VERSION};
-
-/// What the proxy answers a claimed handshake: a body of its own or the
-/// backend's, never the inner service's.
-pub(crate) type ClaimResponse = Response<ResponseBody<Never>>;
-
-/// The future of a claimed handshake.
-pub(crate) type ClaimFuture =
-    Pin<Box<dyn Future<Output = Result<ClaimResponse, Infallible>> + Send>>;
 
 /// The proxy's answer to handshakes its route claimed, as a service.
 #[derive(Clone, Debug)]

@@ -10,5 +10,5 @@ mod claim;
 mod config;
 mod tunnel;
 
-pub(crate) use self::claim::{ClaimFuture, Handshakes};
+pub(crate) use self::claim::Handshakes;
 pub(crate) use self::config::Config;

@@ -154,7 +154,7 @@ async fn http<IO, S, B>(
     B::Error: Into<BoxError>,
 {
     let timeouts = shared.timeouts;
-    let mut builder = super::http_builder(ConnExecutor::new(activity.clone()));
+    let mut builder = super::builder::http_builder(ConnExecutor::new(activity.clone()));
     if timeouts.keep_alive.is_zero() {
         builder.http1().keep_alive(false);
     }

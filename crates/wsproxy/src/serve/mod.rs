@@ -69,6 +69,7 @@
 
 mod accept;
 mod activity;
+mod builder;
 mod connection;
 mod limits;
 mod registry;
@@ -76,54 +77,10 @@ mod server;
 mod service;
 mod timeouts;
 
+pub use builder::http_builder;
 pub use limits::{ConnectionLimits, DEFAULT_HTTP2_MAX_HANDSHAKES};
 pub use server::{DEFAULT_SHUTDOWN_TIMEOUT, Serve, Server};
 pub use timeouts::{
     DEFAULT_DETECT_TIMEOUT, DEFAULT_HTTP2_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT,
     DEFAULT_REQUEST_HEAD_TIMEOUT, DEFAULT_TLS_HANDSHAKE_TIMEOUT, Timeouts,
 };
-
-use hyper_util::server::conn::auto::Builder;
-
-/// hyper-util's HTTP/1.1 + HTTP/2 server builder, set up for WebSockets:
-/// extended `CONNECT` (`SETTINGS_ENABLE_CONNECT_PROTOCOL`, RFC 8441) so
-/// browsers can open WebSockets over HTTP/2, and the receive windows of
-/// [`HTTP2_STREAM_WINDOW`](crate::HTTP2_STREAM_WINDOW) and
-/// [`HTTP2_CONNECTION_WINDOW`](crate::HTTP2_CONNECTION_WINDOW), so that
-/// one WebSocket whose backend stops reading does not stall the others on
-/// its connection. Serve with `serve_connection_with_upgrades`.
-///
-/// This is what [`Server`] uses; call it when you run your own accept
-/// loop.
-///
-/// # Example
-///
-/// ```no_run
-/// use hyper_util::rt::{TokioExecutor, TokioIo};
-/// use hyper_util::service::TowerToHyperService;
-/// use wsproxy::WebSocketProxyLayer;
-///
-/// # #[tokio::main]
-/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let proxy = WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse()?).into_service();
-/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-/// let http = wsproxy::serve::http_builder(TokioExecutor::new());
-/// loop {
-///     let (tcp, _) = listener.accept().await?;
-///     let _ = tcp.set_nodelay(true);
-///     let connection = http
-///         .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(proxy.clone()))
-///         .into_owned();
-///     tokio::spawn(connection);
-/// }
-/// # }
-/// ```
-pub fn http_builder<E: Clone>(executor: E) -> Builder<E> {
-    let mut builder = Builder::new(executor);
-    builder
-        .http2()
-        .enable_connect_protocol()
-        .initial_stream_window_size(crate::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW);
-    builder
-}
