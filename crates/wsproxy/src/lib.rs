@@ -131,8 +131,10 @@
 //! - **Upgrades.** The client's side of the upgrade needs a server that
 //!   supports upgrades: `axum::serve`, or hyper's
 //!   `serve_connection(..).with_upgrades()` (hyper-util's
-//!   `serve_connection_with_upgrades`). Without it, claimed handshakes are
-//!   answered `500` and logged.
+//!   `serve_connection_with_upgrades`). Without it — or under axum-test's
+//!   default mock transport, which has no connection at all — claimed
+//!   handshakes are answered `501 Not Implemented` with a plain-text body
+//!   saying so, before any backend is contacted, and logged at `WARN`.
 //! - **`TCP_NODELAY`.** Set it on accepted connections, as nginx's
 //!   `tcp_nodelay on` does. The proxy sets it toward backends, but it
 //!   cannot reach the client's socket through hyper's upgrade; without it,

@@ -92,16 +92,12 @@ pub(crate) async fn proxy<ReqBody, ResBody>(
         }
         // Permits of admission checks, held for the tunnel's life.
         let holds = parts.extensions.remove::<crate::admit::Holds>();
+        // No `OnUpgrade`: a server without upgrades, or axum-test's mock
+        // transport. Not the client's fault, and nothing a retry mends.
         let Some(on_client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-            tracing::error!(
-                status = 500,
-                "the server does not support upgrades on this connection \
-                 (serve with hyper's `with_upgrades()` or axum::serve)"
-            );
-            return refusal(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "this connection cannot be upgraded",
-            );
+            Span::current().record("status", 501);
+            tracing::warn!(status = 501, "handshake refused: {NOT_UPGRADABLE}");
+            return refusal(StatusCode::NOT_IMPLEMENTED, NOT_UPGRADABLE);
         };
 
         let started = Instant::now();
@@ -454,6 +450,11 @@ fn join_cookies(headers: &mut http::HeaderMap) {
         headers.insert(header::COOKIE, value);
     }
 }
+
+/// Why a handshake on a connection that cannot be upgraded is answered `501`.
+const NOT_UPGRADABLE: &str = "WebSocket upgrades need a connection that can be upgraded: \
+    serve with axum::serve or hyper's with_upgrades \
+    (under axum-test, use the HTTP transport)";
 
 /// A short plain-text response written by the proxy itself.
 pub(crate) fn refusal<B>(status: StatusCode, reason: &str) -> Response<ResponseBody<B>> {
