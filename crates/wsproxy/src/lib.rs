@@ -131,8 +131,11 @@
 //! - **Upgrades.** The client's side of the upgrade needs a server that
 //!   supports upgrades: `axum::serve`, or hyper's
 //!   `serve_connection(..).with_upgrades()` (hyper-util's
-//!   `serve_connection_with_upgrades`). Without it, claimed handshakes are
-//!   answered `500` and logged.
+//!   `serve_connection_with_upgrades`). Without it — or under axum-test's
+//!   default mock transport, which has no connection at all — claimed
+//!   handshakes are answered `501 Not Implemented` with a plain-text body
+//!   saying so, before any backend is contacted, and logged at `WARN`;
+//!   see [Testing](#testing-an-app-that-proxies-websockets).
 //! - **`TCP_NODELAY`.** Set it on accepted connections, as nginx's
 //!   `tcp_nodelay on` does. The proxy sets it toward backends, but it
 //!   cannot reach the client's socket through hyper's upgrade; without it,
@@ -161,6 +164,112 @@
 //! - **The client address.** Serve with
 //!   `into_make_service_with_connect_info::<SocketAddr>()` or insert a
 //!   [`ClientAddr`]; see [`forward`] for what happens without one.
+//!
+//! # Testing an app that proxies WebSockets
+//!
+//! With [axum-test](https://docs.rs/axum-test), serve the app with its
+//! **HTTP transport** (`TestServer::builder().http_transport()`). A proxied
+//! WebSocket takes over the client's connection (hyper's upgrade) and
+//! relays it to the backend's, so it needs a real one: the default mock
+//! transport calls the `Router` with no connection behind the request,
+//! and there a claimed handshake is answered `501 Not Implemented` with a
+//! body saying to use the HTTP transport (no backend is contacted; plain
+//! routes work as ever, and validation and admission refusals still come
+//! first). axum-test opens WebSockets over its HTTP transport only anyway.
+//!
+//! **The client address.** Give `build` what `main` serves:
+//! `app.into_make_service_with_connect_info::<SocketAddr>()`. axum-test
+//! serves it with `axum::serve` on 127.0.0.1, so requests carry
+//! `ConnectInfo<SocketAddr>` with the test client's address, the backend
+//! gets `X-Forwarded-For: 127.0.0.1`, and per-client limits
+//! ([`Key::client_ip`](admit::Key::client_ip)) count by it, as in
+//! production. A bare `Router` is served without `ConnectInfo`: the proxy
+//! then does not know the client (no `X-Forwarded-For`, and per-client
+//! limits do not apply to it). To play other clients, add an outermost
+//! `axum::Extension(ClientAddr(addr))` layer: a [`ClientAddr`] is read
+//! before `ConnectInfo`. axum's `MockConnectInfo` does not reach the
+//! proxy: it only feeds axum's `ConnectInfo` extractor.
+//!
+//! ```
+//! use std::net::SocketAddr;
+//! use axum::{Router, routing::get};
+//! use axum_test::TestServer;
+//! use http::StatusCode;
+//! use wsproxy::{Route, WebSocketProxyLayer};
+//!
+//! fn app(backend: SocketAddr) -> Router {
+//!     let chat = WebSocketProxyLayer::new(format!("ws://{backend}").parse().unwrap())
+//!         .route(Route::prefix("/chat"));
+//!     Router::new()
+//!         .route("/", get(|| async { "home" }))
+//!         .layer(chat)
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! # let backend = echo_backend().await;
+//! // A real socket, served as `main` serves the app.
+//! let server = TestServer::builder()
+//!     .http_transport()
+//!     .build(app(backend).into_make_service_with_connect_info::<SocketAddr>());
+//!
+//! // This backend first says which X-Forwarded-For it got, then echoes.
+//! let mut ws = server.get_websocket("/chat/room").await.into_websocket().await;
+//! ws.assert_receive_text("x-forwarded-for: 127.0.0.1").await;
+//! ws.send_text("hello").await;
+//! ws.assert_receive_text("hello").await;
+//! server.get("/").await.assert_text("home");
+//!
+//! // Another client, as far as the proxy and admission checks can tell.
+//! let other = app(backend).layer(axum::Extension(wsproxy::ClientAddr(
+//!     "192.0.2.7:50000".parse().unwrap(),
+//! )));
+//! let as_other = TestServer::builder()
+//!     .http_transport()
+//!     .build(other.into_make_service_with_connect_info::<SocketAddr>());
+//! let mut ws = as_other.get_websocket("/chat/room").await.into_websocket().await;
+//! ws.assert_receive_text("x-forwarded-for: 192.0.2.7").await;
+//!
+//! // The default mock transport has no connection to upgrade.
+//! let mock = TestServer::new(app(backend));
+//! mock.get_websocket("/chat/room")
+//!     .await
+//!     .assert_status(StatusCode::NOT_IMPLEMENTED)
+//!     .assert_text_contains("use the HTTP transport");
+//! mock.get("/").await.assert_text("home");
+//! # }
+//! #
+//! # /// A tokio-tungstenite backend on 127.0.0.1: greets with the
+//! # /// X-Forwarded-For of the handshake, then echoes.
+//! # async fn echo_backend() -> SocketAddr {
+//! #     use futures_util::{SinkExt, StreamExt};
+//! #     use tokio_tungstenite::tungstenite::{Message, handshake::server::{Request, Response}};
+//! #     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! #     let addr = listener.local_addr().unwrap();
+//! #     tokio::spawn(async move {
+//! #         while let Ok((tcp, _)) = listener.accept().await {
+//! #             tokio::spawn(async move {
+//! #                 let mut seen = String::from("none");
+//! #                 let callback = |request: &Request, response: Response| {
+//! #                     if let Some(value) = request.headers().get("x-forwarded-for") {
+//! #                         seen = value.to_str().unwrap().to_owned();
+//! #                     }
+//! #                     Ok(response)
+//! #                 };
+//! #                 let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+//! #                     return;
+//! #                 };
+//! #                 let greeting = format!("x-forwarded-for: {seen}");
+//! #                 if ws.send(Message::text(greeting)).await.is_ok() {
+//! #                     let (write, read) = ws.split();
+//! #                     let _ = read.forward(write).await;
+//! #                 }
+//! #             });
+//! #         }
+//! #     });
+//! #     addr
+//! # }
+//! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -144,16 +144,13 @@ async fn proxy(req: Request<()>, config: Arc<Config>) -> ClaimResponse {
         }
         // Permits of admission checks, held for the tunnel's life.
         let holds = parts.extensions.remove::<Holds>();
+        // No upgrade on this connection: a server without upgrades, or a
+        // test harness without a real connection (axum-test's mock
+        // transport). Not the client's fault, and nothing a retry mends.
         let Some(on_client_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
-            tracing::error!(
-                status = 500,
-                "the server does not support upgrades on this connection \
-                 (serve with hyper's `with_upgrades()` or axum::serve)"
-            );
-            return crate::plain::response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "this connection cannot be upgraded",
-            );
+            Span::current().record("status", 501);
+            tracing::warn!(status = 501, "handshake refused: {NOT_UPGRADABLE}");
+            return crate::plain::response(StatusCode::NOT_IMPLEMENTED, NOT_UPGRADABLE);
         };
 
         let started = Instant::now();
@@ -190,6 +187,11 @@ async fn proxy(req: Request<()>, config: Arc<Config>) -> ClaimResponse {
     .await
     .inspect_status(http2)
 }
+
+/// Why a handshake on a connection that cannot be upgraded is answered `501`.
+const NOT_UPGRADABLE: &str = "WebSocket upgrades need a connection that can be upgraded: \
+    serve with axum::serve or hyper's with_upgrades \
+    (under axum-test, use the HTTP transport)";
 
 /// Count a refused handshake in the metrics.
 trait InspectStatus {
