@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::member::Member;
 use crate::Upstream;
+// Sideways, to the connecting phase: a probe is a connection and an
+// upgrade exchange like a handshake's, through the set's own dialer.
 use crate::connect::{self, Answer, BackendStream, Dialer};
 
 /// Passive health checking, from the handshakes themselves (nginx's

@@ -17,6 +17,8 @@ use super::sticky::Sticky;
 use super::strategy::{Candidate, RoundRobin, Strategy};
 use super::{Backend, BackendId};
 use crate::Upstream;
+// Sideways, to the connecting phase: the set owns how its backends are
+// dialled (connector, TLS), for handshakes and probes alike.
 use crate::connect::Dialer;
 use crate::drain::CloseSignal;
 

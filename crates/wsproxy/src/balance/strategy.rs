@@ -10,7 +10,7 @@ use http::request::Parts;
 
 use super::member::Member;
 use super::{Backend, BackendId};
-use crate::admit::Key;
+use crate::client::Key;
 
 /// Chooses one backend for a handshake among the usable candidates.
 ///

@@ -18,6 +18,8 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 
 use super::stream::BackendStream;
+// Sideways, to the tunnel lifecycle: a refusal's body streams from the
+// backend after the handshake returns, in a task a shutdown must wait for.
 use crate::Tunnels;
 use crate::opening::{SEC_WEBSOCKET_ACCEPT, accept_key, fresh_key, has_token};
 use crate::upstream::Upstream;

@@ -16,7 +16,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-use crate::admit::Rate;
+use crate::settings::Rate;
 
 /// Milliseconds on a process-wide clock, so that connections can be
 /// compared by when they went idle. It starts at [`CLOCK_START`] on first

@@ -1,6 +1,6 @@
 //! Bounds on the client connections a server holds.
 
-use crate::admit::Rate;
+use crate::settings::Rate;
 
 /// Bounds on the client connections a [`Server`](super::Server) holds,
 /// and on what one HTTP/2 connection may make the proxy do.
