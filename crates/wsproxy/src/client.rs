@@ -82,7 +82,7 @@ impl fmt::Display for DisplayPeer {
     }
 }
 
-/// The client's address as resolved once by [`ResolveClient`], in the
+/// The client's address as resolved once by [`ResolveClient`](crate::admit::ResolveClient), in the
 /// request's extensions: [`Key::client_ip`] and the proxy's tunnel log use
 /// it when present, so every feature agrees on who the client is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +139,7 @@ enum KeyKind {
 
 impl Key {
     /// The client's IP address: a [`ClientIp`] resolved earlier by
-    /// [`ResolveClient`], else the peer's, unless the peer is a trusted
+    /// [`ResolveClient`](crate::admit::ResolveClient), else the peer's, unless the peer is a trusted
     /// proxy (see [`trusting`](Self::trusting)). Spoofed forwarding headers
     /// from untrusted peers change nothing.
     pub fn client_ip() -> Self {
@@ -150,7 +150,7 @@ impl Key {
 
     /// Trust these proxies: when the peer is one of them, the client is
     /// the right-most address in `X-Forwarded-For` that is not (for RFC
-    /// 7239 `Forwarded`, use [`ResolveClient`] in front).
+    /// 7239 `Forwarded`, use [`ResolveClient`](crate::admit::ResolveClient) in front).
     pub fn trusting(self, proxies: impl IntoIterator<Item = IpNet>) -> Self {
         Self {
             kind: KeyKind::ClientIp(proxies.into_iter().collect()),

@@ -20,7 +20,7 @@
 //!
 //! # The client address
 //!
-//! The peer address comes from the request extensions: a [`ClientAddr`] set
+//! The peer address comes from the request extensions: a [`ClientAddr`](crate::ClientAddr) set
 //! by a hyper server, or axum's `ConnectInfo<SocketAddr>` (feature `axum`,
 //! on by default; serve with `into_make_service_with_connect_info`). When
 //! neither is present the proxy does not know the client: it trusts no

@@ -271,6 +271,23 @@
 //! # }
 //! ```
 
+//!
+//! # How the code is laid out
+//!
+//! Imports run one way, along the path of one connection (no module
+//! imports one above it):
+//!
+//! | layer | modules |
+//! | --- | --- |
+//! | tower face | `layer`, `service` ([`WebSocketProxyLayer`], [`WebSocketProxy`]); [`serve`] in front of it |
+//! | orchestrator | `proxy`: one claimed handshake, start to tunnel (`claim`, `backend`, `tunnel`) |
+//! | phases | `handshake` (validate, translate, respond), [`admit`], [`balance`], [`connect`], `relay`, `tunnels` |
+//! | shared vocabulary | `opening` (what a handshake is), `frame` (codec, close codes), `client` (who the client is, keys), `settings`, `outcome`, `drain`, [`forward`], `plain`, `body`, `future`, [`metrics`] |
+//!
+//! A phase uses another's public face only where the work is the same:
+//! health probes connect as handshakes do, and a refused handshake's
+//! body outlives it in a task the tunnels' shutdown waits for.
+
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admit;

@@ -33,7 +33,7 @@ use crate::ResponseBody;
 /// ```
 pub trait Admission: Send + Sync + 'static {
     /// Let the handshake on, or refuse it. May add to the request's
-    /// extensions, e.g. a permit in its [`Holds`].
+    /// extensions, e.g. a permit in its [`Holds`](super::Holds).
     fn admit(&self, request: &mut Parts) -> Result<(), Refusal>;
 }
 

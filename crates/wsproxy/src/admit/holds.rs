@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// What is held for the life of the tunnel a handshake opens (e.g. the
-/// permits of [`ConnectionLimit`]), kept in the request's extensions.
+/// permits of [`ConnectionLimit`](super::ConnectionLimit)), kept in the request's extensions.
 #[derive(Clone, Default)]
 pub struct Holds(Arc<Mutex<Vec<Box<dyn Any + Send>>>>);
 

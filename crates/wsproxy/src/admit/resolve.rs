@@ -12,7 +12,7 @@ use crate::client::{ClientIp, ForwardedBy};
 /// Resolves who the client is, once, for every check and log after it:
 /// the peer's address, or — only when the peer is one of the trusted
 /// proxies — the right-most `X-Forwarded-For` address that is not (see
-/// [`client_ip`]). Never refuses; stores a [`ClientIp`].
+/// [`client_ip`](super::client_ip)). Never refuses; stores a [`ClientIp`].
 ///
 /// # Example
 ///

@@ -10,7 +10,7 @@ use hyper_util::server::conn::auto::Builder;
 /// one WebSocket whose backend stops reading does not stall the others on
 /// its connection. Serve with `serve_connection_with_upgrades`.
 ///
-/// This is what [`Server`] uses; call it when you run your own accept
+/// This is what [`Server`](super::Server) uses; call it when you run your own accept
 /// loop.
 ///
 /// # Example
