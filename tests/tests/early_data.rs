@@ -19,7 +19,7 @@ async fn serve_proxy(backend: SocketAddr) -> SocketAddr {
 
 #[tokio::test]
 async fn client_bytes_sent_with_the_request_reach_the_backend_first() {
-    let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
+    let (backend, _task) = wsproxy_test_support::spawn_echo("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let proxy = serve_proxy(backend).await;

@@ -23,7 +23,7 @@ async fn tunnel_closes(tunnels: &Tunnels) {
 async fn logged_proxy(
     configure: impl FnOnce(WebSocketProxyLayer) -> WebSocketProxyLayer,
 ) -> (std::net::SocketAddr, Tunnels, std::net::SocketAddr) {
-    let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
+    let (backend, _task) = wsproxy_test_support::spawn_echo("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let (proxy, tunnels) = proxy_to(backend, configure).await;
