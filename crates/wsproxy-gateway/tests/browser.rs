@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
 
-use support::{Gateway, TestCert, h2_client, h2_get, opened};
+use support::{Gateway, opened};
+use wsproxy_test_support::{Leaf, PemFiles, h2_client, h2_get};
 
 /// Messages the page echoes.
 const MESSAGES: usize = 5;
@@ -71,13 +72,13 @@ async fn chromium_echoes_through_the_gateway_over_http2() {
         return;
     }
 
-    let cert = TestCert::new();
+    let cert = Leaf::localhost();
     let gateway = Gateway::start(&[
         "--demo",
         "--tls-cert",
-        TestCert::arg(&cert.cert),
+        PemFiles::arg(&cert.files().cert),
         "--tls-key",
-        TestCert::arg(&cert.key),
+        PemFiles::arg(&cert.files().key),
     ]);
     let url = format!("https://127.0.0.1:{}/", gateway.addr.port());
 
@@ -86,7 +87,7 @@ async fn chromium_echoes_through_the_gateway_over_http2() {
     script
         .arg("echo.mjs")
         .arg(&url)
-        .arg(&cert.cert)
+        .arg(&cert.files().cert)
         .arg(MESSAGES.to_string())
         .env("CHROMIUM", chromium())
         .current_dir(&script_dir)

@@ -93,9 +93,10 @@ pub struct BackendOptions {
     pub protocol: Option<&'static str>,
     /// Extra headers on the 101.
     pub headers: Vec<(&'static str, &'static str)>,
-    /// Put before each echoed text message: with `a:`, `hi` comes back as
-    /// `a:hi`, so a client sees which backend took its WebSocket.
-    pub echo_prefix: Option<&'static str>,
+    /// A name to put before each echoed text message, with a colon: with
+    /// `a`, `hi` comes back as `a:hi`, so a client sees which backend took
+    /// its WebSocket.
+    pub echo_name: Option<&'static str>,
 }
 
 impl Backend {
@@ -194,8 +195,8 @@ impl Backend {
                     continue;
                 }
                 Message::Text(t) if t.as_str() == "server-drop" => break,
-                Message::Text(t) => match options.echo_prefix {
-                    Some(prefix) => Message::text(format!("{prefix}{t}")),
+                Message::Text(t) => match options.echo_name {
+                    Some(name) => Message::text(format!("{name}:{t}")),
                     None => message,
                 },
                 Message::Binary(_) => message,
