@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
 
-use support::{Gateway, opened};
-use wsproxy_test_support::{Leaf, PemFiles, h2_client, h2_get};
+use support::{Gateway, opened, tls_flags};
+use wsproxy_test_support::{Leaf, h2_client, h2_get};
 
 /// Messages the page echoes.
 const MESSAGES: usize = 5;
@@ -73,13 +73,9 @@ async fn chromium_echoes_through_the_gateway_over_http2() {
     }
 
     let cert = Leaf::localhost();
-    let gateway = Gateway::start(&[
-        "--demo",
-        "--tls-cert",
-        PemFiles::arg(&cert.files().cert),
-        "--tls-key",
-        PemFiles::arg(&cert.files().key),
-    ]);
+    let mut args = vec!["--demo"];
+    args.extend(tls_flags(&cert));
+    let gateway = Gateway::start(&args);
     let url = format!("https://127.0.0.1:{}/", gateway.addr.port());
 
     let start = Instant::now();

@@ -19,7 +19,7 @@ use wsproxy_test_support::{
     read_head, silent_backend, stalled_backend,
 };
 
-use support::{Gateway, opened, refused};
+use support::{Gateway, opened, refused, tls_flags};
 
 /// Open a WebSocket through the gateway.
 async fn connect(addr: SocketAddr, path: &str) -> WsClient {
@@ -560,17 +560,6 @@ async fn a_backend_failing_its_probes_is_taken_out_and_its_tunnels_closed() {
         let mut ws = connect(gateway.addr, "/").await;
         assert_eq!(answered_by(&mut ws).await, "b");
     }
-}
-
-/// The `--tls-cert` and `--tls-key` flags for `cert`.
-fn tls_flags(cert: &Leaf) -> [&str; 4] {
-    let files = cert.files();
-    [
-        "--tls-cert",
-        PemFiles::arg(&files.cert),
-        "--tls-key",
-        PemFiles::arg(&files.key),
-    ]
 }
 
 #[tokio::test]

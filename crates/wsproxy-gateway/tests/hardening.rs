@@ -13,11 +13,11 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use wsproxy_test_support::{
-    GOAWAY, H2_PREFACE, LIMIT, Leaf, PemFiles, connect_request, echo_backend, h2_client, h2_frames,
+    GOAWAY, H2_PREFACE, LIMIT, Leaf, connect_request, echo_backend, h2_client, h2_frames,
     read_to_close, silent_backend,
 };
 
-use support::Gateway;
+use support::{Gateway, tls_flags};
 
 /// When the gateway closes `stream`, counted from `since`; what it sent
 /// before.
@@ -101,15 +101,9 @@ async fn timeout_flags_reach_the_server() {
 #[tokio::test]
 async fn the_tls_handshake_timeout_flag_reaches_the_server() {
     let cert = Leaf::localhost();
-    let gateway = Gateway::start(&[
-        "--demo",
-        "--tls-cert",
-        PemFiles::arg(&cert.files().cert),
-        "--tls-key",
-        PemFiles::arg(&cert.files().key),
-        "--tls-handshake-timeout",
-        "300ms",
-    ]);
+    let mut args = vec!["--demo", "--tls-handshake-timeout", "300ms"];
+    args.extend(tls_flags(&cert));
+    let gateway = Gateway::start(&args);
     let start = Instant::now();
     let mut silent = TcpStream::connect(gateway.addr).await.unwrap();
     let (after, _) = closed_after(&mut silent, start).await;

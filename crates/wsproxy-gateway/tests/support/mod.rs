@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use wsproxy_test_support::LIMIT;
+use wsproxy_test_support::{LIMIT, Leaf, PemFiles};
 
 /// A `wsgate` child process, killed and reaped on drop.
 pub struct Gateway {
@@ -141,6 +141,17 @@ pub fn refused(args: &[&str]) -> String {
         "{args:?} must be a usage error"
     );
     String::from_utf8(output.stderr).unwrap()
+}
+
+/// The `--tls-cert` and `--tls-key` flags for `cert`.
+pub fn tls_flags(cert: &Leaf) -> [&str; 4] {
+    let files = cert.files();
+    [
+        "--tls-cert",
+        PemFiles::arg(&files.cert),
+        "--tls-key",
+        PemFiles::arg(&files.key),
+    ]
 }
 
 /// The tunnels the status page says were opened in all and over HTTP/2.
