@@ -251,9 +251,7 @@ mod tests {
         let closed = server.await.unwrap().unwrap().unwrap();
         assert!(closed.is_close());
 
-        let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let dead_addr = dead.local_addr().unwrap();
-        drop(dead);
+        let (_port, dead_addr) = wsproxy_test_support::closed_port();
         let backend: Backend = format!("ws://{dead_addr}/").parse().unwrap();
         let request = Request::get("/").body(Empty::new()).unwrap();
         let failure = backend.oneshot(request).await.unwrap_err();
