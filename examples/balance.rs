@@ -24,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt::init();
     let mut pool = Vec::new();
     for _ in 0..3 {
-        let (addr, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse()?).await?;
+        let (addr, _) = wsproxy_test_support::spawn_echo("127.0.0.1:0".parse()?).await?;
         pool.push(Backend::new(format!("ws://{addr}").parse()?));
     }
     let backends = Backends::new(pool)
@@ -74,7 +74,7 @@ async fn list(State(backends): State<Backends>) -> String {
 }
 
 async fn add(State(backends): State<Backends>) -> Result<String, StatusCode> {
-    let (addr, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
+    let (addr, _) = wsproxy_test_support::spawn_echo("127.0.0.1:0".parse().unwrap())
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     let backend = Backend::new(format!("ws://{addr}").parse().unwrap());

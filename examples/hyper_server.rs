@@ -34,7 +34,7 @@ use wsproxy::{ClientAddr, Route, WebSocketProxyLayer};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt::init();
 
-    let (backend, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse()?).await?;
+    let (backend, _) = wsproxy_test_support::spawn_echo("127.0.0.1:0".parse()?).await?;
     let proxy =
         WebSocketProxyLayer::new(format!("ws://{backend}").parse()?).route(Route::prefix("/ws"));
 

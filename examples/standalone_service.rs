@@ -13,7 +13,7 @@ use wsproxy::WebSocketProxyLayer;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (backend, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse()?).await?;
+    let (backend, _) = wsproxy_test_support::spawn_echo("127.0.0.1:0".parse()?).await?;
     let proxy = WebSocketProxyLayer::new(format!("ws://{backend}").parse()?);
     let app = Router::new().route_service("/ws", proxy.into_service());
     // TCP_NODELAY on accepted sockets, as nginx's `tcp_nodelay on`.

@@ -49,7 +49,7 @@ fn app(backend: SocketAddr, connections: ConnectionLimit) -> Router {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (backend, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse()?).await?;
+    let (backend, _) = wsproxy_test_support::spawn_echo("127.0.0.1:0".parse()?).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
     println!("listening on http://{}", listener.local_addr()?);
     let listener = listener.tap_io(|tcp| {
@@ -78,7 +78,7 @@ mod tests {
 
     /// An echo backend for the app, on 127.0.0.1.
     async fn backend() -> SocketAddr {
-        let (backend, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
+        let (backend, _) = wsproxy_test_support::spawn_echo("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         backend

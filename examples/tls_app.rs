@@ -46,7 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let tls = tls_config(cert.as_ref(), key.as_ref())?;
 
-    let (backend, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse()?).await?;
+    let (backend, _) = wsproxy_test_support::spawn_echo("127.0.0.1:0".parse()?).await?;
     let tunnels = Tunnels::new();
     let app = Router::new()
         .route("/", get(|| async { "answered by the app over TLS\n" }))

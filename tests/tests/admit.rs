@@ -4,11 +4,11 @@
 use futures_util::StreamExt;
 use http::HeaderName;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tower::ServiceBuilder;
 use wsproxy::WebSocketProxyLayer;
 use wsproxy::admit::{ConnectionLimit, Key, OriginCheck};
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 /// An app with `layers` (around a proxy) and a plain route `/app`.
 async fn app_with<L>(layers: L) -> std::net::SocketAddr
@@ -48,21 +48,8 @@ async fn status(proxy: std::net::SocketAddr, extra: &str) -> (u16, String) {
 }
 
 async fn open(proxy: std::net::SocketAddr, headers: &[(&str, &str)]) -> WsClient {
-    let mut request = format!("ws://{proxy}/").into_client_request().unwrap();
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            HeaderName::from_bytes(name.as_bytes()).unwrap(),
-            value.parse().unwrap(),
-        );
-    }
-    let (ws, _) = within("handshake", tokio_tungstenite::connect_async(request))
-        .await
-        .expect("a 101");
-    ws
+    connect_with(&format!("ws://{proxy}/"), headers).await.0
 }
-
-type WsClient =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 #[tokio::test]
 async fn open_tunnels_hold_their_permits_until_they_close() {

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tower::layer::util::Identity;
 use wsproxy::admit::{ConnectionLimit, Key, OriginCheck, Rate, RateLimit};
 use wsproxy::{ClientAddr, WebSocketProxyLayer};
-use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 /// The app under test: its own pages and its own WebSocket at `/own`, and
 /// WebSockets under `/chat` proxied to `backend` behind `admission`.

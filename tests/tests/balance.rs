@@ -26,9 +26,7 @@ use wsproxy::balance::{
     PassiveHealth, PowerOfTwo, Probe,
 };
 use wsproxy_e2e::*;
-
-type Client =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use wsproxy_test_support::*;
 
 /// How an echo backend named `name` answers: `X-Backend: name` on its 101.
 fn tag(name: &'static str) -> BackendOptions {
@@ -126,28 +124,16 @@ fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
 
 /// A WebSocket held open through `proxy` with a real client, and who
 /// took it.
-async fn open(proxy: SocketAddr) -> (Client, String) {
-    let (ws, response) = within(
-        "client handshake",
-        tokio_tungstenite::connect_async(format!("ws://{proxy}/")),
-    )
-    .await
-    .expect("a 101");
+async fn open(proxy: SocketAddr) -> (WsClient, String) {
+    let (ws, response) = connect_with(&format!("ws://{proxy}/"), &[]).await;
     let name = response.headers()["x-backend"].to_str().unwrap().to_owned();
     (ws, name)
 }
 
 /// Close `ws` cleanly and wait for the end of its stream.
-async fn close(mut ws: Client) {
+async fn close(mut ws: WsClient) {
     ws.close(None).await.unwrap();
     while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, ws.next()).await {}
-}
-
-fn close_code(message: &Message) -> Option<u16> {
-    match message {
-        Message::Close(Some(frame)) => Some(frame.code.into()),
-        _ => None,
-    }
 }
 
 /// An axum backend named `name`: `GET /healthz` answers 200 while
@@ -425,7 +411,7 @@ async fn max_conns_sends_the_next_websocket_elsewhere_while_a_backend_is_full() 
 
 #[tokio::test]
 async fn a_dead_backend_is_retried_within_the_handshake_then_skipped() {
-    let dead = dead_port().await;
+    let (_port, dead) = closed_port();
     let a = named("a").await;
     let b = named("b").await;
     // nginx's defaults: one failure skips a backend for 10 s.
@@ -835,7 +821,7 @@ async fn a_backup_takes_websockets_only_while_no_primary_is_usable() {
 
 #[tokio::test]
 async fn a_backup_covers_for_a_dead_primary_within_the_same_handshake() {
-    let dead = dead_port().await;
+    let (_port, dead) = closed_port();
     let spare = named("spare").await;
     let set = Backends::new([member(dead), member(spare.addr).backup(true)]);
     let (proxy, _) = balancer(&set).await;
@@ -1090,13 +1076,9 @@ async fn close_tunnels_when_down_also_applies_when_set_after_active_health() {
 async fn a_handshake_under_way_when_its_backend_is_removed_does_not_leave_a_tunnel_open() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // A backend that answers its first handshake only when told to.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let slow = listener.local_addr().unwrap();
     let (asked_tx, asked) = tokio::sync::oneshot::channel();
     let (go, go_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let head = read_request_head(&mut stream).await;
+    let slow = scripted_backend(|mut stream, head| async move {
         asked_tx.send(()).unwrap();
         let _ = go_rx.await;
         stream
@@ -1105,7 +1087,8 @@ async fn a_handshake_under_way_when_its_backend_is_removed_does_not_leave_a_tunn
             .unwrap();
         let mut sink = Vec::new();
         let _ = stream.read_to_end(&mut sink).await;
-    });
+    })
+    .await;
     let b = named("b").await;
     let set = Backends::new([member(slow), member(b.addr)])
         .close_tunnels_when_down(Some(Duration::from_millis(500)));

@@ -15,6 +15,7 @@ use wsproxy::balance::{ActiveHealth, Backends, Probe};
 use wsproxy::connect::Connector;
 use wsproxy::{Upstream, WebSocketProxyLayer};
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 /// A WebSocket echo backend on a Unix socket in a fresh folder; it records
 /// the `Host` of each handshake.

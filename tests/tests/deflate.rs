@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 #[tokio::test]
 async fn permessage_deflate_works_end_to_end() {

@@ -6,11 +6,13 @@ use std::net::SocketAddr;
 
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use wsproxy::WebSocketProxyLayer;
-use wsproxy_e2e::{connect, handshake, header, raw, read_at_least, read_head, serve, within};
+use wsproxy_e2e::serve;
+use wsproxy_test_support::{
+    connect, echo_backend, handshake, raw, read_at_least, read_head, scripted_backend,
+    switching_protocols, within,
+};
 
 async fn serve_proxy(backend: SocketAddr) -> SocketAddr {
     let layer = WebSocketProxyLayer::new(format!("ws://{backend}").parse().unwrap());
@@ -19,9 +21,7 @@ async fn serve_proxy(backend: SocketAddr) -> SocketAddr {
 
 #[tokio::test]
 async fn client_bytes_sent_with_the_request_reach_the_backend_first() {
-    let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let backend = echo_backend().await;
     let proxy = serve_proxy(backend).await;
 
     let mut bytes = handshake("/", "").into_bytes();
@@ -42,30 +42,15 @@ async fn client_bytes_sent_with_the_request_reach_the_backend_first() {
 
 #[tokio::test]
 async fn backend_bytes_sent_with_its_101_reach_the_client_first() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut request = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0);
-            request.extend_from_slice(&chunk[..n]);
-        }
-        let request = String::from_utf8(request).unwrap();
-        let key = header(&request, "sec-websocket-key").unwrap();
-        let mut answer = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Accept: {}\r\n\r\n",
-            derive_accept_key(key.as_bytes())
-        )
-        .into_bytes();
+    let backend = scripted_backend(|mut stream, head| async move {
+        let mut answer = switching_protocols(&head).into_bytes();
         answer.extend_from_slice(b"\x81\x05hello\x81\x05world");
         stream.write_all(&answer).await.unwrap();
         // Keep the connection open until the client goes away.
+        let mut chunk = [0u8; 1024];
         while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
-    });
+    })
+    .await;
     let proxy = serve_proxy(backend).await;
 
     let mut ws = connect(&format!("ws://{proxy}/")).await;

@@ -11,15 +11,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::{Error, Message};
 use wsproxy::{Keepalive, MessageLimits};
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 const KEY: Option<[u8; 4]> = Some([0x11, 0x22, 0x33, 0x44]);
-
-fn close_code(message: &Message) -> Option<u16> {
-    match message {
-        Message::Close(Some(frame)) => Some(frame.code.into()),
-        _ => None,
-    }
-}
 
 /// Wait until the backend saw a message matching `matches`.
 async fn backend_saw(backend: &Backend, what: &str, matches: impl Fn(&Message) -> bool) {
@@ -317,18 +311,7 @@ async fn a_healthy_idle_client_stays_connected_and_the_proxys_pongs_are_not_forw
 #[tokio::test]
 async fn a_backend_that_stops_answering_is_closed_and_the_client_gets_1001() {
     // A backend that completes the handshake and then reads nothing.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let head = read_request_head(&mut stream).await;
-        stream
-            .write_all(switching_protocols(&head).as_bytes())
-            .await
-            .unwrap();
-        tokio::time::sleep(LIMIT).await;
-        drop(stream);
-    });
+    let addr = stalled_backend().await;
     let keepalive = Keepalive::new(Duration::from_millis(200), Duration::from_millis(200));
     let (proxy, tunnels) = proxy_to(addr, |l| l.backend_keepalive(Some(keepalive))).await;
     let mut ws = connect(&format!("ws://{proxy}/")).await;

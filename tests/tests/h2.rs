@@ -7,18 +7,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode, Version};
 use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
 use hyper::ext::Protocol;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use wsproxy::serve::{ConnectionLimits, Timeouts};
 use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 async fn proxy_over(layer: WebSocketProxyLayer) -> (SocketAddr, Tunnels) {
     let tunnels = layer.tunnels_handle().clone();
@@ -33,6 +31,8 @@ async fn an_h2_websocket_reaches_an_http1_backend_and_echoes() {
     let backend = Backend::with(BackendOptions {
         protocol: Some("chat"),
         headers: vec![("set-cookie", "seen=1")],
+
+        ..Default::default()
     })
     .await;
     let layer = WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
@@ -116,9 +116,7 @@ async fn close_codes_and_a_16_mib_message_cross_over_h2() {
 
 /// A proxy to a raw backend that answers `answer`, and an HTTP/2
 /// connection to it, ready for extended CONNECT.
-async fn h2_to_raw(
-    answer: &'static str,
-) -> (RawBackend, SocketAddr, Tunnels, SendRequest<Empty<Bytes>>) {
+async fn h2_to_raw(answer: &'static str) -> (RawBackend, SocketAddr, Tunnels, H2Sender) {
     let backend = RawBackend::start(answer).await;
     let (proxy, tunnels) = proxy_over(WebSocketProxyLayer::new(
         format!("ws://{}", backend.addr).parse().unwrap(),
@@ -172,35 +170,6 @@ async fn refusals_are_statuses_on_the_h2_stream() {
     assert_eq!(tunnels.stats().opened, 0);
 }
 
-/// A backend that completes the handshake and then never reads.
-async fn stalled_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let head = read_request_head(&mut stream).await;
-            stream
-                .write_all(switching_protocols(&head).as_bytes())
-                .await
-                .unwrap();
-            held.push(stream);
-        }
-    });
-    addr
-}
-
-/// Serve `app` with `wsproxy::serve::Server`: HTTP/1.1 and HTTP/2, with the
-/// windows the crate docs recommend (stream 256 KiB, connection 8 MiB)
-/// and extended CONNECT enabled.
-async fn serve_h2(app: axum::Router) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = wsproxy::serve::Server::new(app);
-    tokio::spawn(async move { server.serve(listener).await.unwrap() });
-    addr
-}
-
 #[tokio::test]
 async fn a_stalled_stream_does_not_stall_its_neighbours_and_is_not_buffered() {
     let stalled = stalled_backend().await;
@@ -214,7 +183,9 @@ async fn a_stalled_stream_does_not_stall_its_neighbours_and_is_not_buffered() {
     // With hyper's defaults (1 MiB for a stream and for the whole
     // connection), one stalled upload fills the connection's window and
     // every other upload on it stops: see "Serving" in the crate docs.
-    let proxy = serve_h2(app).await;
+    // `wsproxy::serve::Server` has the windows the crate docs recommend
+    // (stream 256 KiB, connection 8 MiB) and extended CONNECT enabled.
+    let proxy = serve_with(app, Timeouts::new(), ConnectionLimits::new()).await;
     let mut sender = h2(proxy).await;
 
     // Stream A: 64 MiB toward a backend that reads nothing.

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 #[tokio::test]
 async fn connection_and_upgrade_token_variants_open_a_tunnel() {
@@ -130,16 +130,16 @@ async fn backend_subprotocol_and_headers_reach_the_client() {
     let backend = Backend::with(BackendOptions {
         protocol: Some("b"),
         headers: vec![("set-cookie", "session=42; HttpOnly"), ("x-backend", "yes")],
+
+        ..Default::default()
     })
     .await;
     let (proxy, _) = proxy_to(backend.addr, |l| l).await;
-    let mut request = format!("ws://{proxy}/").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", "a, b".parse().unwrap());
-    let (mut ws, response) = within("handshake", tokio_tungstenite::connect_async(request))
-        .await
-        .unwrap();
+    let (mut ws, response) = connect_with(
+        &format!("ws://{proxy}/"),
+        &[("sec-websocket-protocol", "a, b")],
+    )
+    .await;
     assert_eq!(response.headers()["sec-websocket-protocol"], "b");
     assert_eq!(response.headers()["set-cookie"], "session=42; HttpOnly");
     assert_eq!(response.headers()["x-backend"], "yes");
@@ -201,13 +201,9 @@ async fn refusal_bodies_of_every_framing_arrive_whole() {
 
 #[tokio::test]
 async fn a_large_refusal_body_streams_intact() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
     let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
     let sent = body.clone();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        read_request_head(&mut stream).await;
+    let backend = scripted_backend(|mut stream, _| async move {
         let head = format!(
             "HTTP/1.1 503 Service Unavailable\r\nContent-Length: {}\r\n\r\n",
             sent.len()
@@ -216,7 +212,8 @@ async fn a_large_refusal_body_streams_intact() {
         stream.write_all(&sent).await.unwrap();
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest).await;
-    });
+    })
+    .await;
     let (proxy, tunnels) = proxy_to(backend, |l| l).await;
     let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
     let head = read_head(&mut stream).await;
@@ -348,7 +345,7 @@ async fn hop_by_hop_headers_of_the_101_do_not_reach_the_client() {
 
 #[tokio::test]
 async fn a_dead_port_is_a_bad_gateway() {
-    let dead = dead_port().await;
+    let (_port, dead) = closed_port();
     let (proxy, _) = proxy_to(dead, |l| l).await;
     let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
     let head = read_head(&mut stream).await;
@@ -371,14 +368,7 @@ async fn an_unresolvable_host_is_a_bad_gateway() {
 #[tokio::test]
 async fn a_silent_backend_is_a_gateway_timeout() {
     // Accepts TCP, never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
+    let (silent, _) = silent_backend().await;
     let (proxy, _) = proxy_to(silent, |l| l.handshake_timeout(Duration::from_millis(500))).await;
     let start = Instant::now();
     let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;

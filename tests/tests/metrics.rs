@@ -7,6 +7,7 @@ use metrics_util::{CompositeKey, MetricKind};
 use tokio_tungstenite::tungstenite::Message;
 use wsproxy::WebSocketProxyLayer;
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 fn value<U, D>(
     snapshot: &[(CompositeKey, U, D, DebugValue)],
@@ -43,7 +44,7 @@ async fn tunnels_and_refusals_are_counted() {
         .route(wsproxy::Route::prefix("/m"));
     let tunnels = layer.tunnels_handle().clone();
     // A second route over two backends, one of them dead.
-    let dead = dead_port().await;
+    let (_port, dead) = closed_port();
     let pool = wsproxy::balance::Backends::new([
         format!("ws://{dead}").parse().unwrap(),
         format!("ws://{}", backend.addr).parse().unwrap(),

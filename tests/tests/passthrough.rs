@@ -9,10 +9,10 @@ use axum::routing::{get, post};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use wsproxy::{Route, WebSocketProxyLayer};
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 fn app() -> Router {
     Router::new()
@@ -196,18 +196,8 @@ async fn a_predicate_route_claims_only_what_it_matches() {
     assert_eq!(backend.connections(), 0);
 
     // With it: the backend.
-    let mut request = format!("ws://{proxy}/local-ws")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("x-to-backend", "1".parse().unwrap());
-    let (mut proxied, _) = within(
-        "handshake",
-        tokio_tungstenite::connect_async_with_config(request, Some(big()), false),
-    )
-    .await
-    .unwrap();
+    let (mut proxied, _) =
+        connect_with(&format!("ws://{proxy}/local-ws"), &[("x-to-backend", "1")]).await;
     echo(&mut proxied, Message::text("claimed by the predicate")).await;
     assert_eq!(backend.connections(), 1);
     assert_eq!(backend.last_uri(), "/local-ws");

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -20,15 +20,7 @@ use wsproxy::admit::Rate;
 use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
 use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
 use wsproxy_e2e::*;
-
-/// Serve `app` with `timeouts` and `limits` on 127.0.0.1:0.
-async fn start(app: Router, timeouts: Timeouts, limits: ConnectionLimits) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = Server::new(app).timeouts(timeouts).limits(limits);
-    tokio::spawn(async move { server.serve(listener).await.unwrap() });
-    addr
-}
+use wsproxy_test_support::*;
 
 /// An app with a plain route and the proxy on `/ws` to `backend`.
 fn app(backend: SocketAddr) -> (Router, Tunnels) {
@@ -54,29 +46,13 @@ fn quiet() -> Timeouts {
         .http2_idle(NEVER)
 }
 
-/// Read until the server closes the connection; what was read.
-async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    within("the server to close the connection", async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await;
-    got
-}
-
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
 
 #[tokio::test]
 async fn a_connection_that_says_nothing_is_closed_after_the_detect_timeout() {
     let backend = Backend::start().await;
     let (app, _) = app(backend.addr);
-    let proxy = start(
+    let proxy = serve_with(
         app,
         quiet().detect(Duration::from_millis(300)),
         ConnectionLimits::new(),
@@ -97,7 +73,7 @@ async fn a_connection_that_says_nothing_is_closed_after_the_detect_timeout() {
 
 #[tokio::test]
 async fn a_partial_head_is_closed_after_the_request_head_timeout() {
-    let proxy = start(
+    let proxy = serve_with(
         Router::new().route("/", get(|| async { "plain" })),
         quiet().request_head(Duration::from_millis(400)),
         ConnectionLimits::new(),
@@ -116,7 +92,7 @@ async fn a_partial_head_is_closed_after_the_request_head_timeout() {
 #[tokio::test]
 async fn a_byte_at_a_time_does_not_keep_a_head_alive() {
     let head_timeout = Duration::from_millis(600);
-    let proxy = start(
+    let proxy = serve_with(
         Router::new().route("/", get(|| async { "plain" })),
         quiet().request_head(head_timeout),
         ConnectionLimits::new(),
@@ -152,7 +128,7 @@ async fn a_byte_at_a_time_does_not_keep_a_head_alive() {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_and_a_later_head_is_timed() {
     let keep_alive = Duration::from_millis(400);
-    let proxy = start(
+    let proxy = serve_with(
         Router::new().route("/", get(|| async { "plain" })),
         quiet().keep_alive(keep_alive),
         ConnectionLimits::new(),
@@ -179,7 +155,7 @@ async fn an_idle_keep_alive_connection_is_closed_and_a_later_head_is_timed() {
 
 #[tokio::test]
 async fn the_head_of_a_later_request_is_timed_from_its_first_byte() {
-    let proxy = start(
+    let proxy = serve_with(
         Router::new().route("/", get(|| async { "plain" })),
         quiet().request_head(Duration::from_millis(400)),
         ConnectionLimits::new(),
@@ -210,7 +186,7 @@ async fn a_request_being_answered_is_never_cut() {
         }),
     );
     let short = Duration::from_millis(200);
-    let proxy = start(
+    let proxy = serve_with(
         app,
         Timeouts::new()
             .detect(short)
@@ -226,25 +202,9 @@ async fn a_request_being_answered_is_never_cut() {
     assert_eq!(read_body(&mut stream, &head).await, b"slow");
 }
 
-/// HTTP/2 frames: (type, flags) of each one read until the server closes.
-async fn h2_frames_until_close(stream: &mut TcpStream) -> Vec<(u8, u8)> {
-    let bytes = read_to_close(stream).await;
-    let mut frames = Vec::new();
-    let mut rest = &bytes[..];
-    while rest.len() >= 9 {
-        let len = usize::from(rest[0]) << 16 | usize::from(rest[1]) << 8 | usize::from(rest[2]);
-        frames.push((rest[3], rest[4]));
-        rest = &rest[(9 + len).min(rest.len())..];
-    }
-    frames
-}
-
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-const GOAWAY: u8 = 0x7;
-
 #[tokio::test]
 async fn an_http2_connection_with_no_stream_gets_goaway_after_the_idle_timeout() {
-    let proxy = start(
+    let proxy = serve_with(
         Router::new().route("/", get(|| async { "plain" })),
         // Detection and heads would close it sooner if they applied.
         quiet()
@@ -256,7 +216,7 @@ async fn an_http2_connection_with_no_stream_gets_goaway_after_the_idle_timeout()
     .await;
     let start = Instant::now();
     let mut preface_only = raw(proxy, H2_PREFACE).await;
-    let frames = h2_frames_until_close(&mut preface_only).await;
+    let frames = h2_frames(&read_to_close(&mut preface_only).await);
     assert!(frames.iter().any(|&(kind, _)| kind == GOAWAY), "{frames:?}");
     // GOAWAY at 500 ms, closed a second later as the client never closes.
     assert!(
@@ -271,15 +231,9 @@ async fn an_http2_connection_carrying_a_websocket_is_not_idle() {
     let backend = Backend::start().await;
     let (app, tunnels) = app(backend.addr);
     let idle = Duration::from_millis(300);
-    let proxy = start(app, quiet().http2_idle(idle), ConnectionLimits::new()).await;
+    let proxy = serve_with(app, quiet().http2_idle(idle), ConnectionLimits::new()).await;
     let tcp = TcpStream::connect(proxy).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_connection(tcp).await;
     let (_, mut ws) = open(&mut sender, connect_request(proxy, "/ws", &[])).await;
     // Silent for longer than the idle timeout and the grace after a
     // GOAWAY together: the stream is open, so the connection is not idle.
@@ -309,7 +263,7 @@ async fn an_http2_connection_carrying_a_websocket_is_not_idle() {
 
 #[tokio::test]
 async fn a_tls_handshake_that_never_comes_is_closed() {
-    let config = Leaf::self_signed().server_config();
+    let config = Leaf::localhost().server_config();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = Server::new(Router::new().route("/", get(|| async { "plain" })))
@@ -330,7 +284,7 @@ async fn a_tls_handshake_that_never_comes_is_closed() {
 async fn at_the_bound_the_longest_idle_connection_makes_room() {
     let backend = Backend::start().await;
     let (app, _) = app(backend.addr);
-    let proxy = start(app, quiet(), ConnectionLimits::new().max_connections(3)).await;
+    let proxy = serve_with(app, quiet(), ConnectionLimits::new().max_connections(3)).await;
     let mut oldest = TcpStream::connect(proxy).await.unwrap();
     let mut idle = Vec::new();
     for _ in 0..2 {
@@ -361,7 +315,7 @@ async fn over_the_per_ip_bound_a_busy_client_gets_no_more_connections() {
             }),
         )
         .route("/quick", get(|| async { "quick" }));
-    let proxy = start(
+    let proxy = serve_with(
         app,
         quiet(),
         ConnectionLimits::new().max_connections_per_ip(2),
@@ -411,27 +365,11 @@ async fn over_the_per_ip_bound_a_busy_client_gets_no_more_connections() {
     drop(fresh.write_all(b"").await);
 }
 
-/// A backend that accepts TCP connections, counts them, and never answers.
-async fn silent_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            held.push(stream);
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test]
 async fn one_http2_connection_cannot_drive_more_backend_handshakes_than_the_bound() {
     let (backend, accepted) = silent_backend().await;
     let (app, _) = app(backend);
-    let proxy = start(
+    let proxy = serve_with(
         app,
         quiet(),
         ConnectionLimits::new().http2_max_handshakes(4),
@@ -496,20 +434,14 @@ async fn one_http2_connection_cannot_drive_more_backend_handshakes_than_the_boun
 async fn resetting_handshakes_faster_than_allowed_gets_goaway() {
     let (backend, accepted) = silent_backend().await;
     let (app, _) = app(backend);
-    let proxy = start(
+    let proxy = serve_with(
         app,
         quiet(),
         ConnectionLimits::new().http2_reset_handshakes(Rate::per_minute(1).burst(3)),
     )
     .await;
     let tcp = TcpStream::connect(proxy).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    let connection = tokio::spawn(connection);
+    let (mut sender, connection) = h2_connection(tcp).await;
     // Open a handshake, wait until it reached the backend, reset it (the
     // response future dropped sends RST_STREAM), again and again.
     let mut opened = 0;
@@ -550,7 +482,7 @@ async fn resetting_handshakes_faster_than_allowed_gets_goaway() {
 async fn a_websocket_served_through_the_server_knows_the_client_address() {
     let backend = Backend::start().await;
     let (app, tunnels) = app(backend.addr);
-    let proxy = start(app, Timeouts::new(), ConnectionLimits::new()).await;
+    let proxy = serve_with(app, Timeouts::new(), ConnectionLimits::new()).await;
     let mut ws = connect(&format!("ws://{proxy}/ws")).await;
     echo(&mut ws, Message::text("hi")).await;
     let headers = backend.last_headers();

@@ -9,9 +9,10 @@ use axum::Router;
 use axum::routing::get;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
+use tokio::net::{TcpSocket, TcpStream};
+use wsproxy::serve::{ConnectionLimits, Timeouts};
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 /// A metric: its name and labels.
 type Id = (String, Vec<(String, String)>);
@@ -58,14 +59,6 @@ impl Totals {
     }
 }
 
-async fn start(app: Router, timeouts: Timeouts, limits: ConnectionLimits) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = Server::new(app).timeouts(timeouts).limits(limits);
-    tokio::spawn(async move { server.serve(listener).await.unwrap() });
-    addr
-}
-
 /// Descriptors open in this process.
 fn open_descriptors() -> u64 {
     std::fs::read_dir("/proc/self/fd").unwrap().count() as u64
@@ -86,7 +79,7 @@ async fn connections_are_counted() {
 
     // A timeout, by state.
     let plain = Router::new().route("/", get(|| async { "plain" }));
-    let addr = start(
+    let addr = serve_with(
         plain.clone(),
         Timeouts::new().detect(Duration::from_millis(100)),
         ConnectionLimits::new(),
@@ -109,7 +102,7 @@ async fn connections_are_counted() {
     );
 
     // Shed to make room.
-    let addr = start(
+    let addr = serve_with(
         plain,
         Timeouts::new(),
         ConnectionLimits::new().max_connections(1),
@@ -153,7 +146,7 @@ async fn connections_are_counted() {
             }
         }),
     );
-    let addr = start(
+    let addr = serve_with(
         app,
         Timeouts::new(),
         ConnectionLimits::new().max_connections(100_000),

@@ -5,150 +5,16 @@
 //! at run time (rcgen); no key is committed.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpListener;
-use tokio_rustls::LazyConfigAcceptor;
-use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::crypto::ring;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{Acceptor, WebPkiClientVerifier};
 use tokio_tungstenite::tungstenite::{self, Message};
 use wsproxy::WebSocketProxyLayer;
 use wsproxy::balance::{ActiveHealth, Backend, Backends, PassiveHealth, Probe};
 use wsproxy::tls::BackendTls;
-use wsproxy_e2e::{Ca, Captured, LIMIT, Leaf, wait_until, within};
-
-// ---------------------------------------------------------------------
-// A TLS WebSocket echo backend.
-// ---------------------------------------------------------------------
-
-/// What the backend saw of one TLS client hello.
-#[derive(Clone, Debug)]
-struct Hello {
-    sni: Option<String>,
-    /// ALPN protocols offered.
-    alpn: Vec<String>,
-    /// ALPN protocol agreed, after a completed handshake.
-    agreed: Option<String>,
-}
-
-#[derive(Clone)]
-struct TlsBackend {
-    addr: SocketAddr,
-    hellos: Arc<Mutex<Vec<Hello>>>,
-    /// TLS handshakes that failed on the backend's side.
-    tls_failures: Arc<AtomicUsize>,
-    /// WebSocket handshakes completed.
-    sessions: Arc<AtomicUsize>,
-}
-
-impl TlsBackend {
-    /// Serve `leaf`; with `client_ca`, demand a client certificate of it.
-    async fn start(leaf: &Leaf, client_ca: Option<&Ca>) -> Self {
-        let provider = Arc::new(ring::default_provider());
-        let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap();
-        let builder = match client_ca {
-            Some(ca) => builder.with_client_cert_verifier(
-                WebPkiClientVerifier::builder_with_provider(ca.roots(), provider)
-                    .build()
-                    .unwrap(),
-            ),
-            None => builder.with_no_client_auth(),
-        };
-        let chain = CertificateDer::pem_slice_iter(leaf.cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
-        let mut config = builder.with_single_cert(chain, key).unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let config = Arc::new(config);
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend = Self {
-            addr: listener.local_addr().unwrap(),
-            hellos: Arc::default(),
-            tls_failures: Arc::default(),
-            sessions: Arc::default(),
-        };
-        let this = backend.clone();
-        tokio::spawn(async move {
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                tokio::spawn(this.clone().serve(tcp, config.clone()));
-            }
-        });
-        backend
-    }
-
-    async fn serve(self, tcp: tokio::net::TcpStream, config: Arc<ServerConfig>) {
-        let Ok(start) = LazyConfigAcceptor::new(Acceptor::default(), tcp).await else {
-            self.tls_failures.fetch_add(1, Ordering::SeqCst);
-            return;
-        };
-        let hello = start.client_hello();
-        let seen = Hello {
-            sni: hello.server_name().map(str::to_owned),
-            alpn: hello
-                .alpn()
-                .into_iter()
-                .flatten()
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .collect(),
-            agreed: None,
-        };
-        // Recorded before the backend answers: the proxy cannot have
-        // given up on it yet.
-        let index = {
-            let mut hellos = self.hellos.lock().unwrap();
-            hellos.push(seen);
-            hellos.len() - 1
-        };
-        let Ok(tls) = start.into_stream(config).await else {
-            self.tls_failures.fetch_add(1, Ordering::SeqCst);
-            return;
-        };
-        self.hellos.lock().unwrap()[index].agreed = tls
-            .get_ref()
-            .1
-            .alpn_protocol()
-            .map(|p| String::from_utf8_lossy(p).into_owned());
-        let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
-            // TLS 1.3: a missing client certificate shows here.
-            self.tls_failures.fetch_add(1, Ordering::SeqCst);
-            return;
-        };
-        self.sessions.fetch_add(1, Ordering::SeqCst);
-        while let Some(Ok(message)) = ws.next().await {
-            if message.is_text() || message.is_binary() {
-                if ws.send(message).await.is_err() {
-                    break;
-                }
-            } else if message.is_close() {
-                break;
-            }
-        }
-    }
-
-    fn url(&self, host: &str) -> String {
-        format!("wss://{host}:{}/", self.addr.port())
-    }
-
-    fn last_hello(&self) -> Hello {
-        self.hellos
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("no client hello")
-    }
-}
+use wsproxy_test_support::{Ca, Captured, LIMIT, TlsBackend, wait_until, within};
 
 // ---------------------------------------------------------------------
 // The proxy, a client, captured logs.
@@ -271,7 +137,7 @@ async fn a_backend_that_demands_a_client_certificate_gets_the_configured_one() {
     let (log, _guard) = Captured::start();
     let ca = Ca::new("test CA");
     let clients = Ca::new("client CA");
-    let backend = TlsBackend::start(&ca.leaf(&["localhost"]), Some(&clients)).await;
+    let backend = TlsBackend::start(&ca.leaf(&["localhost"]), Some(&clients.pem)).await;
     let tls = BackendTls::empty().add_ca_pem(&ca.pem).unwrap();
 
     let without = proxy(&backend.url("localhost"), Some(tls.clone())).await;

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 #[tokio::test]
 async fn text_and_binary_messages_arrive_intact_at_every_size() {
@@ -178,12 +178,8 @@ async fn an_abrupt_backend_drop_ends_the_client_stream() {
 async fn a_fin_without_a_close_gets_the_other_side_a_close_frame() {
     // A raw backend: after the handshake it sends a frame and its FIN,
     // then records what still reaches it.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
     let (after_tx, after) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let head = read_request_head(&mut stream).await;
+    let backend = scripted_backend(|mut stream, head| async move {
         let mut answer = switching_protocols(&head).into_bytes();
         answer.extend_from_slice(b"\x81\x04last");
         stream.write_all(&answer).await.unwrap();
@@ -191,7 +187,8 @@ async fn a_fin_without_a_close_gets_the_other_side_a_close_frame() {
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest).await;
         let _ = after_tx.send(rest);
-    });
+    })
+    .await;
     let (proxy, tunnels) = proxy_to(backend, |l| l).await;
     let (mut client, mut buf) = raw_websocket(proxy).await;
     let last = read_frame(&mut client, &mut buf).await.unwrap();
@@ -221,12 +218,8 @@ async fn a_fin_without_a_close_gets_the_other_side_a_close_frame() {
 async fn a_half_close_is_passed_on_and_the_other_direction_keeps_flowing() {
     // A raw backend: after the handshake it waits for the client's FIN,
     // then still sends a frame, then closes.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
     let (saw_fin_tx, saw_fin) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let head = read_request_head(&mut stream).await;
+    let backend = scripted_backend(|mut stream, head| async move {
         stream
             .write_all(switching_protocols(&head).as_bytes())
             .await
@@ -236,7 +229,8 @@ async fn a_half_close_is_passed_on_and_the_other_direction_keeps_flowing() {
         let _ = saw_fin_tx.send(after);
         stream.write_all(b"\x81\x05after").await.unwrap();
         stream.shutdown().await.unwrap();
-    });
+    })
+    .await;
     // Byte-for-byte TCP semantics: no Close of the proxy's on the FIN.
     let (proxy, tunnels) = proxy_to(backend, |l| l.close_on_disconnect(false)).await;
     let mut client = raw(proxy, handshake("/", "").as_bytes()).await;
@@ -410,18 +404,15 @@ async fn a_backend_reset_ends_the_client_stream() {
     // By default the client is told 1011; with the setting off its stream
     // just ends. Either way it is counted as an error.
     for close_on_disconnect in [true, false] {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let backend = listener.local_addr().unwrap();
         let (go_tx, go) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let head = read_request_head(&mut stream).await;
+        let backend = scripted_backend(|mut stream, head| async move {
             let mut answer = switching_protocols(&head).into_bytes();
             answer.extend_from_slice(b"\x81\x05ready");
             stream.write_all(&answer).await.unwrap();
             let _ = go.await;
             reset(stream);
-        });
+        })
+        .await;
         let (proxy, tunnels) =
             proxy_to(backend, |l| l.close_on_disconnect(close_on_disconnect)).await;
         let mut ws = connect(&format!("ws://{proxy}/")).await;
@@ -457,12 +448,8 @@ async fn a_backend_reset_ends_the_client_stream() {
 async fn a_half_closed_tunnel_is_closed_after_the_half_close_timeout() {
     // A raw backend that reads the client's FIN, then neither writes nor
     // closes until the test ends.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
     let (release_tx, release) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let head = read_request_head(&mut stream).await;
+    let backend = scripted_backend(|mut stream, head| async move {
         stream
             .write_all(switching_protocols(&head).as_bytes())
             .await
@@ -470,7 +457,8 @@ async fn a_half_closed_tunnel_is_closed_after_the_half_close_timeout() {
         let mut got = Vec::new();
         let _ = stream.read_to_end(&mut got).await; // up to the client's FIN
         let _ = release.await;
-    });
+    })
+    .await;
     let (proxy, tunnels) = proxy_to(backend, |l| {
         l.half_close_timeout(Duration::from_millis(300))
             .close_on_disconnect(false)
@@ -498,13 +486,9 @@ async fn a_half_closed_tunnel_is_closed_after_the_half_close_timeout() {
 #[tokio::test]
 async fn a_handshake_in_flight_when_shutdown_starts_opens_no_tunnel_after_it() {
     // A raw backend that answers 101 only when told to.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
     let (answer_tx, answer) = tokio::sync::oneshot::channel::<()>();
     let (got_request_tx, got_request) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let head = read_request_head(&mut stream).await;
+    let backend = scripted_backend(|mut stream, head| async move {
         let _ = got_request_tx.send(());
         let _ = answer.await;
         let _ = stream
@@ -512,7 +496,8 @@ async fn a_handshake_in_flight_when_shutdown_starts_opens_no_tunnel_after_it() {
             .await;
         let mut rest = Vec::new();
         let _ = stream.read_to_end(&mut rest).await;
-    });
+    })
+    .await;
     let (proxy, tunnels) = proxy_to(backend, |l| l).await;
     let mut client = raw(proxy, handshake("/", "").as_bytes()).await;
     within("the backend got the handshake", got_request)

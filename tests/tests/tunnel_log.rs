@@ -9,7 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
-use wsproxy_e2e::{Captured, LIMIT, proxy_to, wait_until};
+use wsproxy_e2e::proxy_to;
+use wsproxy_test_support::{Backend, Captured, LIMIT, echo_backend, wait_until};
 
 async fn tunnel_closes(tunnels: &Tunnels) {
     assert!(
@@ -23,9 +24,7 @@ async fn tunnel_closes(tunnels: &Tunnels) {
 async fn logged_proxy(
     configure: impl FnOnce(WebSocketProxyLayer) -> WebSocketProxyLayer,
 ) -> (std::net::SocketAddr, Tunnels, std::net::SocketAddr) {
-    let (backend, _task) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let backend = echo_backend().await;
     let (proxy, tunnels) = proxy_to(backend, configure).await;
     (proxy, tunnels, backend)
 }
@@ -130,7 +129,7 @@ async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
 #[tokio::test(flavor = "current_thread")]
 async fn a_vanished_backend_is_logged_with_the_close_the_client_got() {
     let (captured, _default) = Captured::start();
-    let backend = wsproxy_e2e::Backend::start().await;
+    let backend = Backend::start().await;
     let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/"))
         .await

@@ -7,6 +7,7 @@ use std::os::unix::process::ExitStatusExt;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 use wsproxy_e2e::*;
+use wsproxy_test_support::*;
 
 const TUNNELS: usize = 500;
 

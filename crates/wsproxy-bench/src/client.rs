@@ -192,7 +192,7 @@ mod tests {
 
     #[tokio::test]
     async fn both_dialers_echo_through_the_layer_server() {
-        let (backend, _) = wsproxy_bench::spawn_echo("127.0.0.1:0".parse().unwrap())
+        let (backend, _) = wsproxy_test_support::spawn_echo("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let (proxy, _) =

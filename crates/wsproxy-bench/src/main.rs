@@ -201,7 +201,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn echo(listen: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
-    let (addr, task) = wsproxy_bench::spawn_echo(listen).await?;
+    let (addr, task) = wsproxy_test_support::spawn_echo(listen).await?;
     println!("listening on {addr}");
     use std::io::Write as _;
     std::io::stdout().flush()?;

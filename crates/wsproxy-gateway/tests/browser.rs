@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::time::timeout;
 
-use support::{Gateway, TestCert, h2_client, h2_get, opened};
+use support::{Gateway, opened, tls_flags};
+use wsproxy_test_support::{Leaf, h2_client, h2_get};
 
 /// Messages the page echoes.
 const MESSAGES: usize = 5;
@@ -71,14 +72,10 @@ async fn chromium_echoes_through_the_gateway_over_http2() {
         return;
     }
 
-    let cert = TestCert::new();
-    let gateway = Gateway::start(&[
-        "--demo",
-        "--tls-cert",
-        TestCert::arg(&cert.cert),
-        "--tls-key",
-        TestCert::arg(&cert.key),
-    ]);
+    let cert = Leaf::localhost();
+    let mut args = vec!["--demo"];
+    args.extend(tls_flags(&cert));
+    let gateway = Gateway::start(&args);
     let url = format!("https://127.0.0.1:{}/", gateway.addr.port());
 
     let start = Instant::now();
@@ -86,7 +83,7 @@ async fn chromium_echoes_through_the_gateway_over_http2() {
     script
         .arg("echo.mjs")
         .arg(&url)
-        .arg(&cert.cert)
+        .arg(&cert.files().cert)
         .arg(MESSAGES.to_string())
         .env("CHROMIUM", chromium())
         .current_dir(&script_dir)

@@ -9,27 +9,21 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio::time::timeout;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use wsproxy_test_support::{
+    Backend, BackendOptions, LIMIT, Leaf, PemFiles, TlsBackend, WsClient, closed_port,
+    connect_with, echo, echo_backend, extended_connect, h2_client, h2_get, handshake, open, raw,
+    read_head, silent_backend, stalled_backend,
+};
 
-use support::{Gateway, LIMIT, TestCert, h2_client, h2_get, opened, refused, wss_echo};
-
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use support::{Gateway, opened, refused, tls_flags};
 
 /// Open a WebSocket through the gateway.
-async fn connect(addr: SocketAddr, path: &str) -> Client {
-    timeout(
-        LIMIT,
-        tokio_tungstenite::connect_async(format!("ws://{addr}{path}")),
-    )
-    .await
-    .expect("handshake in time")
-    .expect("handshake succeeds")
-    .0
+async fn connect(addr: SocketAddr, path: &str) -> WsClient {
+    wsproxy_test_support::connect(&format!("ws://{addr}{path}")).await
 }
 
 /// The next message, within [`LIMIT`].
@@ -45,7 +39,7 @@ where
 }
 
 /// Read messages until `text` arrives.
-async fn hear(ws: &mut Client, text: &str) {
+async fn hear(ws: &mut WsClient, text: &str) {
     while next(ws).await != Message::text(text) {}
 }
 
@@ -277,21 +271,8 @@ async fn sigterm_does_not_wait_past_the_deadline_for_a_stuck_request() {
 /// The status line of a raw WebSocket handshake to `path` with extra
 /// header lines.
 async fn handshake_status(addr: SocketAddr, path: &str, extra: &str) -> String {
-    let mut stream = timeout(LIMIT, TcpStream::connect(addr))
-        .await
-        .unwrap()
-        .unwrap();
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = vec![0u8; 12];
-    timeout(LIMIT, stream.read_exact(&mut head))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&head).into_owned()
+    let mut stream = raw(addr, handshake(path, extra).as_bytes()).await;
+    read_head(&mut stream).await.text[..12].to_owned()
 }
 
 #[tokio::test]
@@ -387,68 +368,17 @@ fn bad_balancing_flags_exit_with_a_clear_message() {
     }
 }
 
-/// A WebSocket backend on 127.0.0.1 that answers every text message with
-/// its name, `:`, and the message.
-struct EchoBackend {
-    url: String,
-    accept: JoinHandle<()>,
-}
-
-impl EchoBackend {
-    async fn start(name: &'static str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/", listener.local_addr().unwrap());
-        let accept = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                        return;
-                    };
-                    while let Some(Ok(message)) = ws.next().await {
-                        if let Message::Text(text) = message
-                            && ws
-                                .send(Message::text(format!("{name}:{text}")))
-                                .await
-                                .is_err()
-                        {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        Self { url, accept }
+/// How a backend named `name` answers: every text message comes back
+/// with its name, `:`, and the message.
+fn named(name: &'static str) -> BackendOptions {
+    BackendOptions {
+        echo_name: Some(name),
+        ..Default::default()
     }
-
-    /// Close the listening socket (new connects are refused); open
-    /// WebSockets stay.
-    async fn stop_accepting(&mut self) {
-        self.accept.abort();
-        let _ = (&mut self.accept).await;
-    }
-}
-
-impl Drop for EchoBackend {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
-}
-
-/// A port on 127.0.0.1 where nothing listens (connects are refused): a
-/// socket bound and never listening, so no one else gets the port while
-/// the test holds it. Its `ws://` URL comes along.
-fn closed_port() -> (socket2::Socket, String) {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap();
-    (socket, format!("ws://{addr}/"))
 }
 
 /// The name of the backend that answers on `ws`.
-async fn answered_by(ws: &mut Client) -> String {
+async fn answered_by(ws: &mut WsClient) -> String {
     ws.send(Message::text("who")).await.unwrap();
     let Message::Text(text) = next(ws).await else {
         panic!("expected a text answer");
@@ -478,11 +408,11 @@ fn primary(url: &str, open: usize, health: &str) -> String {
 
 #[tokio::test]
 async fn round_robin_spreads_websockets_over_the_backends() {
-    let a = EchoBackend::start("a").await;
-    let b = EchoBackend::start("b").await;
+    let a = Backend::with(named("a")).await;
+    let b = Backend::with(named("b")).await;
     let gateway = Gateway::start(&[
         "--route",
-        &format!("/={},{}", a.url, b.url),
+        &format!("/={},{}", a.url(), b.url()),
         "--balance",
         "round-robin",
     ]);
@@ -499,8 +429,8 @@ async fn round_robin_spreads_websockets_over_the_backends() {
     assert!(page.contains("Balancing: round-robin"), "{page}");
     assert!(page.contains("Open tunnels: 10"), "{page}");
     for backend in [&a, &b] {
-        let row = row(&page, &backend.url);
-        assert!(row.starts_with(&primary(&backend.url, 5, "up")), "{row}");
+        let row = row(&page, &backend.url());
+        assert!(row.starts_with(&primary(&backend.url(), 5, "up")), "{row}");
     }
 }
 
@@ -513,8 +443,9 @@ async fn status_of_handshake(addr: SocketAddr) -> String {
 async fn a_refused_connect_is_retried_on_another_backend() {
     // The closed port comes first, so round-robin picks it first.
     let (_port, dead) = closed_port();
-    let live = EchoBackend::start("live").await;
-    let routes = format!("/={dead},{}", live.url);
+    let dead = format!("ws://{dead}/");
+    let live = Backend::with(named("live")).await;
+    let routes = format!("/={dead},{}", live.url());
     let gateway = Gateway::start(&["--route", &routes]);
     let mut open = Vec::new();
     for _ in 0..6 {
@@ -529,9 +460,9 @@ async fn a_refused_connect_is_retried_on_another_backend() {
         dead_row.starts_with(&primary(&dead, 0, "down")),
         "{dead_row}"
     );
-    let live_row = row(&page, &live.url);
+    let live_row = row(&page, &live.url());
     assert!(
-        live_row.starts_with(&primary(&live.url, 6, "up")),
+        live_row.starts_with(&primary(&live.url(), 6, "up")),
         "{live_row}"
     );
     drop((open, gateway));
@@ -555,25 +486,19 @@ async fn a_refused_connect_is_retried_on_another_backend() {
 }
 
 /// Open a WebSocket through the gateway as if forwarded for `client`.
-async fn connect_for(addr: SocketAddr, client: &str) -> Client {
-    let mut request = format!("ws://{addr}/").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("x-forwarded-for", client.parse().unwrap());
-    timeout(LIMIT, tokio_tungstenite::connect_async(request))
+async fn connect_for(addr: SocketAddr, client: &str) -> WsClient {
+    connect_with(&format!("ws://{addr}/"), &[("x-forwarded-for", client)])
         .await
-        .expect("handshake in time")
-        .expect("handshake succeeds")
         .0
 }
 
 #[tokio::test]
 async fn hashing_on_the_client_ip_keeps_each_client_on_one_backend() {
-    let a = EchoBackend::start("a").await;
-    let b = EchoBackend::start("b").await;
+    let a = Backend::with(named("a")).await;
+    let b = Backend::with(named("b")).await;
     let gateway = Gateway::start(&[
         "--route",
-        &format!("/={},{}", a.url, b.url),
+        &format!("/={},{}", a.url(), b.url()),
         "--balance",
         "hash:ip",
         "--trusted-proxy",
@@ -593,11 +518,11 @@ async fn hashing_on_the_client_ip_keeps_each_client_on_one_backend() {
 
 #[tokio::test]
 async fn a_backend_failing_its_probes_is_taken_out_and_its_tunnels_closed() {
-    let mut a = EchoBackend::start("a").await;
-    let b = EchoBackend::start("b").await;
+    let (a, accept_a) = Backend::stoppable(named("a")).await;
+    let b = Backend::with(named("b")).await;
     let gateway = Gateway::start(&[
         "--route",
-        &format!("/={},{}", a.url, b.url),
+        &format!("/={},{}", a.url(), b.url()),
         "--health-check",
         "ws:/",
         "--health-interval",
@@ -619,14 +544,17 @@ async fn a_backend_failing_its_probes_is_taken_out_and_its_tunnels_closed() {
     let mut on_a = connect(gateway.addr, "/").await;
     assert_eq!(answered_by(&mut on_a).await, "a");
 
-    a.stop_accepting().await;
+    // Its listening socket closes (new connects are refused); open
+    // WebSockets stay.
+    accept_a.abort();
+    let _ = accept_a.await;
     // The next probe is refused: `a` is down and its tunnel gets 1001.
     match next(&mut on_a).await {
         Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected Close 1001, got {other:?}"),
     }
     let page = get(gateway.addr, "/").await;
-    let a_row = row(&page, &a.url);
+    let a_row = row(&page, &a.url());
     assert!(a_row.contains("<td>down</td>"), "{a_row}");
     for _ in 0..4 {
         let mut ws = connect(gateway.addr, "/").await;
@@ -634,58 +562,9 @@ async fn a_backend_failing_its_probes_is_taken_out_and_its_tunnels_closed() {
     }
 }
 
-/// The `--tls-cert` and `--tls-key` flags for `cert`.
-fn tls_flags(cert: &TestCert) -> [&str; 4] {
-    [
-        "--tls-cert",
-        TestCert::arg(&cert.cert),
-        "--tls-key",
-        TestCert::arg(&cert.key),
-    ]
-}
-
-/// Open a WebSocket to `path` on an HTTP/2 connection: an extended
-/// CONNECT with `:protocol = websocket` (RFC 8441).
-async fn h2_websocket(
-    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-    uri: &str,
-) -> WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>> {
-    let mut request = http::Request::connect(uri)
-        .header("sec-websocket-version", "13")
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    request
-        .extensions_mut()
-        .insert(hyper::ext::Protocol::from_static("websocket"));
-    let response = timeout(LIMIT, sender.send_request(request))
-        .await
-        .expect("an answer in time")
-        .expect("an answer");
-    assert_eq!(response.status(), http::StatusCode::OK, "{response:?}");
-    let upgraded = timeout(LIMIT, hyper::upgrade::on(response))
-        .await
-        .unwrap()
-        .expect("the stream is handed over");
-    WebSocketStream::from_raw_socket(
-        hyper_util::rt::TokioIo::new(upgraded),
-        tokio_tungstenite::tungstenite::protocol::Role::Client,
-        None,
-    )
-    .await
-}
-
-/// Send `text` on `ws` and expect it back.
-async fn echo<S>(ws: &mut WebSocketStream<S>, text: &str)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    ws.send(Message::text(text)).await.unwrap();
-    assert_eq!(next(ws).await, Message::text(text));
-}
-
 #[tokio::test]
 async fn tls_serves_wss_and_https_over_http2_or_http1_by_alpn() {
-    let cert = TestCert::new();
+    let cert = Leaf::localhost();
     let mut args = vec!["--demo"];
     args.extend(tls_flags(&cert));
     let gateway = Gateway::start(&args);
@@ -703,7 +582,7 @@ async fn tls_serves_wss_and_https_over_http2_or_http1_by_alpn() {
     .unwrap()
     .expect("a WebSocket over TLS");
     assert_eq!(response.status(), 101);
-    echo(&mut ws, "over TLS").await;
+    echo(&mut ws, Message::text("over TLS")).await;
     ws.send(Message::binary(vec![0, 1, 2, 255])).await.unwrap();
     assert_eq!(next(&mut ws).await, Message::binary(vec![0, 1, 2, 255]));
 
@@ -719,10 +598,20 @@ async fn tls_serves_wss_and_https_over_http2_or_http1_by_alpn() {
     assert_eq!(opened(&page), (1, 0), "{page}");
 
     // ...and WebSockets over HTTP/2 streams of that connection (RFC 8441).
-    let mut first = h2_websocket(&mut h2, &format!("https://{authority}/echo")).await;
-    let mut second = h2_websocket(&mut h2, &format!("https://{authority}/echo")).await;
-    echo(&mut first, "first stream").await;
-    echo(&mut second, "second stream").await;
+    let mut first = open(
+        &mut h2,
+        extended_connect(&format!("https://{authority}/echo"), &[]),
+    )
+    .await
+    .1;
+    let mut second = open(
+        &mut h2,
+        extended_connect(&format!("https://{authority}/echo"), &[]),
+    )
+    .await
+    .1;
+    echo(&mut first, Message::text("first stream")).await;
+    echo(&mut second, Message::text("second stream")).await;
     let (_, page) = h2_get(&mut h2, &authority, "https", "/").await;
     assert_eq!(opened(&page), (3, 2), "{page}");
     assert!(page.contains("Open tunnels: 3"), "{page}");
@@ -743,7 +632,7 @@ async fn tls_serves_wss_and_https_over_http2_or_http1_by_alpn() {
 
 #[tokio::test]
 async fn a_stalled_tls_handshake_does_not_hold_up_others() {
-    let cert = TestCert::new();
+    let cert = Leaf::localhost();
     let mut args = vec!["--demo", "--workers", "1"];
     args.extend(tls_flags(&cert));
     let gateway = Gateway::start(&args);
@@ -775,7 +664,7 @@ async fn a_stalled_tls_handshake_does_not_hold_up_others() {
     .await
     .unwrap()
     .unwrap();
-    echo(&mut ws, "not blocked").await;
+    echo(&mut ws, Message::text("not blocked")).await;
     drop(silent);
 }
 
@@ -795,16 +684,22 @@ async fn h2c_with_prior_knowledge_serves_the_page_and_websockets() {
     assert_eq!(status, 200);
     assert!(page.contains("<code>/chat</code>"), "{page}");
 
-    let mut ws = h2_websocket(&mut h2, &format!("http://{authority}/echo")).await;
-    echo(&mut ws, "over h2c").await;
+    let mut ws = open(
+        &mut h2,
+        extended_connect(&format!("http://{authority}/echo"), &[]),
+    )
+    .await
+    .1;
+    echo(&mut ws, Message::text("over h2c")).await;
     let (_, page) = h2_get(&mut h2, &authority, "http", "/").await;
     assert_eq!(opened(&page), (1, 1), "{page}");
 }
 
 #[test]
 fn bad_tls_files_exit_with_a_clear_message() {
-    let cert = TestCert::new();
-    let (cert_file, key_file) = (TestCert::arg(&cert.cert), TestCert::arg(&cert.key));
+    let cert = Leaf::localhost();
+    let files = cert.files();
+    let (cert_file, key_file) = (PemFiles::arg(&files.cert), PemFiles::arg(&files.key));
     let stderr = refused(&["--demo", "--tls-cert", cert_file]);
     assert!(
         stderr.contains("required") && stderr.contains("--tls-key"),
@@ -816,16 +711,16 @@ fn bad_tls_files_exit_with_a_clear_message() {
         "{stderr}"
     );
 
-    let missing = cert.file("missing.pem");
-    let missing = TestCert::arg(&missing);
+    let missing = cert.files().file("missing.pem");
+    let missing = PemFiles::arg(&missing);
     let stderr = refused(&["--demo", "--tls-cert", missing, "--tls-key", key_file]);
     assert!(
         stderr.contains(&format!("--tls-cert '{missing}'")) && stderr.contains("No such file"),
         "{stderr}"
     );
-    let garbage = cert.file("garbage.pem");
+    let garbage = cert.files().file("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
-    let garbage = TestCert::arg(&garbage);
+    let garbage = PemFiles::arg(&garbage);
     let stderr = refused(&["--demo", "--tls-cert", garbage, "--tls-key", key_file]);
     assert!(
         stderr.contains(&format!("--tls-cert '{garbage}'"))
@@ -851,18 +746,18 @@ fn bad_tls_files_exit_with_a_clear_message() {
         "{stderr}"
     );
     // A key of another certificate.
-    let other = TestCert::new();
+    let other = Leaf::localhost();
     let stderr = refused(&[
         "--demo",
         "--tls-cert",
         cert_file,
         "--tls-key",
-        TestCert::arg(&other.key),
+        PemFiles::arg(&other.files().key),
     ]);
     assert!(
         stderr.contains(&format!(
             "cannot use the certificate '{cert_file}' with the key '{}'",
-            other.key.display()
+            other.files().key.display()
         )),
         "{stderr}"
     );
@@ -870,15 +765,15 @@ fn bad_tls_files_exit_with_a_clear_message() {
 
 #[tokio::test]
 async fn sigterm_closes_websockets_over_http2_with_1001_and_exits() {
-    let cert = TestCert::new();
+    let cert = Leaf::localhost();
     let mut args = vec!["--demo", "--shutdown-timeout", "30s"];
     args.extend(tls_flags(&cert));
     let gateway = Gateway::start(&args);
     let tls = cert.connect(gateway.addr, &[b"h2"]).await;
     let mut h2 = h2_client(tls).await;
     let uri = format!("https://localhost:{}/echo", gateway.addr.port());
-    let mut ws = h2_websocket(&mut h2, &uri).await;
-    echo(&mut ws, "x").await;
+    let mut ws = open(&mut h2, extended_connect(&uri, &[])).await.1;
+    echo(&mut ws, Message::text("x")).await;
 
     // Over HTTP/2 the same: the connection's GOAWAY lets the stream end.
     terminate_expecting_1001(gateway, &mut ws).await;
@@ -888,22 +783,22 @@ async fn sigterm_closes_websockets_over_http2_with_1001_and_exits() {
 async fn backend_tls_flags_reach_wss_backends() {
     // Backends reached by address whose certificate names a service, and
     // one of them wants a client certificate.
-    let server = TestCert::with_names(&["backend.test"]);
-    let client = TestCert::new();
-    let open = wss_echo(&server, None).await;
-    let mutual = wss_echo(&server, Some(&client)).await;
+    let server = Leaf::for_names(&["backend.test"]);
+    let client = Leaf::localhost();
+    let open = TlsBackend::start(&server, None).await;
+    let mutual = TlsBackend::start(&server, Some(&client.ca)).await;
     let routes = [
         "--route".to_owned(),
-        format!("/open=wss://127.0.0.1:{}", open.port()),
+        format!("/open=wss://127.0.0.1:{}", open.addr.port()),
         "--route".to_owned(),
-        format!("/mutual=wss://127.0.0.1:{}", mutual.port()),
+        format!("/mutual=wss://127.0.0.1:{}", mutual.addr.port()),
     ];
     let start = |flags: &[&str]| {
         let mut args: Vec<&str> = routes.iter().map(String::as_str).collect();
         args.extend(flags);
         Gateway::start(&args)
     };
-    let ca = TestCert::arg(&server.ca_file);
+    let ca = PemFiles::arg(&server.files().ca);
 
     let gateway = start(&[
         "--backend-ca",
@@ -911,18 +806,22 @@ async fn backend_tls_flags_reach_wss_backends() {
         "--backend-sni",
         "backend.test",
         "--backend-cert",
-        TestCert::arg(&client.cert),
+        PemFiles::arg(&client.files().cert),
         "--backend-key",
-        TestCert::arg(&client.key),
+        PemFiles::arg(&client.files().key),
     ]);
     for path in ["/open", "/mutual"] {
         let mut ws = connect(gateway.addr, path).await;
-        echo(&mut ws, path).await;
+        echo(&mut ws, Message::text(path)).await;
     }
 
     // Without the client certificate the mutual one refuses: 502.
     let gateway = start(&["--backend-ca", ca, "--backend-sni", "backend.test"]);
-    echo(&mut connect(gateway.addr, "/open").await, "still open").await;
+    echo(
+        &mut connect(gateway.addr, "/open").await,
+        Message::text("still open"),
+    )
+    .await;
     assert_eq!(
         handshake_status(gateway.addr, "/mutual", "").await,
         "HTTP/1.1 502"
@@ -943,21 +842,21 @@ async fn backend_tls_flags_reach_wss_backends() {
 
 #[test]
 fn bad_backend_tls_flags_exit_with_a_clear_message() {
-    let cert = TestCert::new();
+    let cert = Leaf::localhost();
     let route = ["--route", "/a=wss://127.0.0.1:1"];
     let with = |flags: &[&str]| {
         let mut args = route.to_vec();
         args.extend(flags);
         refused(&args)
     };
-    let missing = cert.file("missing.pem");
-    let missing = TestCert::arg(&missing);
+    let missing = cert.files().file("missing.pem");
+    let missing = PemFiles::arg(&missing);
     let stderr = with(&["--backend-ca", missing]);
     assert!(
         stderr.contains("--backend-ca: ") && stderr.contains(missing),
         "{stderr}"
     );
-    let key = TestCert::arg(&cert.key);
+    let key = PemFiles::arg(&cert.files().key);
     let stderr = with(&["--backend-ca", key]);
     assert!(
         stderr.contains("--backend-ca: ") && stderr.contains(key),
@@ -965,14 +864,14 @@ fn bad_backend_tls_flags_exit_with_a_clear_message() {
     );
     let stderr = with(&["--backend-sni", "not a name!"]);
     assert!(stderr.contains("--backend-sni: "), "{stderr}");
-    let stderr = with(&["--backend-cert", TestCert::arg(&cert.cert)]);
+    let stderr = with(&["--backend-cert", PemFiles::arg(&cert.files().cert)]);
     assert!(stderr.contains("--backend-key"), "{stderr}");
-    let other = TestCert::new();
+    let other = Leaf::localhost();
     let stderr = with(&[
         "--backend-cert",
-        TestCert::arg(&cert.cert),
+        PemFiles::arg(&cert.files().cert),
         "--backend-key",
-        TestCert::arg(&other.key),
+        PemFiles::arg(&other.files().key),
     ]);
     assert!(
         stderr.contains("--backend-cert/--backend-key: "),
@@ -980,55 +879,11 @@ fn bad_backend_tls_flags_exit_with_a_clear_message() {
     );
 }
 
-/// What a [`recorder`] reports of each handshake.
-type Describe = fn(&tokio_tungstenite::tungstenite::handshake::server::Request) -> String;
-
-/// A WebSocket echo backend that sends `describe(request)` for each
-/// handshake it accepts.
-async fn recorder(
-    describe: Describe,
-) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                #[allow(clippy::result_large_err)]
-                let callback = |req: &Request, res: Response| {
-                    let _ = tx.send(describe(req));
-                    Ok(res)
-                };
-                if let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await {
-                    while let Some(Ok(message)) = ws.next().await {
-                        if (message.is_text() || message.is_binary())
-                            && ws.send(message).await.is_err()
-                        {
-                            break;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
-/// Its `X-Forwarded-Proto`.
-fn forwarded_proto(req: &tokio_tungstenite::tungstenite::handshake::server::Request) -> String {
-    req.headers()
-        .get("x-forwarded-proto")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn backends_hear_https_only_for_tls_clients() {
-    let (backend, mut protos) = recorder(forwarded_proto).await;
-    let route = format!("/p=ws://{backend}");
-    let cert = TestCert::new();
+    let backend = Backend::start().await;
+    let route = format!("/p=ws://{}", backend.addr);
+    let cert = Leaf::localhost();
     let mut args = vec!["--route", route.as_str()];
     args.extend(tls_flags(&cert));
     let tls_gateway = Gateway::start(&args);
@@ -1038,10 +893,7 @@ async fn backends_hear_https_only_for_tls_clients() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        timeout(LIMIT, protos.recv()).await.unwrap().unwrap(),
-        "https"
-    );
+    assert_eq!(backend.last_headers()["x-forwarded-proto"], "https");
 
     let plain_gateway = Gateway::start(&["--route", route.as_str()]);
     let url = format!("ws://{}/p", plain_gateway.addr);
@@ -1049,26 +901,7 @@ async fn backends_hear_https_only_for_tls_clients() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(
-        timeout(LIMIT, protos.recv()).await.unwrap().unwrap(),
-        "http"
-    );
-}
-
-/// A WebSocket backend that completes handshakes and then never reads.
-async fn stalled_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = listener.accept().await {
-            // Handshake, then hold the socket without reading.
-            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
-                held.push(ws);
-            }
-        }
-    });
-    addr
+    assert_eq!(backend.last_headers()["x-forwarded-proto"], "http");
 }
 
 /// With hyper's default windows (1 MiB for a stream and for the whole
@@ -1077,9 +910,9 @@ async fn stalled_backend() -> SocketAddr {
 #[tokio::test]
 async fn a_stalled_websocket_does_not_stall_its_h2_neighbours() {
     let stalled = stalled_backend().await;
-    let echo_backend = EchoBackend::start("e").await;
+    let echo_backend = Backend::with(named("e")).await;
     let stalled_route = format!("/stalled=ws://{stalled}");
-    let echo_route = format!("/echo={}", echo_backend.url);
+    let echo_route = format!("/echo={}", echo_backend.url());
     let gateway = Gateway::start(&[
         "--route",
         stalled_route.as_str(),
@@ -1092,7 +925,9 @@ async fn a_stalled_websocket_does_not_stall_its_h2_neighbours() {
     let mut h2 = h2_client(tcp).await;
     timeout(LIMIT, h2.ready()).await.unwrap().unwrap();
     let base = format!("http://{}", gateway.addr);
-    let mut a = h2_websocket(&mut h2, &format!("{base}/stalled")).await;
+    let mut a = open(&mut h2, extended_connect(&format!("{base}/stalled"), &[]))
+        .await
+        .1;
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = sent.clone();
     let count = move || sent.load(std::sync::atomic::Ordering::SeqCst);
@@ -1119,7 +954,9 @@ async fn a_stalled_websocket_does_not_stall_its_h2_neighbours() {
     .await
     .expect("A stalls");
     assert!(stalled_at < 64, "64 MiB were buffered somewhere");
-    let mut b = h2_websocket(&mut h2, &format!("{base}/echo")).await;
+    let mut b = open(&mut h2, extended_connect(&format!("{base}/echo"), &[]))
+        .await
+        .1;
     for i in 0..10 {
         b.send(Message::text(format!("still flowing {i}")))
             .await
@@ -1134,19 +971,6 @@ async fn a_stalled_websocket_does_not_stall_its_h2_neighbours() {
     assert_eq!(next(&mut b).await, Message::text(format!("e:{big}")));
     assert_eq!(count(), stalled_at, "A moved: it was not stalled");
     writer.abort();
-}
-
-/// A backend that accepts connections and never answers.
-async fn silent_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((tcp, _)) = listener.accept().await {
-            held.push(tcp);
-        }
-    });
-    addr
 }
 
 /// Reads messages until the close; its code (pings skipped).
@@ -1165,10 +989,10 @@ where
 
 #[tokio::test]
 async fn route_and_timeout_flags_reach_the_layer() {
-    let (backend, mut paths) = recorder(|req| req.uri().to_string()).await;
-    let silent = silent_backend().await;
-    let strip = format!("/strip=ws://{backend}/base");
-    let keep = format!("/keep=ws://{backend}/base");
+    let backend = Backend::start().await;
+    let (silent, _) = silent_backend().await;
+    let strip = format!("/strip=ws://{}/base", backend.addr);
+    let keep = format!("/keep=ws://{}/base", backend.addr);
     let slow = format!("/slow=ws://{silent}");
     let stripping = Gateway::start(&["--route", strip.as_str(), "--strip-prefix"]);
     let keeping = Gateway::start(&[
@@ -1184,15 +1008,9 @@ async fn route_and_timeout_flags_reach_the_layer() {
     // --strip-prefix: /strip/room goes to /base/room; without it the
     // prefix stays.
     let _a = connect(stripping.addr, "/strip/room?id=1").await;
-    assert_eq!(
-        timeout(LIMIT, paths.recv()).await.unwrap().unwrap(),
-        "/base/room?id=1"
-    );
+    assert_eq!(backend.last_uri(), "/base/room?id=1");
     let mut idle = connect(keeping.addr, "/keep/room").await;
-    assert_eq!(
-        timeout(LIMIT, paths.recv()).await.unwrap().unwrap(),
-        "/base/keep/room"
-    );
+    assert_eq!(backend.last_uri(), "/base/keep/room");
     // --handshake-timeout: a backend that never answers is a 504, soon.
     let started = Instant::now();
     assert_eq!(
@@ -1220,7 +1038,7 @@ async fn route_and_timeout_flags_reach_the_layer() {
 
 #[tokio::test]
 async fn backend_limit_and_per_ip_flags_reach_the_layers() {
-    let (backend, _) = recorder(|_| String::new()).await;
+    let backend = echo_backend().await;
     let route = format!("/=ws://{backend}");
     let gateway = Gateway::start(&[
         "--route",
@@ -1252,23 +1070,6 @@ async fn backend_limit_and_per_ip_flags_reach_the_layers() {
     );
 }
 
-/// A WebSocket backend that drops its connection, without a Close frame,
-/// on the first message.
-async fn vanishing_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
-                    let _ = ws.next().await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn no_close_on_disconnect_passes_a_vanished_backend_on_as_a_tcp_close() {
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
@@ -1279,17 +1080,19 @@ async fn no_close_on_disconnect_passes_a_vanished_backend_on_as_a_tcp_close() {
         String::from_utf8_lossy(&help.stdout).contains("--no-close-on-disconnect"),
         "not in --help"
     );
-    let backend = vanishing_backend().await;
-    let route = format!("/=ws://{backend}");
+    // A backend that drops its connection, without a Close frame, when
+    // told to.
+    let backend = Backend::start().await;
+    let route = format!("/=ws://{}", backend.addr);
     // By default the client hears Close 1011 when its backend vanishes.
     let gateway = Gateway::start(&["--route", route.as_str()]);
     let mut ws = connect(gateway.addr, "/").await;
-    ws.send(Message::text("go away")).await.unwrap();
+    ws.send(Message::text("server-drop")).await.unwrap();
     assert_eq!(close_code(&mut ws).await, Some(1011));
     // With the flag its stream just ends, without a Close frame.
     let gateway = Gateway::start(&["--route", route.as_str(), "--no-close-on-disconnect"]);
     let mut ws = connect(gateway.addr, "/").await;
-    ws.send(Message::text("go away")).await.unwrap();
+    ws.send(Message::text("server-drop")).await.unwrap();
     let end = timeout(LIMIT, ws.next()).await.expect("the end in time");
     assert!(
         matches!(end, None | Some(Err(_))),

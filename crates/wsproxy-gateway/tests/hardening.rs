@@ -4,34 +4,25 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
+use wsproxy_test_support::{
+    GOAWAY, H2_PREFACE, LIMIT, Leaf, connect_request, echo_backend, h2_client, h2_frames,
+    read_to_close, silent_backend,
+};
 
-use support::{Gateway, LIMIT, TestCert};
+use support::{Gateway, tls_flags};
 
 /// When the gateway closes `stream`, counted from `since`; what it sent
 /// before.
 async fn closed_after(stream: &mut TcpStream, since: Instant) -> (Duration, Vec<u8>) {
-    let mut got = Vec::new();
-    timeout(LIMIT, async {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => got.extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-    .await
-    .expect("the gateway closes the connection");
+    let got = read_to_close(stream).await;
     (since.elapsed(), got)
 }
 
@@ -96,42 +87,23 @@ async fn timeout_flags_reach_the_server() {
 
     // HTTP/2 with no stream: GOAWAY after the idle timeout.
     let mut h2 = TcpStream::connect(addr).await.unwrap();
-    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .await
-        .unwrap();
+    h2.write_all(H2_PREFACE).await.unwrap();
     let start = Instant::now();
     let (after, frames) = closed_after(&mut h2, start).await;
     assert!(
         after >= Duration::from_millis(350) && after < bound,
         "h2 idle: {after:?}"
     );
-    assert!(has_goaway(&frames), "{frames:?}");
-}
-
-/// Whether the HTTP/2 frames in `bytes` include a GOAWAY.
-fn has_goaway(mut bytes: &[u8]) -> bool {
-    while bytes.len() >= 9 {
-        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
-        if bytes[3] == 0x7 {
-            return true;
-        }
-        bytes = &bytes[(9 + len).min(bytes.len())..];
-    }
-    false
+    let frames = h2_frames(&frames);
+    assert!(frames.iter().any(|&(kind, _)| kind == GOAWAY), "{frames:?}");
 }
 
 #[tokio::test]
 async fn the_tls_handshake_timeout_flag_reaches_the_server() {
-    let cert = TestCert::new();
-    let gateway = Gateway::start(&[
-        "--demo",
-        "--tls-cert",
-        TestCert::arg(&cert.cert),
-        "--tls-key",
-        TestCert::arg(&cert.key),
-        "--tls-handshake-timeout",
-        "300ms",
-    ]);
+    let cert = Leaf::localhost();
+    let mut args = vec!["--demo", "--tls-handshake-timeout", "300ms"];
+    args.extend(tls_flags(&cert));
+    let gateway = Gateway::start(&args);
     let start = Instant::now();
     let mut silent = TcpStream::connect(gateway.addr).await.unwrap();
     let (after, _) = closed_after(&mut silent, start).await;
@@ -141,40 +113,17 @@ async fn the_tls_handshake_timeout_flag_reaches_the_server() {
     );
 }
 
-/// A backend that accepts TCP connections, counts them, and never answers.
-async fn silent_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            held.push(stream);
-        }
-    });
-    (addr, accepted)
-}
-
 #[tokio::test]
 async fn the_http2_handshake_flag_reaches_the_server() {
     let (backend, accepted) = silent_backend().await;
     let route = format!("/ws=ws://{backend}");
     let gateway = Gateway::start(&["--route", &route, "--h2-max-handshakes", "2"]);
     let tcp = TcpStream::connect(gateway.addr).await.unwrap();
-    let mut sender = support::h2_client(tcp).await;
+    let mut sender = h2_client(tcp).await;
     timeout(LIMIT, sender.ready()).await.unwrap().unwrap();
     let mut pending = Vec::new();
     for _ in 0..6 {
-        let mut request = http::Request::connect(format!("http://{}/ws", gateway.addr))
-            .version(http::Version::HTTP_2)
-            .header("sec-websocket-version", "13")
-            .body(http_body_util::Empty::new())
-            .unwrap();
-        request
-            .extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let request = connect_request(gateway.addr, "/ws", &[]);
         pending.push(tokio::spawn(sender.send_request(request)));
     }
     let mut refused = 0;
@@ -186,27 +135,6 @@ async fn the_http2_handshake_flag_reaches_the_server() {
     }
     assert_eq!(refused, 4);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
-}
-
-/// A tokio-tungstenite echo backend.
-async fn echo_backend() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() && ws.send(message).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 /// Open WebSockets hold every descriptor the gateway has (two each:

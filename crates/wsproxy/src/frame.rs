@@ -352,30 +352,8 @@ pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Encode one frame as a client (`masked`) or server would.
-    pub(crate) fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-        let mut out = vec![(u8::from(fin) << 7) | opcode];
-        let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-        match payload.len() {
-            n if n < 126 => out.push(mask_bit | n as u8),
-            n if n <= 0xffff => {
-                out.push(mask_bit | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(mask_bit | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        match mask {
-            Some(key) => {
-                out.extend_from_slice(&key);
-                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-            }
-            None => out.extend_from_slice(payload),
-        }
-        out
-    }
+    /// Encode one frame as a client (masked) or a server would.
+    pub(crate) use wsproxy_test_support::ws_frame as frame;
 
     #[test]
     fn counts_frames_messages_and_close_codes() {

@@ -4,22 +4,9 @@ use std::error::Error;
 use std::io;
 use std::sync::Arc;
 
+use wsproxy_test_support::Ca;
+
 use super::BackendTls;
-
-fn ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let pem = params.self_signed(&key).unwrap().pem();
-    (pem, rcgen::Issuer::new(params, key))
-}
-
-fn leaf(issuer: &rcgen::Issuer<'static, rcgen::KeyPair>) -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(vec!["client.test".to_owned()]).unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    (cert.pem(), key.serialize_pem())
-}
 
 #[test]
 fn a_missing_file_is_an_error_naming_it() {
@@ -43,8 +30,7 @@ fn a_missing_file_is_an_error_naming_it() {
 
 #[test]
 fn pem_without_a_certificate_is_an_error() {
-    let (_, issuer) = ca();
-    let (_, key) = leaf(&issuer);
+    let key = Ca::new("test CA").leaf(&["client.test"]).key;
     // A PEM file, but of a key.
     let error = BackendTls::new().add_ca_pem(key.as_bytes()).unwrap_err();
     assert_eq!(
@@ -65,9 +51,10 @@ fn pem_without_a_certificate_is_an_error() {
 
 #[test]
 fn a_client_key_must_match_its_certificate() {
-    let (_, issuer) = ca();
-    let (cert, key) = leaf(&issuer);
-    let (_, other_key) = leaf(&issuer);
+    let ca = Ca::new("test CA");
+    let mine = ca.leaf(&["client.test"]);
+    let (cert, key) = (mine.cert, mine.key);
+    let other_key = ca.leaf(&["client.test"]).key;
     assert!(BackendTls::new().client_cert_pem(&cert, &key).is_ok());
     let error = BackendTls::new()
         .client_cert_pem(&cert, &other_key)
@@ -92,7 +79,7 @@ fn server_names() {
 
 #[test]
 fn the_config_trusts_what_was_asked_offers_http_1_1_and_is_built_once() {
-    let (ca_pem, _) = ca();
+    let ca_pem = Ca::new("test CA").pem;
     let tls = BackendTls::empty().add_ca_pem(&ca_pem).unwrap();
     let config = tls.client_config();
     assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
