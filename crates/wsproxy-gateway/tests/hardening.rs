@@ -303,3 +303,39 @@ async fn silent_connections_past_the_descriptor_limit_do_not_shut_clients_out() 
     );
     drop(silent);
 }
+
+/// The client of the issue: one byte every two seconds. A timer that
+/// restarted with every byte would keep it for ever; the request head
+/// timeout counts in all.
+#[tokio::test]
+async fn a_byte_every_two_seconds_does_not_keep_a_head_alive() {
+    let gateway = Gateway::start(&["--demo", "--request-head-timeout", "3s"]);
+    let mut slow = TcpStream::connect(gateway.addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nX-Pad: ")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut closed_after = None;
+    // At most ten bytes (20 s): the head must be cut well before.
+    for _ in 0..10 {
+        let mut byte = [0u8; 1];
+        match timeout(Duration::from_secs(2), slow.read(&mut byte)).await {
+            Ok(Ok(0) | Err(_)) => {
+                closed_after = Some(start.elapsed());
+                break;
+            }
+            Ok(Ok(_)) => panic!("the gateway answered a head that never ended"),
+            Err(_) => {
+                if slow.write_all(b"a").await.is_err() {
+                    closed_after = Some(start.elapsed());
+                    break;
+                }
+            }
+        }
+    }
+    let closed_after = closed_after.expect("a byte every 2 s kept the connection open");
+    assert!(
+        closed_after >= Duration::from_millis(2_500) && closed_after < Duration::from_secs(8),
+        "{closed_after:?}"
+    );
+}
