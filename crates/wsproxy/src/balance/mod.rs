@@ -92,6 +92,7 @@
 mod backend;
 mod health;
 mod member;
+pub(crate) mod pick;
 pub(crate) mod set;
 mod sticky;
 mod strategy;

@@ -9,6 +9,7 @@ use http::HeaderValue;
 use http::request::Parts;
 
 use super::member::now;
+use super::pick::Load;
 
 use super::set::*;
 use super::*;

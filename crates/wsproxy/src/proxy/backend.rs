@@ -13,7 +13,7 @@ use tracing::Span;
 use super::config::Config;
 use crate::Upstream;
 use crate::balance::BackendId;
-use crate::balance::set::Picked;
+use crate::balance::pick::Picked;
 use crate::body::ResponseBody;
 use crate::connect::{self, Answer, Failure};
 use crate::forward;

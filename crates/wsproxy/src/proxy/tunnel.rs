@@ -11,7 +11,7 @@ use tracing::{Instrument, Span};
 
 use super::config::Config;
 use crate::admit::Holds;
-use crate::balance::set::Picked;
+use crate::balance::pick::Picked;
 use crate::outcome::{End, Reason, Totals};
 use crate::relay;
 use crate::tunnels::TunnelGuard;
