@@ -43,6 +43,7 @@ pub(crate) enum Failure {
     /// The TLS handshake with a `wss://` backend failed: its certificate
     /// was refused (the error says why, e.g. `invalid peer certificate:
     /// UnknownIssuer`), it refused ours, or the connection broke.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     Tls(io::Error),
     /// TCP connect (and the TLS handshake with a `wss://` backend) did not
     /// finish within the connect timeout.
