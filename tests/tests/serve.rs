@@ -149,7 +149,6 @@ async fn an_idle_keep_alive_connection_is_closed_and_a_later_head_is_timed() {
         let head = read_head(&mut busy).await;
         assert_eq!(head.status, 200);
         let _ = read_body(&mut busy, &head).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -164,7 +163,9 @@ async fn the_head_of_a_later_request_is_timed_from_its_first_byte() {
     let mut stream = raw(proxy, GET).await;
     let head = read_head(&mut stream).await;
     let _ = read_body(&mut stream, &head).await;
-    // Idle keep-alive never times out here; half a second head does.
+    // Idle for longer than the head timeout: keep-alive never times out
+    // here, and the head's time has not started.
+    tokio::time::sleep(Duration::from_millis(600)).await;
     stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     let start = Instant::now();
     assert!(read_to_close(&mut stream).await.is_empty());
@@ -290,13 +291,23 @@ async fn at_the_bound_the_longest_idle_connection_makes_room() {
     for _ in 0..2 {
         idle.push(TcpStream::connect(proxy).await.unwrap());
     }
-    // All three places taken by connections that say nothing: a client
-    // that speaks is still served, and the oldest silent one goes.
+    // All three places taken by connections that say nothing, and nobody
+    // waiting: nothing is closed.
+    for stream in std::iter::once(&mut oldest).chain(idle.iter_mut()) {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(300), stream.read(&mut byte)).await;
+        assert!(read.is_err(), "closed with nobody waiting: {read:?}");
+    }
+    // A client that speaks is served, and the oldest silent one goes.
     let mut ws = connect(&format!("ws://{proxy}/ws")).await;
     echo(&mut ws, Message::text("served")).await;
     assert!(read_to_close(&mut oldest).await.is_empty());
-    let mut plain = raw(proxy, GET).await;
-    assert_eq!(read_head(&mut plain).await.status, 200);
+    // Only that one.
+    for stream in &mut idle {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut byte)).await;
+        assert!(read.is_err(), "more than one made room: {read:?}");
+    }
 }
 
 #[tokio::test]
@@ -334,10 +345,10 @@ async fn over_the_per_ip_bound_a_busy_client_gets_no_more_connections() {
         let head = read_head(stream).await;
         assert_eq!(read_body(stream, &head).await, b"released");
     }
-    // Both idle now: once they have been idle a moment (a connection
-    // just served is not shed at once), a new connection replaces the
-    // longest-idle one; until then new ones are closed.
-    let mut fresh = within("a new connection to be served", async {
+    // Both idle now (once each has been read and found quiet): a new
+    // connection replaces the longest-idle one; until then new ones are
+    // closed.
+    let fresh = within("a new connection to be served", async {
         loop {
             let mut fresh = raw(proxy, b"GET /quick HTTP/1.1\r\nHost: t\r\n\r\n").await;
             let mut first = [0u8; 1];
@@ -362,7 +373,7 @@ async fn over_the_per_ip_bound_a_busy_client_gets_no_more_connections() {
     })
     .await;
     assert_eq!(closed, 0, "the longest idle goes first");
-    drop(fresh.write_all(b"").await);
+    drop(fresh);
 }
 
 #[tokio::test]
@@ -386,35 +397,21 @@ async fn one_http2_connection_cannot_drive_more_backend_handshakes_than_the_boun
         ))));
     }
     // 16 are refused at once; 4 wait on the silent backend.
-    let mut refused = 0;
-    for task in &mut pending {
-        if let Ok(Ok(Ok(response))) =
-            tokio::time::timeout(Duration::from_millis(50), &mut *task).await
-        {
-            assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-            assert_eq!(response.headers()["retry-after"], "1");
-            refused += 1;
-        }
-    }
     assert!(
-        wait_until(LIMIT, || accepted.load(Ordering::SeqCst) == 4).await,
-        "{} backend connections",
+        wait_until(LIMIT, || {
+            pending.iter().filter(|task| task.is_finished()).count() == 16
+                && accepted.load(Ordering::SeqCst) == 4
+        })
+        .await,
+        "{} answered, {} backend connections",
+        pending.iter().filter(|task| task.is_finished()).count(),
         accepted.load(Ordering::SeqCst)
     );
-    let refused_rest = within("the refusals", async {
-        let mut refused = refused;
-        for task in pending.iter_mut().filter(|task| !task.is_finished()) {
-            if let Ok(Ok(Ok(response))) =
-                tokio::time::timeout(Duration::from_millis(200), &mut *task).await
-            {
-                assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
-                refused += 1;
-            }
-        }
-        refused
-    })
-    .await;
-    assert_eq!(refused_rest, 16);
+    for task in pending.iter_mut().filter(|task| task.is_finished()) {
+        let response = task.await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
     assert_eq!(
         accepted.load(Ordering::SeqCst),
         4,
@@ -491,4 +488,92 @@ async fn a_websocket_served_through_the_server_knows_the_client_address() {
     while ws.next().await.is_some() {}
     drop(ws);
     assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+}
+
+/// An HTTP/2 frame: type, flags, stream and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// HEADERS of an extended CONNECT for a WebSocket on `/ws`, in HPACK
+/// literals (no indexing, no Huffman).
+fn extended_connect_headers(stream: u32) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "CONNECT"),
+        (":protocol", "websocket"),
+        (":scheme", "http"),
+        (":path", "/ws"),
+        (":authority", "proxy.test"),
+        ("sec-websocket-version", "13"),
+    ] {
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    // HEADERS with END_HEADERS.
+    h2_frame(0x1, 0x4, stream, &block)
+}
+
+#[tokio::test]
+async fn a_client_that_ignores_goaway_for_its_resets_is_closed() {
+    let (backend, accepted) = silent_backend().await;
+    let (app, _) = app(backend);
+    let proxy = serve_with(
+        app,
+        quiet(),
+        ConnectionLimits::new().http2_reset_handshakes(Rate::per_minute(1).burst(2)),
+    )
+    .await;
+    // A raw client: the preface, an empty SETTINGS and the ACK of the
+    // server's, and from then on it never answers anything — not the
+    // PING a graceful GOAWAY waits for.
+    let mut client = TcpStream::connect(proxy).await.unwrap();
+    let mut hello = H2_PREFACE.to_vec();
+    hello.extend(h2_frame(0x4, 0x1, 0, &[]));
+    client.write_all(&hello).await.unwrap();
+    let mut opened = 0;
+    for stream in (1u32..).step_by(2).take(10) {
+        let before = accepted.load(Ordering::SeqCst);
+        if client
+            .write_all(&extended_connect_headers(stream))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if !wait_until(Duration::from_secs(2), || {
+            accepted.load(Ordering::SeqCst) > before
+        })
+        .await
+        {
+            break;
+        }
+        opened += 1;
+        // RST_STREAM, CANCEL.
+        if client
+            .write_all(&h2_frame(0x3, 0, stream, &8u32.to_be_bytes()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    // The burst of 2, one over it (which sends GOAWAY), and perhaps one
+    // more that started before its stream task saw the last reset; then
+    // every handshake is refused at once. Never the 10 asked for.
+    assert!(
+        (3..=5).contains(&opened),
+        "{opened} handshakes reached the backend"
+    );
+    // GOAWAY, then closed by the server although the client never
+    // answers.
+    let frames = h2_frames(&read_to_close(&mut client).await);
+    assert!(frames.iter().any(|&(kind, _)| kind == GOAWAY), "{frames:?}");
 }

@@ -109,20 +109,23 @@ async fn connections_are_counted() {
     )
     .await;
     let mut oldest = TcpStream::connect(addr).await.unwrap();
-    let mut speaking = within("served in the end", async {
-        loop {
-            let mut speaking = TcpStream::connect(addr).await.unwrap();
-            speaking
-                .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-                .await
-                .unwrap();
-            let mut first = [0u8; 1];
-            if let Ok(1) = speaking.read(&mut first).await {
-                break speaking;
-            }
-        }
-    })
-    .await;
+    // Held open: counted in the gauge.
+    assert!(
+        wait_until(LIMIT, || total("wsproxy_connections_open", ("", "")) == 1.0).await,
+        "the open connections gauge counts a held connection"
+    );
+    let mut speaking = TcpStream::connect(addr).await.unwrap();
+    speaking
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1];
+    within(
+        "the new client to be served",
+        speaking.read_exact(&mut first),
+    )
+    .await
+    .unwrap();
     within("the oldest to be closed", oldest.read_to_end(&mut rest))
         .await
         .unwrap();

@@ -192,6 +192,10 @@ impl WebSocketProxyLayer {
     /// [`Backends::connector`] on this layer's backend set, for handshakes
     /// and health probes (default: TCP). See
     /// [`Connector`](crate::connect::Connector) for a Unix socket example.
+    ///
+    /// Like [`backend_tls`](Self::backend_tls), it changes the backend
+    /// set itself: every layer (and clone of this one) over the same
+    /// [`Backends`] connects through it.
     pub fn connector(self, connector: crate::connect::Connector) -> Self {
         self.config.backends.state.dialer.set_connector(connector);
         self
@@ -301,11 +305,14 @@ impl WebSocketProxyLayer {
         self
     }
 
-    /// Check this layer's handshakes with `admission` too (after
-    /// validation, before any backend is contacted), in the order added.
+    /// Check this layer's handshakes with `admission` too, before anything
+    /// else of the proxy (validation included) and before any backend is
+    /// contacted, in the order added.
     ///
-    /// The same checks as the [admission layers](crate::admit), scoped to
-    /// this layer's route: e.g. a connection limit for `/chat` alone.
+    /// It is the very [`Admit`](crate::admit::Admit) middleware of the
+    /// [admission layers](crate::admit), in front of this layer's proxy
+    /// only: e.g. a connection limit for `/chat` alone. Refusals log and
+    /// count as the admission layers' do (target `wsproxy::admit`).
     ///
     /// ```
     /// use wsproxy::admit::{ConnectionLimit, Key, OriginCheck};

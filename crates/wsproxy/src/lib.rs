@@ -36,7 +36,14 @@
 //!    that the [`Route`] matches is claimed. Anything else — plain
 //!    requests, `Upgrade: h2c`, `Upgrade: websocket` on a `POST`, other
 //!    `:protocol`s — goes to the inner service untouched.
-//! 2. **Validate.** An HTTP/1.1 handshake without a `Host` header, with
+//! 2. **Admit.** [Admission](admit) checks — layers in front of the proxy,
+//!    or [`WebSocketProxyLayer::admit`], which installs the same
+//!    [`Admit`](admit::Admit) middleware in front of this layer's proxy —
+//!    may refuse with an ordinary response (`403` Origin, `429` rate or
+//!    per-client connections, `503` connections in all); nothing reaches
+//!    a backend. They see every claimed handshake, valid or not, as
+//!    nginx's `limit_req` counts every request.
+//!    **Validate.** An HTTP/1.1 handshake without a `Host` header, with
 //!    two, or with an invalid one (RFC 9112 §3.2), a missing, repeated or
 //!    malformed `Sec-WebSocket-Key`, or a handshake with a body is
 //!    answered `400` with the reason (HTTP/2 handshakes carry no key and
@@ -44,10 +51,6 @@
 //!    other than 13 is answered `426` with `Sec-WebSocket-Version: 13`.
 //!    Nothing reaches a backend. While [shutting down](Tunnels::shutdown),
 //!    handshakes are answered `503`.
-//!    **Admit.** [Admission](admit) checks — layers in front of the proxy
-//!    or [`WebSocketProxyLayer::admit`] — may refuse with an ordinary
-//!    response (`403` Origin, `429` rate or per-client connections, `503`
-//!    connections in all); still nothing reaches a backend.
 //!    **Select.** With [`WebSocketProxyLayer::with_backends`], a
 //!    [balancing strategy](balance) picks a backend among the healthy
 //!    ones of a live [`Backends`](balance::Backends) set (`503` when none

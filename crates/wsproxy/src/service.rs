@@ -19,8 +19,9 @@ use crate::{Upstream, WebSocketProxyLayer};
 /// See the [crate docs](crate) for the path of one connection, and
 /// [`WebSocketProxyLayer`] for the settings.
 ///
-/// Failures of the proxy are responses (`400`, `426`, `502`, `503`, `504`),
-/// never `Service::Error`: the error type is the inner service's.
+/// Failures of the proxy are responses (`400`, `403`, `426`, `429`, `501`,
+/// `502`, `503`, `504`), never `Service::Error`: the error type is the
+/// inner service's.
 #[derive(Clone, Debug)]
 pub struct WebSocketProxy<S> {
     inner: S,

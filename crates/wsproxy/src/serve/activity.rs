@@ -258,9 +258,12 @@ pub(crate) struct Busy(Arc<Activity>);
 impl Drop for Busy {
     fn drop(&mut self) {
         let activity = &self.0;
+        // Before the count: a watchdog that sees it at zero must not see an
+        // `idle_since` from before this busy spell. (Not the last guard:
+        // the last one stores it again.)
+        activity.idle_since.store(now_ms(), Ordering::Release);
         if activity.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
             activity.first_byte.store(NEVER, Ordering::Release);
-            activity.idle_since.store(now_ms(), Ordering::Release);
             activity.armed.store(true, Ordering::Release);
         }
     }

@@ -188,11 +188,18 @@ async fn http<IO, S, B>(
             }
             _ => {}
         }
-        if !closing {
-            let evicted = activity.is_evicted();
-            if evicted || activity.goaway_asked() {
+        let evicted = activity.is_evicted();
+        if evicted || (!closing && activity.goaway_asked()) {
+            if evicted && activity.protocol() != Protocol::Http2 && !activity.is_busy() {
+                // Nothing in flight on HTTP/1.1: close now.
+                tracing::debug!(client = %peer, "connection closed to make room");
+                break;
+            }
+            if !closing {
                 if evicted {
-                    tracing::debug!(client = %peer, "connection closed to make room");
+                    // HTTP/2 gets GOAWAY; an HTTP/1.1 request in flight is
+                    // answered, and the connection closes after it.
+                    tracing::debug!(client = %peer, "connection closing to make room");
                 } else {
                     tracing::warn!(
                         client = %peer,
@@ -200,12 +207,13 @@ async fn http<IO, S, B>(
                     );
                     crate::metrics::http2_goaway("resets");
                 }
-                if evicted && activity.protocol() != Protocol::Http2 {
-                    break;
-                }
                 connection.as_mut().graceful_shutdown();
                 closing = true;
-                close_by = evicted.then(|| now_ms() + GOAWAY_GRACE.as_millis() as u64);
+            }
+            // A client that ignores GOAWAY (HTTP/2 waits for it to answer
+            // a PING) is closed once nothing of it is in flight.
+            if close_by.is_none() {
+                close_by = Some(now_ms() + GOAWAY_GRACE.as_millis() as u64);
             }
         }
         let now = now_ms();
@@ -214,7 +222,9 @@ async fn http<IO, S, B>(
             match close_by {
                 // Closing and the client did not: close under it.
                 Some(at) if now >= at && !activity.is_busy() => break,
-                Some(at) => Some(at.max(now + RECHECK_BUSY_MS)),
+                // Busy: look again later, not in a loop.
+                Some(at) if activity.is_busy() => Some(at.max(now + RECHECK_BUSY_MS)),
+                Some(at) => Some(at),
                 None => None,
             }
         } else {

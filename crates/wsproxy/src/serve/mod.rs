@@ -14,7 +14,9 @@
 //!
 //! - [`Timeouts`] for the TLS handshake, protocol detection, the request
 //!   head (in all, not per byte), keep-alive between requests and HTTP/2
-//!   connections with no stream, on by default with nginx's values;
+//!   connections with no stream, on by default (nginx's values where it
+//!   has one: 60 s for a head, 75 s idle; 10 s for the TLS handshake and
+//!   the first bytes, stricter than nginx's 60 s);
 //! - [`ConnectionLimits`]: connections in all and per client IP, where the
 //!   longest-idle connection is closed to make room for a new one (as
 //!   nginx does); `accept` failures (out of descriptors) logged at most

@@ -81,8 +81,9 @@ impl Registry {
         state.open.len() - state.shedding
     }
 
-    /// Wait until a connection can be taken: there is room, or an idle
-    /// connection to shed for it. Returns how many were shed.
+    /// Make room for a client that is waiting: return at once under the
+    /// bound, else shed the connection idle the longest, else wait until a
+    /// connection ends or goes idle. Returns how many were shed.
     pub(crate) async fn room(&self) -> usize {
         loop {
             let notified = self.room.notified();

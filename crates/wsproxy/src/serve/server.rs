@@ -129,15 +129,20 @@ impl<S: Clone> Server<S> {
         self.edit(|shared| shared.shutdown_timeout = timeout)
     }
 
-    /// Client connections open now, across this server and its clones
-    /// (tunnels that left HTTP/1.1 by an upgrade not counted).
+    /// Client connections counted against the bounds now, across this
+    /// server and its clones: not the tunnels that left HTTP/1.1 by an
+    /// upgrade, nor connections already asked to close to make room
+    /// (they still hold their descriptors for the moment they take to
+    /// close).
     pub fn connections(&self) -> usize {
         self.shared.registry.open()
     }
 
     /// Accept and serve connections on `listener` until the returned
-    /// future is dropped, or until a
-    /// [graceful shutdown](Serve::with_graceful_shutdown) ends.
+    /// future is dropped (which stops accepting; connections already
+    /// accepted run on until they end), or until a
+    /// [graceful shutdown](Serve::with_graceful_shutdown) ends, which
+    /// closes them too.
     pub fn serve(&self, listener: TcpListener) -> Serve<S> {
         Serve {
             server: self.clone(),
@@ -222,14 +227,8 @@ where
     let mut per_ip =
         Throttled::new("a client IP is at its connection limit: new connections closed");
     loop {
-        let shed = tokio::select! {
-            shed = registry.room() => shed,
-            () = &mut signal => break,
-        };
-        if shed > 0 {
-            crate::metrics::connection_shed("max_connections");
-            full.warn(&format_args!("max {} connections", registry_max(&shared)));
-        }
+        // A descriptor given up to answer 503 may not have come back.
+        reserve.restore();
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut signal => break,
@@ -261,6 +260,17 @@ where
                 continue;
             }
         };
+        // A client is here: at the bound, the connection idle the longest
+        // makes room for it; with none idle it waits (and the next ones in
+        // the kernel's backlog) until a connection ends or goes idle.
+        let shed = tokio::select! {
+            shed = registry.room() => shed,
+            () = &mut signal => break,
+        };
+        if shed > 0 {
+            crate::metrics::connection_shed("max_connections");
+            full.warn(&format_args!("max {} connections", registry_max(&shared)));
+        }
         backoff.reset();
         // As nginx's `tcp_nodelay on`: a tunnel relays frames split across
         // writes, which must not wait for Nagle and delayed ACKs.

@@ -54,8 +54,12 @@ where
         }
         let mut handshake = None;
         // Extended CONNECT (RFC 8441): each one may make the proxy connect
-        // to a backend, and one connection can open many at once.
-        if http2 && req.method() == Method::CONNECT {
+        // to a backend, and one connection can open many at once. (A
+        // plain CONNECT is the app's business.)
+        if http2
+            && req.method() == Method::CONNECT
+            && req.extensions().get::<hyper::ext::Protocol>().is_some()
+        {
             let at_once = self
                 .activity
                 .handshakes
@@ -65,7 +69,12 @@ where
                 limits: self.limits,
                 answered: false,
             };
-            if at_once >= self.limits.http2_handshakes {
+            // Past the bound at once, or after resetting too many: the
+            // connection got GOAWAY, and hyper takes streams until the
+            // client answers its PING — one that never does must not go
+            // on making the proxy connect.
+            let reset_too_many = self.activity.goaway_asked();
+            if at_once >= self.limits.http2_handshakes || reset_too_many {
                 drop(guard.answered());
                 tracing::debug!(
                     client = %self.peer,
@@ -75,7 +84,7 @@ where
                 crate::metrics::refused(StatusCode::TOO_MANY_REQUESTS);
                 return ConnFuture {
                     state: State::Refused {
-                        response: Some(too_many()),
+                        response: Some(too_many(reset_too_many)),
                     },
                     busy: Some(busy),
                     handshake: None,
@@ -93,10 +102,12 @@ where
     }
 }
 
-fn too_many<B>() -> Response<ResponseBody<B>> {
-    let mut response = Response::new(ResponseBody::full(
-        "too many WebSocket handshakes at once on this connection\n",
-    ));
+fn too_many<B>(reset: bool) -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::full(if reset {
+        "too many WebSocket handshakes reset on this connection\n"
+    } else {
+        "too many WebSocket handshakes at once on this connection\n"
+    }));
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     let headers = response.headers_mut();
     headers.insert(
@@ -167,7 +178,14 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = match this.state.project() {
-            StateProj::Inner { future } => ready!(future.poll(cx))?.map(ResponseBody::inner),
+            StateProj::Inner { future } => {
+                let result = ready!(future.poll(cx));
+                // Answered, well or not: only a drop before this is a reset.
+                if let Some(handshake) = this.handshake.take() {
+                    drop(handshake.answered());
+                }
+                result?.map(ResponseBody::inner)
+            }
             StateProj::Refused { response } => response.take().expect("polled after completion"),
         };
         if let Some(handshake) = this.handshake.take() {
