@@ -363,9 +363,7 @@ impl<S> Layer<S> for WebSocketProxyLayer {
     type Service = WebSocketProxy<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let mut config = self.config.clone();
-        config.translation.prefix = config.route.prefix_str().map(str::to_owned);
-        let config = Arc::new(config);
+        let config = Arc::new(self.config.clone());
         let handshakes = Handshakes::new(config.clone(), &self.admissions);
         WebSocketProxy::from_parts(inner, config, handshakes)
     }

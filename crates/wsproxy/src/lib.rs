@@ -297,6 +297,7 @@ pub mod admit;
 pub mod balance;
 mod body;
 mod client;
+mod clock;
 pub mod connect;
 mod drain;
 pub mod forward;

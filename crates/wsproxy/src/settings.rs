@@ -237,4 +237,21 @@ impl Rate {
     pub(crate) fn extra(self) -> u32 {
         self.burst
     }
+
+    /// One more event at `now`, GCRA: `due` is when the next one is due at
+    /// the rate (the theoretical arrival time); returns `false`, leaving
+    /// `due` as it was, if the event is over the rate and its burst.
+    pub(crate) fn allow(
+        self,
+        due: &mut Option<tokio::time::Instant>,
+        now: tokio::time::Instant,
+    ) -> bool {
+        let interval = self.interval();
+        let next = due.map_or(now, |due| due.max(now));
+        if next.saturating_duration_since(now) > interval * self.extra() {
+            return false;
+        }
+        *due = Some(next + interval);
+        true
+    }
 }

@@ -2,13 +2,14 @@
 //! tunnels, passive and active health, draining, slow start.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Backend;
+use crate::clock::now;
 use crate::drain::CloseSignal;
 
 /// One backend of the set and what is known of it.
@@ -172,11 +173,4 @@ impl Member {
         }
         ((u128::from(weight) * u128::from(since) / u128::from(period)) as u32).max(1)
     }
-}
-
-/// Nanoseconds since the first call (a process-wide epoch), never 0.
-pub(super) fn now() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_nanos(1));
-    epoch.elapsed().as_nanos() as u64
 }

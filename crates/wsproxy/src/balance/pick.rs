@@ -11,10 +11,11 @@ use http::request::Parts;
 use tokio::time::Instant;
 
 use super::BackendId;
-use super::member::{Member, now};
+use super::member::Member;
 use super::set::{Backends, SetState};
 use super::strategy::Candidate;
 use crate::Upstream;
+use crate::clock::now;
 use crate::drain::CloseSignal;
 
 /// The backend chosen for one handshake attempt; counts toward its load

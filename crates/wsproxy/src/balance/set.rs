@@ -10,11 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tower::discover::{Change, Discover};
 
 use super::health::{self, ActiveHealth, PassiveHealth};
-use super::member::{Member, now};
+use super::member::Member;
 use super::sticky::Sticky;
 use super::strategy::{RoundRobin, Strategy};
 use super::{Backend, BackendId};
 use crate::Upstream;
+use crate::clock::now;
 // Sideways, to the connecting phase: the set owns how its backends are
 // dialled (connector, TLS), for handshakes and probes alike.
 use crate::connect::Dialer;

@@ -8,8 +8,8 @@ use std::time::Duration;
 use http::HeaderValue;
 use http::request::Parts;
 
-use super::member::now;
 use super::pick::Load;
+use crate::clock::now;
 
 use super::set::*;
 use super::*;

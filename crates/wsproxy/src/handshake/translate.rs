@@ -22,8 +22,7 @@ use crate::route;
 /// [`WebSocketProxyLayer`](crate::WebSocketProxyLayer).
 #[derive(Debug, Clone)]
 pub(crate) struct Translation {
-    /// The route's prefix, removed from the path when `strip_prefix`.
-    pub(crate) prefix: Option<String>,
+    /// Remove the route's prefix from the path.
     pub(crate) strip_prefix: bool,
     pub(crate) host_header: HostHeader,
     pub(crate) forwarded_header: bool,
@@ -33,7 +32,6 @@ pub(crate) struct Translation {
 impl Default for Translation {
     fn default() -> Self {
         Translation {
-            prefix: None,
             strip_prefix: false,
             host_header: HostHeader::Upstream,
             forwarded_header: false,
@@ -43,17 +41,19 @@ impl Default for Translation {
 }
 
 /// The upgrade request sent to the backend `upstream` for the client's
-/// handshake `parts`, with `key` as its `Sec-WebSocket-Key`; `None` if the
-/// target cannot be expressed as the backend's URI.
+/// handshake `parts` on the route of `prefix`, with `key` as its
+/// `Sec-WebSocket-Key`; `None` if the target cannot be expressed as the
+/// backend's URI.
 pub(crate) fn backend_request(
     parts: &http::request::Parts,
     config: &Translation,
+    prefix: Option<&str>,
     peer: Option<SocketAddr>,
     upstream: &Upstream,
     key: &HeaderValue,
 ) -> Option<Request<Empty<Bytes>>> {
     let path = parts.uri.path();
-    let rest = match (config.strip_prefix, config.prefix.as_deref()) {
+    let rest = match (config.strip_prefix, prefix) {
         (true, Some(prefix)) => route::strip(prefix, path).unwrap_or(path),
         _ => path,
     };

@@ -66,9 +66,14 @@ pub(crate) async fn handshake(
             crate::metrics::backend_retry(from);
         }
         Span::current().record("upstream", tracing::field::display(picked.upstream()));
-        let Some(request) =
-            handshake::backend_request(parts, &config.translation, peer, picked.upstream(), key)
-        else {
+        let Some(request) = handshake::backend_request(
+            parts,
+            &config.translation,
+            config.route.prefix_str(),
+            peer,
+            picked.upstream(),
+            key,
+        ) else {
             tracing::info!(
                 status = 400,
                 "handshake refused: request target cannot be mapped to the backend"

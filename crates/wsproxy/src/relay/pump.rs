@@ -492,13 +492,6 @@ impl Pump {
         if !(0x1..=0x7).contains(&head.opcode) {
             return None;
         }
-        let now = Instant::now();
-        let interval = rate.interval();
-        let due = self.rate_due.map_or(now, |due| due.max(now));
-        if due.saturating_duration_since(now) > interval * rate.extra() {
-            return Some(Exceeded::Rate);
-        }
-        self.rate_due = Some(due + interval);
-        None
+        (!rate.allow(&mut self.rate_due, Instant::now())).then_some(Exceeded::Rate)
     }
 }

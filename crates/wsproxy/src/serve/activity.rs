@@ -8,34 +8,15 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
+use crate::clock;
 use crate::settings::Rate;
-
-/// Milliseconds on a process-wide clock, so that connections can be
-/// compared by when they went idle. It starts at [`CLOCK_START`] on first
-/// use, so that times a little in the past never go below zero.
-pub(crate) fn now_ms() -> u64 {
-    CLOCK_START + epoch().elapsed().as_millis() as u64
-}
-
-const CLOCK_START: u64 = 1 << 32;
-
-fn epoch() -> std::time::Instant {
-    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
-    *EPOCH.get_or_init(std::time::Instant::now)
-}
-
-/// The tokio instant of `ms` on the [`now_ms`] clock.
-pub(crate) fn instant_of(ms: u64) -> tokio::time::Instant {
-    tokio::time::Instant::from_std(epoch()) + Duration::from_millis(ms.saturating_sub(CLOCK_START))
-}
 
 /// "No time recorded".
 const NEVER: u64 = u64::MAX;
@@ -69,16 +50,15 @@ pub(crate) struct Activity {
     /// busy, and no idle timeout applies.
     busy: AtomicUsize,
     /// When `busy` last became zero (or the connection started), on the
-    /// [`now_ms`] clock.
+    /// [`clock`](crate::clock).
     idle_since: AtomicU64,
     /// When the first bytes arrived since the connection went idle, or
     /// [`NEVER`].
     first_byte: AtomicU64,
-    /// The next read with data records `first_byte` and wakes the
-    /// watchdog.
+    /// The next read with data records `first_byte`.
     armed: AtomicBool,
-    /// Requests received so far (saturating at 2: none, one, more).
-    requests: AtomicU8,
+    /// A request was received.
+    served: AtomicBool,
     protocol: AtomicU8,
     /// A read found nothing to read: whatever the client sent had been
     /// read by then. A connection that has not waited yet may have a
@@ -94,7 +74,7 @@ pub(crate) struct Activity {
     pub(crate) handshakes: AtomicUsize,
     /// When the next reset handshake is due at the allowed rate (GCRA's
     /// theoretical arrival time).
-    reset_due: Mutex<Option<std::time::Instant>>,
+    reset_due: Mutex<Option<tokio::time::Instant>>,
     /// Wakes the watchdog: evicted, GOAWAY, shutdown.
     pub(crate) wake: Notify,
 }
@@ -103,10 +83,10 @@ impl Activity {
     pub(crate) fn new() -> Self {
         Activity {
             busy: AtomicUsize::new(0),
-            idle_since: AtomicU64::new(now_ms()),
+            idle_since: AtomicU64::new(clock::now()),
             first_byte: AtomicU64::new(NEVER),
             armed: AtomicBool::new(true),
-            requests: AtomicU8::new(0),
+            served: AtomicBool::new(false),
             protocol: AtomicU8::new(Protocol::Unknown as u8),
             waited: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
@@ -129,9 +109,7 @@ impl Activity {
     pub(crate) fn request(self: &Arc<Self>, http2: bool) -> Busy {
         let busy = self.busy();
         self.armed.store(false, Ordering::Relaxed);
-        if self.requests.load(Ordering::Relaxed) < 2 {
-            self.requests.fetch_add(1, Ordering::Relaxed);
-        }
+        self.served.store(true, Ordering::Relaxed);
         self.set_protocol(if http2 {
             Protocol::Http2
         } else {
@@ -169,7 +147,7 @@ impl Activity {
 
     /// Whether a request was ever received.
     pub(crate) fn served(&self) -> bool {
-        self.requests.load(Ordering::Relaxed) > 0
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Whether a read of the connection ever found nothing to read.
@@ -210,14 +188,7 @@ impl Activity {
             .reset_due
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let now = std::time::Instant::now();
-        let interval = rate.interval();
-        let next = due.map_or(now, |due| due.max(now));
-        if next.saturating_duration_since(now) > interval * rate.extra() {
-            return true;
-        }
-        *due = Some(next + interval);
-        false
+        !rate.allow(&mut due, tokio::time::Instant::now())
     }
 
     /// The server shuts down: stop taking requests, or close now.
@@ -245,7 +216,7 @@ impl Activity {
                 // unknown, and are timed as an HTTP/1.1 head.)
                 self.set_protocol(Protocol::Http2);
             }
-            self.first_byte.store(now_ms(), Ordering::Release);
+            self.first_byte.store(clock::now(), Ordering::Release);
         }
     }
 }
@@ -261,7 +232,7 @@ impl Drop for Busy {
         // Before the count: a watchdog that sees it at zero must not see an
         // `idle_since` from before this busy spell. (Not the last guard:
         // the last one stores it again.)
-        activity.idle_since.store(now_ms(), Ordering::Release);
+        activity.idle_since.store(clock::now(), Ordering::Release);
         if activity.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
             activity.first_byte.store(NEVER, Ordering::Release);
             activity.armed.store(true, Ordering::Release);

@@ -13,13 +13,15 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::activity::{Activity, ConnExecutor, Protocol, Stop, Watched, instant_of, now_ms};
+use super::activity::{Activity, ConnExecutor, Protocol, Stop, Watched};
 use super::registry::{Registry, Slot};
 use super::service::ConnService;
 use super::{ConnectionLimits, Timeouts};
 use crate::BoxError;
+use crate::clock::{self, nanos};
 
 /// What every connection of a server shares.
+#[derive(Clone)]
 pub(crate) struct Shared<S> {
     pub(crate) service: S,
     pub(crate) timeouts: Timeouts,
@@ -64,6 +66,18 @@ pub(crate) enum Expiry {
 }
 
 impl Expiry {
+    /// The timeout that ran out.
+    fn timeout(self, timeouts: &Timeouts) -> Duration {
+        match self {
+            #[cfg(feature = "tls")]
+            Expiry::TlsHandshake => timeouts.tls_handshake,
+            Expiry::Detect => timeouts.detect,
+            Expiry::RequestHead => timeouts.request_head,
+            Expiry::KeepAlive => timeouts.keep_alive,
+            Expiry::Http2Idle => timeouts.http2_idle,
+        }
+    }
+
     /// The label in logs and metrics.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -101,7 +115,7 @@ where
                 }
             },
             () = tokio::time::sleep(timeout) => {
-                timed_out(peer, Expiry::TlsHandshake, timeout);
+                timed_out(peer, Expiry::TlsHandshake, &shared.timeouts);
                 return;
             }
             () = interrupted(&activity) => {
@@ -126,7 +140,8 @@ async fn interrupted(activity: &Activity) {
     }
 }
 
-fn timed_out(peer: SocketAddr, expiry: Expiry, after: Duration) {
+fn timed_out(peer: SocketAddr, expiry: Expiry, timeouts: &Timeouts) {
+    let after = expiry.timeout(timeouts);
     tracing::debug!(client = %peer, state = expiry.as_str(), ?after, "client connection timed out, closed");
     crate::metrics::connection_timed_out(expiry.as_str());
 }
@@ -169,7 +184,7 @@ async fn http<IO, S, B>(
         .serve_connection_with_upgrades(TokioIo::new(Watched::new(io, activity.clone())), service);
     tokio::pin!(connection);
     // Detection is timed from here, after any TLS handshake.
-    let start = now_ms();
+    let start = clock::now();
     let timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(timer);
     let mut timer_at = None;
@@ -213,17 +228,17 @@ async fn http<IO, S, B>(
             // A client that ignores GOAWAY (HTTP/2 waits for it to answer
             // a PING) is closed once nothing of it is in flight.
             if close_by.is_none() {
-                close_by = Some(now_ms() + GOAWAY_GRACE.as_millis() as u64);
+                close_by = Some(clock::now() + nanos(GOAWAY_GRACE));
             }
         }
-        let now = now_ms();
+        let now = clock::now();
         // When to look again.
         let next = if closing {
             match close_by {
                 // Closing and the client did not: close under it.
                 Some(at) if now >= at && !activity.is_busy() => break,
                 // Busy: look again later, not in a loop.
-                Some(at) if activity.is_busy() => Some(at.max(now + RECHECK_BUSY_MS)),
+                Some(at) if activity.is_busy() => Some(at.max(now + nanos(RECHECK_BUSY))),
                 Some(at) => Some(at),
                 None => None,
             }
@@ -232,18 +247,13 @@ async fn http<IO, S, B>(
                 Some((at, expiry)) if now >= at => {
                     match expiry {
                         Expiry::Http2Idle => {
-                            timed_out(peer, Expiry::Http2Idle, timeouts.http2_idle);
+                            timed_out(peer, Expiry::Http2Idle, &timeouts);
                             connection.as_mut().graceful_shutdown();
                             closing = true;
-                            close_by = Some(now + GOAWAY_GRACE.as_millis() as u64);
+                            close_by = Some(now + nanos(GOAWAY_GRACE));
                         }
                         expiry => {
-                            let after = match expiry {
-                                Expiry::Detect => timeouts.detect,
-                                Expiry::RequestHead => timeouts.request_head,
-                                _ => timeouts.keep_alive,
-                            };
-                            timed_out(peer, expiry, after);
+                            timed_out(peer, expiry, &timeouts);
                             break;
                         }
                     }
@@ -256,7 +266,7 @@ async fn http<IO, S, B>(
         };
         if next != timer_at {
             if let Some(at) = next {
-                timer.as_mut().reset(instant_of(at));
+                timer.as_mut().reset(clock::instant(at));
             }
             timer_at = next;
         }
@@ -275,25 +285,24 @@ async fn http<IO, S, B>(
 }
 
 /// While closing and busy, how often to look whether the client is done.
-const RECHECK_BUSY_MS: u64 = 1_000;
+const RECHECK_BUSY: Duration = Duration::from_secs(1);
 
 /// How soon to look again at a connection that is busy, or idle with a
 /// deadline that bytes it has not been told about could bring forward:
 /// no later than the shortest deadline that could start now.
 fn recheck(activity: &Activity, timeouts: &Timeouts) -> u64 {
-    let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX / 4)) as u64;
     let http1 = || {
-        let head = ms(timeouts.request_head);
-        match ms(timeouts.keep_alive) {
+        let head = nanos(timeouts.request_head);
+        match nanos(timeouts.keep_alive) {
             0 => head,
             keep_alive => head.min(keep_alive),
         }
     };
     match activity.protocol() {
-        Protocol::Http2 => ms(timeouts.http2_idle),
+        Protocol::Http2 => nanos(timeouts.http2_idle),
         Protocol::Http1 => http1(),
         // Either may come, and HTTP/2 from the first bytes.
-        Protocol::Unknown => http1().min(ms(timeouts.http2_idle)),
+        Protocol::Unknown => http1().min(nanos(timeouts.http2_idle)),
     }
     .max(1)
 }
@@ -303,14 +312,13 @@ fn next_expiry(activity: &Activity, timeouts: &Timeouts, start: u64) -> Option<(
     if activity.is_busy() {
         return None;
     }
-    let ms = |d: Duration| d.as_millis().min(u128::from(u64::MAX / 4)) as u64;
     let idle_since = activity.idle_since().max(start);
     Some(match activity.protocol() {
-        Protocol::Http2 => (idle_since + ms(timeouts.http2_idle), Expiry::Http2Idle),
+        Protocol::Http2 => (idle_since + nanos(timeouts.http2_idle), Expiry::Http2Idle),
         Protocol::Http1 | Protocol::Unknown => match activity.first_byte() {
-            Some(at) => (at + ms(timeouts.request_head), Expiry::RequestHead),
-            None if !activity.served() => (start + ms(timeouts.detect), Expiry::Detect),
-            None => (idle_since + ms(timeouts.keep_alive), Expiry::KeepAlive),
+            Some(at) => (at + nanos(timeouts.request_head), Expiry::RequestHead),
+            None if !activity.served() => (start + nanos(timeouts.detect), Expiry::Detect),
+            None => (idle_since + nanos(timeouts.keep_alive), Expiry::KeepAlive),
         },
     })
 }

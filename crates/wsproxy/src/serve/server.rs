@@ -31,17 +31,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Clones share their connection counts: serve several listeners (say one
 /// per worker thread with `SO_REUSEPORT`) from clones of one server and the
 /// [limits](ConnectionLimits) hold across them.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Server<S> {
-    shared: Arc<Shared<S>>,
-}
-
-impl<S> Clone for Server<S> {
-    fn clone(&self) -> Self {
-        Server {
-            shared: self.shared.clone(),
-        }
-    }
+    /// Copied into an `Arc` for each listener served; the registry inside
+    /// is what clones share.
+    shared: Shared<S>,
 }
 
 impl<S: Clone> Server<S> {
@@ -51,7 +45,7 @@ impl<S: Clone> Server<S> {
     pub fn new(service: S) -> Self {
         let limits = ConnectionLimits::new();
         Server {
-            shared: Arc::new(Shared {
+            shared: Shared {
                 service,
                 timeouts: Timeouts::new(),
                 registry: Arc::new(Registry::new(limits.resolved_max(), limits.per_ip)),
@@ -60,45 +54,26 @@ impl<S: Clone> Server<S> {
                 tls: None,
                 tunnels: None,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-            }),
-        }
-    }
-
-    fn edit(mut self, edit: impl FnOnce(&mut Shared<S>)) -> Self {
-        let shared = match Arc::try_unwrap(self.shared) {
-            Ok(shared) => shared,
-            Err(shared) => Shared {
-                service: shared.service.clone(),
-                timeouts: shared.timeouts,
-                limits: shared.limits,
-                registry: shared.registry.clone(),
-                #[cfg(feature = "tls")]
-                tls: shared.tls.clone(),
-                tunnels: shared.tunnels.clone(),
-                shutdown_timeout: shared.shutdown_timeout,
             },
-        };
-        self.shared = Arc::new(shared);
-        edit(Arc::get_mut(&mut self.shared).expect("just made"));
-        self
+        }
     }
 
     /// How long connections may sit in each state (default:
     /// [`Timeouts::new`]).
     #[must_use]
-    pub fn timeouts(self, timeouts: Timeouts) -> Self {
-        self.edit(|shared| shared.timeouts = timeouts)
+    pub fn timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.shared.timeouts = timeouts;
+        self
     }
 
     /// Bounds on connections (default: [`ConnectionLimits::new`]). Set
     /// them before cloning the server for several listeners: a server
     /// given new limits counts its connections apart from its clones.
     #[must_use]
-    pub fn limits(self, limits: ConnectionLimits) -> Self {
-        self.edit(|shared| {
-            shared.registry = Arc::new(Registry::new(limits.resolved_max(), limits.per_ip));
-            shared.limits = limits;
-        })
+    pub fn limits(mut self, limits: ConnectionLimits) -> Self {
+        self.shared.registry = Arc::new(Registry::new(limits.resolved_max(), limits.per_ip));
+        self.shared.limits = limits;
+        self
     }
 
     /// Terminate TLS with `config` on every connection (feature `tls`):
@@ -109,24 +84,27 @@ impl<S: Clone> Server<S> {
     #[cfg(feature = "tls")]
     #[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
     #[must_use]
-    pub fn tls(self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
-        self.edit(|shared| shared.tls = Some(tokio_rustls::TlsAcceptor::from(config)))
+    pub fn tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        self.shared.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
     }
 
     /// On a graceful shutdown, also [shut down](Tunnels::shutdown) these
     /// tunnels (Close 1001 to every open WebSocket) within the same
     /// [deadline](Self::shutdown_timeout), and wait for them.
     #[must_use]
-    pub fn tunnels(self, tunnels: Tunnels) -> Self {
-        self.edit(|shared| shared.tunnels = Some(tunnels))
+    pub fn tunnels(mut self, tunnels: Tunnels) -> Self {
+        self.shared.tunnels = Some(tunnels);
+        self
     }
 
     /// How long a graceful shutdown waits for requests in flight (and
     /// [tunnels](Self::tunnels)) before closing what is left (default:
     /// 10 s).
     #[must_use]
-    pub fn shutdown_timeout(self, timeout: Duration) -> Self {
-        self.edit(|shared| shared.shutdown_timeout = timeout)
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shared.shutdown_timeout = timeout;
+        self
     }
 
     /// Client connections counted against the bounds now, across this
@@ -214,7 +192,7 @@ where
         listener,
         signal,
     } = serve;
-    let shared = server.shared;
+    let shared = Arc::new(server.shared);
     let registry = shared.registry.clone();
     let mut signal = signal.unwrap_or_else(|| Box::pin(std::future::pending()));
     let tasks = TaskTracker::new();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderValue, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -103,18 +103,15 @@ where
 }
 
 fn too_many<B>(reset: bool) -> Response<ResponseBody<B>> {
-    let mut response = Response::new(ResponseBody::full(if reset {
-        "too many WebSocket handshakes reset on this connection\n"
+    let reason = if reset {
+        "too many WebSocket handshakes reset on this connection"
     } else {
-        "too many WebSocket handshakes at once on this connection\n"
-    }));
-    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        "too many WebSocket handshakes at once on this connection"
+    };
+    let mut response = crate::plain::response(StatusCode::TOO_MANY_REQUESTS, reason);
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
     response
 }
 
