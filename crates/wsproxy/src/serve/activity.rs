@@ -18,6 +18,13 @@ use tokio::sync::Notify;
 use crate::clock;
 use crate::settings::Rate;
 
+/// [`Activity::reads`]: a read with data changes nothing.
+const QUIET: u8 = 0;
+/// A read with data records the first bytes since going idle.
+const ARMED: u8 = 1;
+/// The connection is no longer served: its I/O lets go of the record.
+const DONE: u8 = 2;
+
 /// "No time recorded".
 const NEVER: u64 = u64::MAX;
 
@@ -52,18 +59,8 @@ pub(crate) struct Activity {
     /// When `busy` last became zero (or the connection started), on the
     /// [`clock`](crate::clock).
     idle_since: AtomicU64,
-    /// When the first bytes arrived since the connection went idle, or
-    /// [`NEVER`].
-    first_byte: AtomicU64,
-    /// The next read with data records `first_byte`.
-    armed: AtomicBool,
-    /// A request was received.
-    served: AtomicBool,
-    protocol: AtomicU8,
-    /// A read found nothing to read: whatever the client sent had been
-    /// read by then. A connection that has not waited yet may have a
-    /// request that nobody read, and is not idle.
-    waited: AtomicBool,
+    /// What the connection's reads found; the I/O holds only this.
+    reads: Arc<Reads>,
     /// Asked to close to make room for another connection.
     evicted: AtomicBool,
     /// Asked to stop taking new requests (HTTP/2: GOAWAY).
@@ -84,11 +81,13 @@ impl Activity {
         Activity {
             busy: AtomicUsize::new(0),
             idle_since: AtomicU64::new(clock::now()),
-            first_byte: AtomicU64::new(NEVER),
-            armed: AtomicBool::new(true),
-            served: AtomicBool::new(false),
-            protocol: AtomicU8::new(Protocol::Unknown as u8),
-            waited: AtomicBool::new(false),
+            reads: Arc::new(Reads {
+                state: AtomicU8::new(ARMED),
+                first_byte: AtomicU64::new(NEVER),
+                protocol: AtomicU8::new(Protocol::Unknown as u8),
+                served: AtomicBool::new(false),
+                waited: AtomicBool::new(false),
+            }),
             evicted: AtomicBool::new(false),
             goaway: AtomicBool::new(false),
             stop: AtomicU8::new(0),
@@ -108,9 +107,12 @@ impl Activity {
     /// A request arrived (its head is complete).
     pub(crate) fn request(self: &Arc<Self>, http2: bool) -> Busy {
         let busy = self.busy();
-        self.armed.store(false, Ordering::Relaxed);
-        self.served.store(true, Ordering::Relaxed);
-        self.set_protocol(if http2 {
+        let reads = &self.reads;
+        let _ = reads
+            .state
+            .compare_exchange(ARMED, QUIET, Ordering::Relaxed, Ordering::Relaxed);
+        reads.served.store(true, Ordering::Relaxed);
+        reads.set_protocol(if http2 {
             Protocol::Http2
         } else {
             Protocol::Http1
@@ -118,14 +120,8 @@ impl Activity {
         busy
     }
 
-    fn set_protocol(&self, protocol: Protocol) {
-        if self.protocol.load(Ordering::Relaxed) == Protocol::Unknown as u8 {
-            self.protocol.store(protocol as u8, Ordering::Relaxed);
-        }
-    }
-
     pub(crate) fn protocol(&self) -> Protocol {
-        match self.protocol.load(Ordering::Relaxed) {
+        match self.reads.protocol.load(Ordering::Relaxed) {
             1 => Protocol::Http1,
             2 => Protocol::Http2,
             _ => Protocol::Unknown,
@@ -142,23 +138,23 @@ impl Activity {
 
     /// When the first bytes arrived since the connection went idle.
     pub(crate) fn first_byte(&self) -> Option<u64> {
-        Some(self.first_byte.load(Ordering::Acquire)).filter(|&at| at != NEVER)
+        Some(self.reads.first_byte.load(Ordering::Acquire)).filter(|&at| at != NEVER)
     }
 
     /// Whether a request was ever received.
     pub(crate) fn served(&self) -> bool {
-        self.served.load(Ordering::Relaxed)
+        self.reads.served.load(Ordering::Relaxed)
     }
 
     /// Whether a read of the connection ever found nothing to read.
     pub(crate) fn has_waited(&self) -> bool {
-        self.waited.load(Ordering::Acquire)
+        self.reads.waited.load(Ordering::Acquire)
     }
 
     /// As if a read had found nothing to read.
     #[cfg(test)]
     pub(crate) fn set_waited(&self) {
-        self.waited.store(true, Ordering::Release);
+        self.reads.waited.store(true, Ordering::Release);
     }
 
     /// Ask the connection to close to make room (see the registry).
@@ -205,12 +201,50 @@ impl Activity {
         }
     }
 
-    /// Bytes were read: the first since going idle are recorded.
-    #[inline]
-    fn read(&self, data: &[u8]) {
-        if self.armed.load(Ordering::Relaxed) && self.armed.swap(false, Ordering::AcqRel) {
+    /// The connection is no longer served (an HTTP/1.1 upgrade took its
+    /// I/O, or it ended): the I/O of an open tunnel lets go of its part of
+    /// this record ([`Reads`]) at its next read.
+    pub(crate) fn finish(&self) {
+        self.reads.state.store(DONE, Ordering::Release);
+    }
+}
+
+/// What a connection's reads found, apart from the rest of its
+/// [`Activity`]: an HTTP/1.1 tunnel's I/O outlives the connection's
+/// service, and keeps (until it lets go) only this.
+#[derive(Debug)]
+struct Reads {
+    /// What a read with data does: nothing ([`QUIET`]), record
+    /// `first_byte` ([`ARMED`]), or let go of this record ([`DONE`]).
+    state: AtomicU8,
+    /// When the first bytes arrived since the connection went idle, or
+    /// [`NEVER`].
+    first_byte: AtomicU64,
+    protocol: AtomicU8,
+    /// A request was received.
+    served: AtomicBool,
+    /// A read found nothing to read: whatever the client sent had been
+    /// read by then. A connection that has not waited yet may have a
+    /// request that nobody read, and is not idle.
+    waited: AtomicBool,
+}
+
+impl Reads {
+    fn set_protocol(&self, protocol: Protocol) {
+        if self.protocol.load(Ordering::Relaxed) == Protocol::Unknown as u8 {
+            self.protocol.store(protocol as u8, Ordering::Relaxed);
+        }
+    }
+
+    /// The first bytes since going idle were read: recorded.
+    fn first_bytes(&self, data: &[u8]) {
+        if self
+            .state
+            .compare_exchange(ARMED, QUIET, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
             let start = &H2_PREFACE_START[..data.len().min(H2_PREFACE_START.len())];
-            if !self.served() && data.len() >= 4 && data.starts_with(start) {
+            if !self.served.load(Ordering::Relaxed) && data.len() >= 4 && data.starts_with(start) {
                 // No HTTP/1.1 method starts with `PRI `; hyper reads the
                 // rest of the preface. (Fewer bytes than that stay
                 // unknown, and are timed as an HTTP/1.1 head.)
@@ -234,8 +268,11 @@ impl Drop for Busy {
         // the last one stores it again.)
         activity.idle_since.store(clock::now(), Ordering::Release);
         if activity.busy.fetch_sub(1, Ordering::AcqRel) == 1 {
-            activity.first_byte.store(NEVER, Ordering::Release);
-            activity.armed.store(true, Ordering::Release);
+            let reads = &activity.reads;
+            reads.first_byte.store(NEVER, Ordering::Release);
+            let _ = reads
+                .state
+                .compare_exchange(QUIET, ARMED, Ordering::AcqRel, Ordering::Relaxed);
         }
     }
 }
@@ -247,8 +284,9 @@ pin_project! {
     pub(crate) struct Watched<IO> {
         #[pin]
         io: IO,
-        activity: Arc<Activity>,
-        // `activity.waited`, without touching the shared line each time.
+        // Let go of (`None`) once the connection is no longer served.
+        reads: Option<Arc<Reads>>,
+        // `reads.waited`, without touching the shared line each time.
         waited: bool,
         // Whether the bytes are HTTP (not TLS records under a TLS stream).
         http: bool,
@@ -258,10 +296,10 @@ pin_project! {
 impl<IO> Watched<IO> {
     /// Watch the HTTP bytes of a connection: when reads find nothing, and
     /// when the first bytes of a request arrive.
-    pub(crate) fn new(io: IO, activity: Arc<Activity>) -> Self {
+    pub(crate) fn new(io: IO, activity: &Activity) -> Self {
         Watched {
             io,
-            activity,
+            reads: Some(activity.reads.clone()),
             waited: false,
             http: true,
         }
@@ -270,7 +308,7 @@ impl<IO> Watched<IO> {
     /// Watch the TCP stream under a TLS handshake: only when reads find
     /// nothing (a client that sends no ClientHello is idle).
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-    pub(crate) fn under_tls(io: IO, activity: Arc<Activity>) -> Self {
+    pub(crate) fn under_tls(io: IO, activity: &Activity) -> Self {
         Watched {
             http: false,
             ..Self::new(io, activity)
@@ -288,13 +326,21 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
         let this = self.project();
         let before = buf.filled().len();
         let result = this.io.poll_read(cx, buf);
+        let Some(reads) = this.reads.as_ref() else {
+            return result;
+        };
         match result {
-            Poll::Ready(Ok(())) if *this.http && buf.filled().len() > before => {
-                this.activity.read(&buf.filled()[before..]);
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                // One relaxed load on the common path.
+                match reads.state.load(Ordering::Relaxed) {
+                    ARMED if *this.http => reads.first_bytes(&buf.filled()[before..]),
+                    DONE => *this.reads = None,
+                    _ => {}
+                }
             }
             Poll::Pending if !*this.waited => {
                 *this.waited = true;
-                this.activity.waited.store(true, Ordering::Release);
+                reads.waited.store(true, Ordering::Release);
             }
             _ => {}
         }
@@ -374,7 +420,7 @@ mod tests {
     async fn the_first_bytes_after_going_idle_are_recorded_once() {
         let activity = Arc::new(Activity::new());
         let (mut client, server) = tokio::io::duplex(64);
-        let mut server = Watched::new(server, activity.clone());
+        let mut server = Watched::new(server, &activity);
         assert_eq!(activity.first_byte(), None);
         client.write_all(b"GET").await.unwrap();
         let mut buf = [0; 8];
@@ -408,10 +454,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_io_lets_go_of_the_record_once_the_connection_is_done() {
+        let activity = Arc::new(Activity::new());
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Watched::new(server, &activity);
+        assert_eq!(Arc::strong_count(&activity.reads), 2);
+        activity.finish();
+        client.write_all(b"x").await.unwrap();
+        let mut buf = [0; 8];
+        let _ = server.read(&mut buf).await.unwrap();
+        assert_eq!(
+            Arc::strong_count(&activity.reads),
+            1,
+            "let go at the next read"
+        );
+        // and the I/O goes on
+        client.write_all(b"y").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
     async fn a_preface_marks_http2() {
         let activity = Arc::new(Activity::new());
         let (mut client, server) = tokio::io::duplex(64);
-        let mut server = Watched::new(server, activity.clone());
+        let mut server = Watched::new(server, &activity);
         client.write_all(b"PRI * HT").await.unwrap();
         let mut buf = [0; 8];
         let _ = server.read(&mut buf).await.unwrap();

@@ -105,7 +105,7 @@ where
     #[cfg(feature = "tls")]
     if let Some(acceptor) = &shared.tls {
         let timeout = shared.timeouts.tls_handshake;
-        let tcp = Watched::under_tls(tcp, activity.clone());
+        let tcp = Watched::under_tls(tcp, &activity);
         let tls = tokio::select! {
             result = acceptor.accept(tcp) => match result {
                 Ok(tls) => tls,
@@ -180,8 +180,8 @@ async fn http<IO, S, B>(
         activity: activity.clone(),
         limits: shared.limits,
     };
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(Watched::new(io, activity.clone())), service);
+    let connection =
+        builder.serve_connection_with_upgrades(TokioIo::new(Watched::new(io, activity)), service);
     tokio::pin!(connection);
     // Detection is timed from here, after any TLS handshake.
     let start = clock::now();
@@ -282,6 +282,9 @@ async fn http<IO, S, B>(
             () = &mut timer, if timer_at.is_some() => timer_at = None,
         }
     }
+    // An HTTP/1.1 tunnel keeps the connection's I/O: it lets go of the
+    // activity record at its next read.
+    activity.finish();
 }
 
 /// While closing and busy, how often to look whether the client is done.
