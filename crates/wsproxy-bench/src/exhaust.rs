@@ -246,11 +246,7 @@ http {{
     );
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, config)?;
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or("nginx is not installed: apt-get install nginx")?;
+    let nginx = procs::installed("nginx")?;
     let mut command = limited(nofile, &nginx);
     command
         .arg("-p")
@@ -293,11 +289,7 @@ backend be
     );
     let conf = dir.join("haproxy.cfg");
     std::fs::write(&conf, config)?;
-    let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or("HAProxy is not installed: apt-get install haproxy")?;
+    let haproxy = procs::installed("haproxy")?;
     let mut command = limited(nofile, &haproxy);
     command.arg("-db").arg("-f").arg(&conf);
     let proc = Proc::spawn("haproxy", &mut command)?;

@@ -258,6 +258,15 @@ pub(crate) fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
+/// Where the Debian package `name` installed its binary of that name.
+pub(crate) fn installed(name: &str) -> Result<PathBuf, String> {
+    ["/usr/sbin", "/usr/bin"]
+        .into_iter()
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| path.exists())
+        .ok_or_else(|| format!("{name} is not installed: apt-get install {name}"))
+}
+
 /// Start nginx from Debian in `dir`, configured as an expert would for
 /// WebSockets, proxying 127.0.0.1:`port` to the echo backend. With
 /// `buffer`, `proxy_buffer_size` (the buffer of each direction of an
@@ -273,11 +282,7 @@ pub(crate) fn start_nginx(
     let buffer = buffer.map_or_else(String::new, |size| {
         format!("proxy_buffer_size {size}; proxy_buffers 4 {size}; proxy_busy_buffers_size {size};")
     });
-    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .ok_or("nginx is not installed: apt-get install nginx")?;
+    let nginx = installed("nginx")?;
     std::fs::create_dir_all(dir.join("logs"))?;
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let config = format!(
