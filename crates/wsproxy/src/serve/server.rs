@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use super::accept::{AcceptError, Backoff, OVERLOADED, Reserve, Throttled};
+use super::accept::{AcceptError, Backoff, Reserve, Throttled};
 use super::activity::Stop;
 use super::connection::{self, Shared};
 use super::registry::{Refused, Registry};
@@ -223,9 +223,8 @@ where
                 if kind == AcceptError::Descriptors {
                     if registry.shed_one() {
                         crate::metrics::connection_shed("descriptors");
-                    } else if reserve.release() {
-                        overloaded(&listener, &shared).await;
-                        reserve.restore();
+                    } else {
+                        overloaded(&listener, &mut reserve, &shared);
                     }
                 }
                 // Wait for a connection to end (a descriptor freed), or
@@ -297,15 +296,9 @@ fn registry_max<S>(shared: &Shared<S>) -> usize {
     shared.registry.max()
 }
 
-/// Out of descriptors with nothing to free: accept one waiting client on
-/// the reserve descriptor and tell it `503` (plain HTTP; a TLS client is
-/// only closed), so that it does not wait in the backlog for nothing.
-async fn overloaded<S>(listener: &TcpListener, shared: &Shared<S>) {
-    let Ok(Ok((mut tcp, peer))) =
-        tokio::time::timeout(Duration::from_millis(10), listener.accept()).await
-    else {
-        return;
-    };
+/// Out of descriptors with nothing to free: answer one waiting client
+/// from the reserve descriptor.
+fn overloaded<S>(listener: &TcpListener, reserve: &mut Reserve, shared: &Shared<S>) {
     #[cfg(feature = "tls")]
     let plain = shared.tls.is_none();
     #[cfg(not(feature = "tls"))]
@@ -313,15 +306,8 @@ async fn overloaded<S>(listener: &TcpListener, shared: &Shared<S>) {
         let _ = shared;
         true
     };
-    if plain {
-        let _ = tcp.try_write(OVERLOADED);
-        // Read what the client sent (its request waited in the queue with
-        // it), so that closing sends a FIN after the answer rather than a
-        // reset that could destroy it.
-        let mut scratch = [0u8; 4096];
-        while let Ok(1..) = tcp.try_read(&mut scratch) {}
-        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tcp).await;
+    if let Some(peer) = reserve.answer(listener, plain) {
+        crate::metrics::connection_refused("descriptors");
+        tracing::debug!(client = %peer, "out of descriptors: answered 503 from the reserve");
     }
-    crate::metrics::connection_refused("descriptors");
-    tracing::debug!(client = %peer, "out of descriptors: answered 503 from the reserve");
 }
