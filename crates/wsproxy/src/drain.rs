@@ -20,7 +20,12 @@ impl CloseSignal {
     /// Close every tunnel watching this signal: Close 1001 now, hard at
     /// `now + grace` (the first call's deadline holds).
     pub(crate) fn close(&self, grace: Duration) {
-        self.deadline.get_or_init(|| Instant::now() + grace);
+        // `Duration::MAX` (no deadline) would overflow: a century will do.
+        self.deadline.get_or_init(|| {
+            let now = Instant::now();
+            now.checked_add(grace)
+                .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
+        });
         self.token.cancel();
     }
 

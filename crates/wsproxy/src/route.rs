@@ -25,6 +25,8 @@ use http::{HeaderMap, Uri};
 #[derive(Clone)]
 pub struct Route {
     kind: Kind,
+    /// Only handshakes for this host (lowercase, no port), if set.
+    host: Option<Arc<str>>,
 }
 
 #[derive(Clone)]
@@ -39,7 +41,10 @@ type Predicate = dyn Fn(&Uri, &HeaderMap) -> bool + Send + Sync;
 impl Route {
     /// Claim every WebSocket handshake (the default).
     pub fn any() -> Self {
-        Self { kind: Kind::Any }
+        Self {
+            kind: Kind::Any,
+            host: None,
+        }
     }
 
     /// Claim handshakes whose path is `prefix` or lies below it, by whole
@@ -57,6 +62,7 @@ impl Route {
         }
         Self {
             kind: Kind::Prefix(trimmed.into()),
+            host: None,
         }
     }
 
@@ -67,11 +73,37 @@ impl Route {
     {
         Self {
             kind: Kind::Predicate(Arc::new(predicate)),
+            host: None,
         }
+    }
+
+    /// Claim only handshakes for `host` (the request's `Host`, or its
+    /// `:authority` over HTTP/2; the port and the letter case do not
+    /// count), as nginx's `server_name` does.
+    ///
+    /// ```
+    /// use wsproxy::Route;
+    /// use http::{HeaderMap, HeaderValue, header::HOST};
+    ///
+    /// let route = Route::prefix("/chat").host("Chat.example.com");
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert(HOST, HeaderValue::from_static("chat.example.com:8443"));
+    /// assert!(route.matches(&"/chat".parse().unwrap(), &headers));
+    /// headers.insert(HOST, HeaderValue::from_static("example.com"));
+    /// assert!(!route.matches(&"/chat".parse().unwrap(), &headers));
+    /// ```
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = Some(host.to_ascii_lowercase().into());
+        self
     }
 
     /// Does this route claim a handshake for `uri` with `headers`?
     pub fn matches(&self, uri: &Uri, headers: &HeaderMap) -> bool {
+        if let Some(host) = &self.host
+            && !host_is(host, uri, headers)
+        {
+            return false;
+        }
         match &self.kind {
             Kind::Any => true,
             Kind::Prefix(prefix) => strip(prefix, uri.path()).is_some(),
@@ -88,6 +120,28 @@ impl Route {
     }
 }
 
+/// Whether the request is for `host` (lowercase): its `:authority`, else
+/// its `Host`, without the port.
+fn host_is(host: &str, uri: &Uri, headers: &HeaderMap) -> bool {
+    let authority = match uri.authority() {
+        Some(authority) => authority.host(),
+        None => {
+            let Some(value) = headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+            else {
+                return false;
+            };
+            // `[v6]:port`, `name:port` or `name`.
+            match value.rfind(':') {
+                Some(colon) if !value[colon..].contains(']') => &value[..colon],
+                _ => value,
+            }
+        }
+    };
+    authority.eq_ignore_ascii_case(host)
+}
+
 /// `path` without `prefix`, if `path` lies at or below `prefix`.
 pub(crate) fn strip<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
     let rest = path.strip_prefix(prefix)?;
@@ -102,6 +156,9 @@ impl Default for Route {
 
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(host) = &self.host {
+            f.write_str(host)?;
+        }
         match &self.kind {
             Kind::Any => f.write_str("/"),
             Kind::Prefix(prefix) => f.write_str(prefix),

@@ -84,7 +84,8 @@ impl Tunnels {
     /// frame boundary of each direction (the client's unmasked, the
     /// backend's masked, never inside a frame), the proxy waits for both
     /// closing handshakes, and whatever is still open at `deadline` is
-    /// closed hard. Resolves once every task of the proxy has ended.
+    /// closed hard (`Duration::MAX`: never, as nginx's `SIGQUIT` waits).
+    /// Resolves once every task of the proxy has ended.
     ///
     /// A tunnel whose closing handshake was already under way is left to
     /// finish it. Ordinary requests keep reaching the inner service;
