@@ -9,6 +9,9 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::upstream::{BackendSpec, UpstreamConfig};
+use crate::config::{Config, RouteConfig};
+
 /// The addresses of the embedded backends.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Backends {
@@ -16,6 +19,30 @@ pub(crate) struct Backends {
     pub(crate) echo: SocketAddr,
     /// The chat backend: broadcasts every text message to all clients.
     pub(crate) chat: SocketAddr,
+}
+
+/// Route `/echo` and `/chat` (prefix stripped) to the demo backends.
+pub(crate) fn add_routes(config: &mut Config, backends: Backends) {
+    for (prefix, addr) in [("/echo", backends.echo), ("/chat", backends.chat)] {
+        let upstream = format!("demo{prefix}");
+        let url = format!("ws://{addr}/").parse().expect("a loopback URL");
+        config.routes.push(RouteConfig {
+            prefix: prefix.to_owned(),
+            host: None,
+            upstream: upstream.clone(),
+            strip_prefix: true,
+            host_header: None,
+        });
+        let backend = BackendSpec {
+            upstream: url,
+            weight: None,
+            max_conns: None,
+            backup: false,
+        };
+        config
+            .upstreams
+            .insert(upstream, UpstreamConfig::new(vec![backend]));
+    }
 }
 
 /// Start the echo and chat backends on loopback; they stop when `stop` is

@@ -12,30 +12,34 @@ use wsproxy::balance::Backends;
 /// What the status page shows.
 #[derive(Clone)]
 struct PageState {
-    /// Each route's prefix and backend set, for their live status.
-    routes: Vec<(String, Backends)>,
-    /// How the routes choose a backend (`--balance`).
-    balance: String,
+    /// Each route: its prefix, how it chooses a backend, and its backend
+    /// set, for their live status.
+    routes: Vec<PageRoute>,
     /// The shared tunnels, for the open count.
     tunnels: Tunnels,
     /// Whether to add the demo client.
     demo: bool,
 }
 
+/// One route on the status page.
+#[derive(Clone)]
+pub(crate) struct PageRoute {
+    /// Its prefix (and host, if it has one).
+    pub(crate) name: String,
+    /// How it chooses a backend.
+    pub(crate) balance: String,
+    /// Its backends.
+    pub(crate) set: Backends,
+}
+
 /// The router for plain HTTP requests: the status page shows each route's
-/// backends (from `routes`: prefix and set) as they are at the request.
-pub(crate) fn router(
-    routes: Vec<(String, Backends)>,
-    balance: String,
-    tunnels: Tunnels,
-    demo: bool,
-) -> Router {
+/// backends as they are at the request.
+pub(crate) fn router(routes: Vec<PageRoute>, tunnels: Tunnels, demo: bool) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(PageState {
             routes,
-            balance,
             tunnels,
             demo,
         })
@@ -49,26 +53,26 @@ async fn index(State(state): State<PageState>) -> Html<String> {
     Html(format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>wsgate</title></head>\n<body>\n\
          <h1>wsgate</h1>\n<p>Open tunnels: {}</p>\n<p>Tunnels opened: {} (over HTTP/2: {})</p>\n\
-         <h2>Routes</h2>\n<p>Balancing: {}</p>\n{}{demo}</body></html>\n",
+         <h2>Routes</h2>\n{}{demo}</body></html>\n",
         stats.open,
         stats.opened,
         stats.opened_h2,
-        escape(&state.balance),
         routes(&state.routes),
     ))
 }
 
 /// One section per route: its prefix, then a table of its backends.
-fn routes(routes: &[(String, Backends)]) -> String {
+fn routes(routes: &[PageRoute]) -> String {
     let mut html = String::new();
-    for (prefix, backends) in routes {
+    for route in routes {
         let _ = write!(
             html,
-            "<h3><code>{}</code></h3>\n<table>\n<tr><th>backend</th><th>role</th><th>weight</th>\
+            "<h3><code>{}</code></h3>\n<p>Balancing: {}</p>\n<table>\n<tr><th>backend</th><th>role</th><th>weight</th>\
              <th>open</th><th>health</th><th>draining</th><th>transitions</th></tr>\n",
-            escape(prefix)
+            escape(&route.name),
+            escape(&route.balance),
         );
-        for backend in backends.status() {
+        for backend in route.set.status() {
             let _ = writeln!(
                 html,
                 "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\

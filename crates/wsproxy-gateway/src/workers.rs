@@ -9,14 +9,26 @@
 
 use std::net::SocketAddr;
 
-use axum::Router;
 use socket2::{Domain, Socket, Type};
 use tokio_util::sync::CancellationToken;
 use wsproxy::serve::Server;
 
+use crate::live::Switch;
+
 /// Bind `count` listeners to `addr` with `SO_REUSEPORT` (the first one
 /// picks the port when `addr` has port 0).
+///
+/// `SO_REUSEPORT` would let this process share a port that another one
+/// (a second `wsgate` started by mistake) already serves, each taking
+/// part of the connections; so the address is first bound without it,
+/// which fails with "address in use" if anyone listens there.
 pub(crate) fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        // Still allowed: connections of an earlier process in TIME_WAIT.
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
     let first = listener(addr)?;
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
@@ -43,7 +55,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// the runtime that accepted them, which runs until they are gone.
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
-    server: Server<Router>,
+    server: Server<Switch>,
     stop: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -57,7 +69,7 @@ pub(crate) async fn serve(
 pub(crate) fn spawn(
     index: usize,
     listener: std::net::TcpListener,
-    server: Server<Router>,
+    server: Server<Switch>,
     stop: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()

@@ -715,7 +715,9 @@ fn bad_tls_files_exit_with_a_clear_message() {
     let missing = PemFiles::arg(&missing);
     let stderr = refused(&["--demo", "--tls-cert", missing, "--tls-key", key_file]);
     assert!(
-        stderr.contains(&format!("--tls-cert '{missing}'")) && stderr.contains("No such file"),
+        stderr.contains("--tls-cert")
+            && stderr.contains(&format!("from '{missing}'"))
+            && stderr.contains("No such file"),
         "{stderr}"
     );
     let garbage = cert.files().file("garbage.pem");
@@ -723,26 +725,26 @@ fn bad_tls_files_exit_with_a_clear_message() {
     let garbage = PemFiles::arg(&garbage);
     let stderr = refused(&["--demo", "--tls-cert", garbage, "--tls-key", key_file]);
     assert!(
-        stderr.contains(&format!("--tls-cert '{garbage}'"))
+        stderr.contains(&format!("certificate from '{garbage}'"))
             && stderr.contains("no PEM certificate"),
         "{stderr}"
     );
     // The two files swapped.
     let stderr = refused(&["--demo", "--tls-cert", key_file, "--tls-key", cert_file]);
     assert!(
-        stderr.contains(&format!("--tls-cert '{key_file}'"))
+        stderr.contains(&format!("certificate from '{key_file}'"))
             && stderr.contains("no PEM certificate"),
         "{stderr}"
     );
     let stderr = refused(&["--demo", "--tls-cert", cert_file, "--tls-key", cert_file]);
     assert!(
-        stderr.contains(&format!("--tls-key '{cert_file}'"))
+        stderr.contains(&format!("private key from '{cert_file}'"))
             && stderr.contains("no PEM private key"),
         "{stderr}"
     );
     let stderr = refused(&["--demo", "--tls-cert", cert_file, "--tls-key", missing]);
     assert!(
-        stderr.contains(&format!("--tls-key '{missing}'")),
+        stderr.contains(&format!("private key from '{missing}'")),
         "{stderr}"
     );
     // A key of another certificate.

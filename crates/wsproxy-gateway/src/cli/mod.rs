@@ -1,5 +1,6 @@
-//! Command-line flags: [`Args`]; the balancing flags in [`balance`], the
-//! value parsers in [`parse`].
+//! Command-line flags: [`Args`], each one the quick form of a key of
+//! the configuration file, set over it by [`Args::apply`]; the balancing
+//! flags in [`balance`].
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,19 +11,31 @@ use std::time::Duration;
 use clap::Parser;
 
 mod balance;
-mod parse;
 
-pub(crate) use self::balance::BackendSpec;
 use self::balance::BalanceArgs;
-use self::parse::{parse_duration, parse_rate, parse_size};
+use crate::config::upstream::{BackendSpec, UpstreamConfig};
+use crate::config::value::{parse_duration, parse_rate, parse_size, parse_timeout_or_off};
+use crate::config::{Config, RouteConfig, TlsFiles};
 
 /// A standalone WebSocket gateway built on the wsproxy library.
 #[derive(Debug, Parser)]
 #[command(name = "wsgate", version, about)]
 pub(crate) struct Args {
+    /// A configuration file (TOML; see examples/wsgate.toml). The flags
+    /// given with it are set over what it says.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Check the configuration (files readable, certificates matching
+    /// their keys, routes, values) and exit: 0 if it is valid, 2 with
+    /// every problem otherwise, like `nginx -t`.
+    #[arg(long)]
+    pub(crate) check: bool,
+
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub(crate) listen: SocketAddr,
+    /// [default: 127.0.0.1:8080]
+    #[arg(long)]
+    pub(crate) listen: Option<SocketAddr>,
 
     /// A route, PREFIX=URL[,URL...]: WebSocket handshakes under PREFIX go
     /// to one of the backend URLs (ws://HOST:PORT/PATH), chosen by
@@ -35,22 +48,26 @@ pub(crate) struct Args {
     pub(crate) routes: Vec<RouteSpec>,
 
     /// Time allowed for the TCP connect to a backend (e.g. 500ms, 5s).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub(crate) connect_timeout: Duration,
+    /// [default: 5s]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) connect_timeout: Option<Duration>,
 
     /// Time allowed for a backend to answer the upgrade request.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub(crate) handshake_timeout: Duration,
+    /// [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) handshake_timeout: Option<Duration>,
 
     /// Close a tunnel with no traffic either way for this long ("off" or 0
     /// never closes idle tunnels).
-    #[arg(long, default_value = "10m")]
-    pub(crate) idle_timeout: IdleTimeout,
+    /// [default: 10m]
+    #[arg(long)]
+    pub(crate) idle_timeout: Option<IdleTimeout>,
 
     /// How long the other direction may flow after one side closed its
     /// sending half.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    pub(crate) half_close_timeout: Duration,
+    /// [default: 5s]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) half_close_timeout: Option<Duration>,
 
     /// When a backend's connection ends without a WebSocket Close frame
     /// (a crash, kill -9), pass that on to the client as a bare TCP close
@@ -82,8 +99,9 @@ pub(crate) struct Args {
     pub(crate) backend_ping: Option<Duration>,
 
     /// How long a pinged peer has to show any sign of life.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub(crate) ping_timeout: Duration,
+    /// [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) ping_timeout: Option<Duration>,
 
     /// Largest frame payload a client may send, e.g. 64KiB (default: no
     /// limit); a larger one closes the WebSocket with 1009.
@@ -103,8 +121,9 @@ pub(crate) struct Args {
     /// Extra messages allowed at once over --message-rate. Messages that
     /// were sent apart can arrive together (TCP merges packets, a slow
     /// backend backs them up), so leave some room.
-    #[arg(long, value_name = "N", default_value_t = 10)]
-    pub(crate) message_burst: u32,
+    /// [default: 10]
+    #[arg(long, value_name = "N")]
+    pub(crate) message_burst: Option<u32>,
 
     /// Largest frame payload a backend may send (default: no limit).
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
@@ -144,32 +163,38 @@ pub(crate) struct Args {
 
     /// Extra handshakes allowed at once over --rate-per-ip and --rate
     /// (nginx's burst).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub(crate) burst: u32,
+    /// [default: 0]
+    #[arg(long, value_name = "N")]
+    pub(crate) burst: Option<u32>,
 
     /// Time a client has to complete its TLS handshake.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub(crate) tls_handshake_timeout: Duration,
+    /// [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) tls_handshake_timeout: Option<Duration>,
 
     /// Time from accepting a connection (after TLS) to its first bytes: a
     /// client that connects and says nothing is closed after this.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub(crate) detect_timeout: Duration,
+    /// [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) detect_timeout: Option<Duration>,
 
     /// Time from the first byte of a request to the end of its head (in
     /// all, not per byte; nginx's client_header_timeout).
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub(crate) request_head_timeout: Duration,
+    /// [default: 60s]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) request_head_timeout: Option<Duration>,
 
     /// Time an HTTP/1.1 connection may wait for its next request (nginx's
     /// keepalive_timeout); 0 closes every connection after one response.
-    #[arg(long, default_value = "75s", value_parser = parse_duration)]
-    pub(crate) keepalive_timeout: Duration,
+    /// [default: 75s]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) keepalive_timeout: Option<Duration>,
 
     /// Time an HTTP/2 connection may stay with no open stream before it
     /// gets GOAWAY (a WebSocket over HTTP/2 is an open stream).
-    #[arg(long, default_value = "75s", value_parser = parse_duration)]
-    pub(crate) http2_idle_timeout: Duration,
+    /// [default: 75s]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) http2_idle_timeout: Option<Duration>,
 
     /// At most this many client connections held by the HTTP server (in
     /// all workers; an HTTP/1.1 WebSocket leaves the count at its upgrade,
@@ -186,22 +211,26 @@ pub(crate) struct Args {
 
     /// WebSocket handshakes answered at once on one HTTP/2 connection;
     /// more get 429 with Retry-After.
-    #[arg(long, value_name = "N", default_value_t = wsproxy::serve::DEFAULT_HTTP2_MAX_HANDSHAKES)]
-    pub(crate) h2_max_handshakes: usize,
+    /// [default: 16]
+    #[arg(long, value_name = "N")]
+    pub(crate) h2_max_handshakes: Option<usize>,
 
     /// Handshakes an HTTP/2 client may reset before their answer, e.g.
     /// 2/s; faster (past --h2-reset-burst) gets its connection GOAWAY.
-    #[arg(long, value_name = "RATE", default_value = "2/s", value_parser = parse_rate)]
-    pub(crate) h2_reset_rate: wsproxy::admit::Rate,
+    /// [default: 2/s]
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub(crate) h2_reset_rate: Option<wsproxy::admit::Rate>,
 
     /// Resets allowed at once over --h2-reset-rate.
-    #[arg(long, value_name = "N", default_value_t = 20)]
-    pub(crate) h2_reset_burst: u32,
+    /// [default: 20]
+    #[arg(long, value_name = "N")]
+    pub(crate) h2_reset_burst: Option<u32>,
 
     /// On SIGTERM/SIGINT, how long open WebSockets have to finish their
     /// closing handshakes after the proxy's Close 1001.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    pub(crate) shutdown_timeout: Duration,
+    /// [default: 10s]
+    #[arg(long, value_parser = parse_duration)]
+    pub(crate) shutdown_timeout: Option<Duration>,
 
     /// Worker threads, each with its own runtime and `SO_REUSEPORT`
     /// listener (default: one per core, like nginx's
@@ -254,6 +283,117 @@ pub(crate) struct Args {
     pub(crate) balance: BalanceArgs,
 }
 
+impl Args {
+    /// Set every flag given over `config` (the file's, or the defaults).
+    /// A `--route` replaces a file route with the same prefix (and no
+    /// host); its backends become an upstream named after the prefix. The
+    /// balancing flags set their keys in every upstream.
+    pub(crate) fn apply(&self, config: &mut Config) {
+        fn set<T: Clone>(to: &mut T, flag: &Option<T>) {
+            if let Some(value) = flag {
+                *to = value.clone();
+            }
+        }
+        fn set_some<T: Clone>(to: &mut Option<T>, flag: &Option<T>) {
+            if flag.is_some() {
+                to.clone_from(flag);
+            }
+        }
+        set(&mut config.listen.address, &self.listen);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.listen.tls = Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            });
+        }
+        set_some(&mut config.workers, &self.workers);
+        let timeouts = &mut config.timeouts;
+        set(&mut timeouts.connect, &self.connect_timeout);
+        set(&mut timeouts.handshake, &self.handshake_timeout);
+        if let Some(IdleTimeout(idle)) = self.idle_timeout {
+            timeouts.idle = idle;
+        }
+        set(&mut timeouts.half_close, &self.half_close_timeout);
+        set(&mut timeouts.tls_handshake, &self.tls_handshake_timeout);
+        set(&mut timeouts.detect, &self.detect_timeout);
+        set(&mut timeouts.request_head, &self.request_head_timeout);
+        set(&mut timeouts.keepalive, &self.keepalive_timeout);
+        set(&mut timeouts.http2_idle, &self.http2_idle_timeout);
+        set(&mut timeouts.shutdown, &self.shutdown_timeout);
+        set_some(&mut config.ping.client, &self.client_ping);
+        set_some(&mut config.ping.backend, &self.backend_ping);
+        set(&mut config.ping.timeout, &self.ping_timeout);
+        let messages = &mut config.messages;
+        set_some(&mut messages.max_frame, &self.max_frame);
+        set_some(&mut messages.max_message, &self.max_message);
+        set_some(&mut messages.rate, &self.message_rate);
+        set(&mut messages.burst, &self.message_burst);
+        set_some(&mut messages.backend_max_frame, &self.backend_max_frame);
+        set_some(&mut messages.backend_max_message, &self.backend_max_message);
+        let connections = &mut config.connections;
+        set_some(&mut connections.max, &self.max_client_conns);
+        set_some(&mut connections.max_per_ip, &self.max_client_conns_per_ip);
+        set(&mut connections.h2_max_handshakes, &self.h2_max_handshakes);
+        set(&mut connections.h2_reset_rate, &self.h2_reset_rate);
+        set(&mut connections.h2_reset_burst, &self.h2_reset_burst);
+        let admission = &mut config.admission;
+        if !self.origins.is_empty() {
+            admission.origins.clone_from(&self.origins);
+        }
+        admission.allow_missing_origin |= self.allow_missing_origin;
+        set_some(&mut admission.max_conns, &self.max_conns);
+        set_some(&mut admission.max_conns_per_ip, &self.max_conns_per_ip);
+        set_some(&mut admission.rate_per_ip, &self.rate_per_ip);
+        set_some(&mut admission.rate, &self.rate);
+        set(&mut admission.burst, &self.burst);
+        config.forwarding.forwarded |= self.forwarded;
+        if !self.trusted_proxies.is_empty() {
+            config
+                .forwarding
+                .trusted_proxies
+                .clone_from(&self.trusted_proxies);
+        }
+        if self.no_close_on_disconnect {
+            config.close_on_disconnect = false;
+        }
+        let backend_tls = &mut config.backend_tls;
+        if !self.backend_cas.is_empty() {
+            backend_tls.cas.clone_from(&self.backend_cas);
+        }
+        backend_tls.system_roots |= self.backend_system_roots;
+        set_some(&mut backend_tls.sni, &self.backend_sni);
+        set_some(&mut backend_tls.cert, &self.backend_cert);
+        set_some(&mut backend_tls.key, &self.backend_key);
+        config.demo |= self.demo;
+        // A flag's route replaces the file's of the same prefix; two
+        // flags with the same prefix stay, for the check to refuse.
+        config.routes.retain(|r| {
+            r.host.is_some() || self.routes.iter().all(|flag| flag.scope() != r.scope().1)
+        });
+        for route in &self.routes {
+            let name = route.prefix.clone();
+            config.routes.push(RouteConfig {
+                prefix: route.prefix.clone(),
+                host: None,
+                upstream: name.clone(),
+                strip_prefix: false,
+                host_header: None,
+            });
+            config
+                .upstreams
+                .insert(name, UpstreamConfig::new(route.backends.clone()));
+        }
+        if self.strip_prefix {
+            for route in &mut config.routes {
+                route.strip_prefix = true;
+            }
+        }
+        for upstream in config.upstreams.values_mut() {
+            self.balance.apply(upstream);
+        }
+    }
+}
+
 /// An idle timeout, or none (`off` or `0`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IdleTimeout(pub(crate) Option<Duration>);
@@ -262,11 +402,7 @@ impl FromStr for IdleTimeout {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s == "off" {
-            return Ok(Self(None));
-        }
-        let duration = parse_duration(s)?;
-        Ok(Self((!duration.is_zero()).then_some(duration)))
+        parse_timeout_or_off(s).map(Self)
     }
 }
 
@@ -277,9 +413,6 @@ pub(crate) struct RouteSpec {
     pub(crate) prefix: String,
     /// Where the route's handshakes go, in the order given; never empty.
     pub(crate) backends: Vec<BackendSpec>,
-    /// Whether the prefix is removed from the path sent to the backend
-    /// (`--strip-prefix`; always for the demo routes).
-    pub(crate) strip_prefix: bool,
 }
 
 impl RouteSpec {
@@ -306,7 +439,6 @@ impl RouteSpec {
         Ok(Self {
             prefix: prefix.to_owned(),
             backends: list,
-            strip_prefix: false,
         })
     }
 
@@ -315,16 +447,6 @@ impl RouteSpec {
     /// same scope would leave one unreachable.
     pub(crate) fn scope(&self) -> &str {
         self.prefix.trim_end_matches('/')
-    }
-
-    /// The backend URLs, comma-separated, for the log.
-    pub(crate) fn describe(&self) -> String {
-        let urls: Vec<String> = self
-            .backends
-            .iter()
-            .map(|b| b.upstream.to_string())
-            .collect();
-        urls.join(",")
     }
 }
 
@@ -381,7 +503,6 @@ mod tests {
         assert_eq!(ports, [1, 2]);
         assert_eq!(route.backends[0].weight, Some(2));
         assert!(route.backends[1].backup);
-        assert_eq!(route.describe(), "ws://127.0.0.1:1/,ws://127.0.0.1:2/");
         let error = |s: &str| s.parse::<RouteSpec>().unwrap_err().to_string();
         assert_eq!(
             error("/a=ws://127.0.0.1:1/,ws://127.0.0.1:1/;weight=2"),

@@ -128,19 +128,118 @@ impl Drop for Gateway {
     }
 }
 
-/// Run wsgate with `args` and expect a usage error (exit code 2); its stderr.
-pub fn refused(args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_wsgate"))
+/// A folder of its own for a test's files (a configuration, a log),
+/// removed on drop.
+pub struct Folder(pub std::path::PathBuf);
+
+impl Folder {
+    pub fn new() -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "wsgate-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+
+    /// Write `text` to the file `name`; its path.
+    pub fn write(&self, name: &str, text: &str) -> std::path::PathBuf {
+        let path = self.0.join(name);
+        // Written whole then renamed, so a reload never reads half of it.
+        let partial = self.0.join(format!(".{name}.partial"));
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(&partial, &path).unwrap();
+        path
+    }
+
+    pub fn path(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Folder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Gateway {
+    /// Send the gateway `signal` (e.g. `HUP`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Wait (up to [`LIMIT`]) until the log has a line containing `text`;
+    /// everything logged until then.
+    pub fn wait_log(&self, text: &str) -> String {
+        let start = Instant::now();
+        let mut log = String::new();
+        while start.elapsed() < LIMIT {
+            match self.log.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    log.push_str(&line);
+                    log.push('\n');
+                    if found {
+                        return log;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        panic!("no log line with {text:?}; the log:\n{log}");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+/// Run `wsgate ARGS` to its end (killed, and the test failed, if that
+/// takes longer than [`LIMIT`]): its exit code and standard error.
+pub fn run(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
         .args(args)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(2),
-        "{args:?} must be a usage error"
-    );
-    String::from_utf8(output.stderr).unwrap()
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wsgate {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (status.code(), reader.join().unwrap())
+}
+
+/// Run wsgate with `args` and expect a usage error (exit code 2); its stderr.
+pub fn refused(args: &[&str]) -> String {
+    let (code, stderr) = run(args);
+    assert_eq!(code, Some(2), "{args:?} must be a usage error:\n{stderr}");
+    stderr
 }
 
 /// The `--tls-cert` and `--tls-key` flags for `cert`.

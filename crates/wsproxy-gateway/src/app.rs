@@ -1,0 +1,232 @@
+//! One configuration as a service: a proxy layer per route over its
+//! upstream's backend set, the admission layers in front, the status page
+//! behind; and the HTTP server that serves it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use tokio_rustls::rustls::ServerConfig;
+use wsproxy::admit::{AdmitLayer, ConnectionLimit, Key, OriginCheck, RateLimit, ResolveClient};
+use wsproxy::balance::Backends;
+use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
+use wsproxy::tls::BackendTls;
+use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
+
+use crate::config::{Admission, Config, RouteConfig};
+use crate::page::{self, PageRoute};
+
+/// The admission state that outlives a reload: counts of open tunnels
+/// (so that a reload does not hand every client a fresh budget while its
+/// tunnels are open) and the rate limiters, kept while their rates are
+/// unchanged.
+#[derive(Clone, Default)]
+pub(crate) struct Limiters {
+    /// Holds the counts; every generation's limit is built from a clone.
+    connections: ConnectionLimit,
+    /// The rate limiter and the settings it was built with.
+    rates: Option<(RateKey, RateLimit)>,
+}
+
+type RateKey = (
+    Option<wsproxy::admit::Rate>,
+    Option<wsproxy::admit::Rate>,
+    u32,
+);
+
+impl std::fmt::Debug for Limiters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiters").finish_non_exhaustive()
+    }
+}
+
+/// The app of `config`: `sets` holds the backend set of each upstream,
+/// by name (every route's upstream is there: the configuration was
+/// checked).
+pub(crate) fn router(
+    config: &Config,
+    sets: &BTreeMap<String, Backends>,
+    tunnels: &Tunnels,
+    limiters: &mut Limiters,
+) -> Router {
+    let status = config
+        .routes
+        .iter()
+        .map(|route| PageRoute {
+            name: match &route.host {
+                Some(host) => format!("{host}{}", route.prefix),
+                None => route.prefix.clone(),
+            },
+            balance: config.upstreams[&route.upstream].strategy_name(),
+            set: sets[&route.upstream].clone(),
+        })
+        .collect();
+    let mut app = page::router(status, tunnels.clone(), config.demo);
+    // The layer of the longest prefix is outermost, so it sees a
+    // handshake first; a route with a host before one without.
+    let mut ordered: Vec<&RouteConfig> = config.routes.iter().collect();
+    ordered.sort_by_key(|route| (route.host.is_some(), route.scope().1.len()));
+    for route in ordered {
+        app = app.layer(proxy_layer(config, route, &sets[&route.upstream], tunnels));
+    }
+    admission(app, &config.admission, config, limiters)
+}
+
+/// The proxy layer of one route.
+fn proxy_layer(
+    config: &Config,
+    route: &RouteConfig,
+    set: &Backends,
+    tunnels: &Tunnels,
+) -> WebSocketProxyLayer {
+    let timeouts = &config.timeouts;
+    let ping = &config.ping;
+    let messages = &config.messages;
+    let mut claim = Route::prefix(&route.prefix);
+    if let Some(host) = &route.host {
+        claim = claim.host(host);
+    }
+    let mut client_limits = limits(messages.max_frame, messages.max_message);
+    if let Some(rate) = messages.rate {
+        client_limits = client_limits.max_rate(rate.burst(messages.burst));
+    }
+    let mut layer = WebSocketProxyLayer::with_backends(set.clone())
+        .route(claim)
+        .strip_prefix(route.strip_prefix)
+        .connect_timeout(timeouts.connect)
+        .handshake_timeout(timeouts.handshake)
+        .idle_timeout(timeouts.idle)
+        .half_close_timeout(timeouts.half_close)
+        .close_on_disconnect(config.close_on_disconnect)
+        .client_keepalive(ping.client.map(|i| Keepalive::new(i, ping.timeout)))
+        .backend_keepalive(ping.backend.map(|i| Keepalive::new(i, ping.timeout)))
+        .client_limits(client_limits)
+        .backend_limits(limits(
+            messages.backend_max_frame,
+            messages.backend_max_message,
+        ))
+        .forwarded_header(config.forwarding.forwarded)
+        .trusted_proxies(config.forwarding.trusted_proxies.iter().copied())
+        .tunnels(tunnels.clone());
+    if let Some(host) = &route.host_header {
+        layer = layer.host_header(host.library());
+    }
+    layer
+}
+
+/// The admission layers in front of every route, innermost first:
+/// connection limits, rate limits, then the Origin check (see
+/// `wsproxy::admit` for why this order).
+fn admission(
+    mut app: Router,
+    admission: &Admission,
+    config: &Config,
+    limiters: &mut Limiters,
+) -> Router {
+    // Who the client is was decided once, by `ResolveClient` in front
+    // (with trusted proxies): the key reads its `ClientIp`.
+    let client = Key::client_ip();
+    if admission.max_conns.is_some() || admission.max_conns_per_ip.is_some() {
+        let mut limit = limiters.connections.clone();
+        if let Some(max) = admission.max_conns {
+            limit = limit.max_open(max);
+        }
+        if let Some(max) = admission.max_conns_per_ip {
+            limit = limit.max_open_per_key(client.clone(), max);
+        }
+        app = app.layer(limit.layer());
+    }
+    if admission.rate.is_some() || admission.rate_per_ip.is_some() {
+        let key = (admission.rate, admission.rate_per_ip, admission.burst);
+        let limit = match &limiters.rates {
+            Some((kept, limit)) if *kept == key => limit.clone(),
+            _ => {
+                let mut limit = RateLimit::new();
+                if let Some(rate) = admission.rate_per_ip {
+                    limit = limit.per_key(client, rate.burst(admission.burst));
+                }
+                if let Some(rate) = admission.rate {
+                    limit = limit.global(rate.burst(admission.burst));
+                }
+                limiters.rates = Some((key, limit.clone()));
+                limit
+            }
+        };
+        app = app.layer(limit.layer());
+    }
+    if !admission.origins.is_empty() {
+        app = app.layer(
+            OriginCheck::new(&admission.origins)
+                .allow_missing(admission.allow_missing_origin)
+                .layer(),
+        );
+    }
+    let trusted = &config.forwarding.trusted_proxies;
+    if !trusted.is_empty() {
+        // Outermost: who the client is, for every check and log after.
+        app = app.layer(AdmitLayer::new(ResolveClient::new(trusted.iter().copied())));
+    }
+    app
+}
+
+fn limits(max_frame: Option<u64>, max_message: Option<u64>) -> MessageLimits {
+    let mut limits = MessageLimits::new();
+    if let Some(max) = max_frame {
+        limits = limits.max_frame(max);
+    }
+    if let Some(max) = max_message {
+        limits = limits.max_message(max);
+    }
+    limits
+}
+
+/// The backend set of an upstream, with the shared backend TLS.
+pub(crate) fn set(
+    upstream: &crate::config::upstream::UpstreamConfig,
+    backend_tls: Option<&BackendTls>,
+) -> Backends {
+    let set = upstream.set();
+    match backend_tls {
+        Some(tls) => set.tls(tls.clone()),
+        None => set,
+    }
+}
+
+/// The HTTP server of every worker: timeouts for every state of a client
+/// connection, connection limits, TLS, and the tunnels to drain on
+/// shutdown. These settings hold until the process ends (a reload says
+/// so when they change).
+pub(crate) fn server<S: Clone>(
+    config: &Config,
+    service: S,
+    tls: Option<Arc<ServerConfig>>,
+    tunnels: &Tunnels,
+) -> Server<S> {
+    let connections = &config.connections;
+    let mut limits = ConnectionLimits::new()
+        .http2_max_handshakes(connections.h2_max_handshakes)
+        .http2_reset_handshakes(connections.h2_reset_rate.burst(connections.h2_reset_burst));
+    if let Some(max) = connections.max {
+        limits = limits.max_connections(max);
+    }
+    if let Some(max) = connections.max_per_ip {
+        limits = limits.max_connections_per_ip(max);
+    }
+    let timeouts = &config.timeouts;
+    let server = Server::new(service)
+        .timeouts(
+            Timeouts::new()
+                .tls_handshake(timeouts.tls_handshake)
+                .detect(timeouts.detect)
+                .request_head(timeouts.request_head)
+                .keep_alive(timeouts.keepalive)
+                .http2_idle(timeouts.http2_idle),
+        )
+        .limits(limits)
+        .tunnels(tunnels.clone())
+        .shutdown_timeout(timeouts.shutdown);
+    match tls {
+        Some(config) => server.tls(config),
+        None => server,
+    }
+}
