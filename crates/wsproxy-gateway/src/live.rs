@@ -148,6 +148,29 @@ impl Live {
         self.generation
     }
 
+    /// What the admin listener shows of it.
+    pub(crate) fn view(&self) -> crate::admin::View {
+        crate::admin::View {
+            generation: self.generation,
+            routes: self
+                .config
+                .routes
+                .iter()
+                .map(|route| {
+                    let name = match &route.host {
+                        Some(host) => format!("{host}{}", route.prefix),
+                        None => route.prefix.clone(),
+                    };
+                    (
+                        name,
+                        route.upstream.clone(),
+                        self.sets[&route.upstream].clone(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
     /// Apply `config` (checked) to new handshakes. What cannot change
     /// without new sockets or a new server (the listener, the workers,
     /// client connection bounds and timeouts, TLS turned on or off) is
@@ -187,6 +210,9 @@ impl Live {
         }
         if config.log != old.log {
             kept.push("log");
+        }
+        if config.admin != old.admin {
+            kept.push("admin");
         }
         // The certificate: the last step that can fail.
         let certificate = match (&self.certificate, &config.listen.tls) {

@@ -51,6 +51,7 @@
 //! timeout before closing what is left; SIGQUIT does the same with no
 //! deadline.
 
+mod admin;
 mod app;
 mod cli;
 mod config;
@@ -62,6 +63,7 @@ mod signals;
 mod tls;
 mod workers;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -71,6 +73,7 @@ use tokio_util::task::TaskTracker;
 use tracing_subscriber::EnvFilter;
 use wsproxy::Tunnels;
 
+use crate::admin::Admin;
 use crate::cli::Args;
 use crate::config::Config;
 use crate::live::{Live, Source};
@@ -190,8 +193,31 @@ async fn run(
     }
     tracing::info!(workers, "serving");
     println!("wsgate listening on {local}");
-    use std::io::Write as _;
     let _ = std::io::stdout().flush();
+
+    // The admin listener, before the public one is served, so that a
+    // probe finds it as soon as the port answers.
+    let admin = match config.admin.address {
+        Some(address) => {
+            let admin = Admin::install(tunnels.clone())?;
+            admin.publish(live.view());
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| format!("cannot listen on {address} (admin): {e}"))?;
+            let local = listener.local_addr()?;
+            tracing::info!(address = %local, "admin: /metrics, /status, /healthz, /readyz");
+            println!("wsgate admin on {local}");
+            let _ = std::io::stdout().flush();
+            let router = admin.router();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!(error = %e, "the admin listener stopped");
+                }
+            });
+            Some(admin)
+        }
+        None => None,
+    };
 
     let server = app::server(&config, live.service(), tls, &tunnels);
     let stop = CancellationToken::new();
@@ -206,9 +232,18 @@ async fn run(
     }
     let first = listeners.pop().expect("one listener at least");
     let serving = tokio::spawn(workers::serve(first, server, stop.clone()));
+    if let Some(admin) = &admin {
+        admin.set_ready(true);
+    }
     let deadline = loop {
         match signals.next().await {
-            Signal::Reload => reload(&source, &mut live),
+            Signal::Reload => {
+                let ok = reload(&source, &mut live);
+                if let Some(admin) = &admin {
+                    admin::reloaded(ok);
+                    admin.publish(live.view());
+                }
+            }
             Signal::ReopenLog => match log.reopen() {
                 Ok(()) => tracing::info!("SIGUSR1: log file reopened"),
                 Err(e) => {
@@ -230,6 +265,9 @@ async fn run(
             }
         }
     };
+    if let Some(admin) = &admin {
+        admin.set_ready(false);
+    }
     // With no deadline, the tunnels' drain starts here: the server's own
     // (with its timeout) then only waits for it.
     let drained = (deadline == Duration::MAX).then(|| tunnels.shutdown(deadline));
@@ -253,8 +291,8 @@ async fn run(
 }
 
 /// SIGHUP: read the configuration again and apply it, or keep the one in
-/// force if it is invalid.
-fn reload(source: &Source, live: &mut Live) {
+/// force if it is invalid; whether it was applied.
+fn reload(source: &Source, live: &mut Live) -> bool {
     let applied = source
         .load()
         .map_err(|e| e.to_string())
@@ -269,11 +307,15 @@ fn reload(source: &Source, live: &mut Live) {
                 "SIGHUP: configuration reloaded"
             );
             log_routes(live.config());
+            true
         }
-        Err(e) => tracing::error!(
-            generation = live.generation(),
-            "SIGHUP: configuration not reloaded, the one in force is kept: {e}"
-        ),
+        Err(e) => {
+            tracing::error!(
+                generation = live.generation(),
+                "SIGHUP: configuration not reloaded, the one in force is kept: {e}"
+            );
+            false
+        }
     }
 }
 

@@ -6,6 +6,8 @@
 //! | --- | --- | --- | --- |
 //! | `wsproxy_tunnels_opened_total` | counter | `route` | tunnels opened (`101` sent) |
 //! | `wsproxy_tunnels_open` | gauge | `route` | tunnels open now |
+//! | `wsproxy_handshake_seconds` | histogram | `route` | from a client's handshake arriving to its `101` (admission, connect, the backend's answer) |
+//! | `wsproxy_tunnel_duration_seconds` | histogram | `route` | how long tunnels stayed open, recorded when they end |
 //! | `wsproxy_tunnels_closed_total` | counter | `route`, `reason` | tunnels ended, by reason: `client_close`, `backend_close`, `idle`, `keepalive`, `limit`, `shutdown`, `backend_down`, `error` |
 //! | `wsproxy_handshakes_refused_total` | counter | `status` | handshakes answered with anything but `101`, by the proxy, an admission check, or the backend (relayed) |
 //! | `wsproxy_bytes_total` | counter | `route`, `direction` (`up`: client to backend, `down`) | bytes forwarded, added when a tunnel ends |
@@ -26,21 +28,98 @@
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
+/// Give every metric above its help text and unit, for recorders that
+/// show them (Prometheus's `# HELP` lines; `promtool check metrics` wants
+/// one for each). Call it once after installing the recorder; without the
+/// `metrics` feature it does nothing.
+///
+/// ```
+/// // With a recorder installed (e.g. metrics-exporter-prometheus):
+/// wsproxy::metrics::describe();
+/// ```
+pub fn describe() {
+    #[cfg(feature = "metrics")]
+    {
+        use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+        describe_counter!("wsproxy_tunnels_opened_total", "Tunnels opened (101 sent)");
+        describe_gauge!("wsproxy_tunnels_open", "Tunnels open now");
+        describe_histogram!(
+            "wsproxy_handshake_seconds",
+            Unit::Seconds,
+            "From a client's handshake arriving to its 101"
+        );
+        describe_histogram!(
+            "wsproxy_tunnel_duration_seconds",
+            Unit::Seconds,
+            "How long tunnels stayed open, recorded when they end"
+        );
+        describe_counter!("wsproxy_tunnels_closed_total", "Tunnels ended, by reason");
+        describe_counter!(
+            "wsproxy_handshakes_refused_total",
+            "Handshakes answered with anything but 101, by status"
+        );
+        describe_counter!(
+            "wsproxy_bytes_total",
+            Unit::Bytes,
+            "Bytes forwarded, by direction (up: client to backend), added when a tunnel ends"
+        );
+        describe_counter!(
+            "wsproxy_messages_total",
+            "Data messages forwarded, by direction, added when a tunnel ends"
+        );
+        describe_counter!(
+            "wsproxy_backend_transitions_total",
+            "Backends marked down or back up by a health check"
+        );
+        describe_counter!(
+            "wsproxy_backend_retries_total",
+            "Handshakes moved on to another backend after this one failed"
+        );
+        describe_gauge!(
+            "wsproxy_connections_open",
+            "Client connections the server holds (an HTTP/1.1 WebSocket leaves at its upgrade)"
+        );
+        describe_counter!(
+            "wsproxy_connections_timed_out_total",
+            "Client connections closed by a timeout, by the state they were in"
+        );
+        describe_counter!(
+            "wsproxy_connections_shed_total",
+            "Idle client connections closed to make room, by reason"
+        );
+        describe_counter!(
+            "wsproxy_connections_refused_total",
+            "New client connections closed at once, by reason"
+        );
+        describe_counter!("wsproxy_accept_errors_total", "accept failures, by kind");
+        describe_counter!(
+            "wsproxy_http2_goaway_total",
+            "HTTP/2 connections sent GOAWAY, by reason"
+        );
+    }
+}
+
 use http::StatusCode;
 
 use crate::outcome::{End, Totals};
 use crate::{Route, Upstream};
 
-/// A tunnel opened on `route`: counts it, and keeps it in the open gauge
-/// until the returned guard drops (in the tunnel task, so a task that ends
-/// any way at all takes it out).
-pub(crate) fn tunnel_opened(route: &Route) -> OpenTunnel {
+/// A tunnel opened on `route`, its handshake having taken `handshake`:
+/// counts it, and keeps it in the open gauge until the returned guard
+/// drops (in the tunnel task, so a task that ends any way at all takes it
+/// out).
+pub(crate) fn tunnel_opened(route: &Route, handshake: std::time::Duration) -> OpenTunnel {
     #[cfg(feature = "metrics")]
     {
         let route = route.to_string();
         metrics::counter!("wsproxy_tunnels_opened_total", "route" => route.clone()).increment(1);
         metrics::gauge!("wsproxy_tunnels_open", "route" => route.clone()).increment(1.0);
-        OpenTunnel { route }
+        metrics::histogram!("wsproxy_handshake_seconds", "route" => route.clone())
+            .record(handshake.as_secs_f64());
+        OpenTunnel {
+            route,
+            opened: std::time::Instant::now(),
+        }
     }
     #[cfg(not(feature = "metrics"))]
     OpenTunnel {}
@@ -51,6 +130,8 @@ pub(crate) fn tunnel_opened(route: &Route) -> OpenTunnel {
 pub(crate) struct OpenTunnel {
     #[cfg(feature = "metrics")]
     route: String,
+    #[cfg(feature = "metrics")]
+    opened: std::time::Instant,
 }
 
 impl OpenTunnel {
@@ -59,6 +140,8 @@ impl OpenTunnel {
         #[cfg(feature = "metrics")]
         {
             let route = &self.route;
+            metrics::histogram!("wsproxy_tunnel_duration_seconds", "route" => route.clone())
+                .record(self.opened.elapsed().as_secs_f64());
             metrics::counter!(
                 "wsproxy_tunnels_closed_total",
                 "route" => route.clone(),
@@ -177,24 +260,27 @@ mod tests {
         let snapshotter = recorder.snapshotter();
         // A snapshot takes (and resets) what changed since the last one.
         let mut level = 0.0;
+        let mut histograms: Vec<(String, f64)> = Vec::new();
         let mut gauge = || {
-            level += snapshotter
-                .snapshot()
-                .into_vec()
-                .into_iter()
-                .find_map(|(key, _, _, value)| match value {
+            for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+                match value {
                     DebugValue::Gauge(g) if key.key().name() == "wsproxy_tunnels_open" => {
-                        Some(g.into_inner())
+                        level += g.into_inner();
                     }
-                    _ => None,
-                })
-                .unwrap_or(0.0);
+                    DebugValue::Histogram(values) => histograms.extend(
+                        values
+                            .into_iter()
+                            .map(|v| (key.key().name().to_owned(), v.into_inner())),
+                    ),
+                    _ => {}
+                }
+            }
             level
         };
         metrics::with_local_recorder(&recorder, || {
             let route = Route::prefix("/chat");
-            let ended = tunnel_opened(&route);
-            let dropped = tunnel_opened(&route);
+            let ended = tunnel_opened(&route, std::time::Duration::from_millis(3));
+            let dropped = tunnel_opened(&route, std::time::Duration::from_millis(3));
             assert_eq!(gauge(), 2.0);
             ended.closed(&End::Idle, &Totals::default());
             assert_eq!(gauge(), 1.0);
@@ -203,5 +289,15 @@ mod tests {
             drop(dropped);
             assert_eq!(gauge(), 0.0);
         });
+        // Both handshakes timed, the one tunnel that ended too.
+        let of = |name: &str| -> Vec<f64> {
+            histograms
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| *v)
+                .collect()
+        };
+        assert_eq!(of("wsproxy_handshake_seconds"), [0.003, 0.003]);
+        assert_eq!(of("wsproxy_tunnel_duration_seconds").len(), 1);
     }
 }

@@ -37,6 +37,12 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) listen: Option<SocketAddr>,
 
+    /// Serve /metrics (Prometheus), /status (JSON), /healthz and /readyz
+    /// on this address, e.g. 127.0.0.1:9090 [admin.address]. Default:
+    /// none.
+    #[arg(long, value_name = "ADDRESS")]
+    pub(crate) admin_listen: Option<SocketAddr>,
+
     /// A route, PREFIX=URL[,URL...]: WebSocket handshakes under PREFIX go
     /// to one of the backend URLs (ws://HOST:PORT/PATH), chosen by
     /// --balance; repeat for more routes. A URL may take options after
@@ -300,6 +306,7 @@ impl Args {
             }
         }
         set(&mut config.listen.address, &self.listen);
+        set_some(&mut config.admin.address, &self.admin_listen);
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.listen.tls = Some(TlsFiles {
                 cert: cert.clone(),

@@ -32,6 +32,8 @@ pub(crate) use crate::tls::BackendTlsFiles;
 pub(crate) struct Config {
     /// The public listener.
     pub(crate) listen: Listen,
+    /// The admin listener: metrics, status, health (default: none).
+    pub(crate) admin: AdminConfig,
     /// Worker threads, each with its own runtime and `SO_REUSEPORT`
     /// listener (default: one per core).
     #[serde(deserialize_with = "value::some_count")]
@@ -68,6 +70,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: Listen::default(),
+            admin: AdminConfig::default(),
             workers: None,
             log: Log::default(),
             timeouts: Timeouts::default(),
@@ -109,6 +112,17 @@ impl Default for Listen {
             http2: true,
         }
     }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct AdminConfig {
+    /// Serve `/metrics` (Prometheus), `/status` (JSON), `/healthz` and
+    /// `/readyz` here; keep it on loopback or a private network. Needs a
+    /// restart to change.
+    #[serde(deserialize_with = "value::some_parsed")]
+    pub(crate) address: Option<SocketAddr>,
 }
 
 /// A certificate chain (PEM, leaf first) and its private key.

@@ -18,6 +18,8 @@ pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
     log: mpsc::Receiver<String>,
+    /// Standard output after its first line.
+    stdout: mpsc::Receiver<String>,
 }
 
 impl Gateway {
@@ -88,7 +90,22 @@ impl Gateway {
             child,
             addr,
             log: logged,
+            stdout: lines,
         }
+    }
+
+    /// The admin listener's address (with `--admin-listen`), from the
+    /// line that follows the public one.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let line = self
+            .stdout
+            .recv_timeout(LIMIT)
+            .expect("a line with the admin address");
+        line.trim()
+            .strip_prefix("wsgate admin on ")
+            .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+            .parse()
+            .unwrap()
     }
 
     /// What the gateway has logged so far (that was not read before).

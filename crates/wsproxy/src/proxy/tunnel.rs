@@ -51,7 +51,7 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
     let drain = config.tunnels.drain().with_backend(close);
     let tunnels = config.tunnels.clone();
     let settings = config.settings.clone();
-    let open = crate::metrics::tunnel_opened(&config.route);
+    let open = crate::metrics::tunnel_opened(&config.route, started.elapsed());
     let handshake_timeout = config.handshake_timeout;
     tokio::spawn(
         async move {
