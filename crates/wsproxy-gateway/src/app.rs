@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use tokio_rustls::rustls::ServerConfig;
@@ -107,6 +108,7 @@ fn proxy_layer(
         ))
         .forwarded_header(config.forwarding.forwarded)
         .trusted_proxies(config.forwarding.trusted_proxies.iter().copied())
+        .log_query(config.log.query)
         .tunnels(tunnels.clone());
     if let Some(host) = &route.host_header {
         layer = layer.host_header(host.library());
@@ -193,14 +195,15 @@ pub(crate) fn set(
 }
 
 /// The HTTP server of every worker: timeouts for every state of a client
-/// connection, connection limits, TLS, and the tunnels to drain on
-/// shutdown. These settings hold until the process ends (a reload says
-/// so when they change).
+/// connection, connection limits, TLS. These settings hold until the
+/// process ends (a reload says so when they change). On shutdown it waits
+/// for its connections with no deadline of its own: the tunnels' drain
+/// (which `main` runs, with the deadline the signal asks for) ends the
+/// HTTP/2 connections that carry them.
 pub(crate) fn server<S: Clone>(
     config: &Config,
     service: S,
     tls: Option<Arc<ServerConfig>>,
-    tunnels: &Tunnels,
 ) -> Server<S> {
     let connections = &config.connections;
     let mut limits = ConnectionLimits::new()
@@ -223,8 +226,7 @@ pub(crate) fn server<S: Clone>(
                 .http2_idle(timeouts.http2_idle),
         )
         .limits(limits)
-        .tunnels(tunnels.clone())
-        .shutdown_timeout(timeouts.shutdown);
+        .shutdown_timeout(Duration::MAX);
     match tls {
         Some(config) => server.tls(config),
         None => server,

@@ -59,6 +59,12 @@ impl Source {
                 chat: stand_in,
             });
             crate::demo::add_routes(&mut config, demo);
+            // The balancing flags reach the demo's upstreams too.
+            for (name, upstream) in &mut config.upstreams {
+                if name.starts_with("demo/") {
+                    self.args.balance.apply(upstream);
+                }
+            }
         }
         config.check(self.file.as_deref())?;
         Ok(config)
@@ -172,47 +178,69 @@ impl Live {
     }
 
     /// Apply `config` (checked) to new handshakes. What cannot change
-    /// without new sockets or a new server (the listener, the workers,
-    /// client connection bounds and timeouts, TLS turned on or off) is
-    /// kept; the returned list names each such key that changed. The
-    /// certificate is re-read (and changed only if that worked).
-    pub(crate) fn apply(&mut self, config: Config) -> Result<Vec<&'static str>, String> {
+    /// without new sockets, a new server or a restart (the listener, the
+    /// admin listener, the workers, client connection bounds and
+    /// timeouts, TLS turned on or off, the log's file and format, the
+    /// demo) keeps the value in force, in what is applied and in what is
+    /// remembered for the next reload; the returned list names each such
+    /// key that the file changed. The certificate is re-read (and changed
+    /// only if that worked).
+    pub(crate) fn apply(&mut self, mut config: Config) -> Result<Vec<String>, String> {
         let old = &self.config;
         let mut kept = Vec::new();
-        if config.listen.address != old.listen.address {
-            kept.push("listen.address");
+        macro_rules! keep {
+            ($($field:ident).+, $name:expr) => {
+                if config.$($field).+ != old.$($field).+ {
+                    kept.push($name.to_owned());
+                    config.$($field).+ = old.$($field).+.clone();
+                }
+            };
         }
-        if config.listen.http2 != old.listen.http2 {
-            kept.push("listen.http2");
-        }
+        keep!(listen.address, "listen.address");
+        keep!(listen.http2, "listen.http2");
         if config.listen.tls.is_some() != old.listen.tls.is_some() {
-            kept.push("listen.tls");
+            kept.push("listen.tls (turned on or off)".to_owned());
+            config.listen.tls.clone_from(&old.listen.tls);
         }
-        if config.workers != old.workers {
-            kept.push("workers");
-        }
-        if config.connections != old.connections {
-            kept.push("connections");
-        }
-        let server_timeouts = |c: &Config| {
-            let t = &c.timeouts;
-            (
-                t.tls_handshake,
-                t.detect,
-                t.request_head,
-                t.keepalive,
-                t.http2_idle,
-                t.shutdown,
-            )
-        };
-        if server_timeouts(&config) != server_timeouts(old) {
-            kept.push("timeouts (of client connections: tls_handshake, detect, request_head, keepalive, http2_idle, shutdown)");
-        }
-        if config.log != old.log {
-            kept.push("log");
-        }
-        if config.admin != old.admin {
-            kept.push("admin");
+        keep!(admin, "admin");
+        keep!(workers, "workers");
+        keep!(connections, "connections");
+        keep!(timeouts.tls_handshake, "timeouts.tls_handshake");
+        keep!(timeouts.detect, "timeouts.detect");
+        keep!(timeouts.request_head, "timeouts.request_head");
+        keep!(timeouts.keepalive, "timeouts.keepalive");
+        keep!(timeouts.http2_idle, "timeouts.http2_idle");
+        keep!(log.file, "log.file");
+        keep!(log.format, "log.format");
+        if config.demo != old.demo {
+            // The demo's backends start (or stop) with the process.
+            kept.push("demo".to_owned());
+            if old.demo {
+                config.demo = true;
+                for route in old
+                    .routes
+                    .iter()
+                    .filter(|r| r.upstream.starts_with("demo/"))
+                {
+                    config.routes.push(route.clone());
+                    config.upstreams.insert(
+                        route.upstream.clone(),
+                        old.upstreams[&route.upstream].clone(),
+                    );
+                }
+            } else {
+                config.demo = false;
+                let demo: Vec<String> = config
+                    .routes
+                    .iter()
+                    .filter(|r| r.upstream.starts_with("demo/"))
+                    .map(|r| r.upstream.clone())
+                    .collect();
+                config.routes.retain(|r| !demo.contains(&r.upstream));
+                for name in demo {
+                    config.upstreams.remove(&name);
+                }
+            }
         }
         // The certificate: the last step that can fail.
         let certificate = match (&self.certificate, &config.listen.tls) {
@@ -222,17 +250,35 @@ impl Live {
             _ => None,
         };
         let backend_tls = backend_tls(&config)?;
-        let tls_changed = config.backend_tls != old.backend_tls;
         let mut sets = BTreeMap::new();
         for (name, upstream) in &config.upstreams {
             let kept_set = match (old.upstreams.get(name), self.sets.get(name)) {
-                (Some(before), Some(set)) if !tls_changed && upstream.same_settings(before) => {
+                (Some(before), Some(set)) if upstream.same_settings(before) => {
                     upstream.update(before, set);
-                    Some(set.clone())
+                    // Re-read: renewed CA or client certificate files.
+                    let set = set.clone().tls(
+                        backend_tls
+                            .clone()
+                            .unwrap_or_else(wsproxy::tls::BackendTls::new),
+                    );
+                    Some(set)
                 }
                 _ => None,
             };
-            let set = kept_set.unwrap_or_else(|| app::set(upstream, backend_tls.as_ref()));
+            let set = match kept_set {
+                Some(set) => set,
+                None => {
+                    if old.upstreams.contains_key(name) {
+                        tracing::warn!(
+                            upstream = %name,
+                            "its settings changed: a new backend set takes new handshakes; \
+                             open tunnels stay with the old one, and load counts, health and \
+                             (without sticky.secret) sticky cookies start afresh"
+                        );
+                    }
+                    app::set(upstream, backend_tls.as_ref())
+                }
+            };
             sets.insert(name.clone(), set);
         }
         let router = app::router(&config, &sets, &self.tunnels, &mut self.limiters);

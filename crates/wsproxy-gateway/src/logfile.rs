@@ -33,14 +33,17 @@ impl LogWriter {
         })))
     }
 
-    /// Open the file again by its path (a no-op on standard error); the
-    /// old one stays in use if that fails.
-    pub(crate) fn reopen(&self) -> io::Result<()> {
-        if let Self::File(log) = self {
-            let file = open(&log.path)?;
-            *log.file.lock().unwrap_or_else(PoisonError::into_inner) = file;
+    /// Open the file again by its path; the old one stays in use if that
+    /// fails. `false` on standard error (nothing to reopen).
+    pub(crate) fn reopen(&self) -> io::Result<bool> {
+        match self {
+            Self::File(log) => {
+                let file = open(&log.path)?;
+                *log.file.lock().unwrap_or_else(PoisonError::into_inner) = file;
+                Ok(true)
+            }
+            Self::Stderr => Ok(false),
         }
-        Ok(())
     }
 
     /// Whether this writes to a terminal (for colours).

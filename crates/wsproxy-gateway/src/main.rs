@@ -75,7 +75,7 @@ use wsproxy::Tunnels;
 
 use crate::admin::Admin;
 use crate::cli::Args;
-use crate::config::Config;
+use crate::config::{Config, LogFormat};
 use crate::live::{Live, Source};
 use crate::logfile::LogWriter;
 use crate::signals::{Signal, Signals};
@@ -113,13 +113,21 @@ fn main() -> ExitCode {
         },
         None => LogWriter::Stderr,
     };
-    tracing_subscriber::fmt()
-        .with_writer(log.clone())
-        .with_ansi(log.is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match config.log.format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_writer(log.clone())
+            .with_ansi(log.is_terminal())
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(log.clone())
+            .with_env_filter(filter)
+            .init(),
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -219,7 +227,7 @@ async fn run(
         None => None,
     };
 
-    let server = app::server(&config, live.service(), tls, &tunnels);
+    let server = app::server(&config, live.service(), tls);
     let stop = CancellationToken::new();
     let mut threads = Vec::with_capacity(workers - 1);
     for (index, listener) in listeners.drain(1..).enumerate() {
@@ -228,10 +236,11 @@ async fn run(
             listener,
             server.clone(),
             stop.clone(),
+            tunnels.clone(),
         )?);
     }
     let first = listeners.pop().expect("one listener at least");
-    let serving = tokio::spawn(workers::serve(first, server, stop.clone()));
+    let serving = tokio::spawn(workers::serve(first, server, stop.clone(), tunnels.clone()));
     if let Some(admin) = &admin {
         admin.set_ready(true);
     }
@@ -244,50 +253,97 @@ async fn run(
                     admin.publish(live.view());
                 }
             }
-            Signal::ReopenLog => match log.reopen() {
-                Ok(()) => tracing::info!("SIGUSR1: log file reopened"),
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGUSR1: cannot reopen the log file; still writing to the old one")
-                }
-            },
+            Signal::ReopenLog => reopen(&log),
             Signal::Upgrade => {
                 tracing::warn!("SIGUSR2: binary upgrade is not supported yet; ignored");
             }
             Signal::Stop(name) => {
-                tracing::info!("{name} received, shutting down");
-                break live.config().timeouts.shutdown;
+                let timeout = live.config().timeouts.shutdown;
+                tracing::info!(?timeout, "{name} received, shutting down");
+                break Some(timeout);
             }
             Signal::Quit => {
                 tracing::info!(
                     "SIGQUIT received, shutting down with no deadline for open WebSockets"
                 );
-                break Duration::MAX;
+                break None;
             }
         }
     };
     if let Some(admin) = &admin {
         admin.set_ready(false);
     }
-    // With no deadline, the tunnels' drain starts here: the server's own
-    // (with its timeout) then only waits for it.
-    let drained = (deadline == Duration::MAX).then(|| tunnels.shutdown(deadline));
+    // The drain, with its deadline, before the servers stop: they (and
+    // the workers, for their tunnels) then only wait for it.
+    // (The drain starts at the call; the workers wait for it.)
+    drop(tunnels.shutdown(deadline.unwrap_or(Duration::MAX)));
     stop.cancel();
-    tracing::info!(open = tunnels.open(), timeout = ?deadline, "draining tunnels with Close 1001");
-    serving.await??;
-    if let Some(drained) = drained {
-        drained.await;
-    }
-    tokio::task::spawn_blocking(move || {
-        for thread in threads {
-            let _ = thread.join();
+    tracing::info!(open = tunnels.open(), "draining tunnels with Close 1001");
+    let stopped = async move {
+        serving.await??;
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    };
+    tokio::pin!(stopped);
+    // Past the tunnels' deadline (closed hard then), what is left (an HTTP
+    // request that will not end) gets a moment, then the process exits.
+    let mut give_up = deadline.map(|timeout| tokio::time::Instant::now() + timeout + GIVE_UP_AFTER);
+    loop {
+        let sleep = async {
+            match give_up {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = &mut stopped => {
+                result?;
+                break;
+            }
+            signal = signals.next() => match signal {
+                // A fast shutdown after a slow one (or a second one):
+                // the deadline only comes earlier.
+                Signal::Stop(name) => {
+                    let timeout = live.config().timeouts.shutdown;
+                    tracing::info!(?timeout, "{name} received while draining: closing open WebSockets within the shutdown timeout");
+                    drop(tunnels.shutdown(timeout));
+                    let at = tokio::time::Instant::now() + timeout + GIVE_UP_AFTER;
+                    give_up = Some(give_up.map_or(at, |before| before.min(at)));
+                }
+                Signal::ReopenLog => reopen(&log),
+                other => tracing::info!(signal = ?other, "draining: signal ignored"),
+            },
+            () = sleep => {
+                tracing::warn!(open = tunnels.open(), "still busy past the shutdown deadline; exiting");
+                break;
+            }
         }
-    })
-    .await?;
+    }
     stop_demo.cancel();
     demo_tasks.close();
     demo_tasks.wait().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long after the tunnels' deadline the process waits for what is
+/// left before it exits anyway.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(5);
+
+/// SIGUSR1: reopen the log file.
+fn reopen(log: &LogWriter) {
+    match log.reopen() {
+        Ok(true) => tracing::info!("SIGUSR1: log file reopened"),
+        Ok(false) => tracing::info!("SIGUSR1: logging to standard error, nothing to reopen"),
+        Err(e) => {
+            tracing::error!(error = %e, "SIGUSR1: cannot reopen the log file; still writing to the old one");
+        }
+    }
 }
 
 /// SIGHUP: read the configuration again and apply it, or keep the one in
@@ -300,7 +356,7 @@ fn reload(source: &Source, live: &mut Live) -> bool {
     match applied {
         Ok(kept) => {
             for key in kept {
-                tracing::warn!(key, "changed, but not applied until a restart");
+                tracing::warn!(%key, "changed, but not applied until a restart");
             }
             tracing::info!(
                 generation = live.generation(),

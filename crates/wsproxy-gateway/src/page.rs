@@ -6,6 +6,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::Html;
 use axum::routing::get;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use wsproxy::Tunnels;
 use wsproxy::balance::Backends;
 
@@ -43,6 +44,19 @@ pub(crate) fn router(routes: Vec<PageRoute>, tunnels: Tunnels, demo: bool) -> Ro
             tunnels,
             demo,
         })
+        // One log line per plain request, as for handshakes.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<_>| {
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                    )
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
 }
 
 /// `GET /`: the routes with their backends' state, the open tunnels and,

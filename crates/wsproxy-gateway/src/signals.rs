@@ -1,8 +1,9 @@
 //! The signals an operator sends, as nginx's take them: HUP reloads the
 //! configuration, USR1 reopens the log file, TERM and INT drain within
-//! the shutdown timeout, QUIT drains with no deadline. USR2 (nginx's
-//! binary upgrade) is not supported yet: it is logged and ignored. None
-//! of them ends the process by its default action.
+//! the shutdown timeout, QUIT drains with no deadline (and a TERM while
+//! it does brings the deadline back). USR2 (nginx's binary upgrade) is
+//! not supported yet: it is logged and ignored. None of them ends the
+//! process by its default action.
 
 use std::io;
 

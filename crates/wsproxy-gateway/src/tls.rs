@@ -116,7 +116,12 @@ pub(crate) fn backend(
     files: &BackendTlsFiles,
 ) -> Result<Option<BackendTls>, (&'static str, String)> {
     let keyed = |key: &'static str| move |e: wsproxy::tls::TlsError| (key, chain(&e));
-    if files.cas.is_empty() && !files.system_roots && files.sni.is_none() && files.cert.is_none() {
+    if files.cas.is_empty()
+        && !files.system_roots
+        && files.sni.is_none()
+        && files.cert.is_none()
+        && files.key.is_none()
+    {
         return Ok(None);
     }
     let mut tls = if files.cas.is_empty() {

@@ -8,9 +8,11 @@
 //! workers.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio_util::sync::CancellationToken;
+use wsproxy::Tunnels;
 use wsproxy::serve::Server;
 
 use crate::live::Switch;
@@ -50,19 +52,24 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 /// Serve on `listener` until `stop`, then drain: HTTP connections finish
-/// their requests while open tunnels get Close 1001 and the server's
-/// shutdown timeout to end, after which both are closed. Tunnels live on
-/// the runtime that accepted them, which runs until they are gone.
+/// their requests while open tunnels, whose drain `main` started, end.
+/// Tunnels live on the runtime that accepted them, which runs until they
+/// are gone.
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
     server: Server<Switch>,
     stop: CancellationToken,
+    tunnels: Tunnels,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     server
         .serve(listener)
         .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await
+        .await?;
+    // The drain was started (with its deadline) before `stop`: this only
+    // waits for it, keeping the runtime of this worker's tunnels alive.
+    tunnels.shutdown(Duration::MAX).await;
+    Ok(())
 }
 
 /// Run [`serve`] on a new thread with a single-threaded runtime.
@@ -71,6 +78,7 @@ pub(crate) fn spawn(
     listener: std::net::TcpListener,
     server: Server<Switch>,
     stop: CancellationToken,
+    tunnels: Tunnels,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("wsgate-worker-{index}"))
@@ -85,7 +93,7 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            if let Err(e) = runtime.block_on(serve(listener, server, stop)) {
+            if let Err(e) = runtime.block_on(serve(listener, server, stop, tunnels)) {
                 tracing::error!(error = %e, worker = index, "worker stopped with an error");
             }
         })

@@ -2,7 +2,7 @@
 //! proxy, or their backend going down. Each comes with a deadline after
 //! which what is still open is closed hard.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -13,19 +13,33 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Default)]
 pub(crate) struct CloseSignal {
     token: CancellationToken,
-    deadline: OnceLock<Instant>,
+    deadline: Mutex<Option<Instant>>,
+    /// Cancelled when a later call brings the deadline earlier: tunnels
+    /// then read it again.
+    hurry: CancellationToken,
 }
 
 impl CloseSignal {
     /// Close every tunnel watching this signal: Close 1001 now, hard at
-    /// `now + grace` (the first call's deadline holds).
+    /// `now + grace`. A later call can only bring the deadline earlier
+    /// (a fast shutdown after a slow one), never later.
     pub(crate) fn close(&self, grace: Duration) {
+        let now = Instant::now();
         // `Duration::MAX` (no deadline) would overflow: a century will do.
-        self.deadline.get_or_init(|| {
-            let now = Instant::now();
-            now.checked_add(grace)
-                .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
-        });
+        let deadline = now
+            .checked_add(grace)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        {
+            let mut current = self.deadline.lock().unwrap_or_else(PoisonError::into_inner);
+            match *current {
+                None => *current = Some(deadline),
+                Some(earlier) if earlier <= deadline => {}
+                Some(_) => {
+                    *current = Some(deadline);
+                    self.hurry.cancel();
+                }
+            }
+        }
         self.token.cancel();
     }
 
@@ -36,7 +50,10 @@ impl CloseSignal {
 
     /// When tunnels still open are closed hard (now if not closed yet).
     fn deadline(&self) -> Instant {
-        self.deadline.get().copied().unwrap_or_else(Instant::now)
+        self.deadline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or_else(Instant::now)
     }
 }
 
@@ -95,9 +112,44 @@ impl Drain {
             .map_or_else(Instant::now, |(signal, _)| signal.deadline())
     }
 
+    /// Resolves when a started shutdown's deadline was brought earlier
+    /// (read [`deadline`](Self::deadline) again); only polled once the
+    /// shutdown started.
+    pub(crate) fn hurried(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shutdown.0.hurry.cancelled()
+    }
+
     /// Resolves at the deadline of a started shutdown.
     pub(crate) async fn hard_close(&self) {
         self.shutdown().await;
-        tokio::time::sleep_until(self.deadline()).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(self.deadline()) => {}
+            () = self.hurried() => tokio::time::sleep_until(self.deadline()).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_later_close_only_brings_the_deadline_earlier() {
+        let signal = Arc::new(CloseSignal::default());
+        let drain = Drain::new(signal.clone());
+        signal.close(Duration::from_secs(60));
+        let first = drain.deadline();
+        signal.close(Duration::MAX);
+        assert_eq!(drain.deadline(), first, "never later");
+        assert!(drain.hurried().now_or_never().is_none());
+        signal.close(Duration::ZERO);
+        assert!(drain.deadline() <= Instant::now());
+        assert!(drain.hurried().now_or_never().is_some(), "tunnels are told");
+        // The hard close follows the earlier deadline.
+        tokio::time::timeout(Duration::from_secs(30), drain.hard_close())
+            .await
+            .expect("closed hard at once");
     }
 }

@@ -100,6 +100,7 @@ impl WebSocketProxyLayer {
                     backend_limits: MessageLimits::new(),
                     close_on_disconnect: true,
                 }),
+                log_query: true,
                 tunnels: Tunnels::new(),
             },
             admissions: Vec::new(),
@@ -131,6 +132,24 @@ impl WebSocketProxyLayer {
     /// [`HostHeader::Upstream`]).
     pub fn host_header(mut self, host: HostHeader) -> Self {
         self.config.translation.host_header = host;
+        self
+    }
+
+    /// Whether the log lines of a tunnel (its `tunnel` span: client,
+    /// method, path, route, Origin, User-Agent, backend, status,
+    /// subprotocol) show the request's query string (default: `true`);
+    /// `false` logs `?<redacted>` in its place, for queries that carry
+    /// tokens.
+    ///
+    /// ```
+    /// use wsproxy::WebSocketProxyLayer;
+    ///
+    /// let layer = WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse().unwrap())
+    ///     .log_query(false);
+    /// # drop(layer);
+    /// ```
+    pub fn log_query(mut self, enabled: bool) -> Self {
+        self.config.log_query = enabled;
         self
     }
 

@@ -90,8 +90,10 @@ impl Tunnels {
     /// A tunnel whose closing handshake was already under way is left to
     /// finish it. Ordinary requests keep reaching the inner service;
     /// stopping the server is the server's job (e.g. axum's
-    /// `with_graceful_shutdown`). Calling it again changes nothing but
-    /// waits again.
+    /// `with_graceful_shutdown`). Calling it again with an earlier
+    /// deadline brings the deadline earlier (a fast shutdown after a slow
+    /// one: nginx's `SIGTERM` after `SIGQUIT`); otherwise it changes
+    /// nothing but waits again.
     pub fn shutdown(&self, deadline: Duration) -> impl Future<Output = ()> + Send + 'static {
         let shared = self.shared.clone();
         {

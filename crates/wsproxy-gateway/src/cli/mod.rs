@@ -43,6 +43,10 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDRESS")]
     pub(crate) admin_listen: Option<SocketAddr>,
 
+    /// Log lines as text or as JSON objects [log.format]. Default: text.
+    #[arg(long, value_name = "FORMAT")]
+    pub(crate) log_format: Option<crate::config::LogFormat>,
+
     /// A route, PREFIX=URL[,URL...]: WebSocket handshakes under PREFIX go
     /// to one of the backend URLs (ws://HOST:PORT/PATH), chosen by
     /// --balance; repeat for more routes. A URL may take options after
@@ -307,6 +311,7 @@ impl Args {
         }
         set(&mut config.listen.address, &self.listen);
         set_some(&mut config.admin.address, &self.admin_listen);
+        set(&mut config.log.format, &self.log_format);
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.listen.tls = Some(TlsFiles {
                 cert: cert.clone(),

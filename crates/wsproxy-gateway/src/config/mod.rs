@@ -134,12 +134,39 @@ pub(crate) struct TlsFiles {
 }
 
 /// `[log]`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Log {
     /// Append the log to this file instead of standard error; SIGUSR1
-    /// reopens it (after logrotate moved it).
+    /// reopens it (after logrotate moved it). Needs a restart to change.
     pub(crate) file: Option<PathBuf>,
+    /// `text` (the default) or `json`, one object per line. Needs a
+    /// restart to change.
+    pub(crate) format: LogFormat,
+    /// Show the query string of handshake requests (default: true);
+    /// false logs `?<redacted>` instead, for queries that carry tokens.
+    pub(crate) query: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            file: None,
+            format: LogFormat::Text,
+            query: true,
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's format, with the
+    /// tunnel's fields under `span`).
+    Json,
 }
 
 /// `[timeouts]`.
@@ -541,10 +568,16 @@ impl Config {
                     ),
                 );
             }
-            if let Some(host) = &route.host
-                && host.parse::<axum::http::uri::Authority>().is_err()
-            {
-                error(format!("{key}.host"), format!("invalid host '{host}'"));
+            if let Some(host) = &route.host {
+                let valid = host
+                    .parse::<axum::http::uri::Authority>()
+                    .is_ok_and(|a| a.as_str() == a.host() && !a.host().is_empty());
+                if !valid {
+                    error(
+                        format!("{key}.host"),
+                        format!("invalid host '{host}': a name or address, without port"),
+                    );
+                }
             }
             if !self.upstreams.contains_key(&route.upstream) {
                 error(

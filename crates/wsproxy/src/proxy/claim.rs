@@ -96,13 +96,30 @@ async fn proxy(req: Request<()>, config: Arc<Config>) -> ClaimResponse {
     let peer = crate::client::client_addr(&parts.extensions);
     // Only an RFC 8441 handshake reaches here as a CONNECT.
     let http2 = parts.method == http::Method::CONNECT;
+    let header = |name| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+            .unwrap_or("-")
+    };
+    let query = match parts.uri.query() {
+        Some(_) if !config.log_query => "?<redacted>",
+        Some(query) => &format!("?{query}"),
+        None => "",
+    };
     let span = tracing::info_span!(
         "tunnel",
         client = %crate::client::DisplayPeer(peer),
         http = if http2 { "2" } else { "1.1" },
+        method = %parts.method,
+        path = %format_args!("{}{query}", parts.uri.path()),
         route = %config.route,
+        origin = header(http::header::ORIGIN),
+        user_agent = header(http::header::USER_AGENT),
         upstream = tracing::field::Empty,
         status = tracing::field::Empty,
+        subprotocol = tracing::field::Empty,
         client_ip = tracing::field::Empty,
     );
     async move {
@@ -171,6 +188,13 @@ async fn proxy(req: Request<()>, config: Arc<Config>) -> ClaimResponse {
             return crate::plain::response(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
         };
         Span::current().record("status", if http2 { 200 } else { 101 });
+        if let Some(protocol) = head
+            .headers()
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+        {
+            Span::current().record("subprotocol", protocol);
+        }
         let head = handshake::client_head(head, http2, sticky);
         tunnel::spawn(tunnel::Tunnel {
             config: &config,

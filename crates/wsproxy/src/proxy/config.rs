@@ -20,4 +20,6 @@ pub(crate) struct Config {
     /// What every tunnel of the layer relays with, shared.
     pub(crate) settings: Arc<Settings>,
     pub(crate) tunnels: Tunnels,
+    /// Whether the tunnel's log lines show the query string.
+    pub(crate) log_query: bool,
 }

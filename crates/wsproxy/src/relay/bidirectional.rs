@@ -58,6 +58,9 @@ where
     let mut shutdown_seen = false;
     let mut backend_gone = std::pin::pin!(drain.backend_closed());
     let mut backend_gone_seen = false;
+    // A shutdown's deadline brought earlier (watched once it started).
+    let mut hurried = std::pin::pin!(drain.hurried());
+    let mut hurried_seen = false;
     let mut closing: Option<Closing> = None;
     let mut last_activity = start;
     let mut half_closed: Option<(Instant, bool)> = None;
@@ -108,6 +111,12 @@ where
                         wait_client: true,
                         wait_backend: true,
                     });
+                }
+            }
+            if shutdown_seen && !hurried_seen && hurried.as_mut().poll(cx).is_ready() {
+                hurried_seen = true;
+                if let Some(closing) = &mut closing {
+                    closing.deadline = closing.deadline.min(drain.deadline());
                 }
             }
             let before = up.bytes + down.bytes;
