@@ -19,6 +19,7 @@ mod h2;
 mod load;
 mod procs;
 mod proxy;
+mod reload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -104,6 +105,9 @@ enum Cmd {
     /// proxies' descriptor limit, and handshakes during it (wsgate, an
     /// optional baseline build, nginx, HAProxy).
     Exhaust(exhaust::Options),
+    /// Reloads with WebSockets open: handshake latency during them, time
+    /// to apply, tunnels kept (wsgate, nginx, HAProxy).
+    Reload(reload::Options),
     /// Compare WebSockets over HTTP/2 (many streams on few connections)
     /// with HTTP/1.1 (a connection each) through one proxy, alternating
     /// rounds.
@@ -186,6 +190,7 @@ fn main() -> std::process::ExitCode {
             }
             Cmd::CompareH2(options) => h2::compare(options).await,
             Cmd::Exhaust(options) => exhaust::run(options).await,
+            Cmd::Reload(options) => reload::run(options).await,
             Cmd::Proxy { listen, backend } => proxy::run(listen, &backend)
                 .await
                 .map_err(|e| e.to_string().into()),
