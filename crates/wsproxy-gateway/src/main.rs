@@ -45,11 +45,13 @@
 //! Signals, as nginx takes them: SIGHUP reloads the configuration (new
 //! handshakes get the new one at once; open WebSockets keep theirs; an
 //! invalid file is refused and the old configuration kept), SIGUSR1
-//! reopens the log file. SIGTERM or SIGINT stops accepting, refuses new
-//! upgrades with 503, sends every open WebSocket Close 1001 ("going away")
-//! at a frame boundary, and gives the closing handshakes the shutdown
-//! timeout before closing what is left; SIGQUIT does the same with no
-//! deadline.
+//! reopens the log file, SIGUSR2 starts the binary again on the same
+//! listening sockets and lets it take over (zero-downtime upgrade).
+//! SIGTERM or SIGINT stops accepting, answers what was accepted, refuses
+//! new upgrades with 503, sends every open WebSocket Close 1001 ("going
+//! away") at a frame boundary, and gives the closing handshakes the
+//! shutdown timeout before closing what is left; SIGQUIT does the same
+//! with no deadline.
 
 mod admin;
 mod app;
@@ -61,6 +63,8 @@ mod logfile;
 mod page;
 mod signals;
 mod tls;
+#[cfg(unix)]
+mod upgrade;
 mod workers;
 
 use std::io::Write as _;
@@ -83,6 +87,18 @@ use crate::signals::{Signal, Signals};
 /// Read the configuration (`--check`: and stop there), set up logging,
 /// and run the gateway until a signal stops it.
 fn main() -> ExitCode {
+    // Sockets handed over by an older process (binary upgrade), read
+    // before anything else looks at the environment.
+    #[cfg(unix)]
+    let inherited = match upgrade::Inherited::take() {
+        Ok(inherited) => inherited,
+        Err(e) => {
+            eprintln!("wsgate: cannot take over the listening sockets: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    #[cfg(not(unix))]
+    let inherited = None;
     let args = Args::parse();
     let source = Source {
         file: args.config.clone(),
@@ -138,7 +154,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(source, config, log)) {
+    match runtime.block_on(run(source, config, log, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -155,6 +171,8 @@ async fn run(
     mut source: Source,
     mut config: Config,
     log: LogWriter,
+    #[cfg(unix)] inherited: Option<upgrade::Inherited>,
+    #[cfg(not(unix))] inherited: Option<std::convert::Infallible>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // Listening from the start: a signal during start-up is not fatal.
     let mut signals = Signals::new()?;
@@ -178,13 +196,33 @@ async fn run(
     // runtime.
     let mut live = Live::new(config, tunnels.clone())?;
     let config = live.config().clone();
-    let workers = config
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    let address = config.listen.address;
-    let mut listeners =
-        workers::bind(address, workers).map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    #[cfg(unix)]
+    let mut handover = upgrade::Handover::new()?;
+    #[cfg(unix)]
+    let (mut listeners, inherited_admin, retire) = match inherited {
+        // A worker per socket handed over: the sockets stay as they were.
+        Some(inherited) => {
+            tracing::info!(
+                from = inherited.from,
+                sockets = inherited.public.len(),
+                "taking over the listening sockets of the older process"
+            );
+            (inherited.public, inherited.admin, Some(inherited.from))
+        }
+        None => (bind(&config)?, None, None),
+    };
+    #[cfg(not(unix))]
+    let (mut listeners, inherited_admin, retire): (
+        _,
+        Option<std::net::TcpListener>,
+        Option<u32>,
+    ) = {
+        let _ = inherited;
+        (bind(&config)?, None, None)
+    };
+    #[cfg(unix)]
+    handover.public(&listeners)?;
+    let workers = listeners.len();
     let local = listeners[0].local_addr()?;
     log_routes(&config);
     let tls = live
@@ -209,9 +247,18 @@ async fn run(
         Some(address) => {
             let admin = Admin::install(tunnels.clone())?;
             admin.publish(live.view());
-            let listener = tokio::net::TcpListener::bind(address)
-                .await
-                .map_err(|e| format!("cannot listen on {address} (admin): {e}"))?;
+            let listener = match inherited_admin {
+                Some(listener) => listener,
+                None => {
+                    let listener = std::net::TcpListener::bind(address)
+                        .map_err(|e| format!("cannot listen on {address} (admin): {e}"))?;
+                    listener.set_nonblocking(true)?;
+                    listener
+                }
+            };
+            #[cfg(unix)]
+            handover.admin(&listener)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
             let local = listener.local_addr()?;
             tracing::info!(address = %local, "admin: /metrics, /status, /healthz, /readyz");
             println!("wsgate admin on {local}");
@@ -228,6 +275,8 @@ async fn run(
     };
 
     let server = app::server(&config, live.service(), tls);
+    // Counts the client connections of every worker, for the shutdown.
+    let quiet = server.clone();
     let stop = CancellationToken::new();
     let mut threads = Vec::with_capacity(workers - 1);
     for (index, listener) in listeners.drain(1..).enumerate() {
@@ -244,6 +293,17 @@ async fn run(
     if let Some(admin) = &admin {
         admin.set_ready(true);
     }
+    // Serving: the process this one replaces may stop.
+    if let Some(pid) = retire {
+        #[cfg(unix)]
+        match upgrade::retire(pid) {
+            Ok(()) => tracing::info!(
+                pid,
+                "serving: the older process was told to drain (SIGTERM)"
+            ),
+            Err(e) => tracing::error!(pid, error = %e, "cannot tell the older process to drain"),
+        }
+    }
     let deadline = loop {
         match signals.next().await {
             Signal::Reload => {
@@ -255,7 +315,8 @@ async fn run(
             }
             Signal::ReopenLog => reopen(&log),
             Signal::Upgrade => {
-                tracing::warn!("SIGUSR2: binary upgrade is not supported yet; ignored");
+                #[cfg(unix)]
+                upgrade(&handover);
             }
             Signal::Stop(name) => {
                 let timeout = live.config().timeouts.shutdown;
@@ -273,11 +334,18 @@ async fn run(
     if let Some(admin) = &admin {
         admin.set_ready(false);
     }
-    // The drain, with its deadline, before the servers stop: they (and
-    // the workers, for their tunnels) then only wait for it.
+    // Stop accepting first; the connections already accepted get their
+    // requests answered (a handshake in flight becomes a tunnel rather
+    // than a 503), for at most HANDSHAKE_GRACE. Then the tunnels drain,
+    // with the deadline the signal asked for; the servers and the
+    // workers only wait for that.
+    stop.cancel();
+    let grace = tokio::time::Instant::now() + HANDSHAKE_GRACE;
+    while quiet.connections() > 0 && tokio::time::Instant::now() < grace {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // (The drain starts at the call; the workers wait for it.)
     drop(tunnels.shutdown(deadline.unwrap_or(Duration::MAX)));
-    stop.cancel();
     tracing::info!(open = tunnels.open(), "draining tunnels with Close 1001");
     let stopped = async move {
         serving.await??;
@@ -330,6 +398,47 @@ async fn run(
     tracing::info!("stopped");
     Ok(())
 }
+
+/// SIGUSR2: start the binary again on the listening sockets; it tells
+/// this process to drain once it serves.
+#[cfg(unix)]
+fn upgrade(handover: &upgrade::Handover) {
+    match handover.start() {
+        Ok(mut child) => {
+            let pid = child.id();
+            tracing::info!(
+                pid,
+                "SIGUSR2: new process started on the listening sockets; it takes over once it serves"
+            );
+            // Said if it fails; the thread ends with this process.
+            let _ = std::thread::Builder::new()
+                .name("wsgate-upgrade".into())
+                .spawn(move || {
+                    if let Ok(status) = child.wait() {
+                        tracing::error!(pid, %status, "the new process ended; this one goes on serving");
+                    }
+                });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "SIGUSR2: cannot start the new process; this one goes on serving")
+        }
+    }
+}
+
+/// The public listeners of `config`: one per worker.
+fn bind(config: &Config) -> Result<Vec<std::net::TcpListener>, String> {
+    let workers = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let address = config.listen.address;
+    workers::bind(address, workers).map_err(|e| format!("cannot listen on {address}: {e}"))
+}
+
+/// On shutdown, how long connections accepted before it have to finish
+/// their requests (handshakes in flight among them) before the tunnels
+/// drain.
+const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
 
 /// How long after the tunnels' deadline the process waits for what is
 /// left before it exits anyway.

@@ -1,9 +1,8 @@
 //! The signals an operator sends, as nginx's take them: HUP reloads the
 //! configuration, USR1 reopens the log file, TERM and INT drain within
 //! the shutdown timeout, QUIT drains with no deadline (and a TERM while
-//! it does brings the deadline back). USR2 (nginx's binary upgrade) is
-//! not supported yet: it is logged and ignored. None of them ends the
-//! process by its default action.
+//! it does brings the deadline back), USR2 starts a binary upgrade (see
+//! `upgrade`). None of them ends the process by its default action.
 
 use std::io;
 
@@ -17,7 +16,7 @@ pub(crate) enum Signal {
     Reload,
     /// SIGUSR1: reopen the log file.
     ReopenLog,
-    /// SIGUSR2: start a new binary (not supported yet).
+    /// SIGUSR2: start the binary again on the listening sockets.
     Upgrade,
     /// SIGTERM or SIGINT: drain within the shutdown timeout, then stop.
     Stop(&'static str),

@@ -8,7 +8,6 @@
 //! workers.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use tokio_util::sync::CancellationToken;
@@ -66,9 +65,10 @@ pub(crate) async fn serve(
         .serve(listener)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await?;
-    // The drain was started (with its deadline) before `stop`: this only
-    // waits for it, keeping the runtime of this worker's tunnels alive.
-    tunnels.shutdown(Duration::MAX).await;
+    // `main` starts the drain (with its deadline) once the connections
+    // accepted before the stop were answered: this only waits for it,
+    // keeping the runtime of this worker's tunnels alive.
+    tunnels.drained().await;
     Ok(())
 }
 

@@ -43,6 +43,11 @@ impl CloseSignal {
         self.token.cancel();
     }
 
+    /// Resolves once a close has started.
+    pub(crate) async fn closed(&self) {
+        self.token.cancelled().await;
+    }
+
     #[cfg(test)]
     pub(crate) fn is_closed(&self) -> bool {
         self.token.is_cancelled()

@@ -114,6 +114,31 @@ impl Tunnels {
         }
     }
 
+    /// Resolves once a [shutdown](Self::shutdown) has started (from any
+    /// clone of this handle) and every task of the proxy has ended; it
+    /// starts nothing itself. For a runtime that hosts tunnels and must
+    /// run until they are gone, while another part of the program
+    /// decides when and with what deadline to shut down.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use wsproxy::Tunnels;
+    ///
+    /// let tunnels = Tunnels::new();
+    /// let drained = tunnels.drained();
+    /// tunnels.shutdown(Duration::from_secs(5)).await;
+    /// drained.await; // no tunnel was open: at once
+    /// # }
+    /// ```
+    pub fn drained(&self) -> impl Future<Output = ()> + Send + 'static {
+        let shared = self.shared.clone();
+        async move {
+            shared.shutdown.closed().await;
+            shared.tasks.wait().await;
+        }
+    }
+
     /// Counters over every tunnel this handle has tracked.
     pub fn stats(&self) -> TunnelStats {
         let mut stats = self

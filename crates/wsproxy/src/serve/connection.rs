@@ -195,11 +195,26 @@ async fn http<IO, S, B>(
     let mut closing = false;
     let mut close_by: Option<u64> = None;
     loop {
+        // hyper answers a request in flight on an HTTP/1.1 connection it
+        // was told to shut down with `Connection: close`, which would
+        // spoil a handshake's 101: such a connection is closed after it.
+        let http1_busy = activity.protocol() != Protocol::Http2 && activity.is_busy();
+        // Asked to close, but not yet (see below): looked at again soon.
+        let mut deferred = false;
         match activity.stop_asked() {
             Some(Stop::Now) => break,
+            // A connection accepted before the stop gets its first
+            // request answered (its bytes may be on their way), and an
+            // HTTP/1.1 request in flight is answered whole; then, or when
+            // its timeouts end it, it is closed. A client that was
+            // accepted is not turned away.
             Some(Stop::Graceful) if !closing => {
-                connection.as_mut().graceful_shutdown();
-                closing = true;
+                if activity.served() && !http1_busy {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                } else {
+                    deferred = true;
+                }
             }
             _ => {}
         }
@@ -210,11 +225,13 @@ async fn http<IO, S, B>(
                 tracing::debug!(client = %peer, "connection closed to make room");
                 break;
             }
-            if !closing {
+            if evicted && http1_busy {
+                // Its request is answered, and the connection closes after
+                // it (above, once it is idle).
+                deferred = true;
+            } else if !closing {
                 if evicted {
-                    // HTTP/2 gets GOAWAY; an HTTP/1.1 request in flight is
-                    // answered, and the connection closes after it.
-                    tracing::debug!(client = %peer, "connection closing to make room");
+                    tracing::debug!(client = %peer, "connection closing to make room (GOAWAY)");
                 } else {
                     tracing::warn!(
                         client = %peer,
@@ -227,7 +244,7 @@ async fn http<IO, S, B>(
             }
             // A client that ignores GOAWAY (HTTP/2 waits for it to answer
             // a PING) is closed once nothing of it is in flight.
-            if close_by.is_none() {
+            if closing && close_by.is_none() {
                 close_by = Some(clock::now() + nanos(GOAWAY_GRACE));
             }
         }
@@ -263,6 +280,13 @@ async fn http<IO, S, B>(
                 // Busy: look again by when it could go idle and expire.
                 None => Some(now + recheck(activity, &timeouts)),
             }
+            .map(|at| {
+                if deferred {
+                    at.min(now + nanos(RECHECK_STOPPING))
+                } else {
+                    at
+                }
+            })
         };
         if next != timer_at {
             if let Some(at) = next {
@@ -286,6 +310,10 @@ async fn http<IO, S, B>(
     // activity record at its next read.
     activity.finish();
 }
+
+/// Asked to close but deferred (no request yet, or an HTTP/1.1 request in
+/// flight): how often to look again.
+const RECHECK_STOPPING: Duration = Duration::from_millis(10);
 
 /// While closing and busy, how often to look whether the client is done.
 const RECHECK_BUSY: Duration = Duration::from_secs(1);

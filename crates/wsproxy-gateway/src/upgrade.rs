@@ -1,0 +1,144 @@
+//! Zero-downtime binary upgrade (nginx's `USR2`, Envoy's hot restart):
+//! on SIGUSR2 the running process starts the binary at its path again,
+//! with the same arguments, handing it its listening sockets (the
+//! systemd `LISTEN_FDS` convention: descriptors from 3, their roles in
+//! `WSGATE_LISTENERS`). The new process serves on those very sockets
+//! (nothing is closed, so no connection waiting in a queue is reset) and,
+//! once it serves, sends the old one SIGTERM: the old one stops accepting
+//! and drains its tunnels with Close 1001.
+//!
+//! Should the new process fail to start (a bad binary, a configuration it
+//! refuses), the old one logs it and goes on serving.
+
+use std::net::TcpListener;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Command;
+
+use command_fds::{CommandFdExt, FdMapping};
+
+/// The environment variable naming the role of each inherited socket.
+const LISTENERS: &str = "WSGATE_LISTENERS";
+/// The environment variable holding the PID of the process to replace.
+const FROM: &str = "WSGATE_UPGRADE_FROM";
+
+/// The sockets this process listens on, kept to hand over.
+#[derive(Debug)]
+pub(crate) struct Handover {
+    /// The binary and arguments this process was started with.
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    public: Vec<TcpListener>,
+    admin: Option<TcpListener>,
+}
+
+/// Sockets handed over by an older process.
+#[derive(Debug)]
+pub(crate) struct Inherited {
+    /// The public listeners (one per worker of the older process).
+    pub(crate) public: Vec<TcpListener>,
+    /// The admin listener, if it had one.
+    pub(crate) admin: Option<TcpListener>,
+    /// The older process, to stop once this one serves.
+    pub(crate) from: u32,
+}
+
+impl Handover {
+    /// What to start again: this binary (its path now, so that a binary
+    /// replaced at that path is the one started) with these arguments.
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            exe: std::env::current_exe()?,
+            args: std::env::args_os().skip(1).collect(),
+            public: Vec::new(),
+            admin: None,
+        })
+    }
+
+    /// Keep a descriptor of each public listener.
+    pub(crate) fn public(&mut self, listeners: &[TcpListener]) -> std::io::Result<()> {
+        for listener in listeners {
+            self.public.push(listener.try_clone()?);
+        }
+        Ok(())
+    }
+
+    /// Keep a descriptor of the admin listener.
+    pub(crate) fn admin(&mut self, listener: &TcpListener) -> std::io::Result<()> {
+        self.admin = Some(listener.try_clone()?);
+        Ok(())
+    }
+
+    /// Start the new process with the sockets; its PID and handle.
+    pub(crate) fn start(&self) -> std::io::Result<std::process::Child> {
+        let mut sockets: Vec<(&str, OwnedFd)> = Vec::new();
+        for listener in &self.public {
+            sockets.push(("public", OwnedFd::from(listener.try_clone()?)));
+        }
+        if let Some(admin) = &self.admin {
+            sockets.push(("admin", OwnedFd::from(admin.try_clone()?)));
+        }
+        let names: Vec<&str> = sockets.iter().map(|(name, _)| *name).collect();
+        let mappings = sockets
+            .into_iter()
+            .enumerate()
+            .map(|(i, (_, fd))| FdMapping {
+                parent_fd: fd,
+                child_fd: 3 + i as i32,
+            })
+            .collect();
+        Command::new(&self.exe)
+            .args(&self.args)
+            .env("LISTEN_FDS", names.len().to_string())
+            .env_remove("LISTEN_PID")
+            .env(LISTENERS, names.join(","))
+            .env(FROM, std::process::id().to_string())
+            .fd_mappings(mappings)
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .spawn()
+    }
+}
+
+impl Inherited {
+    /// The sockets an older process handed over, if this process was
+    /// started by one.
+    pub(crate) fn take() -> std::io::Result<Option<Self>> {
+        let (Ok(names), Ok(from)) = (std::env::var(LISTENERS), std::env::var(FROM)) else {
+            return Ok(None);
+        };
+        // SAFETY of the environment: read once, at start-up, before any
+        // thread is started.
+        let from: u32 = from
+            .parse()
+            .map_err(|_| std::io::Error::other(format!("{FROM}={from}: not a PID")))?;
+        let mut fds = listenfd::ListenFd::from_env();
+        let mut public = Vec::new();
+        let mut admin = None;
+        for (index, name) in names.split(',').enumerate() {
+            let listener = fds.take_tcp_listener(index)?.ok_or_else(|| {
+                std::io::Error::other(format!("socket {index} ({name}) was not handed over"))
+            })?;
+            listener.set_nonblocking(true)?;
+            match name {
+                "admin" => admin = Some(listener),
+                _ => public.push(listener),
+            }
+        }
+        if public.is_empty() {
+            return Err(std::io::Error::other("no public listener was handed over"));
+        }
+        Ok(Some(Self {
+            public,
+            admin,
+            from,
+        }))
+    }
+}
+
+/// Tell the older process to stop accepting and drain (SIGTERM).
+pub(crate) fn retire(pid: u32) -> std::io::Result<()> {
+    let pid = nix::unistd::Pid::from_raw(
+        i32::try_from(pid).map_err(|_| std::io::Error::other("PID out of range"))?,
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
+}

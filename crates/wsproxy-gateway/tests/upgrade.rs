@@ -1,0 +1,134 @@
+//! The binary upgrade (SIGUSR2) under a steady handshake load: the new
+//! process takes the listening sockets over, the old one drains with
+//! Close 1001, and no handshake fails.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use wsproxy_test_support::{Backend, LIMIT};
+
+use support::Gateway;
+
+/// Kills the new process (a PID the old one logged, started by it for
+/// this test) when the test ends, however it ends.
+struct Reap(Option<u32>);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usr2_hands_the_sockets_over_without_a_failed_handshake() {
+    let backend = Backend::start().await;
+    let route = format!("/a={}", backend.url());
+    let mut old = Gateway::start(&[
+        "--route",
+        &route,
+        "--workers",
+        "2",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let admin = old.admin_addr();
+    let url = format!("ws://{}/a", old.addr);
+    let mut tunnel = wsproxy_test_support::connect(&url).await;
+    // Handshakes without a pause, before, during and after the switch.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let loops: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop, done, failed) =
+                (url.clone(), stop.clone(), done.clone(), failed.clone());
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                for _ in 0..100_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match timeout(LIMIT, tokio_tungstenite::connect_async(&url)).await {
+                        Ok(Ok((mut ws, _))) => {
+                            let _ = ws.close(None).await;
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(e)) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.push(e.to_string());
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.push("timed out".into());
+                        }
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    let wait_for = |n: u64| {
+        let done = done.clone();
+        async move {
+            timeout(LIMIT, async {
+                while done.load(Ordering::Relaxed) < n {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await
+            .expect("handshakes go on");
+        }
+    };
+    wait_for(1000).await;
+    old.signal("USR2");
+    let log = tokio::task::block_in_place(|| old.wait_log("new process started"));
+    let pid: u32 = log
+        .lines()
+        .find(|l| l.contains("new process started"))
+        .and_then(|l| l.split("pid=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no PID in:\n{log}"));
+    let _reap = Reap(Some(pid));
+    // The old process drains: its tunnel gets Close 1001, then it exits.
+    match timeout(LIMIT, tunnel.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(close)))) => assert_eq!(close.code, CloseCode::Away),
+        other => panic!("expected Close 1001, got {other:?}"),
+    }
+    drop(tunnel);
+    let status = tokio::task::block_in_place(|| old.wait_exit(LIMIT)).expect("the old one exited");
+    assert!(status.success(), "{status:?}");
+    // The new one serves on the same port, the admin listener too.
+    let before = done.load(Ordering::Relaxed);
+    wait_for(before + 1000).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for task in loops {
+        errors.extend(task.await.unwrap());
+    }
+    assert!(
+        errors.is_empty(),
+        "{} failed: {errors:?}\n{log}\n{}",
+        errors.len(),
+        old.log()
+    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0);
+    let mut ws = wsproxy_test_support::connect(&url).await;
+    ws.close(None).await.unwrap();
+    let status = tokio::net::TcpStream::connect(admin).await;
+    assert!(status.is_ok(), "the admin listener was not handed over");
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the new process is not running"
+    );
+}
