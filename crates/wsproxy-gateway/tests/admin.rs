@@ -193,3 +193,46 @@ async fn readyz_turns_503_while_draining() {
     assert_eq!(get(admin, "/healthz").await.0, 200);
     drop(ws);
 }
+
+/// The Grafana dashboard beside the example configuration queries only
+/// metrics that exist: those the library documents (`wsproxy::metrics`)
+/// and those the admin listener adds.
+#[test]
+fn the_grafana_dashboard_asks_for_metrics_that_exist() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/examples/grafana/wsgate.json")).unwrap(),
+    )
+    .unwrap();
+    let known: String = [
+        "crates/wsproxy/src/metrics.rs",
+        "crates/wsproxy-gateway/src/admin.rs",
+    ]
+    .iter()
+    .map(|file| std::fs::read_to_string(format!("{root}/{file}")).unwrap())
+    .collect();
+    let mut queried = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("wsproxy_") || word.starts_with("wsgate_") {
+                    queried.push(word.trim_end_matches("_bucket").to_owned());
+                }
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "{queried:?}");
+    for name in queried {
+        assert!(
+            [
+                format!("\"{name}\""),
+                format!("`{name}`"),
+                format!("TYPE {name} ")
+            ]
+            .iter()
+            .any(|form| known.contains(form.as_str())),
+            "{name} is not a metric"
+        );
+    }
+}
