@@ -21,7 +21,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use wsproxy::Tunnels;
-use wsproxy::balance::Backends;
+
+use crate::page::{self, PageRoute};
 
 /// What a scrape or `/status` reads: the configuration in force, as
 /// routes and their backend sets.
@@ -29,9 +30,8 @@ use wsproxy::balance::Backends;
 pub(crate) struct View {
     /// How many configurations were applied.
     pub(crate) generation: u64,
-    /// Each route: its name (host and prefix), its upstream, and the
-    /// upstream's set.
-    pub(crate) routes: Vec<(String, String, Backends)>,
+    /// Each route with its upstream's set.
+    pub(crate) routes: Vec<PageRoute>,
 }
 
 /// The admin side's shared state.
@@ -85,6 +85,8 @@ impl Admin {
     /// The admin app.
     pub(crate) fn router(&self) -> Router {
         Router::new()
+            .route("/", get(index))
+            .route("/events", get(events))
             .route("/metrics", get(scrape))
             .route("/status", get(status))
             .route("/healthz", get(|| async { "ok\n" }))
@@ -124,11 +126,12 @@ async fn scrape(State(admin): State<Admin>) -> impl IntoResponse {
          # TYPE wsgate_backend_up gauge\n",
     );
     let mut seen = std::collections::HashSet::new();
-    for (_, upstream, set) in &view.routes {
+    for route in &view.routes {
+        let upstream = &route.upstream;
         if !seen.insert(upstream) {
             continue;
         }
-        for backend in set.status() {
+        for backend in route.set.status() {
             let labels = format!(
                 "upstream=\"{}\",backend=\"{}\"",
                 label(upstream),
@@ -168,8 +171,9 @@ async fn status(State(admin): State<Admin>) -> impl IntoResponse {
     let routes: Vec<_> = view
         .routes
         .iter()
-        .map(|(name, upstream, set)| {
-            let backends: Vec<_> = set
+        .map(|route| {
+            let backends: Vec<_> = route
+                .set
                 .status()
                 .into_iter()
                 .map(|b| {
@@ -184,7 +188,12 @@ async fn status(State(admin): State<Admin>) -> impl IntoResponse {
                     })
                 })
                 .collect();
-            serde_json::json!({ "route": name, "upstream": upstream, "backends": backends })
+            serde_json::json!({
+                "route": route.name,
+                "upstream": route.upstream,
+                "balance": route.balance,
+                "backends": backends,
+            })
         })
         .collect();
     axum::Json(serde_json::json!({
@@ -193,6 +202,46 @@ async fn status(State(admin): State<Admin>) -> impl IntoResponse {
         "tunnels": { "open": stats.open, "opened": stats.opened, "opened_http2": stats.opened_h2 },
         "routes": routes,
     }))
+}
+
+/// `GET /`: the status page (backends included: this listener is not
+/// for the public).
+async fn index(State(admin): State<Admin>) -> axum::response::Html<String> {
+    axum::response::Html(page::status(&admin.view.load().routes, &admin.tunnels))
+}
+
+/// `GET /events`: a sample a second for the status page's charts (open
+/// tunnels, handshakes and bytes per second), as server-sent events.
+async fn events(
+    State(admin): State<Admin>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    let tunnels = admin.tunnels.clone();
+    let first = tunnels.stats();
+    let start = (first.opened, first.client.bytes + first.backend.bytes);
+    let ticks = futures_util::stream::unfold(
+        (
+            start,
+            tokio::time::interval(std::time::Duration::from_secs(1)),
+        ),
+        move |((opened, bytes), mut interval)| {
+            let tunnels = tunnels.clone();
+            async move {
+                interval.tick().await;
+                let stats = tunnels.stats();
+                let now = (stats.opened, stats.client.bytes + stats.backend.bytes);
+                let sample = serde_json::json!({
+                    "open": stats.open,
+                    "rate": now.0.saturating_sub(opened),
+                    "bytes": now.1.saturating_sub(bytes),
+                });
+                let event = axum::response::sse::Event::default().data(sample.to_string());
+                Some((Ok(event), (now, interval)))
+            }
+        },
+    );
+    axum::response::sse::Sse::new(ticks)
 }
 
 /// `GET /readyz`: 200 while accepting, 503 before and while draining.

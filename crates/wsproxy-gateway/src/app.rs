@@ -41,6 +41,23 @@ impl std::fmt::Debug for Limiters {
     }
 }
 
+/// Each route of `config` with its upstream's set, for the status page.
+pub(crate) fn page_routes(config: &Config, sets: &BTreeMap<String, Backends>) -> Vec<PageRoute> {
+    config
+        .routes
+        .iter()
+        .map(|route| PageRoute {
+            name: match &route.host {
+                Some(host) => format!("{host}{}", route.prefix),
+                None => route.prefix.clone(),
+            },
+            upstream: route.upstream.clone(),
+            balance: config.upstreams[&route.upstream].strategy_name(),
+            set: sets[&route.upstream].clone(),
+        })
+        .collect()
+}
+
 /// The app of `config`: `sets` holds the backend set of each upstream,
 /// by name (every route's upstream is there: the configuration was
 /// checked).
@@ -50,19 +67,7 @@ pub(crate) fn router(
     tunnels: &Tunnels,
     limiters: &mut Limiters,
 ) -> Router {
-    let status = config
-        .routes
-        .iter()
-        .map(|route| PageRoute {
-            name: match &route.host {
-                Some(host) => format!("{host}{}", route.prefix),
-                None => route.prefix.clone(),
-            },
-            balance: config.upstreams[&route.upstream].strategy_name(),
-            set: sets[&route.upstream].clone(),
-        })
-        .collect();
-    let mut app = page::router(status, tunnels.clone(), config.demo);
+    let mut app = page::router(tunnels.clone(), config.demo);
     // The layer of the longest prefix is outermost, so it sees a
     // handshake first; a route with a host before one without.
     let mut ordered: Vec<&RouteConfig> = config.routes.iter().collect();

@@ -158,22 +158,7 @@ impl Live {
     pub(crate) fn view(&self) -> crate::admin::View {
         crate::admin::View {
             generation: self.generation,
-            routes: self
-                .config
-                .routes
-                .iter()
-                .map(|route| {
-                    let name = match &route.host {
-                        Some(host) => format!("{host}{}", route.prefix),
-                        None => route.prefix.clone(),
-                    };
-                    (
-                        name,
-                        route.upstream.clone(),
-                        self.sets[&route.upstream].clone(),
-                    )
-                })
-                .collect(),
+            routes: app::page_routes(&self.config, &self.sets),
         }
     }
 

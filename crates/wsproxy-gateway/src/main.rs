@@ -39,8 +39,9 @@
 //!
 //! Every route is one `WebSocketProxyLayer` over its upstream's
 //! `Backends` set; the layers share one `Tunnels` handle. Plain HTTP gets
-//! a status page at `/` (routes, backends and their health) and
-//! `/healthz`.
+//! the tunnel counts at `/` (and the demo client with `--demo`) and
+//! `/healthz`; the routes' backends and their health are on the admin
+//! listener (`--admin-listen`), with `/metrics`, `/status`, `/readyz`.
 //!
 //! Signals, as nginx takes them: SIGHUP reloads the configuration (new
 //! handshakes get the new one at once; open WebSockets keep theirs; an

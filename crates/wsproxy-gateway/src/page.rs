@@ -10,40 +10,37 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use wsproxy::Tunnels;
 use wsproxy::balance::Backends;
 
-/// What the status page shows.
+/// What the public page shows: counts only (no backend address), and the
+/// demo client in demo mode.
 #[derive(Clone)]
 struct PageState {
-    /// Each route: its prefix, how it chooses a backend, and its backend
-    /// set, for their live status.
-    routes: Vec<PageRoute>,
-    /// The shared tunnels, for the open count.
+    /// The shared tunnels, for the counts.
     tunnels: Tunnels,
     /// Whether to add the demo client.
     demo: bool,
 }
 
-/// One route on the status page.
-#[derive(Clone)]
+/// One route on the admin listener's status page.
+#[derive(Clone, Debug)]
 pub(crate) struct PageRoute {
     /// Its prefix (and host, if it has one).
     pub(crate) name: String,
+    /// Its upstream's name.
+    pub(crate) upstream: String,
     /// How it chooses a backend.
     pub(crate) balance: String,
     /// Its backends.
     pub(crate) set: Backends,
 }
 
-/// The router for plain HTTP requests: the status page shows each route's
-/// backends as they are at the request.
-pub(crate) fn router(routes: Vec<PageRoute>, tunnels: Tunnels, demo: bool) -> Router {
+/// The router for plain HTTP requests on the public listener: `/` (the
+/// tunnel counts, and the demo client in demo mode; the backends are on
+/// the admin listener) and `/healthz`.
+pub(crate) fn router(tunnels: Tunnels, demo: bool) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(PageState {
-            routes,
-            tunnels,
-            demo,
-        })
+        .with_state(PageState { tunnels, demo })
         // One log line per plain request, as for handshakes.
         .layer(
             TraceLayer::new_for_http()
@@ -59,24 +56,40 @@ pub(crate) fn router(routes: Vec<PageRoute>, tunnels: Tunnels, demo: bool) -> Ro
         )
 }
 
-/// `GET /`: the routes with their backends' state, the open tunnels and,
-/// in demo mode, a client.
+/// `GET /`: the open tunnels and, in demo mode, a client.
 async fn index(State(state): State<PageState>) -> Html<String> {
     let demo = if state.demo { DEMO_CLIENT } else { "" };
-    let stats = state.tunnels.stats();
     Html(format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>wsgate</title></head>\n<body>\n\
-         <h1>wsgate</h1>\n<p>Open tunnels: {}</p>\n<p>Tunnels opened: {} (over HTTP/2: {})</p>\n\
-         <h2>Routes</h2>\n{}{demo}</body></html>\n",
-        stats.open,
-        stats.opened,
-        stats.opened_h2,
-        routes(&state.routes),
+         <h1>wsgate</h1>\n{}{demo}</body></html>\n",
+        counts(&state.tunnels),
     ))
 }
 
+/// The tunnel counts, as both pages show them.
+fn counts(tunnels: &Tunnels) -> String {
+    let stats = tunnels.stats();
+    format!(
+        "<p>Open tunnels: {}</p>\n\
+         <p>Tunnels opened: {} (over HTTP/2: {})</p>\n",
+        stats.open, stats.opened, stats.opened_h2
+    )
+}
+
+/// The admin listener's status page: the counts, each route's backends
+/// with their state, and small charts of open tunnels, handshakes and
+/// bytes per second that `/events` keeps up to date.
+pub(crate) fn status(routes: &[PageRoute], tunnels: &Tunnels) -> String {
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>wsgate status</title></head>\n<body>\n\
+         <h1>wsgate</h1>\n{}{LIVE}<h2>Routes</h2>\n{}</body></html>\n",
+        counts(tunnels),
+        route_tables(routes),
+    )
+}
+
 /// One section per route: its prefix, then a table of its backends.
-fn routes(routes: &[PageRoute]) -> String {
+fn route_tables(routes: &[PageRoute]) -> String {
     let mut html = String::new();
     for route in routes {
         let _ = write!(
@@ -104,6 +117,31 @@ fn routes(routes: &[PageRoute]) -> String {
     }
     html
 }
+
+/// The live part of the status page: one sample a second from
+/// `/events` (server-sent events), the last minute drawn as lines.
+const LIVE: &str = r#"<h2>Last minute</h2>
+<p>Open tunnels <svg id="c-open" width="240" height="40"></svg>
+ Handshakes/s <svg id="c-rate" width="240" height="40"></svg>
+ Bytes/s (tunnels that ended) <svg id="c-bytes" width="240" height="40"></svg></p>
+<script>
+const series = { open: [], rate: [], bytes: [] };
+const draw = (id, values) => {
+  const max = Math.max(1, ...values);
+  const points = values.map((v, i) => `${i * 4},${40 - 38 * v / max}`).join(' ');
+  document.getElementById(id).innerHTML =
+    `<polyline fill="none" stroke="black" points="${points}"/><text x="200" y="12" font-size="10">${values[values.length - 1]}</text>`;
+};
+new EventSource('/events').onmessage = (e) => {
+  const s = JSON.parse(e.data);
+  for (const k of ['open', 'rate', 'bytes']) {
+    series[k].push(s[k]);
+    if (series[k].length > 60) series[k].shift();
+  }
+  draw('c-open', series.open); draw('c-rate', series.rate); draw('c-bytes', series.bytes);
+};
+</script>
+"#;
 
 /// Escape text for HTML.
 fn escape(s: &str) -> String {

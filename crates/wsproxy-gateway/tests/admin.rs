@@ -236,3 +236,45 @@ fn the_grafana_dashboard_asks_for_metrics_that_exist() {
         );
     }
 }
+
+/// The status page lives on the admin listener (with the backends), and
+/// its charts get a sample a second from `/events`; the public listener
+/// shows no backend address.
+#[tokio::test]
+async fn the_status_page_is_on_the_admin_listener_and_live() {
+    let backend = Backend::start().await;
+    let folder = Folder::new();
+    let (gateway, admin) = start(&backend, &folder);
+    let url = format!("ws://{}/a", gateway.addr);
+    let _ws = wsproxy_test_support::connect(&url).await;
+    let (status, page) = get(admin, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&format!("<code>{}</code>", backend.url())),
+        "{page}"
+    );
+    assert!(page.contains("new EventSource('/events')"), "{page}");
+    let (_, public) = get(gateway.addr, "/").await;
+    assert!(!public.contains(&backend.url()), "{public}");
+    // The first sample says one tunnel is open.
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(b"GET /events HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 1024];
+    timeout(LIMIT, async {
+        while !seen.contains("data: ") || !seen[seen.find("data: ").unwrap()..].contains('\n') {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the stream ended:\n{seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .expect("a sample within the limit");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    let data = seen.split("data: ").nth(1).unwrap().lines().next().unwrap();
+    let sample: serde_json::Value = serde_json::from_str(data).unwrap();
+    assert_eq!(sample["open"], 1, "{seen}");
+}

@@ -127,9 +127,10 @@ async fn demo_echoes_chats_and_serves_a_page() {
             .contains("content-type: text/html"),
         "{page}"
     );
+    // The demo client and the counts; the routes' backends are the admin
+    // listener's to show.
     assert!(
-        page.contains("<code>/echo</code>")
-            && page.contains("<code>/chat</code>")
+        page.contains("send to /echo")
             && page.contains("Open tunnels: 3")
             && page.contains("<script>"),
         "{page}"
@@ -415,7 +416,10 @@ async fn round_robin_spreads_websockets_over_the_backends() {
         &format!("/={},{}", a.url(), b.url()),
         "--balance",
         "round-robin",
+        "--admin-listen",
+        "127.0.0.1:0",
     ]);
+    let admin = gateway.admin_addr();
     let mut open = Vec::new();
     let mut counts = BTreeMap::new();
     for _ in 0..10 {
@@ -424,8 +428,15 @@ async fn round_robin_spreads_websockets_over_the_backends() {
         open.push(ws);
     }
     assert_eq!(counts, BTreeMap::from([("a".into(), 5), ("b".into(), 5)]));
-    // The status page shows both, each holding five open tunnels.
-    let page = get(gateway.addr, "/").await;
+    // The status page shows both, each holding five open tunnels; the
+    // public listener shows only the counts.
+    let public = get(gateway.addr, "/").await;
+    assert!(public.contains("Open tunnels: 10"), "{public}");
+    assert!(
+        !public.contains(&a.url()) && !public.contains("Balancing"),
+        "{public}"
+    );
+    let page = get(admin, "/").await;
     assert!(page.contains("Balancing: round-robin"), "{page}");
     assert!(page.contains("Open tunnels: 10"), "{page}");
     for backend in [&a, &b] {
@@ -446,7 +457,8 @@ async fn a_refused_connect_is_retried_on_another_backend() {
     let dead = format!("ws://{dead}/");
     let live = Backend::with(named("live")).await;
     let routes = format!("/={dead},{}", live.url());
-    let gateway = Gateway::start(&["--route", &routes]);
+    let gateway = Gateway::start(&["--route", &routes, "--admin-listen", "127.0.0.1:0"]);
+    let admin = gateway.admin_addr();
     let mut open = Vec::new();
     for _ in 0..6 {
         let mut ws = connect(gateway.addr, "/").await;
@@ -454,7 +466,7 @@ async fn a_refused_connect_is_retried_on_another_backend() {
         open.push(ws);
     }
     // The refused connect took the dead backend out (max-fails 1).
-    let page = get(gateway.addr, "/").await;
+    let page = get(admin, "/").await;
     let dead_row = row(&page, &dead);
     assert!(
         dead_row.starts_with(&primary(&dead, 0, "down")),
@@ -533,6 +545,8 @@ async fn a_backend_failing_its_probes_is_taken_out_and_its_tunnels_closed() {
         "1",
         "--health-fall",
         "1",
+        "--admin-listen",
+        "127.0.0.1:0",
         "--close-tunnels-when-down",
         "1s",
         // Only the probes may take a backend out, and nothing is retried.
@@ -553,7 +567,7 @@ async fn a_backend_failing_its_probes_is_taken_out_and_its_tunnels_closed() {
         Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1001),
         other => panic!("expected Close 1001, got {other:?}"),
     }
-    let page = get(gateway.addr, "/").await;
+    let page = get(gateway.admin_addr(), "/").await;
     let a_row = row(&page, &a.url());
     assert!(a_row.contains("<td>down</td>"), "{a_row}");
     for _ in 0..4 {
@@ -594,7 +608,7 @@ async fn tls_serves_wss_and_https_over_http2_or_http1_by_alpn() {
     assert_eq!((status.as_u16(), body.as_str()), (200, "ok\n"));
     let (status, page) = h2_get(&mut h2, &authority, "https", "/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("<code>/echo</code>"), "{page}");
+    assert!(page.contains("send to /echo"), "{page}");
     assert_eq!(opened(&page), (1, 0), "{page}");
 
     // ...and WebSockets over HTTP/2 streams of that connection (RFC 8441).
@@ -682,7 +696,7 @@ async fn h2c_with_prior_knowledge_serves_the_page_and_websockets() {
     assert_eq!((status.as_u16(), body.as_str()), (200, "ok\n"));
     let (status, page) = h2_get(&mut h2, &authority, "http", "/").await;
     assert_eq!(status, 200);
-    assert!(page.contains("<code>/chat</code>"), "{page}");
+    assert!(page.contains("send to /echo"), "{page}");
 
     let mut ws = open(
         &mut h2,

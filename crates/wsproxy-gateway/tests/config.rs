@@ -41,10 +41,10 @@ async fn status_of(gateway: &Gateway, path: &str, host: &str) -> u16 {
     read_head(&mut stream).await.status
 }
 
-/// The status page.
-async fn page(gateway: &Gateway) -> String {
+/// The page at `/` of `addr`.
+async fn page(addr: std::net::SocketAddr) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
@@ -356,7 +356,19 @@ async fn a_backend_removed_by_a_reload_is_drained_or_closed() {
                 backend.url()
             )
         };
-        let gateway = start(&folder.write("wsgate.toml", &with(&one)));
+        let file = folder.write("wsgate.toml", &with(&one));
+        let (gateway, admin) = if close {
+            (start(&file), None)
+        } else {
+            let gateway = Gateway::start(&[
+                "--config",
+                PemFiles::arg(&file),
+                "--admin-listen",
+                "127.0.0.1:0",
+            ]);
+            let admin = gateway.admin_addr();
+            (gateway, Some(admin))
+        };
         let mut ws = connect(&gateway, "/a").await;
         echo(&mut ws, "to one").await;
         folder.write("wsgate.toml", &with(&two));
@@ -374,8 +386,9 @@ async fn a_backend_removed_by_a_reload_is_drained_or_closed() {
             }
         } else {
             echo(&mut ws, "drained, still open").await;
-            // Listed as draining while its tunnel is open.
-            let page = page(&gateway).await;
+            // Listed as draining while its tunnel is open (on the admin
+            // listener).
+            let page = page(admin.expect("an admin listener")).await;
             let row = format!(
                 "<tr><td><code>{}</code></td><td>primary</td><td>1</td><td>1</td><td>up</td><td>yes</td>",
                 one.url()
@@ -641,7 +654,7 @@ async fn the_access_log_says_who_asked_for_what_and_what_went_through() {
     assert!(fields["duration_ms"].is_u64(), "{line}");
     assert!(json["timestamp"].is_string(), "{line}");
     // Plain requests get their line too.
-    page(&gateway).await;
+    page(gateway.addr).await;
     let log = gateway.wait_log("finished processing request");
     let line = log.lines().last().unwrap();
     let json: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
