@@ -155,7 +155,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(source, config, log, inherited)) {
+    let result = runtime.block_on(run(source, config, log, inherited));
+    // What `run` gave up on (a connection past every deadline) does not
+    // hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -265,14 +269,18 @@ async fn run(
             println!("wsgate admin on {local}");
             let _ = std::io::stdout().flush();
             let router = admin.router();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     tracing::error!(error = %e, "the admin listener stopped");
                 }
             });
-            Some(admin)
+            Some((admin, task))
         }
         None => None,
+    };
+    let (admin, admin_task) = match admin {
+        Some((admin, task)) => (Some(admin), Some(task)),
+        None => (None, None),
     };
 
     let server = app::server(&config, live.service(), tls);
@@ -305,6 +313,9 @@ async fn run(
             Err(e) => tracing::error!(pid, error = %e, "cannot tell the older process to drain"),
         }
     }
+    // A new process started by SIGUSR2 and still running.
+    #[cfg(unix)]
+    let upgrading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let deadline = loop {
         match signals.next().await {
             Signal::Reload => {
@@ -317,7 +328,7 @@ async fn run(
             Signal::ReopenLog => reopen(&log),
             Signal::Upgrade => {
                 #[cfg(unix)]
-                upgrade(&handover);
+                upgrade(&handover, &upgrading);
             }
             Signal::Stop(name) => {
                 let timeout = live.config().timeouts.shutdown;
@@ -335,6 +346,22 @@ async fn run(
     if let Some(admin) = &admin {
         admin.set_ready(false);
     }
+    // The sockets kept for a hand-over close now, so that nothing keeps
+    // accepting connections into a queue nobody serves (a new process
+    // holds its own).
+    #[cfg(unix)]
+    {
+        drop(handover);
+        // Retired by a new process: the admin listener is its to answer
+        // (a probe alternating between the two would see 503 and 200).
+        if upgrading.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(task) = &admin_task
+        {
+            task.abort();
+        }
+    }
+    #[cfg(not(unix))]
+    drop(admin_task);
     // Stop accepting first; the connections already accepted get their
     // requests answered (a handshake in flight becomes a tunnel rather
     // than a 503), for at most HANDSHAKE_GRACE. Then the tunnels drain,
@@ -401,9 +428,18 @@ async fn run(
 }
 
 /// SIGUSR2: start the binary again on the listening sockets; it tells
-/// this process to drain once it serves.
+/// this process to drain once it serves. One at a time: while a new
+/// process runs, another SIGUSR2 is refused.
 #[cfg(unix)]
-fn upgrade(handover: &upgrade::Handover) {
+fn upgrade(
+    handover: &upgrade::Handover,
+    upgrading: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    if upgrading.swap(true, Ordering::AcqRel) {
+        tracing::warn!("SIGUSR2: an upgrade is under way (its new process runs); ignored");
+        return;
+    }
     match handover.start() {
         Ok(mut child) => {
             let pid = child.id();
@@ -412,16 +448,19 @@ fn upgrade(handover: &upgrade::Handover) {
                 "SIGUSR2: new process started on the listening sockets; it takes over once it serves"
             );
             // Said if it fails; the thread ends with this process.
+            let upgrading = upgrading.clone();
             let _ = std::thread::Builder::new()
                 .name("wsgate-upgrade".into())
                 .spawn(move || {
                     if let Ok(status) = child.wait() {
-                        tracing::error!(pid, %status, "the new process ended; this one goes on serving");
+                        upgrading.store(false, Ordering::Release);
+                        tracing::error!(pid, %status, "the new process ended; a SIGUSR2 may start another");
                     }
                 });
         }
         Err(e) => {
-            tracing::error!(error = %e, "SIGUSR2: cannot start the new process; this one goes on serving")
+            upgrading.store(false, Ordering::Release);
+            tracing::error!(error = %e, "SIGUSR2: cannot start the new process; this one goes on serving");
         }
     }
 }

@@ -47,8 +47,14 @@ impl Handover {
     /// What to start again: this binary (its path now, so that a binary
     /// replaced at that path is the one started) with these arguments.
     pub(crate) fn new() -> std::io::Result<Self> {
+        // The path it was started by (a symlink switched to a new release
+        // is followed then, not now), made absolute; else the running one.
+        let exe = match std::env::args_os().next().map(PathBuf::from) {
+            Some(path) if path.components().count() > 1 => std::path::absolute(path)?,
+            _ => std::env::current_exe()?,
+        };
         Ok(Self {
-            exe: std::env::current_exe()?,
+            exe,
             args: std::env::args_os().skip(1).collect(),
             public: Vec::new(),
             admin: None,
@@ -91,6 +97,7 @@ impl Handover {
             .args(&self.args)
             .env("LISTEN_FDS", names.len().to_string())
             .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDS_FIRST_FD")
             .env(LISTENERS, names.join(","))
             .env(FROM, std::process::id().to_string())
             .fd_mappings(mappings)
@@ -135,10 +142,17 @@ impl Inherited {
     }
 }
 
-/// Tell the older process to stop accepting and drain (SIGTERM).
+/// Tell the older process to stop accepting and drain (SIGTERM), if it
+/// is still this process's parent (a PID from the environment could have
+/// been recycled).
 pub(crate) fn retire(pid: u32) -> std::io::Result<()> {
     let pid = nix::unistd::Pid::from_raw(
         i32::try_from(pid).map_err(|_| std::io::Error::other("PID out of range"))?,
     );
+    if nix::unistd::getppid() != pid {
+        return Err(std::io::Error::other(
+            "it is not this process's parent any more",
+        ));
+    }
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)
 }

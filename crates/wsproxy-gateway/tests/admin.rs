@@ -191,6 +191,16 @@ async fn readyz_turns_503_while_draining() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(get(admin, "/healthz").await.0, 200);
+    // Nothing accepts into the public port any more: new clients are
+    // refused, not left waiting in a queue nobody serves.
+    let start = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(gateway.addr).await.is_ok() {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the public port still accepts while draining"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     drop(ws);
 }
 

@@ -128,12 +128,14 @@ where
     http(tcp, false, peer, &activity, &shared).await;
 }
 
-/// Resolves once the connection was asked to make room, or to stop.
+/// Resolves once the connection was asked to make room, or to stop now
+/// (a graceful stop lets a TLS handshake under way finish: the client was
+/// accepted).
 #[cfg(feature = "tls")]
 async fn interrupted(activity: &Activity) {
     loop {
         let woken = activity.wake.notified();
-        if activity.is_evicted() || activity.stop_asked().is_some() {
+        if activity.is_evicted() || activity.stop_asked() == Some(Stop::Now) {
             return;
         }
         woken.await;
@@ -194,6 +196,8 @@ async fn http<IO, S, B>(
     // waiting for an idle client to close.
     let mut closing = false;
     let mut close_by: Option<u64> = None;
+    // When a graceful stop was first seen.
+    let mut stopped_at: Option<u64> = None;
     loop {
         // hyper answers a request in flight on an HTTP/1.1 connection it
         // was told to shut down with `Connection: close`, which would
@@ -209,11 +213,22 @@ async fn http<IO, S, B>(
             // its timeouts end it, it is closed. A client that was
             // accepted is not turned away.
             Some(Stop::Graceful) if !closing => {
-                if activity.served() && !http1_busy {
+                let stop_at = *stopped_at.get_or_insert_with(clock::now);
+                // HTTP/2 takes GOAWAY at any time; a connection that has
+                // sent nothing and has nothing unread has nothing to lose.
+                let nothing_sent =
+                    !activity.served() && activity.first_byte().is_none() && activity.has_waited();
+                // An HTTP/1.1 request in flight is waited for (its own
+                // timeouts bound it); a first request on its way, for
+                // STOP_GRACE.
+                let first_on_its_way = !activity.served()
+                    && !nothing_sent
+                    && clock::now() < stop_at + nanos(STOP_GRACE);
+                if activity.protocol() != Protocol::Http2 && (http1_busy || first_on_its_way) {
+                    deferred = true;
+                } else {
                     connection.as_mut().graceful_shutdown();
                     closing = true;
-                } else {
-                    deferred = true;
                 }
             }
             _ => {}
@@ -310,6 +325,11 @@ async fn http<IO, S, B>(
     // activity record at its next read.
     activity.finish();
 }
+
+/// How long a graceful stop waits for an HTTP/1.1 connection's first
+/// request (bytes of it arrived, or may be unread) before shutting it
+/// down anyway.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Asked to close but deferred (no request yet, or an HTTP/1.1 request in
 /// flight): how often to look again.

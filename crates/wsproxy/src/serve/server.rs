@@ -240,7 +240,10 @@ where
         // A client is here: at the bound, the connection idle the longest
         // makes room for it; with none idle it waits (and the next ones in
         // the kernel's backlog) until a connection ends or goes idle.
+        // Room first: a connection accepted is served, even if the stop
+        // comes at the same moment (the graceful stop then answers it).
         let shed = tokio::select! {
+            biased;
             shed = registry.room() => shed,
             () = &mut signal => break,
         };
