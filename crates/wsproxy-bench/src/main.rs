@@ -20,6 +20,7 @@ mod load;
 mod procs;
 mod proxy;
 mod reload;
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -108,6 +109,10 @@ enum Cmd {
     /// Reloads with WebSockets open: handshake latency during them, time
     /// to apply, tunnels kept (wsgate, nginx, HAProxy).
     Reload(reload::Options),
+    /// A binary upgrade under a handshake load: handshakes failed, time
+    /// for the old generation to be gone, how its tunnels ended (wsgate,
+    /// nginx, HAProxy).
+    Upgrade(upgrade::Options),
     /// Compare WebSockets over HTTP/2 (many streams on few connections)
     /// with HTTP/1.1 (a connection each) through one proxy, alternating
     /// rounds.
@@ -191,6 +196,7 @@ fn main() -> std::process::ExitCode {
             Cmd::CompareH2(options) => h2::compare(options).await,
             Cmd::Exhaust(options) => exhaust::run(options).await,
             Cmd::Reload(options) => reload::run(options).await,
+            Cmd::Upgrade(options) => upgrade::run(options).await,
             Cmd::Proxy { listen, backend } => proxy::run(listen, &backend)
                 .await
                 .map_err(|e| e.to_string().into()),
