@@ -59,11 +59,7 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
         .unwrap_or_else(crate::default_gateway);
     let scratch = std::env::temp_dir().join(format!("wsproxy-exhaust-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let (echo, echo_addr) = Proc::spawn_announcing(
-        "echo backend",
-        Command::new(std::env::current_exe()?).args(["echo", "--listen", "127.0.0.1:0"]),
-        "listening on ",
-    )?;
+    let (echo, echo_addr) = Proc::echo_backend()?;
     let mut targets: Vec<(&'static str, Option<PathBuf>)> = vec![("wsgate", Some(gateway))];
     if let Some(baseline) = &options.baseline {
         targets.push(("baseline", Some(baseline.clone())));

@@ -135,11 +135,7 @@ pub(crate) async fn compare(options: Options) -> Result<(), Box<dyn std::error::
             }),
     );
 
-    let (echo, echo_addr) = Proc::spawn_announcing(
-        "echo backend",
-        Command::new(std::env::current_exe()?).args(["echo", "--listen", "127.0.0.1:0"]),
-        "listening on ",
-    )?;
+    let (echo, echo_addr) = Proc::echo_backend()?;
     let launcher = Launcher::new(options.proxy, options.gateway, echo_addr)?;
     let (proxy, proxy_addr) = launcher.start()?;
     let url = format!("ws://{proxy_addr}/");

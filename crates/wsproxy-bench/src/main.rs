@@ -309,11 +309,7 @@ async fn compare(
     }
     let scratch = std::env::temp_dir().join(format!("wsproxy-bench-{}", std::process::id()));
 
-    let (echo, echo_addr) = Proc::spawn_announcing(
-        "echo backend",
-        Command::new(std::env::current_exe()?).args(["echo", "--listen", "127.0.0.1:0"]),
-        "listening on ",
-    )?;
+    let (echo, echo_addr) = Proc::echo_backend()?;
     let start_wsgate = |name, extra: &[&str]| start_gateway(&gateway, name, &echo_addr, extra);
     let (wsgate, wsgate_addr) = start_wsgate("wsgate", &[])?;
     let baseline = match &baseline {

@@ -56,6 +56,16 @@ impl Proc {
         Ok((proc, addr))
     }
 
+    /// This benchmark's echo backend (`wsproxy-bench echo`) on a free
+    /// loopback port, and its address.
+    pub(crate) fn echo_backend() -> Result<(Self, String), Box<dyn std::error::Error>> {
+        Self::spawn_announcing(
+            "echo backend",
+            Command::new(std::env::current_exe()?).args(["echo", "--listen", "127.0.0.1:0"]),
+            "listening on ",
+        )
+    }
+
     /// Spawn `command` that does not announce itself.
     pub(crate) fn spawn(
         name: &'static str,

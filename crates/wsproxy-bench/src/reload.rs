@@ -73,11 +73,7 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
         .unwrap_or_else(crate::default_gateway);
     let scratch = std::env::temp_dir().join(format!("wsproxy-reload-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let (echo, backend) = Proc::spawn_announcing(
-        "echo backend",
-        Command::new(std::env::current_exe()?).args(["echo", "--listen", "127.0.0.1:0"]),
-        "listening on ",
-    )?;
+    let (echo, backend) = Proc::echo_backend()?;
     println!(
         "{} idle WebSockets held; {} handshake loops; {} reloads, one every {:?}",
         options.tunnels, options.connections, options.reloads, options.every

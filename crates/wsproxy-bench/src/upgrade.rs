@@ -55,11 +55,7 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
         .unwrap_or_else(crate::default_gateway);
     let scratch = std::env::temp_dir().join(format!("wsproxy-upgrade-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let (echo, backend) = Proc::spawn_announcing(
-        "echo backend",
-        Command::new(std::env::current_exe()?).args(["echo", "--listen", "127.0.0.1:0"]),
-        "listening on ",
-    )?;
+    let (echo, backend) = Proc::echo_backend()?;
     println!(
         "{} WebSockets open, {} handshake loops; the upgrade 1 s into the run",
         options.tunnels, options.connections
