@@ -18,6 +18,7 @@ pub(crate) fn now() -> u64 {
 }
 
 /// `duration` in nanoseconds, saturating far beyond any timeout.
+#[cfg_attr(not(feature = "serve"), allow(dead_code))]
 pub(crate) fn nanos(duration: Duration) -> u64 {
     duration.as_nanos().min(u128::from(u64::MAX / 4)) as u64
 }

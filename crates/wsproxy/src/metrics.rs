@@ -111,7 +111,7 @@ use crate::{Route, Upstream};
 pub(crate) fn tunnel_opened(route: &Route, handshake: std::time::Duration) -> OpenTunnel {
     #[cfg(feature = "metrics")]
     {
-        let route = route.to_string();
+        let route = route.label();
         metrics::counter!("wsproxy_tunnels_opened_total", "route" => route.clone()).increment(1);
         metrics::gauge!("wsproxy_tunnels_open", "route" => route.clone()).increment(1.0);
         metrics::histogram!("wsproxy_handshake_seconds", "route" => route.clone())
@@ -129,7 +129,7 @@ pub(crate) fn tunnel_opened(route: &Route, handshake: std::time::Duration) -> Op
 #[derive(Debug)]
 pub(crate) struct OpenTunnel {
     #[cfg(feature = "metrics")]
-    route: String,
+    route: std::sync::Arc<str>,
     #[cfg(feature = "metrics")]
     opened: std::time::Instant,
 }
@@ -161,8 +161,7 @@ impl OpenTunnel {
 impl Drop for OpenTunnel {
     fn drop(&mut self) {
         #[cfg(feature = "metrics")]
-        metrics::gauge!("wsproxy_tunnels_open", "route" => std::mem::take(&mut self.route))
-            .decrement(1.0);
+        metrics::gauge!("wsproxy_tunnels_open", "route" => self.route.clone()).decrement(1.0);
     }
 }
 

@@ -111,6 +111,17 @@ impl Route {
         }
     }
 
+    /// This route as a metrics label: a prefix route's own prefix (shared,
+    /// not copied, so that labelling a tunnel allocates nothing), else its
+    /// text.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn label(&self) -> Arc<str> {
+        match (&self.kind, &self.host) {
+            (Kind::Prefix(prefix), None) => prefix.clone(),
+            _ => self.to_string().into(),
+        }
+    }
+
     /// The path prefix this route matches, if it is a prefix route.
     pub(crate) fn prefix_str(&self) -> Option<&str> {
         match &self.kind {
