@@ -453,6 +453,43 @@ async fn paths_map_onto_the_upstream_with_or_without_the_prefix() {
     }
 }
 
+/// `rewrite_prefix`: the route's prefix replaced, the rest and the query
+/// kept, whole segments only, a path outside the prefix (a `Route::any`
+/// layer) untouched.
+#[tokio::test]
+async fn a_rewritten_prefix_replaces_the_route_prefix() {
+    let backend = Backend::start().await;
+    for (upstream_path, replacement, request, expected) in [
+        (
+            "",
+            "/v2/rooms",
+            "/chat/7?token=abc",
+            "/v2/rooms/7?token=abc",
+        ),
+        ("", "/v2/rooms/", "/chat", "/v2/rooms"),
+        ("", "/v2", "/chat/", "/v2/"),
+        ("/base", "/v2", "/chat/a%20b", "/base/v2/a%20b"),
+        ("", "", "/chat/x", "/x"),
+        ("", "", "/chat", "/"),
+    ] {
+        let layer = wsproxy::WebSocketProxyLayer::new(
+            format!("ws://{}{upstream_path}", backend.addr)
+                .parse()
+                .unwrap(),
+        )
+        .route(wsproxy::Route::prefix("/chat"))
+        .rewrite_prefix(replacement);
+        let proxy = serve(axum::Router::new().layer(layer)).await;
+        let mut ws = connect(&format!("ws://{proxy}{request}")).await;
+        echo(&mut ws, Message::text("hi")).await;
+        assert_eq!(
+            backend.last_uri(),
+            expected,
+            "upstream {upstream_path:?}, rewrite {replacement:?}, request {request}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn end_to_end_headers_pass_and_hop_by_hop_headers_do_not() {
     let backend = Backend::start().await;

@@ -118,6 +118,9 @@ fn proxy_layer(
     if let Some(host) = &route.host_header {
         layer = layer.host_header(host.library());
     }
+    if let Some(replacement) = &route.rewrite_prefix {
+        layer = layer.rewrite_prefix(replacement);
+    }
     layer
 }
 

@@ -31,6 +31,7 @@ pub(crate) fn add_routes(config: &mut Config, backends: Backends) {
             host: None,
             upstream: upstream.clone(),
             strip_prefix: true,
+            rewrite_prefix: None,
             host_header: None,
         });
         let backend = BackendSpec {

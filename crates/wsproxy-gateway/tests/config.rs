@@ -137,6 +137,12 @@ upstream = "missing"
 prefix = "/a/"
 upstream = "one"
 
+[[routes]]
+prefix = "/c"
+upstream = "one"
+strip_prefix = true
+rewrite_prefix = "/v2"
+
 [upstreams.one]
 backends = ["ws://127.0.0.1:1"]
 "#,
@@ -150,6 +156,7 @@ backends = ["ws://127.0.0.1:1"]
         "routes[0].upstream: no upstream 'missing'",
         "routes[1].prefix: two routes claim the prefix '/a/' (routes[0] too)",
         "listen.tls: cannot use the certificate",
+        "routes[2].rewrite_prefix: give strip_prefix or rewrite_prefix, not both",
     ] {
         assert!(stderr.contains(expected), "{expected}:\n{stderr}");
     }
@@ -161,7 +168,8 @@ backends = ["ws://127.0.0.1:1"]
             &cert.files().key.display().to_string(),
         )
         .replace("\"missing\"", "\"one\"")
-        .replace("\"/a/\"", "\"/b\"");
+        .replace("\"/a/\"", "\"/b\"")
+        .replace("strip_prefix = true\n", "");
     let file = folder.write("good.toml", &fixed);
     let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
     assert_eq!(code, Some(0), "{stderr}");
@@ -192,6 +200,20 @@ async fn a_file_serves_its_routes_and_a_flag_wins_over_it() {
     ]);
     echo(&mut connect(&flagged, "/one").await, "to two now").await;
     assert_eq!((one.connections(), two.connections()), (1, 2));
+}
+
+/// A route's prefix rewritten on its way to the backend.
+#[tokio::test]
+async fn a_route_can_rewrite_its_prefix() {
+    let backend = Backend::start().await;
+    let folder = Folder::new();
+    let text = config("", &[("/v1/feed", "feeds")], &[("feeds", &[backend.url()])]).replace(
+        "upstream = \"feeds\"\n",
+        "upstream = \"feeds\"\nrewrite_prefix = \"/feed/v2\"\n",
+    );
+    let gateway = start(&folder.write("wsgate.toml", &text));
+    echo(&mut connect(&gateway, "/v1/feed/7?since=3").await, "hi").await;
+    assert_eq!(backend.last_uri(), "/feed/v2/7?since=3");
 }
 
 #[tokio::test]

@@ -128,6 +128,28 @@ impl WebSocketProxyLayer {
         self
     }
 
+    /// With a [`Route::prefix`], put `replacement` in place of the prefix
+    /// before appending the path to the upstream's (Envoy's
+    /// `prefix_rewrite`; nginx's `location /old/ { proxy_pass http://b/new/; }`).
+    /// A trailing `/` of `replacement` is ignored; `""` is the same as
+    /// [`strip_prefix(true)`](Self::strip_prefix), which this overrides.
+    ///
+    /// ```
+    /// use wsproxy::{Route, WebSocketProxyLayer};
+    ///
+    /// // `/chat/room?id=1` reaches the backend as `/v2/rooms/room?id=1`,
+    /// // `/chat` as `/v2/rooms`.
+    /// let layer = WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse().unwrap())
+    ///     .route(Route::prefix("/chat"))
+    ///     .rewrite_prefix("/v2/rooms/");
+    /// # let _ = layer;
+    /// ```
+    pub fn rewrite_prefix(mut self, replacement: impl Into<String>) -> Self {
+        let replacement = replacement.into();
+        self.config.translation.rewrite_prefix = Some(replacement.trim_end_matches('/').to_owned());
+        self
+    }
+
     /// The `Host` header sent to the backend (default:
     /// [`HostHeader::Upstream`]).
     pub fn host_header(mut self, host: HostHeader) -> Self {

@@ -389,6 +389,7 @@ impl Args {
                 host: None,
                 upstream: name.clone(),
                 strip_prefix: false,
+                rewrite_prefix: None,
                 host_header: None,
             });
             config

@@ -367,6 +367,10 @@ pub(crate) struct RouteConfig {
     /// Remove the prefix from the path sent to the backend.
     #[serde(default)]
     pub(crate) strip_prefix: bool,
+    /// Put this in place of the prefix in the path sent to the backend
+    /// (`/chat/7` with `rewrite_prefix = "/v2/rooms"` → `/v2/rooms/7`).
+    #[serde(default)]
+    pub(crate) rewrite_prefix: Option<String>,
     /// The `Host` the backend gets: `"upstream"` (its URL's authority,
     /// the default), `"client"`, or a fixed value.
     #[serde(default, deserialize_with = "value::some_parsed")]
@@ -567,6 +571,25 @@ impl Config {
                         route.prefix
                     ),
                 );
+            }
+            match &route.rewrite_prefix {
+                Some(_) if route.strip_prefix => error(
+                    format!("{key}.rewrite_prefix"),
+                    "give strip_prefix or rewrite_prefix, not both".to_owned(),
+                ),
+                Some(to) if !(to.is_empty() || to.starts_with('/')) => error(
+                    format!("{key}.rewrite_prefix"),
+                    format!("the replacement '{to}' must start with '/' (or be empty)"),
+                ),
+                Some(to)
+                    if to.parse::<axum::http::uri::PathAndQuery>().is_err() || to.contains('?') =>
+                {
+                    error(
+                        format!("{key}.rewrite_prefix"),
+                        format!("the replacement '{to}' is not a valid path"),
+                    )
+                }
+                _ => {}
             }
             if let Some(host) = &route.host {
                 let valid = host

@@ -24,6 +24,9 @@ use crate::route;
 pub(crate) struct Translation {
     /// Remove the route's prefix from the path.
     pub(crate) strip_prefix: bool,
+    /// Put this in place of the route's prefix (no trailing `/`; empty
+    /// is the same as stripping).
+    pub(crate) rewrite_prefix: Option<String>,
     pub(crate) host_header: HostHeader,
     pub(crate) forwarded_header: bool,
     pub(crate) trusted_proxies: Vec<IpNet>,
@@ -33,6 +36,7 @@ impl Default for Translation {
     fn default() -> Self {
         Translation {
             strip_prefix: false,
+            rewrite_prefix: None,
             host_header: HostHeader::Upstream,
             forwarded_header: false,
             trusted_proxies: Vec::new(),
@@ -53,11 +57,20 @@ pub(crate) fn backend_request(
     key: &HeaderValue,
 ) -> Option<Request<Empty<Bytes>>> {
     let path = parts.uri.path();
-    let rest = match (config.strip_prefix, prefix) {
-        (true, Some(prefix)) => route::strip(prefix, path).unwrap_or(path),
-        _ => path,
+    let rest = match (
+        config.strip_prefix || config.rewrite_prefix.is_some(),
+        prefix,
+    ) {
+        (true, Some(prefix)) => route::strip(prefix, path),
+        _ => None,
     };
-    let target = upstream.target(rest, parts.uri.query());
+    let target = match (rest, &config.rewrite_prefix) {
+        (Some(rest), Some(replacement)) => {
+            upstream.target(&format!("{replacement}{rest}"), parts.uri.query())
+        }
+        (Some(rest), None) => upstream.target(rest, parts.uri.query()),
+        (None, _) => upstream.target(path, parts.uri.query()),
+    };
 
     let mut headers = parts.headers.clone();
     forward::remove_hop_by_hop(&mut headers);
