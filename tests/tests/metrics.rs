@@ -26,6 +26,8 @@ fn value<U, D>(
         match (matches, value) {
             (true, DebugValue::Counter(n)) => Some(*n as f64),
             (true, DebugValue::Gauge(g)) => Some(g.into_inner()),
+            // A histogram: how many values it holds.
+            (true, DebugValue::Histogram(values)) => Some(values.len() as f64),
             _ => None,
         }
     })
@@ -50,7 +52,17 @@ async fn tunnels_and_refusals_are_counted() {
         format!("ws://{}", backend.addr).parse().unwrap(),
     ]);
     let balanced = WebSocketProxyLayer::with_backends(pool).route(wsproxy::Route::prefix("/pool"));
-    let proxy = serve(axum::Router::new().layer(layer).layer(balanced)).await;
+    // A third route whose layer checks the Origin itself.
+    let checked = WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
+        .route(wsproxy::Route::prefix("/o"))
+        .admit(wsproxy::admit::OriginCheck::new(["https://ok.example"]));
+    let proxy = serve(
+        axum::Router::new()
+            .layer(layer)
+            .layer(balanced)
+            .layer(checked),
+    )
+    .await;
     // Round-robin starts with the dead one: a retry, and it goes down.
     let mut pooled = connect(&format!("ws://{proxy}/pool")).await;
     echo(&mut pooled, Message::text("retried")).await;
@@ -58,7 +70,14 @@ async fn tunnels_and_refusals_are_counted() {
 
     let mut ws = connect(&format!("ws://{proxy}/m")).await;
     echo(&mut ws, Message::text("counted")).await;
-    ws.send(Message::Close(None)).await.unwrap();
+    ws.send(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: 4001.into(),
+            reason: "".into(),
+        },
+    )))
+    .await
+    .unwrap();
     while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, ws.next()).await {}
     drop(ws);
     let t = tunnels.clone();
@@ -72,6 +91,9 @@ async fn tunnels_and_refusals_are_counted() {
     )
     .await;
     assert_eq!(read_head(&mut refused).await.status, 426);
+    // Refused by the layer's own check, before the proxy's: no Origin.
+    let mut refused = raw(proxy, handshake("/o", "").as_bytes()).await;
+    assert_eq!(read_head(&mut refused).await.status, 403);
 
     let snapshot = snapshotter.snapshot().into_vec();
     let dead = format!("ws://{dead}/");
@@ -143,4 +165,57 @@ async fn tunnels_and_refusals_are_counted() {
         ),
         Some(1.0)
     );
+    // Every answer of a route by status, whoever gave it.
+    for (route, status, count) in [
+        ("/m", "101", 1.0),
+        ("/m", "426", 1.0),
+        ("/o", "403", 1.0),
+        ("/pool", "101", 1.0),
+    ] {
+        assert_eq!(
+            value(
+                &snapshot,
+                MetricKind::Counter,
+                "wsproxy_handshakes_total",
+                &[("route", route), ("status", status)]
+            ),
+            Some(count),
+            "{route} {status}"
+        );
+    }
+    // One answered attempt on the live backend per tunnel; the dead one
+    // never answered.
+    let live = format!("ws://{}/", backend.addr);
+    assert_eq!(
+        value(
+            &snapshot,
+            MetricKind::Histogram,
+            "wsproxy_backend_handshake_seconds",
+            &[("backend", &live)]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &snapshot,
+            MetricKind::Histogram,
+            "wsproxy_backend_handshake_seconds",
+            &[("backend", &dead)]
+        ),
+        None
+    );
+    // The client's Close code (an application's, 4xxx) and the backend's
+    // echo of it.
+    for from in ["client", "backend"] {
+        assert_eq!(
+            value(
+                &snapshot,
+                MetricKind::Counter,
+                "wsproxy_close_codes_total",
+                &[("route", "/m"), ("from", from), ("code", "4xxx")]
+            ),
+            Some(1.0),
+            "{from}"
+        );
+    }
 }

@@ -55,6 +55,12 @@ impl Admin {
             .set_buckets_for_metric(Matcher::Full("wsproxy_handshake_seconds".into()), &seconds)
             .and_then(|b| {
                 b.set_buckets_for_metric(
+                    Matcher::Full("wsproxy_backend_handshake_seconds".into()),
+                    &seconds,
+                )
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(
                     Matcher::Full("wsproxy_tunnel_duration_seconds".into()),
                     &durations,
                 )

@@ -95,6 +95,15 @@ async fn metrics_are_scraped_from_the_admin_listener_only() {
     let mut ws = wsproxy_test_support::connect(&url).await;
     ws.send(Message::text("hi")).await.unwrap();
     timeout(LIMIT, ws.next()).await.unwrap().unwrap().unwrap();
+    // A handshake the route refuses: version 12.
+    let mut refused = wsproxy_test_support::raw(
+        gateway.addr,
+        b"GET /a HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n\r\n",
+    )
+    .await;
+    let head = wsproxy_test_support::read_head(&mut refused).await;
+    assert_eq!(head.status, 426);
     let (status, text) = get(admin, "/metrics").await;
     assert_eq!(status, 200);
     let backend_labels = format!("upstream=\"chat\",backend=\"{}\"", backend.url());
@@ -102,6 +111,12 @@ async fn metrics_are_scraped_from_the_admin_listener_only() {
         "wsproxy_tunnels_opened_total{route=\"/a\"} 1".to_owned(),
         "wsproxy_tunnels_open{route=\"/a\"} 1".to_owned(),
         "wsproxy_handshake_seconds_bucket{route=\"/a\",le=\"+Inf\"} 1".to_owned(),
+        "wsproxy_handshakes_total{route=\"/a\",status=\"101\"} 1".to_owned(),
+        "wsproxy_handshakes_total{route=\"/a\",status=\"426\"} 1".to_owned(),
+        format!(
+            "wsproxy_backend_handshake_seconds_bucket{{backend=\"{}/\",le=\"+Inf\"}} 1",
+            backend.url().trim_end_matches('/')
+        ),
         "wsgate_config_generation 1".to_owned(),
         format!("wsgate_backend_open_tunnels{{{backend_labels}}} 1"),
         format!("wsgate_backend_up{{{backend_labels}}} 1"),
@@ -122,6 +137,13 @@ async fn metrics_are_scraped_from_the_admin_listener_only() {
             );
             assert!(
                 text.contains("wsproxy_bytes_total{route=\"/a\",direction=\"up\"}"),
+                "{text}"
+            );
+            // A Close without a code from the client.
+            assert!(
+                text.contains(
+                    "wsproxy_close_codes_total{route=\"/a\",from=\"client\",code=\"none\"} 1"
+                ),
                 "{text}"
             );
             promtool(&text);

@@ -9,7 +9,10 @@
 //! | `wsproxy_handshake_seconds` | histogram | `route` | from a client's handshake arriving to its `101` (admission, connect, the backend's answer) |
 //! | `wsproxy_tunnel_duration_seconds` | histogram | `route` | how long tunnels stayed open, recorded when they end |
 //! | `wsproxy_tunnels_closed_total` | counter | `route`, `reason` | tunnels ended, by reason: `client_close`, `backend_close`, `idle`, `keepalive`, `limit`, `shutdown`, `backend_down`, `error` |
+//! | `wsproxy_handshakes_total` | counter | `route`, `status` | handshakes a route answered, `101` (`200` over HTTP/2) included, whoever refused the others: the proxy, an admission check added with [`admit`](crate::WebSocketProxyLayer::admit), or the backend (relayed) |
 //! | `wsproxy_handshakes_refused_total` | counter | `status` | handshakes answered with anything but `101`, by the proxy, an admission check, or the backend (relayed) |
+//! | `wsproxy_backend_handshake_seconds` | histogram | `backend` | one attempt on a backend: from the start of the connect to its answer to the upgrade request (any status) |
+//! | `wsproxy_close_codes_total` | counter | `route`, `from` (`client`, `backend`), `code` | each side of every tunnel that ended, by the code of the Close frame it sent: `1000`–`1015`, `3xxx`, `4xxx`, `invalid`, or `none` (it sent no Close frame, or one without a code) |
 //! | `wsproxy_bytes_total` | counter | `route`, `direction` (`up`: client to backend, `down`) | bytes forwarded, added when a tunnel ends |
 //! | `wsproxy_messages_total` | counter | `route`, `direction` | data messages, added when a tunnel ends |
 //! | `wsproxy_backend_transitions_total` | counter | `backend`, `to` (`up`, `down`) | a backend marked down or back up by a health check |
@@ -54,6 +57,19 @@ pub fn describe() {
             "How long tunnels stayed open, recorded when they end"
         );
         describe_counter!("wsproxy_tunnels_closed_total", "Tunnels ended, by reason");
+        describe_counter!(
+            "wsproxy_handshakes_total",
+            "Handshakes a route answered, by status (101 or 200 when a tunnel opened)"
+        );
+        describe_histogram!(
+            "wsproxy_backend_handshake_seconds",
+            Unit::Seconds,
+            "One attempt on a backend: connect and its answer to the upgrade request"
+        );
+        describe_counter!(
+            "wsproxy_close_codes_total",
+            "Each side of every tunnel that ended, by the code of the Close frame it sent"
+        );
         describe_counter!(
             "wsproxy_handshakes_refused_total",
             "Handshakes answered with anything but 101, by status"
@@ -148,6 +164,18 @@ impl OpenTunnel {
                 "reason" => end.kind().as_str()
             )
             .increment(1);
+            for (from, code) in [
+                ("client", totals.up.close_code),
+                ("backend", totals.down.close_code),
+            ] {
+                metrics::counter!(
+                    "wsproxy_close_codes_total",
+                    "route" => route.clone(),
+                    "from" => from,
+                    "code" => close_code_label(code)
+                )
+                .increment(1);
+            }
             for (direction, totals) in [("up", &totals.up), ("down", &totals.down)] {
                 metrics::counter!("wsproxy_bytes_total", "route" => route.clone(), "direction" => direction)
                     .increment(totals.bytes);
@@ -162,6 +190,65 @@ impl Drop for OpenTunnel {
     fn drop(&mut self) {
         #[cfg(feature = "metrics")]
         metrics::gauge!("wsproxy_tunnels_open", "route" => self.route.clone()).decrement(1.0);
+    }
+}
+
+/// A handshake for `route` answered with `status`, `101` included.
+pub(crate) fn handshake_answered(route: &Route, status: StatusCode) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "wsproxy_handshakes_total",
+        "route" => route.label(),
+        "status" => status_label(status)
+    )
+    .increment(1);
+}
+
+/// One attempt on `backend` answered after `took`.
+pub(crate) fn backend_handshake(backend: &Upstream, took: std::time::Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!("wsproxy_backend_handshake_seconds", "backend" => backend.to_string())
+        .record(took.as_secs_f64());
+}
+
+/// A status as a label, without allocating for the usual ones.
+#[cfg(feature = "metrics")]
+fn status_label(status: StatusCode) -> metrics::SharedString {
+    let label = match status.as_u16() {
+        101 => "101",
+        200 => "200",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        426 => "426",
+        429 => "429",
+        500 => "500",
+        501 => "501",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return status.as_str().to_owned().into(),
+    };
+    label.into()
+}
+
+/// A Close frame's code as a label, with a bounded set of values (a peer
+/// chooses the code): the registered ones (RFC 6455 and IANA) by number,
+/// the ranges for libraries (`3xxx`) and applications (`4xxx`) as one
+/// value each.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+fn close_code_label(code: Option<u16>) -> &'static str {
+    const REGISTERED: [&str; 16] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+        "1011", "1012", "1013", "1014", "1015",
+    ];
+    match code {
+        None => "none",
+        Some(code @ 1000..=1015) => REGISTERED[usize::from(code - 1000)],
+        Some(3000..=3999) => "3xxx",
+        Some(4000..=4999) => "4xxx",
+        Some(_) => "invalid",
     }
 }
 
@@ -298,5 +385,41 @@ mod tests {
         };
         assert_eq!(of("wsproxy_handshake_seconds"), [0.003, 0.003]);
         assert_eq!(of("wsproxy_tunnel_duration_seconds").len(), 1);
+    }
+
+    #[test]
+    fn close_code_labels_are_a_bounded_set() {
+        let labels: Vec<_> = [
+            None,
+            Some(1000),
+            Some(1011),
+            Some(1015),
+            Some(1016),
+            Some(2999),
+            Some(3000),
+            Some(3999),
+            Some(4000),
+            Some(4999),
+            Some(5000),
+            Some(999),
+        ]
+        .into_iter()
+        .map(close_code_label)
+        .collect();
+        assert_eq!(
+            labels,
+            [
+                "none", "1000", "1011", "1015", "invalid", "invalid", "3xxx", "3xxx", "4xxx",
+                "4xxx", "invalid", "invalid"
+            ]
+        );
+    }
+
+    #[test]
+    fn status_labels_are_the_numbers() {
+        for status in [101, 200, 403, 418, 426, 502, 599] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(&*status_label(status), status.as_str());
+        }
     }
 }

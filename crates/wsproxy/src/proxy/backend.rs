@@ -88,6 +88,7 @@ pub(crate) async fn handshake(
         // short by the shared deadline is not the backend's failure.
         let whole_connect = remaining >= config.connect_timeout;
         let first_attempt = tried.is_empty();
+        let attempt = Instant::now();
         let answer = match connect::connect(
             picked.upstream(),
             &backends.state.dialer,
@@ -109,6 +110,9 @@ pub(crate) async fn handshake(
             }
             Err(failure) => Err(failure),
         };
+        if answer.is_ok() {
+            crate::metrics::backend_handshake(picked.upstream(), attempt.elapsed());
+        }
         match answer {
             Ok(Answer::Upgraded(head, upgraded)) => {
                 backends.succeeded(&picked);

@@ -73,18 +73,31 @@ impl Handshakes {
         if admissions.is_empty() {
             return Handshakes::Claim(claim);
         }
+        let route = claim.config.route.clone();
         let mut stack = BoxCloneSyncService::new(claim);
         for admission in admissions.iter().rev() {
             let admitted = Admit::new(stack, admission.clone())
                 .map_response(|response| response.map(ResponseBody::flatten));
             stack = BoxCloneSyncService::new(admitted);
         }
-        Handshakes::Admitted(stack)
+        // Every answer of the route, the checks' refusals included.
+        let counted = stack.map_response(move |response: ClaimResponse| {
+            crate::metrics::handshake_answered(&route, response.status());
+            response
+        });
+        Handshakes::Admitted(BoxCloneSyncService::new(counted))
     }
 
     pub(crate) fn call(&self, req: Request<()>) -> ClaimFuture {
         match self {
-            Handshakes::Claim(claim) => claim.clone().call(req),
+            Handshakes::Claim(claim) => {
+                let config = claim.config.clone();
+                Box::pin(async move {
+                    let response = proxy(req, config.clone()).await;
+                    crate::metrics::handshake_answered(&config.route, response.status());
+                    Ok(response)
+                })
+            }
             Handshakes::Admitted(stack) => Box::pin(stack.clone().oneshot(req)),
         }
     }
