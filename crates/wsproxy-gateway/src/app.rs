@@ -67,7 +67,7 @@ pub(crate) fn router(
     tunnels: &Tunnels,
     limiters: &mut Limiters,
 ) -> Router {
-    let mut app = page::router(tunnels.clone(), config.demo);
+    let mut app = page::router(tunnels.clone(), config.demo, config.log.query);
     // The layer of the longest prefix is outermost, so it sees a
     // handshake first; a route with a host before one without.
     let mut ordered: Vec<&RouteConfig> = config.routes.iter().collect();

@@ -54,6 +54,7 @@
 //! shutdown timeout before closing what is left; SIGQUIT does the same
 //! with no deadline.
 
+mod access;
 mod admin;
 mod app;
 mod cli;
@@ -132,11 +133,24 @@ fn main() -> ExitCode {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match config.log.format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_writer(log.clone())
-            .with_ansi(log.is_terminal())
-            .with_env_filter(filter)
-            .init(),
+        // The access lines in nginx's `combined` format, the rest as
+        // tracing's text; the access log does not follow RUST_LOG.
+        LogFormat::Text => {
+            use tracing_subscriber::prelude::*;
+            let text = tracing_subscriber::fmt::layer()
+                .with_writer(log.clone())
+                .with_ansi(log.is_terminal())
+                .with_filter(tracing_subscriber::filter::filter_fn(|metadata| {
+                    !access::is_outcome_event(metadata)
+                }))
+                .with_filter(filter);
+            let access = access::AccessLog::new(log.clone())
+                .with_filter(tracing_subscriber::filter::filter_fn(access::is_access));
+            tracing_subscriber::registry()
+                .with(text)
+                .with(access)
+                .init();
+        }
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_current_span(true)

@@ -36,7 +36,9 @@ pub(crate) struct PageRoute {
 /// The router for plain HTTP requests on the public listener: `/` (the
 /// tunnel counts, and the demo client in demo mode; the backends are on
 /// the admin listener) and `/healthz`.
-pub(crate) fn router(tunnels: Tunnels, demo: bool) -> Router {
+/// Plain requests are logged with their query unless `log_query` is
+/// false (then `?<redacted>`), as handshakes are.
+pub(crate) fn router(tunnels: Tunnels, demo: bool, log_query: bool) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -44,11 +46,31 @@ pub(crate) fn router(tunnels: Tunnels, demo: bool) -> Router {
         // One log line per plain request, as for handshakes.
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|request: &axum::http::Request<_>| {
+                .make_span_with(move |request: &axum::http::Request<_>| {
+                    let header = |name| {
+                        request
+                            .headers()
+                            .get(name)
+                            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+                            .unwrap_or("-")
+                    };
+                    let query = match request.uri().query() {
+                        Some(_) if !log_query => "?<redacted>",
+                        Some(query) => &format!("?{query}"),
+                        None => "",
+                    };
+                    let client = request
+                        .extensions()
+                        .get::<wsproxy::ClientAddr>()
+                        .map(|addr| addr.0);
                     tracing::info_span!(
                         "request",
+                        client = client.map(tracing::field::display),
+                        version = ?request.version(),
                         method = %request.method(),
-                        path = %request.uri().path(),
+                        path = %format_args!("{}{query}", request.uri().path()),
+                        referer = header(axum::http::header::REFERER),
+                        user_agent = header(axum::http::header::USER_AGENT),
                     )
                 })
                 .on_request(())

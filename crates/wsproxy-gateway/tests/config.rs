@@ -684,6 +684,70 @@ async fn the_access_log_says_who_asked_for_what_and_what_went_through() {
     assert_eq!(json["fields"]["status"], 200, "{line}");
 }
 
+/// By default the access log is text in nginx's `combined` format, then
+/// what a WebSocket adds: one line per tunnel at its end, one per refused
+/// handshake, one per plain request; the tunnel's end is not logged a
+/// second time as an event.
+#[tokio::test]
+async fn the_text_access_log_is_nginx_combined() {
+    use wsproxy_test_support::{BackendOptions, connect_with};
+    let backend = Backend::with(BackendOptions {
+        protocol: Some("chat.v2"),
+        ..BackendOptions::default()
+    })
+    .await;
+    let folder = Folder::new();
+    let text = config("", &[("/a", "one")], &[("one", &[backend.url()])]);
+    let gateway = start(&folder.write("wsgate.toml", &text));
+    let url = format!("ws://{}/a/room?token=t1", gateway.addr);
+    let (mut ws, _) = connect_with(
+        &url,
+        &[
+            ("origin", "https://app.example"),
+            ("user-agent", "access \"log\" test"),
+            ("sec-websocket-protocol", "chat.v2"),
+        ],
+    )
+    .await;
+    echo(&mut ws, "hello").await;
+    ws.close(None).await.unwrap();
+    while timeout(LIMIT, ws.next()).await.unwrap().is_some() {}
+    let log = gateway.wait_log("\"GET /a/room?token=t1 HTTP/1.1\" 101 ");
+    let line = log
+        .lines()
+        .find(|l| l.contains("\"GET /a/room?token=t1 HTTP/1.1\" 101 "))
+        .unwrap();
+    let (head, rest) = line.split_once(" [").unwrap();
+    assert_eq!(head, "127.0.0.1 - -", "{line}");
+    // [02/Dec/2026:15:40:01 +0000]
+    let (time, rest) = rest.split_once("] ").unwrap();
+    assert_eq!(time.len(), 26, "{line}");
+    assert!(time.ends_with(" +0000") && time.as_bytes()[2] == b'/', "{line}");
+    // "hello" echoed (2-byte head, no mask) and the Close answer (2).
+    let expected = format!(
+        "\"GET /a/room?token=t1 HTTP/1.1\" 101 {} \"-\" \"access \\\"log\\\" test\" rt=",
+        (2 + 5) + 2
+    );
+    assert!(rest.starts_with(&expected), "{expected}\n{line}");
+    for field in [
+        "route=/a",
+        &format!("upstream={}", backend.url()),
+        "subprotocol=chat.v2",
+        "origin=\"https://app.example\"",
+        "bytes_up=",
+        "end=\"client closed",
+    ] {
+        assert!(line.contains(field), "{field}: {line}");
+    }
+    assert!(!log.contains("tunnel closed"), "{log}");
+    // A refused handshake and a plain request.
+    assert_eq!(status_of(&gateway, "/nope", "x").await, 404);
+    page(gateway.addr).await;
+    let log = gateway.wait_log("\"GET / HTTP/1.1\" 200 ");
+    assert!(log.contains("\"GET /nope HTTP/1.1\" 404 - \"-\""), "{log}");
+    assert!(!log.contains("finished processing request"), "{log}");
+}
+
 /// A setting that needs a restart is not applied by a reload, says so at
 /// every reload while the file differs from what is in force, and stops
 /// saying so once the file agrees again; the rest of the file applies.

@@ -162,7 +162,8 @@ impl Default for Log {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum LogFormat {
-    /// Human-readable lines.
+    /// Human-readable lines; access lines in nginx's `combined` format
+    /// followed by what a WebSocket adds (see `access.rs`).
     Text,
     /// One JSON object per line (tracing-subscriber's format, with the
     /// tunnel's fields under `span`).
