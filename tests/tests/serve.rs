@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use wsproxy::admit::Rate;
-use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
+use wsproxy::serve::{ConnectionLimits, ProxyProtocol, Server, Timeouts};
 use wsproxy::{Route, Tunnels, WebSocketProxyLayer};
 use wsproxy_e2e::*;
 use wsproxy_test_support::*;
@@ -576,4 +576,115 @@ async fn a_client_that_ignores_goaway_for_its_resets_is_closed() {
     // answers.
     let frames = h2_frames(&read_to_close(&mut client).await);
     assert!(frames.iter().any(|&(kind, _)| kind == GOAWAY), "{frames:?}");
+}
+
+/// The PROXY protocol: a v1 or v2 header's source is the client for the
+/// backend's forwarding headers and for the per-IP bound, though every
+/// connection comes from the one balancer (127.0.0.1 here).
+#[tokio::test]
+async fn a_proxy_header_names_the_client_for_forwarding_and_limits() {
+    let backend = Backend::start().await;
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let layer = WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
+        .route(Route::prefix("/ws"));
+    let app = Router::new()
+        .route(
+            "/",
+            get({
+                let (release, entered) = (release.clone(), entered.clone());
+                move || async move {
+                    entered.fetch_add(1, Ordering::SeqCst);
+                    release.acquire().await.unwrap().forget();
+                    "released"
+                }
+            }),
+        )
+        .layer(layer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let server = Server::new(app)
+        .timeouts(quiet())
+        .limits(ConnectionLimits::new().max_connections_per_ip(1))
+        .proxy_protocol(ProxyProtocol::new());
+    tokio::spawn(async move { server.serve(listener).await.unwrap() });
+
+    let v4: SocketAddr = "203.0.113.7:51000".parse().unwrap();
+    let v6: SocketAddr = "[2001:db8::7]:51000".parse().unwrap();
+    for (header, expected) in [
+        (proxy_v1(v4), "203.0.113.7"),
+        (proxy_v2(v4), "203.0.113.7"),
+        (proxy_v1(v6), "2001:db8::7"),
+        (proxy_v2(v6), "2001:db8::7"),
+    ] {
+        let mut sent = header;
+        sent.extend_from_slice(handshake("/ws", "").as_bytes());
+        let mut stream = raw(proxy, &sent).await;
+        assert_eq!(read_head(&mut stream).await.status, 101);
+        assert_eq!(backend.last_headers()["x-forwarded-for"], expected);
+    }
+    // One busy connection for 198.51.100.1: a second one for it is
+    // closed, one for another client is served.
+    let client = |ip: &str| {
+        let mut bytes = proxy_v1(format!("{ip}:1000").parse().unwrap());
+        bytes.extend_from_slice(GET);
+        bytes
+    };
+    let mut busy = raw(proxy, &client("198.51.100.1")).await;
+    // Its request reached the app (is in flight) before the next one.
+    assert!(wait_until(LIMIT, || entered.load(Ordering::SeqCst) == 1).await);
+    let mut other = raw(proxy, &client("198.51.100.2")).await;
+    let mut second = raw(proxy, &client("198.51.100.1")).await;
+    assert!(read_to_close(&mut second).await.is_empty());
+    release.add_permits(2);
+    for stream in [&mut busy, &mut other] {
+        let head = read_head(stream).await;
+        assert_eq!(read_body(stream, &head).await, b"released");
+    }
+}
+
+/// What is refused on a PROXY listener: no header (an ordinary request),
+/// a malformed one, one from a peer not allowed to send one; and a
+/// listener without the protocol takes a header for a bad request.
+#[tokio::test]
+async fn proxy_headers_only_where_enabled_and_from_whom_allowed() {
+    let backend = Backend::start().await;
+    let serve_pp = |pp: Option<ProxyProtocol>| {
+        let (app, _) = app(backend.addr);
+        async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut server = Server::new(app).timeouts(quiet());
+            if let Some(pp) = pp {
+                server = server.proxy_protocol(pp);
+            }
+            tokio::spawn(async move { server.serve(listener).await.unwrap() });
+            addr
+        }
+    };
+    let with = serve_pp(Some(ProxyProtocol::new())).await;
+    let mut plain = raw(with, GET).await;
+    assert!(read_to_close(&mut plain).await.is_empty());
+    let mut bad = raw(
+        with,
+        b"PROXY TCP4 1.2.3.999 10.0.0.1 1 2\r\nGET / HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert!(read_to_close(&mut bad).await.is_empty());
+    // The same header from an allowed peer is served.
+    let mut sent = proxy_v1("203.0.113.7:5".parse().unwrap());
+    sent.extend_from_slice(GET);
+    let mut good = raw(with, &sent).await;
+    assert_eq!(read_head(&mut good).await.status, 200);
+
+    let elsewhere = serve_pp(Some(
+        ProxyProtocol::new().allow_from(["10.0.0.0/8".parse().unwrap()]),
+    ))
+    .await;
+    let mut stranger = raw(elsewhere, &sent).await;
+    assert!(read_to_close(&mut stranger).await.is_empty());
+
+    let without = serve_pp(None).await;
+    let mut header = raw(without, &sent).await;
+    assert_eq!(read_head(&mut header).await.status, 400);
 }

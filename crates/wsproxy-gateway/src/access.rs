@@ -42,21 +42,29 @@ impl<W> AccessLog<W> {
 }
 
 /// Whether `metadata` is something the access log reads: the spans it
-/// logs, and the events inside them that carry their outcome. The text
-/// log leaves out those events, which the access line already says.
+/// logs, the events inside them with their outcome (and a refusal's
+/// reason), and the refusals of admission checks in front of the proxy.
 pub(crate) fn is_access(metadata: &tracing::Metadata<'_>) -> bool {
     if metadata.is_span() {
         return kind(metadata).is_some();
     }
-    is_outcome_event(metadata)
+    is_outcome_event(metadata) || metadata.fields().field("status").is_some()
 }
 
-/// The events whose fields the access line shows and which the text log
-/// then leaves out: a tunnel's end, a plain request's response.
+/// The events the access line says all of, which the text log then
+/// leaves out: a tunnel's end, a plain request's response, an admission
+/// check's refusal.
 pub(crate) fn is_outcome_event(metadata: &tracing::Metadata<'_>) -> bool {
     metadata.is_event()
         && (metadata.fields().field("bytes_up").is_some()
-            || metadata.target() == "tower_http::trace::on_response")
+            || metadata.target() == "tower_http::trace::on_response"
+            || is_admission_refusal(metadata))
+}
+
+/// A handshake refused by an admission check in front of the proxy (no
+/// span of its own: the event is the whole story).
+fn is_admission_refusal(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.target().starts_with("wsproxy::admit") && metadata.fields().field("status").is_some()
 }
 
 /// The two kinds of span logged.
@@ -66,6 +74,8 @@ enum Kind {
     Tunnel,
     /// A plain request (the gateway's `request` span).
     Request,
+    /// A handshake an admission check refused (an event).
+    Refused,
 }
 
 fn kind(metadata: &tracing::Metadata<'_>) -> Option<Kind> {
@@ -145,7 +155,14 @@ where
     }
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
-        if !is_outcome_event(event.metadata()) {
+        if is_admission_refusal(event.metadata()) {
+            let mut entry = Entry {
+                kind: Kind::Refused,
+                started: std::time::Instant::now(),
+                fields: Vec::with_capacity(8),
+            };
+            event.record(&mut entry);
+            self.write(&entry);
             return;
         }
         if let Some(span) = ctx.event_span(event)
@@ -160,8 +177,14 @@ where
         let Some(entry) = span.extensions_mut().remove::<Entry>() else {
             return;
         };
+        self.write(&entry);
+    }
+}
+
+impl<W: for<'w> MakeWriter<'w>> AccessLog<W> {
+    fn write(&self, entry: &Entry) {
         let elapsed = entry.started.elapsed();
-        let mut line = line(&entry, time::OffsetDateTime::now_utc(), elapsed);
+        let mut line = line(entry, time::OffsetDateTime::now_utc(), elapsed);
         line.push('\n');
         // One write per line: appends from several threads stay whole.
         let _ = self.writer.make_writer().write_all(line.as_bytes());
@@ -193,6 +216,8 @@ fn line(entry: &Entry, now: time::OffsetDateTime, elapsed: std::time::Duration) 
     let time = now.format(TIME).unwrap_or_else(|_| "-".to_owned());
     let version = match field("http").or(field("version")) {
         Some("2") | Some("HTTP/2.0") => "HTTP/2.0",
+        // Only an HTTP/2 handshake is a CONNECT (RFC 8441).
+        None if field("method") == Some("CONNECT") => "HTTP/2.0",
         Some("HTTP/1.0") => "HTTP/1.0",
         _ => "HTTP/1.1",
     };
@@ -209,6 +234,9 @@ fn line(entry: &Entry, now: time::OffsetDateTime, elapsed: std::time::Duration) 
         elapsed.as_secs(),
         elapsed.subsec_millis(),
     );
+    if let Some(reason) = field("reason") {
+        let _ = write!(line, " reason=\"{}\"", Escaped(reason));
+    }
     if entry.kind == Kind::Tunnel {
         for name in ["route", "upstream", "subprotocol"] {
             if let Some(value) = field(name) {
@@ -328,6 +356,26 @@ mod tests {
                 .starts_with("::1 - - [02/Dec/2026:15:40:01 +0000] \"GET / HTTP/1.1\" 499 -"),
             "{}",
             line(&abandoned, at(), ms(3))
+        );
+    }
+
+    #[test]
+    fn an_admission_refusal_has_its_reason() {
+        let refused = entry(
+            Kind::Refused,
+            &[
+                ("status", "429"),
+                ("reason", "connection limit per client reached"),
+                ("method", "GET"),
+                ("path", "/chat"),
+                ("client", "127.0.0.1:4000"),
+                ("user_agent", "ua"),
+            ],
+        );
+        assert_eq!(
+            line(&refused, at(), ms(0)),
+            "127.0.0.1 - - [02/Dec/2026:15:40:01 +0000] \"GET /chat HTTP/1.1\" 429 - \"-\" \"ua\" \
+             rt=0.000 reason=\"connection limit per client reached\""
         );
     }
 

@@ -10,7 +10,7 @@ use axum::Router;
 use tokio_rustls::rustls::ServerConfig;
 use wsproxy::admit::{AdmitLayer, ConnectionLimit, Key, OriginCheck, RateLimit, ResolveClient};
 use wsproxy::balance::Backends;
-use wsproxy::serve::{ConnectionLimits, Server, Timeouts};
+use wsproxy::serve::{ConnectionLimits, ProxyProtocol, Server, Timeouts};
 use wsproxy::tls::BackendTls;
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
@@ -235,6 +235,16 @@ pub(crate) fn server<S: Clone>(
         )
         .limits(limits)
         .shutdown_timeout(Duration::MAX);
+    let server = if config.listen.proxy_protocol {
+        let mut proxy_protocol = ProxyProtocol::new();
+        if !config.listen.proxy_protocol_from.is_empty() {
+            proxy_protocol =
+                proxy_protocol.allow_from(config.listen.proxy_protocol_from.iter().copied());
+        }
+        server.proxy_protocol(proxy_protocol)
+    } else {
+        server
+    };
     match tls {
         Some(config) => server.tls(config),
         None => server,

@@ -183,6 +183,8 @@ impl Live {
         }
         keep!(listen.address, "listen.address");
         keep!(listen.http2, "listen.http2");
+        keep!(listen.proxy_protocol, "listen.proxy_protocol");
+        keep!(listen.proxy_protocol_from, "listen.proxy_protocol_from");
         if config.listen.tls.is_some() != old.listen.tls.is_some() {
             kept.push("listen.tls (turned on or off)".to_owned());
             config.listen.tls.clone_from(&old.listen.tls);

@@ -256,6 +256,12 @@ async fn run(
             "plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge)"
         ),
     }
+    if config.listen.proxy_protocol {
+        tracing::info!(
+            from = %Nets(&config.listen.proxy_protocol_from),
+            "PROXY protocol: every connection must start with a header"
+        );
+    }
     tracing::info!(workers, "serving");
     println!("wsgate listening on {local}");
     let _ = std::io::stdout().flush();
@@ -551,5 +557,23 @@ fn log_routes(config: &Config) {
             strip_prefix = route.strip_prefix,
             "route"
         );
+    }
+}
+
+/// Networks in a log line: `a, b`, or `any` for none.
+struct Nets<'a>(&'a [ipnet::IpNet]);
+
+impl std::fmt::Display for Nets<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("any");
+        }
+        for (i, net) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{net}")?;
+        }
+        Ok(())
     }
 }

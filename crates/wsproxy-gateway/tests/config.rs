@@ -722,7 +722,10 @@ async fn the_text_access_log_is_nginx_combined() {
     // [02/Dec/2026:15:40:01 +0000]
     let (time, rest) = rest.split_once("] ").unwrap();
     assert_eq!(time.len(), 26, "{line}");
-    assert!(time.ends_with(" +0000") && time.as_bytes()[2] == b'/', "{line}");
+    assert!(
+        time.ends_with(" +0000") && time.as_bytes()[2] == b'/',
+        "{line}"
+    );
     // "hello" echoed (2-byte head, no mask) and the Close answer (2).
     let expected = format!(
         "\"GET /a/room?token=t1 HTTP/1.1\" 101 {} \"-\" \"access \\\"log\\\" test\" rt=",

@@ -16,6 +16,55 @@ pub fn handshake(path: &str, extra: &str) -> String {
     )
 }
 
+/// A PROXY protocol v1 header saying the connection comes from `source`
+/// (to `10.0.0.1:443`, or `[2001:db8::1]:443`).
+pub fn proxy_v1(source: SocketAddr) -> Vec<u8> {
+    let (family, destination) = match source {
+        SocketAddr::V4(_) => ("TCP4", "10.0.0.1"),
+        SocketAddr::V6(_) => ("TCP6", "2001:db8::1"),
+    };
+    format!(
+        "PROXY {family} {} {destination} {} 443\r\n",
+        source.ip(),
+        source.port()
+    )
+    .into_bytes()
+}
+
+/// A PROXY protocol v2 header (`PROXY` command, TCP) saying the
+/// connection comes from `source`, with one TLV (a unique ID) after the
+/// addresses; built from the specification by hand.
+pub fn proxy_v2(source: SocketAddr) -> Vec<u8> {
+    let mut addresses = Vec::new();
+    let family = match source {
+        SocketAddr::V4(v4) => {
+            addresses.extend_from_slice(&v4.ip().octets());
+            addresses.extend_from_slice(&[10, 0, 0, 1]);
+            0x11
+        }
+        SocketAddr::V6(v6) => {
+            addresses.extend_from_slice(&v6.ip().octets());
+            addresses.extend_from_slice(
+                &"2001:db8::1"
+                    .parse::<std::net::Ipv6Addr>()
+                    .unwrap()
+                    .octets(),
+            );
+            0x21
+        }
+    };
+    addresses.extend_from_slice(&source.port().to_be_bytes());
+    addresses.extend_from_slice(&443u16.to_be_bytes());
+    // PP2_TYPE_UNIQUE_ID, 4 bytes.
+    addresses.extend_from_slice(&[0x05, 0, 4, 1, 2, 3, 4]);
+    let mut header = b"\r\n\r\n\x00\r\nQUIT\n".to_vec();
+    header.push(0x21);
+    header.push(family);
+    header.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
+    header.extend_from_slice(&addresses);
+    header
+}
+
 /// Send raw `bytes` on a new connection to `addr`; returns the connection.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();

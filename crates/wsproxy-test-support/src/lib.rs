@@ -67,8 +67,8 @@ pub use h2::{
     h2_connection, h2_frames, h2_get, open,
 };
 pub use http::{
-    Head, handshake, header, raw, read_at_least, read_body, read_body_and_rest, read_head,
-    read_head_after, read_to_close,
+    Head, handshake, header, proxy_v1, proxy_v2, raw, read_at_least, read_body, read_body_and_rest,
+    read_head, read_head_after, read_to_close,
 };
 pub use log::Captured;
 pub use python::{Reaped, python_backend, python_script};

@@ -37,6 +37,17 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) listen: Option<SocketAddr>,
 
+    /// Read a PROXY protocol header (v1 or v2, from an L4 load balancer)
+    /// at the start of every connection: its source is the client
+    /// [listen.proxy_protocol].
+    #[arg(long)]
+    pub(crate) proxy_protocol: bool,
+
+    /// With --proxy-protocol, only these peers (CIDR) may send the
+    /// header; repeat for more [listen.proxy_protocol_from]. Default: any.
+    #[arg(long, value_name = "CIDR")]
+    pub(crate) proxy_protocol_from: Vec<ipnet::IpNet>,
+
     /// Serve /metrics (Prometheus), /status (JSON), /healthz and /readyz
     /// on this address, e.g. 127.0.0.1:9090 [admin.address]. Default:
     /// none.
@@ -311,6 +322,13 @@ impl Args {
         }
         set(&mut config.listen.address, &self.listen);
         set_some(&mut config.admin.address, &self.admin_listen);
+        config.listen.proxy_protocol |= self.proxy_protocol;
+        if !self.proxy_protocol_from.is_empty() {
+            config
+                .listen
+                .proxy_protocol_from
+                .clone_from(&self.proxy_protocol_from);
+        }
         set(&mut config.log.format, &self.log_format);
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.listen.tls = Some(TlsFiles {

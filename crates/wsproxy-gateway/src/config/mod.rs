@@ -102,6 +102,16 @@ pub(crate) struct Listen {
     /// true). Without TLS, HTTP/2 with prior knowledge (h2c) is always
     /// served to clients that start with it.
     pub(crate) http2: bool,
+    /// Every connection starts with a PROXY protocol header (v1 or v2,
+    /// from an L4 load balancer): its source is the client address for
+    /// forwarding headers, limits and logs; a connection without one is
+    /// closed (default: false). Needs a restart to change.
+    pub(crate) proxy_protocol: bool,
+    /// With `proxy_protocol`, only these peers (CIDR) may send the
+    /// header; others are closed (default: any peer, as nginx and
+    /// HAProxy do: then let only the balancer reach this listener).
+    #[serde(deserialize_with = "value::parsed_list")]
+    pub(crate) proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 impl Default for Listen {
@@ -110,6 +120,8 @@ impl Default for Listen {
             address: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tls: None,
             http2: true,
+            proxy_protocol: false,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -552,6 +564,12 @@ impl Config {
                 "routes".into(),
                 "no route: add a [[routes]] (or --route PREFIX=ws://HOST:PORT/PATH), or demo = true"
                     .into(),
+            );
+        }
+        if !self.listen.proxy_protocol_from.is_empty() && !self.listen.proxy_protocol {
+            error(
+                "listen.proxy_protocol_from".to_owned(),
+                "set only with proxy_protocol = true".to_owned(),
             );
         }
         let mut scopes = std::collections::HashMap::new();

@@ -92,12 +92,19 @@ where
         match self.admission.admit(&mut parts) {
             Ok(()) => ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body))),
             Err(refusal) => {
+                // The path without its query, which may carry a token.
                 tracing::info!(
                     status = refusal.status.as_u16(),
                     reason = refusal.reason,
-                    uri = %parts.uri,
+                    method = %parts.method,
+                    path = parts.uri.path(),
                     client = %DisplayPeer(client_addr(&parts.extensions)),
-                    client_ip = ?parts.extensions.get::<ClientIp>().map(|ip| ip.0),
+                    client_ip = parts.extensions.get::<ClientIp>().map(|ip| tracing::field::display(ip.0)),
+                    user_agent = parts
+                        .headers
+                        .get(http::header::USER_AGENT)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-"),
                     "handshake refused before any backend was contacted"
                 );
                 crate::metrics::refused(refusal.status);

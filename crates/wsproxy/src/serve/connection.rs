@@ -31,6 +31,7 @@ pub(crate) struct Shared<S> {
     pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) tunnels: Option<crate::Tunnels>,
     pub(crate) shutdown_timeout: Duration,
+    pub(crate) proxy_protocol: Option<super::ProxyProtocol>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Shared<S> {
@@ -45,6 +46,7 @@ impl<S: std::fmt::Debug> std::fmt::Debug for Shared<S> {
         debug.field("tls", &self.tls.is_some());
         debug
             .field("tunnels", &self.tunnels)
+            .field("proxy_protocol", &self.proxy_protocol)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .finish()
     }
@@ -102,6 +104,36 @@ where
 {
     let _open = crate::metrics::connection_opened();
     let activity = slot.activity.clone();
+    let mut tcp = tcp;
+    let peer = match &shared.proxy_protocol {
+        None => peer,
+        // Before anything else, TLS included: the client's address.
+        Some(config) => {
+            let read = tokio::select! {
+                read = super::proxy_protocol::read(&mut tcp, peer, config) => read,
+                () = tokio::time::sleep(shared.timeouts.detect) => {
+                    timed_out(peer, Expiry::Detect, &shared.timeouts);
+                    return;
+                }
+                () = interrupted(&activity) => return,
+            };
+            let client = match read {
+                Ok(client) => client,
+                Err(refusal) => {
+                    tracing::info!(peer = %peer, reason = %refusal, "PROXY protocol: connection closed");
+                    crate::metrics::connection_refused(refusal.as_str());
+                    return;
+                }
+            };
+            // Counted against the per-IP bound as the client it is.
+            if slot.identify(client.ip()).is_err() {
+                tracing::debug!(client = %client, "a client IP is at its connection limit: connection closed");
+                crate::metrics::connection_refused("max_connections_per_ip");
+                return;
+            }
+            client
+        }
+    };
     #[cfg(feature = "tls")]
     if let Some(acceptor) = &shared.tls {
         let timeout = shared.timeouts.tls_handshake;
@@ -129,9 +161,8 @@ where
 }
 
 /// Resolves once the connection was asked to make room, or to stop now
-/// (a graceful stop lets a TLS handshake under way finish: the client was
-/// accepted).
-#[cfg(feature = "tls")]
+/// (a graceful stop lets a TLS handshake or a PROXY header under way
+/// finish: the client was accepted).
 async fn interrupted(activity: &Activity) {
     loop {
         let woken = activity.wake.notified();

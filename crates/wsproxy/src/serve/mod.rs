@@ -30,6 +30,8 @@
 //!   and the recommended HTTP/2 windows ([`http_builder`]), `TCP_NODELAY`,
 //!   the client address as [`ClientAddr`](crate::ClientAddr) (and axum's
 //!   `ConnectInfo<SocketAddr>`), [`ClientTls`](crate::ClientTls) on TLS;
+//! - the [PROXY protocol](ProxyProtocol) v1/v2 for clients behind an L4
+//!   load balancer, only where enabled and from the peers allowed;
 //! - a graceful shutdown that also drains the proxy's
 //!   [`Tunnels`](crate::Tunnels) with Close 1001.
 //!
@@ -74,6 +76,7 @@ mod activity;
 mod builder;
 mod connection;
 mod limits;
+mod proxy_protocol;
 mod registry;
 mod server;
 mod service;
@@ -81,6 +84,7 @@ mod timeouts;
 
 pub use builder::http_builder;
 pub use limits::{ConnectionLimits, DEFAULT_HTTP2_MAX_HANDSHAKES};
+pub use proxy_protocol::ProxyProtocol;
 pub use server::{DEFAULT_SHUTDOWN_TIMEOUT, Serve, Server};
 pub use timeouts::{
     DEFAULT_DETECT_TIMEOUT, DEFAULT_HTTP2_IDLE_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT,

@@ -34,7 +34,9 @@ struct State {
 
 #[derive(Debug)]
 struct Entry {
-    ip: IpAddr,
+    /// Its client's IP; `None` until known (behind the PROXY protocol,
+    /// until its header is read), not counted per IP until then.
+    ip: Option<IpAddr>,
     /// The accept loop that took it.
     owner: u64,
     activity: Arc<Activity>,
@@ -132,21 +134,18 @@ impl Registry {
         }
     }
 
-    /// Take a connection from `ip` for accept loop `owner`, shedding the
-    /// IP's longest-idle one if it is at its bound.
-    pub(crate) fn take(self: &Arc<Self>, ip: IpAddr, owner: u64) -> Result<(Slot, bool), Refused> {
+    /// Take a connection from `ip` (if known yet) for accept loop
+    /// `owner`, shedding the IP's longest-idle one if it is at its bound.
+    pub(crate) fn take(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+        owner: u64,
+    ) -> Result<(Slot, bool), Refused> {
         let mut state = self.lock();
-        let mut shed = false;
-        if let Some(max) = self.per_ip {
-            let count = state.per_ip.get(&ip).copied().unwrap_or(0);
-            if count >= max {
-                if !state.shed_idlest(Some(ip)) {
-                    return Err(Refused::PerIp);
-                }
-                shed = true;
-            }
-            *state.per_ip.entry(ip).or_default() += 1;
-        }
+        let shed = match ip {
+            Some(ip) => state.count(ip, self.per_ip)?,
+            None => false,
+        };
         let id = state.next_id;
         state.next_id += 1;
         let activity = Arc::new(Activity::new());
@@ -171,6 +170,34 @@ impl Registry {
 }
 
 impl State {
+    /// Count one more connection of `ip` under the bound `per_ip`,
+    /// shedding the IP's longest-idle one if it is at its bound; whether
+    /// one was shed.
+    fn count(&mut self, ip: IpAddr, per_ip: Option<usize>) -> Result<bool, Refused> {
+        let Some(max) = per_ip else { return Ok(false) };
+        let mut shed = false;
+        if self.per_ip.get(&ip).copied().unwrap_or(0) >= max {
+            if !self.shed_idlest(Some(ip)) {
+                return Err(Refused::PerIp);
+            }
+            shed = true;
+        }
+        *self.per_ip.entry(ip).or_default() += 1;
+        Ok(shed)
+    }
+
+    /// One connection of `ip` fewer.
+    fn uncount(&mut self, ip: Option<IpAddr>) {
+        if let Some(ip) = ip
+            && let Some(count) = self.per_ip.get_mut(&ip)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
     /// Ask the connection idle the longest (of `ip`, if given) to close.
     /// Idle: no request in flight, no stream open, and everything it sent
     /// has been read (one just accepted may have a request waiting that
@@ -181,7 +208,7 @@ impl State {
             .iter()
             .filter(|(_, entry)| {
                 !entry.shed
-                    && ip.is_none_or(|ip| entry.ip == ip)
+                    && ip.is_none_or(|ip| entry.ip == Some(ip))
                     && !entry.activity.is_busy()
                     && entry.activity.has_waited()
             })
@@ -193,13 +220,31 @@ impl State {
         entry.activity.evict();
         let ip = entry.ip;
         self.shedding += 1;
-        if let Some(count) = self.per_ip.get_mut(&ip) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_ip.remove(&ip);
-            }
-        }
+        self.uncount(ip);
         true
+    }
+}
+
+impl Slot {
+    /// Its client is `ip` (learnt after the accept, from a PROXY header):
+    /// counted per IP from now on, shedding that IP's longest-idle
+    /// connection if it is at its bound; refused if none is idle.
+    pub(crate) fn identify(&self, ip: IpAddr) -> Result<(), Refused> {
+        let per_ip = self.registry.per_ip;
+        let mut state = self.registry.lock();
+        let Some(entry) = state.open.get(&self.id) else {
+            return Ok(());
+        };
+        if entry.shed || entry.ip.is_some() {
+            return Ok(());
+        }
+        if state.count(ip, per_ip)? {
+            crate::metrics::connection_shed("max_connections_per_ip");
+        }
+        if let Some(entry) = state.open.get_mut(&self.id) {
+            entry.ip = Some(ip);
+        }
+        Ok(())
     }
 }
 
@@ -209,11 +254,8 @@ impl Drop for Slot {
         if let Some(entry) = state.open.remove(&self.id) {
             if entry.shed {
                 state.shedding -= 1;
-            } else if let Some(count) = state.per_ip.get_mut(&entry.ip) {
-                *count -= 1;
-                if *count == 0 {
-                    state.per_ip.remove(&entry.ip);
-                }
+            } else {
+                state.uncount(entry.ip);
             }
         }
         drop(state);
@@ -236,8 +278,8 @@ mod tests {
     #[tokio::test]
     async fn at_the_bound_the_idlest_connection_is_shed() {
         let registry = Arc::new(Registry::new(2, None));
-        let (first, _) = registry.take(A, 0).unwrap();
-        let (second, _) = registry.take(B, 0).unwrap();
+        let (first, _) = registry.take(Some(A), 0).unwrap();
+        let (second, _) = registry.take(Some(B), 0).unwrap();
         old(&first);
         old(&second);
         // The first is busy: the second is the one to go.
@@ -246,7 +288,7 @@ mod tests {
         assert!(second.activity.is_evicted());
         assert!(!first.activity.is_evicted());
         assert_eq!(registry.open(), 1);
-        let (third, _) = registry.take(A, 0).unwrap();
+        let (third, _) = registry.take(Some(A), 0).unwrap();
         // One counted connection is busy, the other not read yet: no room
         // until one ends (or the new one is read and found idle).
         let waiting = tokio::spawn({
@@ -267,7 +309,7 @@ mod tests {
     #[test]
     fn a_connection_just_accepted_is_not_shed() {
         let registry = Arc::new(Registry::new(1, None));
-        let (fresh, _) = registry.take(A, 0).unwrap();
+        let (fresh, _) = registry.take(Some(A), 0).unwrap();
         assert!(!registry.shed_one());
         old(&fresh);
         assert!(registry.shed_one());
@@ -277,23 +319,39 @@ mod tests {
     #[tokio::test]
     async fn over_the_per_ip_bound_its_own_idle_one_goes_or_the_new_one_is_refused() {
         let registry = Arc::new(Registry::new(100, Some(2)));
-        let (a1, _) = registry.take(A, 0).unwrap();
-        let (a2, _) = registry.take(A, 0).unwrap();
-        let (b1, _) = registry.take(B, 0).unwrap();
+        let (a1, _) = registry.take(Some(A), 0).unwrap();
+        let (a2, _) = registry.take(Some(A), 0).unwrap();
+        let (b1, _) = registry.take(Some(B), 0).unwrap();
         for slot in [&a1, &a2, &b1] {
             old(slot);
         }
         let _busy = a2.activity.request(false);
-        let (a3, shed) = registry.take(A, 0).unwrap();
+        let (a3, shed) = registry.take(Some(A), 0).unwrap();
         assert!(shed);
         assert!(a1.activity.is_evicted(), "A's idle one went");
         assert!(!b1.activity.is_evicted(), "not another IP's");
         let busy3 = a3.activity.request(false);
-        assert_eq!(registry.take(A, 0).unwrap_err(), Refused::PerIp);
+        assert_eq!(registry.take(Some(A), 0).unwrap_err(), Refused::PerIp);
         drop(a1);
-        assert_eq!(registry.take(A, 0).unwrap_err(), Refused::PerIp);
+        assert_eq!(registry.take(Some(A), 0).unwrap_err(), Refused::PerIp);
         drop(busy3);
         drop(a3);
-        assert!(registry.take(A, 0).is_ok());
+        assert!(registry.take(Some(A), 0).is_ok());
+    }
+
+    /// Behind the PROXY protocol: not counted per IP until identified,
+    /// then as the client it is; the bound holds for identified ones.
+    #[tokio::test]
+    async fn a_connection_identified_later_counts_as_its_client() {
+        let registry = Arc::new(Registry::new(100, Some(1)));
+        let (first, _) = registry.take(None, 0).unwrap();
+        let (second, _) = registry.take(None, 0).unwrap();
+        first.identify(A).unwrap();
+        let _busy = first.activity.request(false);
+        assert_eq!(second.identify(A).unwrap_err(), Refused::PerIp);
+        second.identify(B).unwrap();
+        assert_eq!(registry.take(Some(B), 0).unwrap_err(), Refused::PerIp);
+        drop(first);
+        assert!(registry.take(Some(A), 0).is_ok());
     }
 }

@@ -18,7 +18,7 @@ use super::accept::{AcceptError, Backoff, Reserve, Throttled};
 use super::activity::Stop;
 use super::connection::{self, Shared};
 use super::registry::{Refused, Registry};
-use super::{ConnectionLimits, Timeouts};
+use super::{ConnectionLimits, ProxyProtocol, Timeouts};
 use crate::{BoxError, Tunnels};
 
 /// Default [`Server::shutdown_timeout`].
@@ -54,6 +54,7 @@ impl<S: Clone> Server<S> {
                 tls: None,
                 tunnels: None,
                 shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+                proxy_protocol: None,
             },
         }
     }
@@ -86,6 +87,17 @@ impl<S: Clone> Server<S> {
     #[must_use]
     pub fn tls(mut self, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
         self.shared.tls = Some(tokio_rustls::TlsAcceptor::from(config));
+        self
+    }
+
+    /// Read a PROXY protocol header (v1 or v2) at the start of every
+    /// connection and take its source as the client's address (see
+    /// [`ProxyProtocol`]). Its reading is bounded by
+    /// [`Timeouts::detect`]; the per-IP [limit](ConnectionLimits) counts
+    /// the client it names, not the balancer.
+    #[must_use]
+    pub fn proxy_protocol(mut self, config: ProxyProtocol) -> Self {
+        self.shared.proxy_protocol = Some(config);
         self
     }
 
@@ -255,7 +267,10 @@ where
         // As nginx's `tcp_nodelay on`: a tunnel relays frames split across
         // writes, which must not wait for Nagle and delayed ACKs.
         let _ = tcp.set_nodelay(true);
-        match registry.take(peer.ip(), owner) {
+        // Behind the PROXY protocol the client is not known yet: its
+        // connection counts per IP once its header names it.
+        let ip = shared.proxy_protocol.is_none().then(|| peer.ip());
+        match registry.take(ip, owner) {
             Ok((slot, shed)) => {
                 if shed {
                     crate::metrics::connection_shed("max_connections_per_ip");
