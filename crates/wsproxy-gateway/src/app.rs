@@ -75,7 +75,33 @@ pub(crate) fn router(
     for route in ordered {
         app = app.layer(proxy_layer(config, route, &sets[&route.upstream], tunnels));
     }
-    admission(app, &config.admission, config, limiters)
+    let app = admission(app, &config.admission, config, limiters);
+    match &config.listen.hsts {
+        Some(hsts) => app.layer(axum::middleware::from_fn_with_state(
+            hsts.clone(),
+            hsts_header,
+        )),
+        None => app,
+    }
+}
+
+/// `Strict-Transport-Security: value` on every answer to a request that
+/// came over TLS (RFC 6797 §7.2: never over plain HTTP), unless the
+/// answer has one (a relayed refusal from a backend that sets its own).
+async fn hsts_header(
+    axum::extract::State(value): axum::extract::State<axum::http::HeaderValue>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let tls = request.extensions().get::<wsproxy::ClientTls>().is_some();
+    let mut response = next.run(request).await;
+    if tls {
+        response
+            .headers_mut()
+            .entry(axum::http::header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(value);
+    }
+    response
 }
 
 /// The proxy layer of one route.

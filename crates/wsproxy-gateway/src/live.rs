@@ -190,6 +190,7 @@ impl Live {
             config.listen.tls.clone_from(&old.listen.tls);
         }
         keep!(admin, "admin");
+        keep!(redirect, "redirect");
         keep!(workers, "workers");
         keep!(connections, "connections");
         keep!(timeouts.tls_handshake, "timeouts.tls_handshake");

@@ -63,6 +63,7 @@ mod demo;
 mod live;
 mod logfile;
 mod page;
+mod redirect;
 mod signals;
 mod tls;
 #[cfg(unix)]
@@ -218,7 +219,7 @@ async fn run(
     #[cfg(unix)]
     let mut handover = upgrade::Handover::new()?;
     #[cfg(unix)]
-    let (mut listeners, inherited_admin, retire) = match inherited {
+    let (mut listeners, inherited_admin, inherited_redirect, retire) = match inherited {
         // A worker per socket handed over: the sockets stay as they were.
         Some(inherited) => {
             tracing::info!(
@@ -226,18 +227,24 @@ async fn run(
                 sockets = inherited.public.len(),
                 "taking over the listening sockets of the older process"
             );
-            (inherited.public, inherited.admin, Some(inherited.from))
+            (
+                inherited.public,
+                inherited.admin,
+                inherited.redirect,
+                Some(inherited.from),
+            )
         }
-        None => (bind(&config)?, None, None),
+        None => (bind(&config)?, None, None, None),
     };
     #[cfg(not(unix))]
-    let (mut listeners, inherited_admin, retire): (
+    let (mut listeners, inherited_admin, inherited_redirect, retire): (
         _,
+        Option<std::net::TcpListener>,
         Option<std::net::TcpListener>,
         Option<u32>,
     ) = {
         let _ = inherited;
-        (bind(&config)?, None, None)
+        (bind(&config)?, None, None, None)
     };
     #[cfg(unix)]
     handover.public(&listeners)?;
@@ -319,6 +326,34 @@ async fn run(
     }
     let first = listeners.pop().expect("one listener at least");
     let serving = tokio::spawn(workers::serve(first, server, stop.clone(), tunnels.clone()));
+    // The plain listener that sends clients to https.
+    let redirecting = match config.redirect.address {
+        Some(address) => {
+            let listener = match inherited_redirect {
+                Some(listener) => listener,
+                None => std::net::TcpListener::bind(address)
+                    .map_err(|e| format!("cannot listen on {address} (redirect): {e}"))?,
+            };
+            listener.set_nonblocking(true)?;
+            #[cfg(unix)]
+            handover.redirect(&listener)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let port = config.redirect.port.unwrap_or(local.port());
+            tracing::info!(address = %listener.local_addr()?, port, "redirecting plain HTTP to https (308)");
+            println!("wsgate redirecting on {}", listener.local_addr()?);
+            let _ = std::io::stdout().flush();
+            let server = app::server(&config, redirect::router(port, config.log.query), None)
+                .shutdown_timeout(HANDSHAKE_GRACE);
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                server
+                    .serve(listener)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            }))
+        }
+        None => None,
+    };
     if let Some(admin) = &admin {
         admin.set_ready(true);
     }
@@ -397,6 +432,9 @@ async fn run(
     tracing::info!(open = tunnels.open(), "draining tunnels with Close 1001");
     let stopped = async move {
         serving.await??;
+        if let Some(redirecting) = redirecting {
+            redirecting.await??;
+        }
         tokio::task::spawn_blocking(move || {
             for thread in threads {
                 let _ = thread.join();

@@ -36,6 +36,7 @@ pub(crate) struct PageRoute {
 /// The router for plain HTTP requests on the public listener: `/` (the
 /// tunnel counts, and the demo client in demo mode; the backends are on
 /// the admin listener) and `/healthz`.
+///
 /// Plain requests are logged with their query unless `log_query` is
 /// false (then `?<redacted>`), as handshakes are.
 pub(crate) fn router(tunnels: Tunnels, demo: bool, log_query: bool) -> Router {
@@ -44,38 +45,50 @@ pub(crate) fn router(tunnels: Tunnels, demo: bool, log_query: bool) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(PageState { tunnels, demo })
         // One log line per plain request, as for handshakes.
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(move |request: &axum::http::Request<_>| {
-                    let header = |name| {
-                        request
-                            .headers()
-                            .get(name)
-                            .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
-                            .unwrap_or("-")
-                    };
-                    let query = match request.uri().query() {
-                        Some(_) if !log_query => "?<redacted>",
-                        Some(query) => &format!("?{query}"),
-                        None => "",
-                    };
-                    let client = request
-                        .extensions()
-                        .get::<wsproxy::ClientAddr>()
-                        .map(|addr| addr.0);
-                    tracing::info_span!(
-                        "request",
-                        client = client.map(tracing::field::display),
-                        version = ?request.version(),
-                        method = %request.method(),
-                        path = %format_args!("{}{query}", request.uri().path()),
-                        referer = header(axum::http::header::REFERER),
-                        user_agent = header(axum::http::header::USER_AGENT),
-                    )
-                })
-                .on_request(())
-                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
-        )
+        .layer(trace(log_query))
+}
+
+/// The access-log span of a plain request (see `access.rs`): client,
+/// version, method, path (query as `?<redacted>` unless `log_query`),
+/// Referer and User-Agent; its status when answered.
+pub(crate) fn trace(
+    log_query: bool,
+) -> TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    impl Fn(&axum::http::Request<axum::body::Body>) -> tracing::Span + Clone,
+    (),
+    DefaultOnResponse,
+> {
+    TraceLayer::new_for_http()
+        .make_span_with(move |request: &axum::http::Request<_>| {
+            let header = |name| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v: &axum::http::HeaderValue| v.to_str().ok())
+                    .unwrap_or("-")
+            };
+            let query = match request.uri().query() {
+                Some(_) if !log_query => "?<redacted>",
+                Some(query) => &format!("?{query}"),
+                None => "",
+            };
+            let client = request
+                .extensions()
+                .get::<wsproxy::ClientAddr>()
+                .map(|addr| addr.0);
+            tracing::info_span!(
+                "request",
+                client = client.map(tracing::field::display),
+                version = ?request.version(),
+                method = %request.method(),
+                path = %format_args!("{}{query}", request.uri().path()),
+                referer = header(axum::http::header::REFERER),
+                user_agent = header(axum::http::header::USER_AGENT),
+            )
+        })
+        .on_request(())
+        .on_response(DefaultOnResponse::new().level(tracing::Level::INFO))
 }
 
 /// `GET /`: the open tunnels and, in demo mode, a client.

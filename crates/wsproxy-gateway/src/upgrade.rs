@@ -30,6 +30,7 @@ pub(crate) struct Handover {
     args: Vec<std::ffi::OsString>,
     public: Vec<TcpListener>,
     admin: Option<TcpListener>,
+    redirect: Option<TcpListener>,
 }
 
 /// Sockets handed over by an older process.
@@ -39,6 +40,8 @@ pub(crate) struct Inherited {
     pub(crate) public: Vec<TcpListener>,
     /// The admin listener, if it had one.
     pub(crate) admin: Option<TcpListener>,
+    /// The listener redirecting to https, if it had one.
+    pub(crate) redirect: Option<TcpListener>,
     /// The older process, to stop once this one serves.
     pub(crate) from: u32,
 }
@@ -58,6 +61,7 @@ impl Handover {
             args: std::env::args_os().skip(1).collect(),
             public: Vec::new(),
             admin: None,
+            redirect: None,
         })
     }
 
@@ -75,6 +79,12 @@ impl Handover {
         Ok(())
     }
 
+    /// Keep a descriptor of the listener redirecting to https.
+    pub(crate) fn redirect(&mut self, listener: &TcpListener) -> std::io::Result<()> {
+        self.redirect = Some(listener.try_clone()?);
+        Ok(())
+    }
+
     /// Start the new process with the sockets; its PID and handle.
     pub(crate) fn start(&self) -> std::io::Result<std::process::Child> {
         let mut sockets: Vec<(&str, OwnedFd)> = Vec::new();
@@ -83,6 +93,9 @@ impl Handover {
         }
         if let Some(admin) = &self.admin {
             sockets.push(("admin", OwnedFd::from(admin.try_clone()?)));
+        }
+        if let Some(redirect) = &self.redirect {
+            sockets.push(("redirect", OwnedFd::from(redirect.try_clone()?)));
         }
         let names: Vec<&str> = sockets.iter().map(|(name, _)| *name).collect();
         let mappings = sockets
@@ -121,6 +134,7 @@ impl Inherited {
         let mut fds = listenfd::ListenFd::from_env();
         let mut public = Vec::new();
         let mut admin = None;
+        let mut redirect = None;
         for (index, name) in names.split(',').enumerate() {
             let listener = fds.take_tcp_listener(index)?.ok_or_else(|| {
                 std::io::Error::other(format!("socket {index} ({name}) was not handed over"))
@@ -128,6 +142,7 @@ impl Inherited {
             listener.set_nonblocking(true)?;
             match name {
                 "admin" => admin = Some(listener),
+                "redirect" => redirect = Some(listener),
                 _ => public.push(listener),
             }
         }
@@ -137,6 +152,7 @@ impl Inherited {
         Ok(Some(Self {
             public,
             admin,
+            redirect,
             from,
         }))
     }

@@ -1,15 +1,16 @@
 //! `wsgate` at the edge: behind an L4 load balancer that speaks the
-//! PROXY protocol.
+//! PROXY protocol; HSTS on TLS and a plain listener redirecting to it.
 
 mod support;
 
 use std::net::SocketAddr;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wsproxy_test_support::{
-    Backend, LIMIT, PemFiles, handshake, proxy_v1, proxy_v2, raw, read_head, read_to_close,
+    Backend, LIMIT, Leaf, PemFiles, handshake, proxy_v1, proxy_v2, raw, read_head, read_to_close,
 };
 
-use support::{Folder, Gateway};
+use support::{Folder, Gateway, run};
 
 /// A gateway on `extra` TOML with one route `/a` to `backend`.
 fn start(folder: &Folder, extra: &str, backend: &Backend) -> Gateway {
@@ -114,4 +115,105 @@ async fn proxy_headers_are_refused_where_not_expected() {
     let (status, _) = handshake_after(&without, &proxy_v1("203.0.113.7:1".parse().unwrap())).await;
     assert_eq!(status, 400);
     assert_eq!(backend.connections(), 0);
+}
+
+/// One HTTP/1.1 request over `stream` (TLS or not); the head of the
+/// answer.
+async fn ask<S>(stream: &mut S, request: &str) -> wsproxy_test_support::Head
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0; 4096];
+    let mut read = Vec::new();
+    while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(LIMIT, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before an answer");
+        read.extend_from_slice(&buf[..n]);
+    }
+    let end = read.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let rest = read.split_off(end + 4);
+    let text = String::from_utf8(read).unwrap();
+    let status = text[9..12].parse().unwrap();
+    wsproxy_test_support::Head { status, text, rest }
+}
+
+/// On TLS, `Strict-Transport-Security` with the configured value, on
+/// plain answers and 101s alike; the redirect listener answers any method
+/// with 308 to the same host, path and query over https on the TLS port.
+#[tokio::test]
+async fn hsts_on_tls_and_plain_http_redirected_to_https() {
+    let backend = Backend::start().await;
+    let cert = Leaf::localhost();
+    let folder = Folder::new();
+    let gateway = start(
+        &folder,
+        &format!(
+            "[listen]\nhsts = \"max-age=31536000; includeSubDomains\"\n\
+             [listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [redirect]\naddress = \"127.0.0.1:0\"\n",
+            cert.files().cert.display(),
+            cert.files().key.display()
+        ),
+        &backend,
+    );
+    let redirect = gateway.redirect_addr();
+    for request in [
+        "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_owned(),
+        handshake("/a", ""),
+    ] {
+        let mut tls = cert.connect(gateway.addr, &[b"http/1.1"]).await;
+        let head = ask(&mut tls, &request).await;
+        assert!(head.status == 200 || head.status == 101, "{head:?}");
+        assert_eq!(
+            head.header("strict-transport-security"),
+            Some("max-age=31536000; includeSubDomains"),
+            "{head:?}"
+        );
+    }
+    let port = gateway.addr.port();
+    for (request, location) in [
+        (
+            "GET /a/b?x=1&y HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            format!("https://example.com:{port}/a/b?x=1&y"),
+        ),
+        (
+            "POST /form HTTP/1.1\r\nHost: example.com:80\r\nContent-Length: 2\r\n\r\nhi",
+            format!("https://example.com:{port}/form"),
+        ),
+    ] {
+        let mut plain = tokio::net::TcpStream::connect(redirect).await.unwrap();
+        let head = ask(&mut plain, request).await;
+        assert_eq!(head.status, 308, "{head:?}");
+        assert_eq!(head.header("location"), Some(location.as_str()));
+        assert_eq!(head.header("strict-transport-security"), None);
+    }
+    // Without a Host there is nowhere to send it.
+    let mut plain = tokio::net::TcpStream::connect(redirect).await.unwrap();
+    let head = ask(&mut plain, "GET / HTTP/1.0\r\n\r\n").await;
+    assert_eq!(head.status, 400);
+}
+
+/// HSTS and the redirect are for TLS listeners: `--check` says so.
+#[test]
+fn hsts_and_the_redirect_need_tls() {
+    let folder = Folder::new();
+    let file = folder.write(
+        "wsgate.toml",
+        "[listen]\nhsts = \"max-age=60\"\n[redirect]\naddress = \"127.0.0.1:0\"\n",
+    );
+    let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    for expected in [
+        "listen.hsts: Strict-Transport-Security is for TLS listeners",
+        "redirect.address: a redirect to https needs a TLS listener",
+    ] {
+        assert!(stderr.contains(expected), "{expected}:\n{stderr}");
+    }
+    let file = folder.write("wsgate.toml", "[listen]\nhsts = \"includeSubDomains\"\n");
+    let (_, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
+    assert!(stderr.contains("has no max-age=SECONDS"), "{stderr}");
 }

@@ -48,6 +48,11 @@ pub(crate) struct Args {
     #[arg(long, value_name = "CIDR")]
     pub(crate) proxy_protocol_from: Vec<ipnet::IpNet>,
 
+    /// With TLS, answer plain HTTP on this address with 308 to the same
+    /// URL over https [redirect.address]. Default: none.
+    #[arg(long, value_name = "ADDRESS")]
+    pub(crate) redirect_listen: Option<SocketAddr>,
+
     /// Serve /metrics (Prometheus), /status (JSON), /healthz and /readyz
     /// on this address, e.g. 127.0.0.1:9090 [admin.address]. Default:
     /// none.
@@ -322,6 +327,7 @@ impl Args {
         }
         set(&mut config.listen.address, &self.listen);
         set_some(&mut config.admin.address, &self.admin_listen);
+        set_some(&mut config.redirect.address, &self.redirect_listen);
         config.listen.proxy_protocol |= self.proxy_protocol;
         if !self.proxy_protocol_from.is_empty() {
             config

@@ -34,6 +34,9 @@ pub(crate) struct Config {
     pub(crate) listen: Listen,
     /// The admin listener: metrics, status, health (default: none).
     pub(crate) admin: AdminConfig,
+    /// A plain-HTTP listener that redirects to the TLS one (default:
+    /// none).
+    pub(crate) redirect: Redirect,
     /// Worker threads, each with its own runtime and `SO_REUSEPORT`
     /// listener (default: one per core).
     #[serde(deserialize_with = "value::some_count")]
@@ -71,6 +74,7 @@ impl Default for Config {
         Self {
             listen: Listen::default(),
             admin: AdminConfig::default(),
+            redirect: Redirect::default(),
             workers: None,
             log: Log::default(),
             timeouts: Timeouts::default(),
@@ -112,6 +116,12 @@ pub(crate) struct Listen {
     /// HAProxy do: then let only the balancer reach this listener).
     #[serde(deserialize_with = "value::parsed_list")]
     pub(crate) proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// With TLS, the `Strict-Transport-Security` header of every answer
+    /// over TLS, e.g. `"max-age=31536000; includeSubDomains"` (default:
+    /// none, as nginx and HAProxy: a browser remembers it for max-age,
+    /// so it is yours to turn on).
+    #[serde(deserialize_with = "value::some_parsed")]
+    pub(crate) hsts: Option<axum::http::HeaderValue>,
 }
 
 impl Default for Listen {
@@ -122,6 +132,7 @@ impl Default for Listen {
             http2: true,
             proxy_protocol: false,
             proxy_protocol_from: Vec::new(),
+            hsts: None,
         }
     }
 }
@@ -135,6 +146,21 @@ pub(crate) struct AdminConfig {
     /// restart to change.
     #[serde(deserialize_with = "value::some_parsed")]
     pub(crate) address: Option<SocketAddr>,
+}
+
+/// `[redirect]`: nginx's `listen 80; return 308 https://$host$request_uri;`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Redirect {
+    /// Answer every request here with `308 Permanent Redirect` to the same
+    /// host, path and query over https. Needs `listen.tls`, and a restart
+    /// to change.
+    #[serde(deserialize_with = "value::some_parsed")]
+    pub(crate) address: Option<SocketAddr>,
+    /// The port in the https URL (default: the TLS listener's; none in
+    /// the URL when it is 443).
+    #[serde(deserialize_with = "value::some_parsed")]
+    pub(crate) port: Option<u16>,
 }
 
 /// A certificate chain (PEM, leaf first) and its private key.
@@ -564,6 +590,37 @@ impl Config {
                 "routes".into(),
                 "no route: add a [[routes]] (or --route PREFIX=ws://HOST:PORT/PATH), or demo = true"
                     .into(),
+            );
+        }
+        if self.redirect.address.is_some() && self.listen.tls.is_none() {
+            error(
+                "redirect.address".to_owned(),
+                "a redirect to https needs a TLS listener: set listen.tls too".to_owned(),
+            );
+        }
+        if self.redirect.port.is_some() && self.redirect.address.is_none() {
+            error(
+                "redirect.port".to_owned(),
+                "set only with redirect.address".to_owned(),
+            );
+        }
+        if self.listen.hsts.is_some() && self.listen.tls.is_none() {
+            error(
+                "listen.hsts".to_owned(),
+                "Strict-Transport-Security is for TLS listeners: set listen.tls too".to_owned(),
+            );
+        }
+        if let Some(hsts) = &self.listen.hsts
+            && !hsts
+                .to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("max-age="))
+        {
+            error(
+                "listen.hsts".to_owned(),
+                format!(
+                    "'{}' has no max-age=SECONDS (RFC 6797)",
+                    String::from_utf8_lossy(hsts.as_bytes())
+                ),
             );
         }
         if !self.listen.proxy_protocol_from.is_empty() && !self.listen.proxy_protocol {

@@ -97,12 +97,22 @@ impl Gateway {
     /// The admin listener's address (with `--admin-listen`), from the
     /// line that follows the public one.
     pub fn admin_addr(&self) -> SocketAddr {
+        self.next_addr("wsgate admin on ")
+    }
+
+    /// The redirecting listener's address (with `[redirect] address`),
+    /// from the next line after the public one (and the admin one).
+    pub fn redirect_addr(&self) -> SocketAddr {
+        self.next_addr("wsgate redirecting on ")
+    }
+
+    fn next_addr(&self, prefix: &str) -> SocketAddr {
         let line = self
             .stdout
             .recv_timeout(LIMIT)
-            .expect("a line with the admin address");
+            .unwrap_or_else(|_| panic!("a line \"{prefix}...\""));
         line.trim()
-            .strip_prefix("wsgate admin on ")
+            .strip_prefix(prefix)
             .unwrap_or_else(|| panic!("unexpected line {line:?}"))
             .parse()
             .unwrap()
