@@ -14,7 +14,7 @@ use wsproxy::serve::{ConnectionLimits, ProxyProtocol, Server, Timeouts};
 use wsproxy::tls::BackendTls;
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
-use crate::config::{Admission, Config, RouteConfig};
+use crate::config::{Admission, Config, Listen, RouteConfig};
 use crate::page::{self, PageRoute};
 
 /// The admission state that outlives a reload: counts of open tunnels
@@ -76,7 +76,7 @@ pub(crate) fn router(
         app = app.layer(proxy_layer(config, route, &sets[&route.upstream], tunnels));
     }
     let app = admission(app, &config.admission, config, limiters);
-    match &config.listen.hsts {
+    match config.hsts() {
         Some(hsts) => app.layer(axum::middleware::from_fn_with_state(
             hsts.clone(),
             hsts_header,
@@ -229,16 +229,13 @@ pub(crate) fn set(
 }
 
 /// The HTTP server of every worker: timeouts for every state of a client
-/// connection, connection limits, TLS. These settings hold until the
-/// process ends (a reload says so when they change). On shutdown it waits
-/// for its connections with no deadline of its own: the tunnels' drain
-/// (which `main` runs, with the deadline the signal asks for) ends the
-/// HTTP/2 connections that carry them.
-pub(crate) fn server<S: Clone>(
-    config: &Config,
-    service: S,
-    tls: Option<Arc<ServerConfig>>,
-) -> Server<S> {
+/// connection, connection limits. These settings hold until the process
+/// ends (a reload says so when they change). On shutdown it waits for its
+/// connections with no deadline of its own: the tunnels' drain (which
+/// `main` runs, with the deadline the signal asks for) ends the HTTP/2
+/// connections that carry them. Each listener serves a clone set up by
+/// [`listener`], so the connection bounds hold across all of them.
+pub(crate) fn server<S: Clone>(config: &Config, service: S) -> Server<S> {
     let connections = &config.connections;
     let mut limits = ConnectionLimits::new()
         .http2_max_handshakes(connections.h2_max_handshakes)
@@ -250,7 +247,7 @@ pub(crate) fn server<S: Clone>(
         limits = limits.max_connections_per_ip(max);
     }
     let timeouts = &config.timeouts;
-    let server = Server::new(service)
+    Server::new(service)
         .timeouts(
             Timeouts::new()
                 .tls_handshake(timeouts.tls_handshake)
@@ -260,17 +257,23 @@ pub(crate) fn server<S: Clone>(
                 .http2_idle(timeouts.http2_idle),
         )
         .limits(limits)
-        .shutdown_timeout(Duration::MAX);
-    let server = if config.listen.proxy_protocol {
+        .shutdown_timeout(Duration::MAX)
+}
+
+/// `server` as one listener serves it: with its TLS and PROXY protocol.
+pub(crate) fn listener<S: Clone>(
+    server: &Server<S>,
+    listen: &Listen,
+    tls: Option<Arc<ServerConfig>>,
+) -> Server<S> {
+    let mut server = server.clone();
+    if listen.proxy_protocol {
         let mut proxy_protocol = ProxyProtocol::new();
-        if !config.listen.proxy_protocol_from.is_empty() {
-            proxy_protocol =
-                proxy_protocol.allow_from(config.listen.proxy_protocol_from.iter().copied());
+        if !listen.proxy_protocol_from.is_empty() {
+            proxy_protocol = proxy_protocol.allow_from(listen.proxy_protocol_from.iter().copied());
         }
-        server.proxy_protocol(proxy_protocol)
-    } else {
-        server
-    };
+        server = server.proxy_protocol(proxy_protocol);
+    }
     match tls {
         Some(config) => server.tls(config),
         None => server,

@@ -100,8 +100,9 @@ pub(crate) struct Live {
     limiters: Limiters,
     tunnels: Tunnels,
     app: Arc<ArcSwap<Router>>,
-    /// The serving certificate, with TLS.
-    certificate: Option<Arc<Certificate>>,
+    /// The serving certificate of each listener with TLS, in the order of
+    /// `config.listen`.
+    certificates: Vec<Option<Arc<Certificate>>>,
     /// Counts the configurations applied, the first one included.
     generation: u64,
 }
@@ -109,12 +110,15 @@ pub(crate) struct Live {
 impl Live {
     /// Serve `config` (checked).
     pub(crate) fn new(config: Config, tunnels: Tunnels) -> Result<Self, String> {
-        let certificate = match &config.listen.tls {
-            Some(files) => Some(Certificate::new(
-                Certificate::load(&files.cert, &files.key).map_err(|e| e.to_string())?,
-            )),
-            None => None,
-        };
+        let mut certificates = Vec::with_capacity(config.listen.len());
+        for listen in &config.listen {
+            certificates.push(match &listen.tls {
+                Some(files) => Some(Certificate::new(
+                    Certificate::load(&files.cert, &files.key).map_err(|e| e.to_string())?,
+                )),
+                None => None,
+            });
+        }
         let backend_tls = backend_tls(&config)?;
         let sets = config
             .upstreams
@@ -129,7 +133,7 @@ impl Live {
             limiters,
             tunnels,
             app: Arc::new(ArcSwap::from_pointee(router)),
-            certificate,
+            certificates,
             generation: 1,
         })
     }
@@ -144,9 +148,9 @@ impl Live {
         Switch(self.app.clone())
     }
 
-    /// The serving certificate, with TLS.
-    pub(crate) fn certificate(&self) -> Option<&Arc<Certificate>> {
-        self.certificate.as_ref()
+    /// The serving certificate of listener `index`, if it has TLS.
+    pub(crate) fn certificate(&self, index: usize) -> Option<&Arc<Certificate>> {
+        self.certificates.get(index).and_then(Option::as_ref)
     }
 
     /// How many configurations were applied, the first one included.
@@ -181,13 +185,25 @@ impl Live {
                 }
             };
         }
-        keep!(listen.address, "listen.address");
-        keep!(listen.http2, "listen.http2");
-        keep!(listen.proxy_protocol, "listen.proxy_protocol");
-        keep!(listen.proxy_protocol_from, "listen.proxy_protocol_from");
-        if config.listen.tls.is_some() != old.listen.tls.is_some() {
-            kept.push("listen.tls (turned on or off)".to_owned());
-            config.listen.tls.clone_from(&old.listen.tls);
+        // What needs new sockets or a new server: the listeners, but for
+        // their certificate files (re-read) and hsts.
+        let shape = |listen: &[crate::config::Listen]| {
+            listen
+                .iter()
+                .map(|l| {
+                    (
+                        l.address,
+                        l.http2,
+                        l.tls.is_some(),
+                        l.proxy_protocol,
+                        l.proxy_protocol_from.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        if shape(&config.listen) != shape(&old.listen) {
+            kept.push("listen (addresses, http2, TLS on or off, proxy_protocol)".to_owned());
+            config.listen.clone_from(&old.listen);
         }
         keep!(admin, "admin");
         keep!(redirect, "redirect");
@@ -230,13 +246,16 @@ impl Live {
                 }
             }
         }
-        // The certificate: the last step that can fail.
-        let certificate = match (&self.certificate, &config.listen.tls) {
-            (Some(_), Some(files)) => {
-                Some(Certificate::load(&files.cert, &files.key).map_err(|e| e.to_string())?)
-            }
-            _ => None,
-        };
+        // The certificates: the last step that can fail.
+        let mut certificates = Vec::with_capacity(config.listen.len());
+        for (serving, listen) in self.certificates.iter().zip(&config.listen) {
+            certificates.push(match (serving, &listen.tls) {
+                (Some(_), Some(files)) => {
+                    Some(Certificate::load(&files.cert, &files.key).map_err(|e| e.to_string())?)
+                }
+                _ => None,
+            });
+        }
         let backend_tls = backend_tls(&config)?;
         let mut sets = BTreeMap::new();
         for (name, upstream) in &config.upstreams {
@@ -271,8 +290,10 @@ impl Live {
         }
         let router = app::router(&config, &sets, &self.tunnels, &mut self.limiters);
         // Nothing can fail from here: swap.
-        if let (Some(serving), Some(key)) = (&self.certificate, certificate) {
-            serving.replace(key);
+        for (serving, key) in self.certificates.iter().zip(certificates) {
+            if let (Some(serving), Some(key)) = (serving, key) {
+                serving.replace(key);
+            }
         }
         self.app.store(Arc::new(router));
         self.sets = sets;

@@ -248,30 +248,56 @@ async fn run(
     };
     #[cfg(unix)]
     handover.public(&listeners)?;
-    let workers = listeners.len();
-    let local = listeners[0].local_addr()?;
-    log_routes(&config);
-    let tls = live
-        .certificate()
-        .map(|certificate| certificate.server_config(config.listen.http2));
-    match &config.listen.tls {
-        Some(files) => {
-            tracing::info!(cert = %files.cert.display(), http2 = config.listen.http2, "TLS")
-        }
-        None => tracing::info!(
-            http2 = config.listen.http2,
-            "plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge)"
-        ),
+    if listeners.len() != config.listen.len() {
+        return Err(format!(
+            "{} public listeners handed over for {} configured",
+            listeners.len(),
+            config.listen.len()
+        )
+        .into());
     }
-    if config.listen.proxy_protocol {
-        tracing::info!(
-            from = %Nets(&config.listen.proxy_protocol_from),
-            "PROXY protocol: every connection must start with a header"
-        );
+    let workers = listeners[0].len();
+    log_routes(&config);
+    // Every listener's server: one set of connection bounds for all.
+    let base = app::server(&config, live.service());
+    let mut servers = Vec::with_capacity(listeners.len());
+    for (index, (listen, sockets)) in config.listen.iter().zip(&listeners).enumerate() {
+        let local = sockets[0].local_addr()?;
+        let tls = live
+            .certificate(index)
+            .map(|certificate| certificate.server_config(listen.http2));
+        match &listen.tls {
+            Some(files) => {
+                tracing::info!(address = %local, cert = %files.cert.display(), http2 = listen.http2, "TLS")
+            }
+            None => tracing::info!(
+                address = %local,
+                http2 = listen.http2,
+                "plain HTTP (HTTP/1.1, and HTTP/2 with prior knowledge)"
+            ),
+        }
+        if listen.proxy_protocol {
+            tracing::info!(
+                address = %local,
+                from = %Nets(&listen.proxy_protocol_from),
+                "PROXY protocol: every connection must start with a header"
+            );
+        }
+        servers.push(app::listener(&base, listen, tls));
     }
     tracing::info!(workers, "serving");
-    println!("wsgate listening on {local}");
+    for sockets in &listeners {
+        println!("wsgate listening on {}", sockets[0].local_addr()?);
+    }
     let _ = std::io::stdout().flush();
+    // The https port a redirect points to: the first TLS listener's.
+    let https_port = config
+        .listen
+        .iter()
+        .zip(&listeners)
+        .find(|(listen, _)| listen.tls.is_some())
+        .map(|(_, sockets)| sockets[0].local_addr().map(|a| a.port()))
+        .transpose()?;
 
     // The admin listener, before the public one is served, so that a
     // probe finds it as soon as the port answers.
@@ -310,22 +336,27 @@ async fn run(
         None => (None, None),
     };
 
-    let server = app::server(&config, live.service(), tls);
     // Counts the client connections of every worker, for the shutdown.
-    let quiet = server.clone();
+    let quiet = base;
     let stop = CancellationToken::new();
+    // Worker w serves the w-th socket of every listener.
+    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+    for (sockets, server) in listeners.drain(..).zip(&servers) {
+        for (worker, socket) in sockets.into_iter().enumerate() {
+            per_worker[worker].push((socket, server.clone()));
+        }
+    }
     let mut threads = Vec::with_capacity(workers - 1);
-    for (index, listener) in listeners.drain(1..).enumerate() {
+    for (index, sockets) in per_worker.drain(1..).enumerate() {
         threads.push(workers::spawn(
             index + 1,
-            listener,
-            server.clone(),
+            sockets,
             stop.clone(),
             tunnels.clone(),
         )?);
     }
-    let first = listeners.pop().expect("one listener at least");
-    let serving = tokio::spawn(workers::serve(first, server, stop.clone(), tunnels.clone()));
+    let first = per_worker.pop().expect("one worker at least");
+    let serving = tokio::spawn(workers::serve(first, stop.clone(), tunnels.clone()));
     // The plain listener that sends clients to https.
     let redirecting = match config.redirect.address {
         Some(address) => {
@@ -338,12 +369,20 @@ async fn run(
             #[cfg(unix)]
             handover.redirect(&listener)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            let port = config.redirect.port.unwrap_or(local.port());
+            let port = config
+                .redirect
+                .port
+                .or(https_port)
+                .ok_or("a redirect to https needs a TLS listener")?;
             tracing::info!(address = %listener.local_addr()?, port, "redirecting plain HTTP to https (308)");
             println!("wsgate redirecting on {}", listener.local_addr()?);
             let _ = std::io::stdout().flush();
-            let server = app::server(&config, redirect::router(port, config.log.query), None)
-                .shutdown_timeout(HANDSHAKE_GRACE);
+            let server = app::listener(
+                &app::server(&config, redirect::router(port, config.log.query)),
+                &config.redirect.listen(),
+                None,
+            )
+            .shutdown_timeout(HANDSHAKE_GRACE);
             let stop = stop.clone();
             Some(tokio::spawn(async move {
                 server
@@ -523,14 +562,20 @@ fn upgrade(
     }
 }
 
-/// The public listeners of `config`: one per worker.
-fn bind(config: &Config) -> Result<Vec<std::net::TcpListener>, String> {
+/// The public listeners of `config`: for each, one socket per worker.
+fn bind(config: &Config) -> Result<Vec<Vec<std::net::TcpListener>>, String> {
     let workers = config
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let address = config.listen.address;
-    workers::bind(address, workers).map_err(|e| format!("cannot listen on {address}: {e}"))
+    config
+        .listen
+        .iter()
+        .map(|listen| {
+            let address = listen.address;
+            workers::bind(address, workers).map_err(|e| format!("cannot listen on {address}: {e}"))
+        })
+        .collect()
 }
 
 /// On shutdown, how long connections accepted before it have to finish

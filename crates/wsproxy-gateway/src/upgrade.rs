@@ -28,7 +28,8 @@ pub(crate) struct Handover {
     /// The binary and arguments this process was started with.
     exe: PathBuf,
     args: Vec<std::ffi::OsString>,
-    public: Vec<TcpListener>,
+    /// Each public listener's sockets, one per worker.
+    public: Vec<Vec<TcpListener>>,
     admin: Option<TcpListener>,
     redirect: Option<TcpListener>,
 }
@@ -36,8 +37,9 @@ pub(crate) struct Handover {
 /// Sockets handed over by an older process.
 #[derive(Debug)]
 pub(crate) struct Inherited {
-    /// The public listeners (one per worker of the older process).
-    pub(crate) public: Vec<TcpListener>,
+    /// The public listeners, in order, each with its sockets (one per
+    /// worker of the older process).
+    pub(crate) public: Vec<Vec<TcpListener>>,
     /// The admin listener, if it had one.
     pub(crate) admin: Option<TcpListener>,
     /// The listener redirecting to https, if it had one.
@@ -65,10 +67,14 @@ impl Handover {
         })
     }
 
-    /// Keep a descriptor of each public listener.
-    pub(crate) fn public(&mut self, listeners: &[TcpListener]) -> std::io::Result<()> {
-        for listener in listeners {
-            self.public.push(listener.try_clone()?);
+    /// Keep a descriptor of each socket of each public listener.
+    pub(crate) fn public(&mut self, listeners: &[Vec<TcpListener>]) -> std::io::Result<()> {
+        for sockets in listeners {
+            let kept = sockets
+                .iter()
+                .map(TcpListener::try_clone)
+                .collect::<std::io::Result<_>>()?;
+            self.public.push(kept);
         }
         Ok(())
     }
@@ -87,17 +93,22 @@ impl Handover {
 
     /// Start the new process with the sockets; its PID and handle.
     pub(crate) fn start(&self) -> std::io::Result<std::process::Child> {
-        let mut sockets: Vec<(&str, OwnedFd)> = Vec::new();
-        for listener in &self.public {
-            sockets.push(("public", OwnedFd::from(listener.try_clone()?)));
+        let mut sockets: Vec<(String, OwnedFd)> = Vec::new();
+        for (index, listener) in self.public.iter().enumerate() {
+            for socket in listener {
+                sockets.push((
+                    format!("public:{index}"),
+                    OwnedFd::from(socket.try_clone()?),
+                ));
+            }
         }
         if let Some(admin) = &self.admin {
-            sockets.push(("admin", OwnedFd::from(admin.try_clone()?)));
+            sockets.push(("admin".to_owned(), OwnedFd::from(admin.try_clone()?)));
         }
         if let Some(redirect) = &self.redirect {
-            sockets.push(("redirect", OwnedFd::from(redirect.try_clone()?)));
+            sockets.push(("redirect".to_owned(), OwnedFd::from(redirect.try_clone()?)));
         }
-        let names: Vec<&str> = sockets.iter().map(|(name, _)| *name).collect();
+        let names: Vec<String> = sockets.iter().map(|(name, _)| name.clone()).collect();
         let mappings = sockets
             .into_iter()
             .enumerate()
@@ -132,7 +143,7 @@ impl Inherited {
             .parse()
             .map_err(|_| std::io::Error::other(format!("{FROM}={from}: not a PID")))?;
         let mut fds = listenfd::ListenFd::from_env();
-        let mut public = Vec::new();
+        let mut public: Vec<Vec<TcpListener>> = Vec::new();
         let mut admin = None;
         let mut redirect = None;
         for (index, name) in names.split(',').enumerate() {
@@ -143,11 +154,33 @@ impl Inherited {
             match name {
                 "admin" => admin = Some(listener),
                 "redirect" => redirect = Some(listener),
-                _ => public.push(listener),
+                // `public` alone: from a version with one listener.
+                _ => {
+                    let index = match name.strip_prefix("public:") {
+                        Some(index) => index.parse().map_err(|_| {
+                            std::io::Error::other(format!(
+                                "socket {index} has an unknown role {name}"
+                            ))
+                        })?,
+                        None => 0,
+                    };
+                    if public.len() <= index {
+                        public.resize_with(index + 1, Vec::new);
+                    }
+                    public[index].push(listener);
+                }
             }
         }
-        if public.is_empty() {
+        if public.is_empty() || public.iter().any(Vec::is_empty) {
             return Err(std::io::Error::other("no public listener was handed over"));
+        }
+        if public
+            .iter()
+            .any(|sockets| sockets.len() != public[0].len())
+        {
+            return Err(std::io::Error::other(
+                "the public listeners were handed over with different socket counts",
+            ));
         }
         Ok(Some(Self {
             public,

@@ -50,21 +50,30 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Serve on `listener` until `stop`, then drain: HTTP connections finish
-/// their requests while open tunnels, whose drain `main` started, end.
-/// Tunnels live on the runtime that accepted them, which runs until they
-/// are gone.
+/// Serve on `sockets` (one per listener, each with its listener's
+/// server) until `stop`, then drain: HTTP connections finish their
+/// requests while open tunnels, whose drain `main` started, end. Tunnels
+/// live on the runtime that accepted them, which runs until they are
+/// gone.
 pub(crate) async fn serve(
-    listener: std::net::TcpListener,
-    server: Server<Switch>,
+    sockets: Vec<(std::net::TcpListener, Server<Switch>)>,
     stop: CancellationToken,
     tunnels: Tunnels,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    server
-        .serve(listener)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await?;
+    let mut serving = Vec::with_capacity(sockets.len());
+    for (socket, server) in sockets {
+        let listener = tokio::net::TcpListener::from_std(socket)?;
+        let stop = stop.clone();
+        serving.push(async move {
+            server
+                .serve(listener)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+    }
+    for result in futures_util::future::join_all(serving).await {
+        result?;
+    }
     // `main` starts the drain (with its deadline) once the connections
     // accepted before the stop were answered: this only waits for it,
     // keeping the runtime of this worker's tunnels alive.
@@ -75,8 +84,7 @@ pub(crate) async fn serve(
 /// Run [`serve`] on a new thread with a single-threaded runtime.
 pub(crate) fn spawn(
     index: usize,
-    listener: std::net::TcpListener,
-    server: Server<Switch>,
+    sockets: Vec<(std::net::TcpListener, Server<Switch>)>,
     stop: CancellationToken,
     tunnels: Tunnels,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -93,7 +101,7 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            if let Err(e) = runtime.block_on(serve(listener, server, stop, tunnels)) {
+            if let Err(e) = runtime.block_on(serve(sockets, stop, tunnels)) {
                 tracing::error!(error = %e, worker = index, "worker stopped with an error");
             }
         })

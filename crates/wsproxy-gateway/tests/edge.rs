@@ -217,3 +217,69 @@ fn hsts_and_the_redirect_need_tls() {
     let (_, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
     assert!(stderr.contains("has no max-age=SECONDS"), "{stderr}");
 }
+
+/// Several public listeners, nginx's `listen 80; listen 443 ssl;`: each
+/// with its own TLS, HTTP/2 and PROXY protocol, all serving the same
+/// routes; HSTS only on answers over TLS.
+#[tokio::test]
+async fn several_listeners_each_with_its_own_settings() {
+    let backend = Backend::start().await;
+    let cert = Leaf::localhost();
+    let folder = Folder::new();
+    let text = format!(
+        "workers = 2\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\nhttp2 = false\n\
+         hsts = \"max-age=60\"\n\
+         [listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\n\
+         [[routes]]\nprefix = \"/a\"\nupstream = \"one\"\n\n\
+         [upstreams.one]\nbackends = [\"{}\"]\n",
+        cert.files().cert.display(),
+        cert.files().key.display(),
+        backend.url()
+    );
+    let file = folder.write("wsgate.toml", &text);
+    // Not `Gateway::start`: its `--listen` flag would set the first one.
+    let gateway = Gateway::start_bare(&["--config", PemFiles::arg(&file)]);
+    let plain = gateway.addr;
+    let tls = gateway.next_listen_addr();
+    let proxied = gateway.next_listen_addr();
+    assert!(plain != tls && tls != proxied);
+
+    // Plain: a tunnel, no HSTS.
+    let mut stream = tokio::net::TcpStream::connect(plain).await.unwrap();
+    let head = ask(&mut stream, &handshake("/a", "")).await;
+    assert_eq!(head.status, 101);
+    assert_eq!(head.header("strict-transport-security"), None);
+    // TLS, HTTP/1.1 only: a tunnel with HSTS.
+    let mut stream = cert.connect(tls, &[b"h2", b"http/1.1"]).await;
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let head = ask(&mut stream, &handshake("/a", "")).await;
+    assert_eq!(head.status, 101);
+    assert_eq!(head.header("strict-transport-security"), Some("max-age=60"));
+    // PROXY protocol on the third only.
+    let mut sent = proxy_v2("203.0.113.9:7".parse().unwrap());
+    sent.extend_from_slice(handshake("/a", "").as_bytes());
+    let mut stream = raw(proxied, &sent).await;
+    assert_eq!(read_head(&mut stream).await.status, 101);
+    assert_eq!(backend.last_headers()["x-forwarded-for"], "203.0.113.9");
+    let mut stream = raw(plain, &sent).await;
+    assert_eq!(read_head(&mut stream).await.status, 400);
+}
+
+/// Two listeners on one address are refused by the check.
+#[test]
+fn two_listeners_on_one_address_are_refused() {
+    let folder = Folder::new();
+    let file = folder.write(
+        "wsgate.toml",
+        "demo = true\n[[listen]]\naddress = \"127.0.0.1:9\"\n[[listen]]\naddress = \"127.0.0.1:9\"\n",
+    );
+    let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("listen[1].address: 127.0.0.1:9 is listen[0]'s address too"),
+        "{stderr}"
+    );
+}

@@ -135,3 +135,64 @@ async fn usr2_hands_the_sockets_over_without_a_failed_handshake() {
         "the new process is not running"
     );
 }
+
+/// Every socket is handed over: two public listeners (each with its own
+/// sockets per worker, one of them TLS) and the redirect listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usr2_hands_over_every_listener() {
+    use wsproxy_test_support::{Leaf, PemFiles, handshake, raw, read_head};
+    let backend = Backend::start().await;
+    let cert = Leaf::localhost();
+    let folder = support::Folder::new();
+    let text = format!(
+        "workers = 2\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\n\
+         [[listen]]\naddress = \"127.0.0.1:0\"\n\
+         [listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [redirect]\naddress = \"127.0.0.1:0\"\n\
+         [[routes]]\nprefix = \"/a\"\nupstream = \"one\"\n\n\
+         [upstreams.one]\nbackends = [\"{}\"]\n",
+        cert.files().cert.display(),
+        cert.files().key.display(),
+        backend.url()
+    );
+    let file = folder.write("wsgate.toml", &text);
+    let mut old = Gateway::start_bare(&["--config", PemFiles::arg(&file)]);
+    let plain = old.addr;
+    let tls = old.next_listen_addr();
+    let redirect = old.redirect_addr();
+    old.signal("USR2");
+    let log = tokio::task::block_in_place(|| old.wait_log("new process started"));
+    let pid: u32 = log
+        .lines()
+        .find(|l| l.contains("new process started"))
+        .and_then(|l| l.split("pid=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no PID in:\n{log}"));
+    let _reap = Reap(Some(pid));
+    let status = tokio::task::block_in_place(|| old.wait_exit(LIMIT)).expect("the old one exited");
+    assert!(status.success(), "{status:?}");
+    // Only the new process is left to answer, on every socket.
+    let mut stream = raw(plain, handshake("/a", "").as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 101);
+    let mut stream = cert.connect(tls, &[b"http/1.1"]).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(handshake("/a", "").as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    timeout(LIMIT, stream.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let mut stream = raw(redirect, b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 308);
+    assert_eq!(
+        head.header("location"),
+        Some(format!("https://h:{}/x", tls.port()).as_str())
+    );
+}

@@ -325,23 +325,27 @@ impl Args {
                 to.clone_from(flag);
             }
         }
-        set(&mut config.listen.address, &self.listen);
-        set_some(&mut config.admin.address, &self.admin_listen);
-        set_some(&mut config.redirect.address, &self.redirect_listen);
-        config.listen.proxy_protocol |= self.proxy_protocol;
+        // The listener flags set the first listener.
+        if config.listen.is_empty() {
+            config.listen.push(Default::default());
+        }
+        let listen = &mut config.listen[0];
+        set(&mut listen.address, &self.listen);
+        listen.proxy_protocol |= self.proxy_protocol;
         if !self.proxy_protocol_from.is_empty() {
-            config
-                .listen
+            listen
                 .proxy_protocol_from
                 .clone_from(&self.proxy_protocol_from);
         }
-        set(&mut config.log.format, &self.log_format);
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            config.listen.tls = Some(TlsFiles {
+            listen.tls = Some(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
             });
         }
+        set_some(&mut config.admin.address, &self.admin_listen);
+        set_some(&mut config.redirect.address, &self.redirect_listen);
+        set(&mut config.log.format, &self.log_format);
         set_some(&mut config.workers, &self.workers);
         let timeouts = &mut config.timeouts;
         set(&mut timeouts.connect, &self.connect_timeout);

@@ -30,8 +30,9 @@ pub(crate) use crate::tls::BackendTlsFiles;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Config {
-    /// The public listener.
-    pub(crate) listen: Listen,
+    /// The public listeners: `[listen]`, or several `[[listen]]`.
+    #[serde(deserialize_with = "value::one_or_many")]
+    pub(crate) listen: Vec<Listen>,
     /// The admin listener: metrics, status, health (default: none).
     pub(crate) admin: AdminConfig,
     /// A plain-HTTP listener that redirects to the TLS one (default:
@@ -72,7 +73,7 @@ pub(crate) struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: Listen::default(),
+            listen: vec![Listen::default()],
             admin: AdminConfig::default(),
             redirect: Redirect::default(),
             workers: None,
@@ -157,10 +158,27 @@ pub(crate) struct Redirect {
     /// to change.
     #[serde(deserialize_with = "value::some_parsed")]
     pub(crate) address: Option<SocketAddr>,
-    /// The port in the https URL (default: the TLS listener's; none in
-    /// the URL when it is 443).
+    /// The port in the https URL (default: the first TLS listener's; none
+    /// in the URL when it is 443).
     #[serde(deserialize_with = "value::some_parsed")]
     pub(crate) port: Option<u16>,
+    /// Read a PROXY protocol header first, as `listen.proxy_protocol`.
+    pub(crate) proxy_protocol: bool,
+    /// With `proxy_protocol`, only from these peers (default: any).
+    #[serde(deserialize_with = "value::parsed_list")]
+    pub(crate) proxy_protocol_from: Vec<ipnet::IpNet>,
+}
+
+impl Redirect {
+    /// As a listener: its address and PROXY protocol.
+    pub(crate) fn listen(&self) -> Listen {
+        Listen {
+            address: self.address.unwrap_or(Listen::default().address),
+            proxy_protocol: self.proxy_protocol,
+            proxy_protocol_from: self.proxy_protocol_from.clone(),
+            ..Listen::default()
+        }
+    }
 }
 
 /// A certificate chain (PEM, leaf first) and its private key.
@@ -538,6 +556,24 @@ impl Config {
         Ok(config)
     }
 
+    /// How errors name listener `i`: `listen` when it is the only one.
+    fn listen_key(&self, i: usize) -> String {
+        if self.listen.len() == 1 {
+            "listen".to_owned()
+        } else {
+            format!("listen[{i}]")
+        }
+    }
+
+    /// The value of `Strict-Transport-Security` on answers over TLS (every
+    /// TLS listener gives the same, checked).
+    pub(crate) fn hsts(&self) -> Option<&axum::http::HeaderValue> {
+        self.listen
+            .iter()
+            .find(|l| l.tls.is_some())
+            .and_then(|l| l.hsts.as_ref())
+    }
+
     /// Make the file names in the configuration that are relative to its
     /// file's folder (`dir`) usable from any working directory.
     fn resolve_paths(&mut self, dir: &Path) {
@@ -546,9 +582,11 @@ impl Config {
                 *path = dir.join(&*path);
             }
         };
-        if let Some(tls) = &mut self.listen.tls {
-            resolve(&mut tls.cert);
-            resolve(&mut tls.key);
+        for listen in &mut self.listen {
+            if let Some(tls) = &mut listen.tls {
+                resolve(&mut tls.cert);
+                resolve(&mut tls.key);
+            }
         }
         if let Some(file) = &mut self.log.file {
             resolve(file);
@@ -592,7 +630,11 @@ impl Config {
                     .into(),
             );
         }
-        if self.redirect.address.is_some() && self.listen.tls.is_none() {
+        if self.listen.is_empty() {
+            error("listen".into(), "no listener: give at least one".into());
+        }
+        let tls_listeners: Vec<&Listen> = self.listen.iter().filter(|l| l.tls.is_some()).collect();
+        if self.redirect.address.is_some() && tls_listeners.is_empty() {
             error(
                 "redirect.address".to_owned(),
                 "a redirect to https needs a TLS listener: set listen.tls too".to_owned(),
@@ -604,30 +646,55 @@ impl Config {
                 "set only with redirect.address".to_owned(),
             );
         }
-        if self.listen.hsts.is_some() && self.listen.tls.is_none() {
+        if !self.redirect.proxy_protocol_from.is_empty() && !self.redirect.proxy_protocol {
             error(
-                "listen.hsts".to_owned(),
-                "Strict-Transport-Security is for TLS listeners: set listen.tls too".to_owned(),
-            );
-        }
-        if let Some(hsts) = &self.listen.hsts
-            && !hsts
-                .to_str()
-                .is_ok_and(|v| v.to_ascii_lowercase().contains("max-age="))
-        {
-            error(
-                "listen.hsts".to_owned(),
-                format!(
-                    "'{}' has no max-age=SECONDS (RFC 6797)",
-                    String::from_utf8_lossy(hsts.as_bytes())
-                ),
-            );
-        }
-        if !self.listen.proxy_protocol_from.is_empty() && !self.listen.proxy_protocol {
-            error(
-                "listen.proxy_protocol_from".to_owned(),
+                "redirect.proxy_protocol_from".to_owned(),
                 "set only with proxy_protocol = true".to_owned(),
             );
+        }
+        let mut addresses = std::collections::HashMap::new();
+        for (i, listen) in self.listen.iter().enumerate() {
+            let key = self.listen_key(i);
+            if listen.address.port() != 0
+                && let Some(other) = addresses.insert(listen.address, key.clone())
+            {
+                error(
+                    format!("{key}.address"),
+                    format!("{} is {other}'s address too", listen.address),
+                );
+            }
+            if listen.hsts.is_some() && listen.tls.is_none() {
+                error(
+                    format!("{key}.hsts"),
+                    "Strict-Transport-Security is for TLS listeners: set listen.tls too".to_owned(),
+                );
+            }
+            if let Some(hsts) = &listen.hsts
+                && !hsts
+                    .to_str()
+                    .is_ok_and(|v| v.to_ascii_lowercase().contains("max-age="))
+            {
+                error(
+                    format!("{key}.hsts"),
+                    format!(
+                        "'{}' has no max-age=SECONDS (RFC 6797)",
+                        String::from_utf8_lossy(hsts.as_bytes())
+                    ),
+                );
+            }
+            // One header for every answer over TLS.
+            if listen.tls.is_some() && listen.hsts != tls_listeners[0].hsts {
+                error(
+                    format!("{key}.hsts"),
+                    "every TLS listener must give the same hsts (one header for all)".to_owned(),
+                );
+            }
+            if !listen.proxy_protocol_from.is_empty() && !listen.proxy_protocol {
+                error(
+                    format!("{key}.proxy_protocol_from"),
+                    "set only with proxy_protocol = true".to_owned(),
+                );
+            }
         }
         let mut scopes = std::collections::HashMap::new();
         for (i, route) in self.routes.iter().enumerate() {
@@ -701,10 +768,13 @@ impl Config {
         }
         // Without a file, what was wrong came from a flag: name it.
         let named = |key: &str, flag: &str| if file.is_some() { key } else { flag }.to_owned();
-        if let Some(tls) = &self.listen.tls
-            && let Err(e) = crate::tls::Certificate::load(&tls.cert, &tls.key)
-        {
-            error(named("listen.tls", "--tls-cert/--tls-key"), e.to_string());
+        for (i, listen) in self.listen.iter().enumerate() {
+            if let Some(tls) = &listen.tls
+                && let Err(e) = crate::tls::Certificate::load(&tls.cert, &tls.key)
+            {
+                let key = format!("{}.tls", self.listen_key(i));
+                error(named(&key, "--tls-cert/--tls-key"), e.to_string());
+            }
         }
         if let Err((key, e)) = crate::tls::backend(&self.backend_tls) {
             let flag = match key {

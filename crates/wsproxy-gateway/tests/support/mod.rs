@@ -30,6 +30,19 @@ impl Gateway {
         Self::spawn(command)
     }
 
+    /// Start `wsgate ARGS` (its listeners from the configuration) and
+    /// wait for the first listener's address.
+    pub fn start_bare(args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+        command.args(args);
+        Self::spawn(command)
+    }
+
+    /// The address of the next listener (`wsgate listening on ...`).
+    pub fn next_listen_addr(&self) -> SocketAddr {
+        self.next_addr("wsgate listening on ")
+    }
+
     /// [`start`](Self::start) with the open file limit (soft and hard) at
     /// `nofile`, as `ulimit -n` sets it; the shell `exec`s wsgate, so the
     /// child's PID is wsgate's.
