@@ -206,6 +206,7 @@ impl Live {
             config.listen.clone_from(&old.listen);
         }
         keep!(admin, "admin");
+        keep!(watch, "watch");
         keep!(redirect, "redirect");
         keep!(workers, "workers");
         keep!(connections, "connections");

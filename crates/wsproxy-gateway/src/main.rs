@@ -68,6 +68,7 @@ mod signals;
 mod tls;
 #[cfg(unix)]
 mod upgrade;
+mod watch;
 mod workers;
 
 use std::io::Write as _;
@@ -410,13 +411,38 @@ async fn run(
     // A new process started by SIGUSR2 and still running.
     #[cfg(unix)]
     let upgrading = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // With `watch`, a changed file reloads as SIGHUP does.
+    let mut watch = match (&source.file, live.config().watch) {
+        (Some(file), true) => {
+            tracing::info!(file = %file.display(), "watching the configuration and certificate files");
+            Some(watch::Watch::new(file.clone(), live.config()))
+        }
+        _ => None,
+    };
     let deadline = loop {
-        match signals.next().await {
-            Signal::Reload => {
-                let ok = reload(&source, &mut live);
+        let signal = tokio::select! {
+            signal = signals.next() => signal,
+            () = async {
+                match &mut watch {
+                    Some(watch) => watch.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => Signal::Changed,
+        };
+        match signal {
+            Signal::Reload | Signal::Changed => {
+                let why = if signal == Signal::Reload {
+                    "SIGHUP"
+                } else {
+                    "a file changed"
+                };
+                let ok = reload(&source, &mut live, why);
                 if let Some(admin) = &admin {
                     admin::reloaded(ok);
                     admin.publish(live.view());
+                }
+                if let (Some(watch), Some(file)) = (&mut watch, &source.file) {
+                    watch.follow(file.clone(), live.config());
                 }
             }
             Signal::ReopenLog => reopen(&log),
@@ -600,7 +626,7 @@ fn reopen(log: &LogWriter) {
 
 /// SIGHUP: read the configuration again and apply it, or keep the one in
 /// force if it is invalid; whether it was applied.
-fn reload(source: &Source, live: &mut Live) -> bool {
+fn reload(source: &Source, live: &mut Live, why: &str) -> bool {
     let applied = source
         .load()
         .map_err(|e| e.to_string())
@@ -612,7 +638,7 @@ fn reload(source: &Source, live: &mut Live) -> bool {
             }
             tracing::info!(
                 generation = live.generation(),
-                "SIGHUP: configuration reloaded"
+                "{why}: configuration reloaded"
             );
             log_routes(live.config());
             true
@@ -620,7 +646,7 @@ fn reload(source: &Source, live: &mut Live) -> bool {
         Err(e) => {
             tracing::error!(
                 generation = live.generation(),
-                "SIGHUP: configuration not reloaded, the one in force is kept: {e}"
+                "{why}: configuration not reloaded, the one in force is kept: {e}"
             );
             false
         }

@@ -22,6 +22,8 @@ pub(crate) enum Signal {
     Stop(&'static str),
     /// SIGQUIT: drain with no deadline, then stop.
     Quit,
+    /// Not a signal: a watched file changed (`watch`); reload as SIGHUP.
+    Changed,
 }
 
 /// The signals, listened to from creation on.

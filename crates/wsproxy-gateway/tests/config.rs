@@ -751,6 +751,52 @@ async fn the_text_access_log_is_nginx_combined() {
     assert!(!log.contains("finished processing request"), "{log}");
 }
 
+/// `watch = true`: an edit of the file reloads without a signal (a file
+/// replaced by a rename, as editors do); an invalid edit is refused once
+/// and the configuration in force kept; the next good edit applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watched_file_reloads_when_it_changes() {
+    let one = Backend::start().await;
+    let two = Backend::start().await;
+    let folder = Folder::new();
+    let with = |backend: &Backend| {
+        config(
+            "watch = true\n",
+            &[("/a", "one")],
+            &[("one", &[backend.url()])],
+        )
+    };
+    let file = folder.write("wsgate.toml", &with(&one));
+    let gateway = start(&file);
+    echo(&mut connect(&gateway, "/a").await, "to one").await;
+    let replace = |text: &str| {
+        let new = folder.write("wsgate.toml.new", text);
+        std::fs::rename(new, &file).unwrap();
+    };
+    replace(&with(&two));
+    tokio::task::block_in_place(|| {
+        gateway.wait_log("a file changed: configuration reloaded generation=2")
+    });
+    echo(&mut connect(&gateway, "/a").await, "to two").await;
+    assert_eq!((one.connections(), two.connections()), (1, 1));
+    replace("workers = 1\n[[routes]]\nprefix = \"/a\"\nupstream = \"missing\"\n");
+    let mut log = tokio::task::block_in_place(|| {
+        gateway.wait_log("a file changed: configuration not reloaded")
+    });
+    echo(&mut connect(&gateway, "/a").await, "still two").await;
+    replace(&with(&one));
+    log.push_str(&tokio::task::block_in_place(|| {
+        gateway.wait_log("configuration reloaded generation=3")
+    }));
+    assert_eq!(
+        log.matches("configuration not reloaded").count(),
+        1,
+        "{log}"
+    );
+    echo(&mut connect(&gateway, "/a").await, "to one again").await;
+    assert_eq!((one.connections(), two.connections()), (2, 2));
+}
+
 /// A setting that needs a restart is not applied by a reload, says so at
 /// every reload while the file differs from what is in force, and stops
 /// saying so once the file agrees again; the rest of the file applies.

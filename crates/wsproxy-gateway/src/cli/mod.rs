@@ -26,6 +26,11 @@ pub(crate) struct Args {
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
 
+    /// Reload when the --config file or a listener's certificate or key
+    /// changes, as SIGHUP does (Caddy's --watch) [watch].
+    #[arg(long)]
+    pub(crate) watch: bool,
+
     /// Check the configuration (files readable, certificates matching
     /// their keys, routes, values) and exit: 0 if it is valid, 2 with
     /// every problem otherwise, like `nginx -t`.
@@ -343,6 +348,7 @@ impl Args {
                 key: key.clone(),
             });
         }
+        config.watch |= self.watch;
         set_some(&mut config.admin.address, &self.admin_listen);
         set_some(&mut config.redirect.address, &self.redirect_listen);
         set(&mut config.log.format, &self.log_format);

@@ -64,6 +64,9 @@ pub(crate) struct Config {
     pub(crate) close_on_disconnect: bool,
     /// Start embedded echo and chat backends on `/echo` and `/chat`.
     pub(crate) demo: bool,
+    /// Reload when this file or a listener's certificate or key changes,
+    /// as SIGHUP does (looked at every second). Needs a restart to change.
+    pub(crate) watch: bool,
     /// `[[routes]]`: which handshakes go to which upstream.
     pub(crate) routes: Vec<RouteConfig>,
     /// `[upstreams.NAME]`: backend sets.
@@ -87,6 +90,7 @@ impl Default for Config {
             backend_tls: BackendTlsFiles::default(),
             close_on_disconnect: true,
             demo: false,
+            watch: false,
             routes: Vec::new(),
             upstreams: BTreeMap::new(),
         }

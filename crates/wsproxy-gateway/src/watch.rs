@@ -1,0 +1,106 @@
+//! `--watch` (`watch = true`): reload when the configuration file or a
+//! certificate it names changes, as SIGHUP does (Caddy's `--watch`), so
+//! that an edit or a renewal needs no signal.
+//!
+//! The files are read and compared by content every [`INTERVAL`] rather
+//! than watched with inotify: editors and certbot replace files by
+//! renaming, which an inotify watch on the old file misses, and a few
+//! small files a second cost nothing. A change is acted on once: an
+//! invalid file is logged once and not retried until it changes again.
+
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// How often the files are looked at.
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
+
+/// The files a configuration is read from, and what they held when last
+/// looked at.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    files: Vec<PathBuf>,
+    seen: u64,
+    interval: tokio::time::Interval,
+}
+
+impl Watch {
+    /// Watch `file` and the certificate files of `config`.
+    pub(crate) fn new(file: PathBuf, config: &Config) -> Self {
+        let mut interval = tokio::time::interval(INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch = Self {
+            files: Vec::new(),
+            seen: 0,
+            interval,
+        };
+        watch.follow(file, config);
+        watch
+    }
+
+    /// After a reload: watch the files `config` names now, as they are.
+    pub(crate) fn follow(&mut self, file: PathBuf, config: &Config) {
+        self.files = std::iter::once(file)
+            .chain(
+                config
+                    .listen
+                    .iter()
+                    .filter_map(|l| l.tls.as_ref())
+                    .flat_map(|tls| [tls.cert.clone(), tls.key.clone()]),
+            )
+            .collect();
+        self.seen = fingerprint(&self.files);
+    }
+
+    /// Resolves when a file changed since it was last looked at.
+    pub(crate) async fn changed(&mut self) {
+        loop {
+            self.interval.tick().await;
+            let now = fingerprint(&self.files);
+            if now != self.seen {
+                self.seen = now;
+                return;
+            }
+        }
+    }
+}
+
+/// The files' contents (or that they are missing), hashed.
+fn fingerprint(files: &[PathBuf]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        std::fs::read(file).ok().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_change_is_seen_once() {
+        let dir = std::env::temp_dir().join(format!("wsgate-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("wsgate.toml");
+        std::fs::write(&file, "workers = 1\n").unwrap();
+        let mut watch = Watch::new(file.clone(), &Config::default());
+        let before = watch.seen;
+        assert_eq!(fingerprint(&watch.files), before, "nothing changed");
+        // Replaced by a rename, as editors do.
+        let new = dir.join("wsgate.toml.new");
+        std::fs::write(&new, "workers = 2\n").unwrap();
+        std::fs::rename(&new, &file).unwrap();
+        tokio::time::timeout(INTERVAL * 5, watch.changed())
+            .await
+            .expect("the change is seen");
+        assert_ne!(watch.seen, before);
+        assert_eq!(fingerprint(&watch.files), watch.seen, "seen once");
+        // A file gone is a change too.
+        std::fs::remove_file(&file).unwrap();
+        assert_ne!(fingerprint(&watch.files), watch.seen);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
