@@ -14,8 +14,9 @@ use wsproxy::serve::{ConnectionLimits, ProxyProtocol, Server, Timeouts};
 use wsproxy::tls::BackendTls;
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
-use crate::config::{Admission, Config, Listen, RouteConfig};
+use crate::config::{Admission, Config, HttpRouteConfig, Listen, RouteConfig};
 use crate::page::{self, PageRoute};
+use wsproxy::http_proxy::HttpProxy;
 
 /// The admission state that outlives a reload: counts of open tunnels
 /// (so that a reload does not hand every client a fresh budget while its
@@ -67,7 +68,7 @@ pub(crate) fn router(
     tunnels: &Tunnels,
     limiters: &mut Limiters,
 ) -> Router {
-    let mut app = page::router(tunnels.clone(), config.demo, config.log.query);
+    let mut app = plain(config, tunnels);
     // The layer of the longest prefix is outermost, so it sees a
     // handshake first; a route with a host before one without.
     let mut ordered: Vec<&RouteConfig> = config.routes.iter().collect();
@@ -102,6 +103,85 @@ async fn hsts_header(
             .or_insert(value);
     }
     response
+}
+
+/// What answers ordinary requests: the `[[http_routes]]` (longest prefix
+/// first, a route with a host before one without), else the status page.
+/// One access-log line each (handshakes have theirs).
+fn plain(config: &Config, tunnels: &Tunnels) -> Router {
+    let page = page::router(tunnels.clone(), config.demo);
+    let trace = page::trace(config.log.query);
+    if config.http_routes.is_empty() {
+        return page.layer(trace);
+    }
+    let mut ordered: Vec<&HttpRouteConfig> = config.http_routes.iter().collect();
+    ordered.sort_by_key(|route| {
+        std::cmp::Reverse((
+            route.host.is_some(),
+            route.prefix.trim_end_matches('/').len(),
+        ))
+    });
+    let routes: Vec<(Route, HttpProxy)> = ordered
+        .into_iter()
+        .map(|route| {
+            let mut claim = Route::prefix(&route.prefix);
+            if let Some(host) = &route.host {
+                claim = claim.host(host);
+            }
+            (claim, http_proxy(config, route))
+        })
+        .collect();
+    Router::new()
+        .fallback(dispatch)
+        .with_state(Arc::new(Plain { routes, page }))
+        .layer(trace)
+}
+
+/// The app servers of the `[[http_routes]]`, in the order they are tried,
+/// and the page for what none claims.
+struct Plain {
+    routes: Vec<(Route, HttpProxy)>,
+    page: Router,
+}
+
+async fn dispatch(
+    axum::extract::State(plain): axum::extract::State<Arc<Plain>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use tower::ServiceExt as _;
+    for (route, proxy) in &plain.routes {
+        if route.matches(request.uri(), request.headers()) {
+            return match proxy.clone().oneshot(request).await {
+                Ok(response) => response.into_response(),
+                Err(never) => match never {},
+            };
+        }
+    }
+    match plain.page.clone().oneshot(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+/// The app server of one `[[http_routes]]` entry (checked).
+fn http_proxy(config: &Config, route: &HttpRouteConfig) -> HttpProxy {
+    let mut proxy = HttpProxy::new(&route.upstream)
+        .expect("checked with the configuration")
+        .connect_timeout(config.timeouts.connect)
+        .response_timeout(config.timeouts.http_response)
+        .forwarded_header(config.forwarding.forwarded)
+        .trusted_proxies(config.forwarding.trusted_proxies.iter().copied());
+    if route.strip_prefix {
+        proxy = proxy.strip_prefix(&route.prefix);
+    }
+    if let Some(replacement) = &route.rewrite_prefix {
+        proxy = proxy.rewrite_prefix(&route.prefix, replacement);
+    }
+    if let Some(host) = &route.host_header {
+        proxy = proxy.host_header(host.library());
+    }
+    proxy
 }
 
 /// The proxy layer of one route.

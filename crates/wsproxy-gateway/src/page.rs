@@ -33,19 +33,14 @@ pub(crate) struct PageRoute {
     pub(crate) set: Backends,
 }
 
-/// The router for plain HTTP requests on the public listener: `/` (the
-/// tunnel counts, and the demo client in demo mode; the backends are on
-/// the admin listener) and `/healthz`.
-///
-/// Plain requests are logged with their query unless `log_query` is
-/// false (then `?<redacted>`), as handshakes are.
-pub(crate) fn router(tunnels: Tunnels, demo: bool, log_query: bool) -> Router {
+/// The router for plain HTTP requests on the public listener that no
+/// `[[http_routes]]` claims: `/` (the tunnel counts, and the demo client
+/// in demo mode; the backends are on the admin listener) and `/healthz`.
+pub(crate) fn router(tunnels: Tunnels, demo: bool) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(PageState { tunnels, demo })
-        // One log line per plain request, as for handshakes.
-        .layer(trace(log_query))
 }
 
 /// The access-log span of a plain request (see `access.rs`): client,

@@ -283,3 +283,103 @@ fn two_listeners_on_one_address_are_refused() {
         "{stderr}"
     );
 }
+
+/// nginx's most common WebSocket recipe: one port, ordinary requests to
+/// the app server (Python's `http.server` here), WebSockets to their
+/// backend; the app's answer relayed with its status, headers and body,
+/// and an access line; a prefix of its own for another app, rewritten.
+#[tokio::test]
+async fn an_app_server_and_websockets_on_one_port() {
+    use wsproxy_test_support::{echo, python_backend, read_body};
+    let backend = Backend::start().await;
+    let (_python, app) = python_backend("http_app.py").await;
+    let (_python2, other) = python_backend("http_app.py").await;
+    let folder = Folder::new();
+    let gateway = start(
+        &folder,
+        &format!(
+            "[[http_routes]]\nprefix = \"/\"\nupstream = \"http://{app}\"\n\n\
+             [[http_routes]]\nprefix = \"/admin\"\nupstream = \"http://{other}\"\n\
+             rewrite_prefix = \"/internal\"\n"
+        ),
+        &backend,
+    );
+    let mut ws = wsproxy_test_support::connect(&format!("ws://{}/a", gateway.addr)).await;
+    echo(&mut ws, tokio_tungstenite::tungstenite::Message::text("ws")).await;
+    for (request, expected) in [
+        (
+            "POST /login?next=%2F HTTP/1.1\r\nHost: site.example\r\nContent-Length: 4\r\n\r\nuser",
+            vec![
+                "method POST".to_owned(),
+                "path /login?next=%2F".to_owned(),
+                "body 4".to_owned(),
+                format!("header host: {app}"),
+                "header x-forwarded-host: site.example".to_owned(),
+                "header x-forwarded-for: 127.0.0.1".to_owned(),
+            ],
+        ),
+        (
+            "GET /admin/users HTTP/1.1\r\nHost: site.example\r\n\r\n",
+            vec!["method GET".to_owned(), "path /internal/users".to_owned()],
+        ),
+    ] {
+        let mut stream = raw(gateway.addr, request.as_bytes()).await;
+        let head = read_head(&mut stream).await;
+        assert_eq!(head.status, 200);
+        assert_eq!(head.header("x-app"), Some("python"));
+        let body = String::from_utf8(read_body(&mut stream, &head).await).unwrap();
+        for line in expected {
+            assert!(body.lines().any(|l| l == line), "{line}:\n{body}");
+        }
+    }
+    // The status page is the app's now; the tunnel still echoes.
+    echo(
+        &mut ws,
+        tokio_tungstenite::tungstenite::Message::text("still"),
+    )
+    .await;
+    gateway.wait_log("\"POST /login?next=%2F HTTP/1.1\" 200 ");
+}
+
+/// The app server down: 502; no answer within `timeouts.http_response`:
+/// 504; each with a log line.
+#[tokio::test]
+async fn an_app_server_down_or_slow_is_502_or_504() {
+    use wsproxy_test_support::{closed_port, silent_backend};
+    let backend = Backend::start().await;
+    let (_port, dead) = closed_port();
+    let (silent, _) = silent_backend().await;
+    let folder = Folder::new();
+    let gateway = start(
+        &folder,
+        &format!(
+            "[timeouts]\nhttp_response = \"300ms\"\n\
+             [[http_routes]]\nprefix = \"/down\"\nupstream = \"http://{dead}\"\n\n\
+             [[http_routes]]\nprefix = \"/slow\"\nupstream = \"http://{silent}\"\n"
+        ),
+        &backend,
+    );
+    for (path, status) in [("/down", 502), ("/slow", 504)] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut stream = raw(gateway.addr, request.as_bytes()).await;
+        assert_eq!(read_head(&mut stream).await.status, status, "{path}");
+    }
+    let log = gateway.wait_log("app server did not answer in time: 504");
+    assert!(log.contains("app server unreachable: 502"), "{log}");
+}
+
+/// An app server URL that is not `http://` is named by the check.
+#[test]
+fn an_http_route_needs_an_http_url() {
+    let folder = Folder::new();
+    let file = folder.write(
+        "wsgate.toml",
+        "demo = true\n[[http_routes]]\nprefix = \"/\"\nupstream = \"ws://127.0.0.1:1\"\n",
+    );
+    let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("http_routes[0].upstream: invalid upstream \"ws://127.0.0.1:1\": an app server URL starts with http://"),
+        "{stderr}"
+    );
+}

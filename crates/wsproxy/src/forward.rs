@@ -83,6 +83,25 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Join every `Cookie` field into one, separated by `; ` (HTTP/2 may
+/// split cookies into several fields; HTTP/1.1 wants one, RFC 9113
+/// §8.2.3).
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// What the proxy knows about the client when it forwards a request.
 #[derive(Debug)]
 pub(crate) struct Forwarding<'a> {

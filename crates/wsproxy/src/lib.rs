@@ -304,6 +304,9 @@ pub mod forward;
 mod frame;
 mod future;
 mod handshake;
+#[cfg(feature = "http-proxy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http-proxy")))]
+pub mod http_proxy;
 mod layer;
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 pub mod metrics;

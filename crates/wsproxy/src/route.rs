@@ -106,7 +106,7 @@ impl Route {
         }
         match &self.kind {
             Kind::Any => true,
-            Kind::Prefix(prefix) => strip(prefix, uri.path()).is_some(),
+            Kind::Prefix(prefix) => strip_prefix(prefix, uri.path()).is_some(),
             Kind::Predicate(predicate) => predicate(uri, headers),
         }
     }
@@ -153,8 +153,27 @@ fn host_is(host: &str, uri: &Uri, headers: &HeaderMap) -> bool {
     authority.eq_ignore_ascii_case(host)
 }
 
+/// The path a backend gets for `path`, claimed under `prefix`: without
+/// the prefix (`strip`), or with `rewrite` in its place, or as it is.
+pub(crate) fn backend_path<'a>(
+    path: &'a str,
+    prefix: Option<&str>,
+    strip: bool,
+    rewrite: Option<&str>,
+) -> std::borrow::Cow<'a, str> {
+    let rest = match prefix {
+        Some(prefix) if strip || rewrite.is_some() => strip_prefix(prefix, path),
+        _ => None,
+    };
+    match (rest, rewrite) {
+        (Some(rest), Some(replacement)) => format!("{replacement}{rest}").into(),
+        (Some(rest), None) => rest.into(),
+        (None, _) => path.into(),
+    }
+}
+
 /// `path` without `prefix`, if `path` lies at or below `prefix`.
-pub(crate) fn strip<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+pub(crate) fn strip_prefix<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
     let rest = path.strip_prefix(prefix)?;
     (rest.is_empty() || rest.starts_with('/')).then_some(rest)
 }

@@ -173,7 +173,7 @@ pub struct InvalidUpstream {
 }
 
 impl InvalidUpstream {
-    fn new(url: &str, reason: &'static str) -> Self {
+    pub(crate) fn new(url: &str, reason: &'static str) -> Self {
         Self {
             url: url.to_owned(),
             reason,

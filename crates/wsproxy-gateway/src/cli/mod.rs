@@ -27,7 +27,7 @@ pub(crate) struct Args {
     pub(crate) config: Option<PathBuf>,
 
     /// Reload when the --config file or a listener's certificate or key
-    /// changes, as SIGHUP does (Caddy's --watch) [watch].
+    /// changes, as SIGHUP does (Caddy's --watch).
     #[arg(long)]
     pub(crate) watch: bool,
 
@@ -77,6 +77,12 @@ pub(crate) struct Args {
     /// '/chat=ws://10.0.0.1:9001;weight=3,ws://10.0.0.2:9001,ws://10.0.0.9:9001;backup'.
     #[arg(long = "route", value_name = "PREFIX=URL[,URL...]")]
     pub(crate) routes: Vec<RouteSpec>,
+
+    /// Send ordinary requests (all but the WebSocket handshakes a --route
+    /// claims) to this app server, http://HOST:PORT[/PATH], nginx's
+    /// `proxy_pass` (an `http_routes` entry for "/").
+    #[arg(long, value_name = "URL")]
+    pub(crate) app: Option<String>,
 
     /// Time allowed for the TCP connect to a backend (e.g. 500ms, 5s).
     /// [default: 5s]
@@ -429,6 +435,19 @@ impl Args {
             config
                 .upstreams
                 .insert(name, UpstreamConfig::new(route.backends.clone()));
+        }
+        if let Some(app) = &self.app {
+            config
+                .http_routes
+                .retain(|route| !route.prefix.trim_end_matches('/').is_empty());
+            config.http_routes.push(crate::config::HttpRouteConfig {
+                prefix: "/".to_owned(),
+                host: None,
+                upstream: app.clone(),
+                strip_prefix: false,
+                rewrite_prefix: None,
+                host_header: None,
+            });
         }
         if self.strip_prefix {
             for route in &mut config.routes {

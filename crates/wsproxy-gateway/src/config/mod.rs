@@ -69,6 +69,8 @@ pub(crate) struct Config {
     pub(crate) watch: bool,
     /// `[[routes]]`: which handshakes go to which upstream.
     pub(crate) routes: Vec<RouteConfig>,
+    /// `[[http_routes]]`: which ordinary requests go to which app server.
+    pub(crate) http_routes: Vec<HttpRouteConfig>,
     /// `[upstreams.NAME]`: backend sets.
     pub(crate) upstreams: BTreeMap<String, UpstreamConfig>,
 }
@@ -92,6 +94,7 @@ impl Default for Config {
             demo: false,
             watch: false,
             routes: Vec::new(),
+            http_routes: Vec::new(),
             upstreams: BTreeMap::new(),
         }
     }
@@ -265,6 +268,10 @@ pub(crate) struct Timeouts {
     /// closing handshakes after Close 1001 (10s).
     #[serde(deserialize_with = "value::duration")]
     pub(crate) shutdown: Duration,
+    /// An app server's response head to a plain request of an
+    /// `[[http_routes]]` (60s, nginx's `proxy_read_timeout`); past it 504.
+    #[serde(deserialize_with = "value::duration")]
+    pub(crate) http_response: Duration,
 }
 
 impl Default for Timeouts {
@@ -281,6 +288,7 @@ impl Default for Timeouts {
             keepalive: serve::DEFAULT_KEEP_ALIVE_TIMEOUT,
             http2_idle: serve::DEFAULT_HTTP2_IDLE_TIMEOUT,
             shutdown: Duration::from_secs(10),
+            http_response: wsproxy::http_proxy::DEFAULT_RESPONSE_TIMEOUT,
         }
     }
 }
@@ -448,6 +456,30 @@ impl RouteConfig {
             self.prefix.trim_end_matches('/'),
         )
     }
+}
+
+/// `[[http_routes]]`: ordinary requests (anything but a WebSocket
+/// handshake a route claims) to an app server, nginx's `proxy_pass`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpRouteConfig {
+    /// The path prefix (whole segments); the longest wins.
+    pub(crate) prefix: String,
+    /// Only for this `Host` (port ignored); default any.
+    #[serde(default)]
+    pub(crate) host: Option<String>,
+    /// The app server: `http://host:port[/path]`.
+    pub(crate) upstream: String,
+    /// Remove the prefix from the path sent to the app.
+    #[serde(default)]
+    pub(crate) strip_prefix: bool,
+    /// Put this in place of the prefix in the path sent to the app.
+    #[serde(default)]
+    pub(crate) rewrite_prefix: Option<String>,
+    /// The `Host` the app gets: `"upstream"` (the default), `"client"`,
+    /// or a fixed value.
+    #[serde(default, deserialize_with = "value::some_parsed")]
+    pub(crate) host_header: Option<HostHeaderConfig>,
 }
 
 /// `host_header`.
@@ -627,7 +659,7 @@ impl Config {
                 problem,
             });
         };
-        if self.routes.is_empty() && !self.demo {
+        if self.routes.is_empty() && self.http_routes.is_empty() && !self.demo {
             error(
                 "routes".into(),
                 "no route: add a [[routes]] (or --route PREFIX=ws://HOST:PORT/PATH), or demo = true"
@@ -697,6 +729,38 @@ impl Config {
                 error(
                     format!("{key}.proxy_protocol_from"),
                     "set only with proxy_protocol = true".to_owned(),
+                );
+            }
+        }
+        let mut http_scopes = std::collections::HashMap::new();
+        for (i, route) in self.http_routes.iter().enumerate() {
+            let key = format!("http_routes[{i}]");
+            if !route.prefix.starts_with('/') {
+                error(
+                    format!("{key}.prefix"),
+                    format!("the prefix '{}' must start with '/'", route.prefix),
+                );
+            }
+            let scope = (
+                route.host.as_ref().map(|h| h.to_ascii_lowercase()),
+                route.prefix.trim_end_matches('/').to_owned(),
+            );
+            if let Some(other) = http_scopes.insert(scope, key.clone()) {
+                error(
+                    format!("{key}.prefix"),
+                    format!(
+                        "two http_routes claim the prefix '{}' ({other} too); give each prefix (per host) once",
+                        route.prefix
+                    ),
+                );
+            }
+            if let Err(e) = wsproxy::http_proxy::HttpProxy::new(&route.upstream) {
+                error(format!("{key}.upstream"), e.to_string());
+            }
+            if route.strip_prefix && route.rewrite_prefix.is_some() {
+                error(
+                    format!("{key}.rewrite_prefix"),
+                    "give strip_prefix or rewrite_prefix, not both".to_owned(),
                 );
             }
         }

@@ -5,7 +5,7 @@
 //! `crate::opening`.
 
 mod respond;
-mod translate;
+pub(crate) mod translate;
 mod validate;
 
 pub(crate) use self::respond::client_head;

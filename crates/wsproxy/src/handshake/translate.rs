@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use http::HeaderMap;
 use http::Request;
 use http::header::{self, HeaderValue};
 use http_body_util::Empty;
@@ -56,21 +57,39 @@ pub(crate) fn backend_request(
     upstream: &Upstream,
     key: &HeaderValue,
 ) -> Option<Request<Empty<Bytes>>> {
-    let path = parts.uri.path();
-    let rest = match (
-        config.strip_prefix || config.rewrite_prefix.is_some(),
+    let (target, mut headers) = forwarded(parts, config, prefix, peer, upstream);
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    // The key the answer is checked against: the client's over HTTP/1.1,
+    // the proxy's own for an HTTP/2 client (which sent none).
+    headers.insert(SEC_WEBSOCKET_KEY, key.clone());
+
+    let mut request = Request::new(Empty::new());
+    *request.uri_mut() = target.parse().ok()?;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// What a request to the backend `upstream` carries for the client's
+/// request `parts` on the route of `prefix` (a handshake's or, with
+/// [`HttpProxy`](crate::http_proxy::HttpProxy), a plain one's): its
+/// target (path and query mapped onto the upstream's) and its headers —
+/// hop-by-hop headers removed, cookies joined, forwarding headers and
+/// `Host` as configured.
+pub(crate) fn forwarded(
+    parts: &http::request::Parts,
+    config: &Translation,
+    prefix: Option<&str>,
+    peer: Option<SocketAddr>,
+    upstream: &Upstream,
+) -> (String, HeaderMap) {
+    let path = route::backend_path(
+        parts.uri.path(),
         prefix,
-    ) {
-        (true, Some(prefix)) => route::strip(prefix, path),
-        _ => None,
-    };
-    let target = match (rest, &config.rewrite_prefix) {
-        (Some(rest), Some(replacement)) => {
-            upstream.target(&format!("{replacement}{rest}"), parts.uri.query())
-        }
-        (Some(rest), None) => upstream.target(rest, parts.uri.query()),
-        (None, _) => upstream.target(path, parts.uri.query()),
-    };
+        config.strip_prefix,
+        config.rewrite_prefix.as_deref(),
+    );
+    let target = upstream.target(&path, parts.uri.query());
 
     let mut headers = parts.headers.clone();
     forward::remove_hop_by_hop(&mut headers);
@@ -90,7 +109,7 @@ pub(crate) fn backend_request(
     if http2 {
         // HTTP/2 may split cookies into several fields; HTTP/1.1 wants one
         // (RFC 9113 §8.2.3).
-        join_cookies(&mut headers);
+        forward::join_cookies(&mut headers);
     }
     Forwarding {
         peer,
@@ -114,31 +133,5 @@ pub(crate) fn backend_request(
         Some(host) => headers.insert(header::HOST, host),
         None => headers.remove(header::HOST),
     };
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    // The key the answer is checked against: the client's over HTTP/1.1,
-    // the proxy's own for an HTTP/2 client (which sent none).
-    headers.insert(SEC_WEBSOCKET_KEY, key.clone());
-
-    let mut request = Request::new(Empty::new());
-    *request.uri_mut() = target.parse().ok()?;
-    *request.headers_mut() = headers;
-    Some(request)
-}
-
-/// Join every `Cookie` field into one, separated by `; `.
-fn join_cookies(headers: &mut http::HeaderMap) {
-    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
-        return;
-    }
-    let mut joined: Vec<u8> = Vec::new();
-    for value in headers.get_all(header::COOKIE) {
-        if !joined.is_empty() {
-            joined.extend_from_slice(b"; ");
-        }
-        joined.extend_from_slice(value.as_bytes());
-    }
-    if let Ok(value) = HeaderValue::from_bytes(&joined) {
-        headers.insert(header::COOKIE, value);
-    }
+    (target, headers)
 }

@@ -1,0 +1,270 @@
+//! Ordinary HTTP to an `http://` app server (feature `http-proxy`):
+//! nginx's most common WebSocket recipe is one server block in front of
+//! an app, ordinary requests `proxy_pass`ed to the app and upgrades to
+//! the WebSocket backends, on one port. [`HttpProxy`] is the first half
+//! as a tower service, the inner service (or an axum fallback) behind a
+//! [`WebSocketProxyLayer`](crate::WebSocketProxyLayer).
+//!
+//! It forwards what a reverse proxy should, as the layer does for
+//! handshakes: method, path (mapped onto the upstream's, with the prefix
+//! [stripped](HttpProxy::strip_prefix) or
+//! [rewritten](HttpProxy::rewrite_prefix)), query, end-to-end headers;
+//! hop-by-hop headers are removed both ways, forwarding headers
+//! (`X-Forwarded-*`, optionally RFC 7239 `Forwarded`) and `Host` follow
+//! the same [policy](crate::forward). Bodies stream both ways, never
+//! buffered whole; HTTP/2 clients are forwarded over HTTP/1.1.
+//! Connections to the app are reused (hyper-util's pooling client).
+//!
+//! Failures are responses: the app unreachable is `502`, no response
+//! head within the [response timeout](HttpProxy::response_timeout) is
+//! `504`, each with a WARN line.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::BodyExt as _;
+use http_body_util::Empty;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use ipnet::IpNet;
+
+use crate::client::client_addr;
+use crate::forward::{self, HostHeader};
+use crate::handshake::translate::{self, Translation};
+use crate::{BoxError, InvalidUpstream, ResponseBody, Upstream};
+
+/// Default [`HttpProxy::connect_timeout`], as the WebSocket layer's.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default [`HttpProxy::response_timeout`] (nginx's `proxy_read_timeout`).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A tower service that forwards every request to an `http://` app
+/// server and streams its answer back. See the [module docs](self).
+///
+/// ```
+/// use axum::Router;
+/// use wsproxy::http_proxy::HttpProxy;
+/// use wsproxy::{Route, WebSocketProxyLayer};
+///
+/// // Upgrades under /ws to the chat servers, everything else to the app.
+/// let app = Router::new()
+///     .fallback_service(HttpProxy::new("http://127.0.0.1:3000").unwrap())
+///     .layer(
+///         WebSocketProxyLayer::new("ws://127.0.0.1:9001".parse().unwrap())
+///             .route(Route::prefix("/ws")),
+///     );
+/// # let _: Router = app;
+/// ```
+#[derive(Clone, Debug)]
+pub struct HttpProxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    upstream: Upstream,
+    translation: Translation,
+    prefix: Option<String>,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    client: Client<HttpConnector, UnsyncBoxBody<Bytes, BoxError>>,
+}
+
+impl HttpProxy {
+    /// Forward to `url`: `http://host[:port][/path][?query]`. The request
+    /// path is appended to the URL's path and the query strings are
+    /// joined, as for WebSocket [`Upstream`]s.
+    pub fn new(url: &str) -> Result<Self, InvalidUpstream> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| InvalidUpstream::new(url, "an app server URL starts with http://"))?;
+        // The same URL rules as a ws:// backend's.
+        let upstream: Upstream = format!("ws://{rest}")
+            .parse()
+            .map_err(|_| InvalidUpstream::new(url, "not a valid http:// URL"))?;
+        let mut proxy = HttpProxy {
+            inner: Arc::new(Inner {
+                upstream,
+                translation: Translation::default(),
+                prefix: None,
+                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+                response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+                client: client(DEFAULT_CONNECT_TIMEOUT),
+            }),
+        };
+        proxy.inner_mut().translation.host_header = HostHeader::Upstream;
+        Ok(proxy)
+    }
+
+    fn inner_mut(&mut self) -> &mut Inner {
+        Arc::get_mut(&mut self.inner).expect("configured before it is cloned")
+    }
+
+    /// Remove `prefix` (whole segments) from the path before appending it
+    /// to the upstream's: `/app/x` reaches the app as `/x`.
+    #[must_use]
+    pub fn strip_prefix(mut self, prefix: &str) -> Self {
+        let inner = self.inner_mut();
+        inner.prefix = Some(prefix.trim_end_matches('/').to_owned());
+        inner.translation.strip_prefix = true;
+        self
+    }
+
+    /// Put `replacement` in place of `prefix` (whole segments): with
+    /// `("/app", "/v2")`, `/app/x` reaches the app as `/v2/x`.
+    #[must_use]
+    pub fn rewrite_prefix(mut self, prefix: &str, replacement: &str) -> Self {
+        let inner = self.inner_mut();
+        inner.prefix = Some(prefix.trim_end_matches('/').to_owned());
+        inner.translation.rewrite_prefix = Some(replacement.trim_end_matches('/').to_owned());
+        self
+    }
+
+    /// The `Host` the app gets (default: [`HostHeader::Upstream`], as
+    /// nginx's `proxy_pass`; the client's goes in `X-Forwarded-Host`).
+    #[must_use]
+    pub fn host_header(mut self, host: HostHeader) -> Self {
+        self.inner_mut().translation.host_header = host;
+        self
+    }
+
+    /// Also send RFC 7239 `Forwarded` (default: `false`).
+    #[must_use]
+    pub fn forwarded_header(mut self, enabled: bool) -> Self {
+        self.inner_mut().translation.forwarded_header = enabled;
+        self
+    }
+
+    /// Peers whose forwarding headers are kept and appended to (see
+    /// [`forward`](mod@crate::forward)); default none.
+    #[must_use]
+    pub fn trusted_proxies(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
+        self.inner_mut().translation.trusted_proxies = nets.into_iter().collect();
+        self
+    }
+
+    /// Time allowed for the TCP connect to the app (default: 5 s); past
+    /// it, `502`.
+    #[must_use]
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        let inner = self.inner_mut();
+        inner.connect_timeout = timeout;
+        inner.client = client(timeout);
+        self
+    }
+
+    /// Time allowed from sending the request to the app's response head
+    /// (default: 60 s, nginx's `proxy_read_timeout`); past it, `504`.
+    /// The bodies then stream for as long as they take.
+    #[must_use]
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.inner_mut().response_timeout = timeout;
+        self
+    }
+}
+
+/// A pooling HTTP/1.1 client (connections to the app are reused).
+fn client(connect_timeout: Duration) -> Client<HttpConnector, UnsyncBoxBody<Bytes, BoxError>> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
+impl<B> tower::Service<Request<B>> for HttpProxy
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<Empty<Bytes>>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(forward(&inner, request).await) })
+    }
+}
+
+/// Forward one request and relay the answer.
+async fn forward<B>(inner: &Inner, request: Request<B>) -> Response<ResponseBody<Empty<Bytes>>>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let peer: Option<SocketAddr> = client_addr(&parts.extensions);
+    let (target, headers) = translate::forwarded(
+        &parts,
+        &inner.translation,
+        inner.prefix.as_deref(),
+        peer,
+        &inner.upstream,
+    );
+    let uri = format!("http://{}{target}", inner.upstream.authority());
+    let Ok(uri) = uri.parse::<http::Uri>() else {
+        tracing::info!(target = %target, "request target cannot be mapped to the app server: 400");
+        return crate::plain::response(StatusCode::BAD_REQUEST, "bad request target");
+    };
+    let mut upstream = Request::new(UnsyncBoxBody::new(body.map_err(Into::into)));
+    *upstream.method_mut() = parts.method;
+    *upstream.uri_mut() = uri;
+    *upstream.headers_mut() = headers;
+    // Whatever the client spoke, the app gets HTTP/1.1.
+    *upstream.version_mut() = http::Version::HTTP_11;
+    let answer = tokio::time::timeout(inner.response_timeout, inner.client.request(upstream)).await;
+    match answer {
+        Ok(Ok(response)) => {
+            let (mut parts, body) = response.into_parts();
+            forward::remove_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, ResponseBody::upstream(body))
+        }
+        Ok(Err(e)) => {
+            let app = inner.upstream.authority();
+            if e.is_connect() {
+                tracing::warn!(app, error = %ErrorChain(&e), "app server unreachable: 502");
+            } else {
+                tracing::warn!(app, error = %ErrorChain(&e), "app server failed: 502");
+            }
+            crate::plain::response(StatusCode::BAD_GATEWAY, "bad gateway")
+        }
+        Err(_) => {
+            tracing::warn!(
+                app = inner.upstream.authority(),
+                timeout = ?inner.response_timeout,
+                "app server did not answer in time: 504"
+            );
+            crate::plain::response(StatusCode::GATEWAY_TIMEOUT, "gateway timeout")
+        }
+    }
+}
+
+/// An error and its sources, `a: b: c`.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(error) = source {
+            write!(f, ": {error}")?;
+            source = error.source();
+        }
+        Ok(())
+    }
+}
