@@ -197,6 +197,7 @@ fn start_gateway(
         limited(nofile, binary)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--route", &format!("/=ws://{backend}")])
+            .args(crate::procs::quiet_gateway(binary))
             .env("RUST_LOG", "error"),
     )?;
     procs::wait_listening(&format!("127.0.0.1:{port}"))?;

@@ -278,6 +278,7 @@ impl Launcher {
                 .arg("--route")
                 .arg(format!("/=ws://{}", self.backend))
                 // Per-tunnel logs off, as in `compare`.
+                .args(crate::procs::quiet_gateway(&self.program))
                 .env("RUST_LOG", "warn"),
             ProxyKind::Layer => command
                 .args(["proxy", "--listen", "127.0.0.1:0", "--backend"])

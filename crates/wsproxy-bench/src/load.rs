@@ -73,7 +73,7 @@ async fn connect_all(dialer: &Dialer, count: usize) -> Vec<Result<Ws, BoxError>>
 }
 
 /// Merge the samples of a phase's tasks.
-async fn gather(tasks: Vec<tokio::task::JoinHandle<Sample>>, start: Instant) -> Sample {
+pub(crate) async fn gather(tasks: Vec<tokio::task::JoinHandle<Sample>>, start: Instant) -> Sample {
     let mut total = Sample::default();
     for task in tasks {
         total = total.merge(task.await.unwrap_or_default());

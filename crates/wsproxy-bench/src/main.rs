@@ -16,6 +16,7 @@
 mod client;
 mod exhaust;
 mod h2;
+mod http;
 mod load;
 mod procs;
 mod proxy;
@@ -113,6 +114,15 @@ enum Cmd {
     /// for the old generation to be gone, how its tunnels ended (wsgate,
     /// nginx, HAProxy).
     Upgrade(upgrade::Options),
+    /// Plain-HTTP forwarding to an app server: direct, wsgate (`--app`),
+    /// nginx (`proxy_pass`) and HAProxy, alternating rounds.
+    Http(http::Options),
+    /// Run the app server of `http` until killed.
+    App {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9003")]
+        listen: std::net::SocketAddr,
+    },
     /// Compare WebSockets over HTTP/2 (many streams on few connections)
     /// with HTTP/1.1 (a connection each) through one proxy, alternating
     /// rounds.
@@ -197,6 +207,8 @@ fn main() -> std::process::ExitCode {
             Cmd::Exhaust(options) => exhaust::run(options).await,
             Cmd::Reload(options) => reload::run(options).await,
             Cmd::Upgrade(options) => upgrade::run(options).await,
+            Cmd::Http(options) => http::run(options).await,
+            Cmd::App { listen } => http::app(listen).await,
             Cmd::Proxy { listen, backend } => proxy::run(listen, &backend)
                 .await
                 .map_err(|e| e.to_string().into()),
@@ -408,6 +420,7 @@ fn start_gateway(
             .arg("--route")
             .arg(format!("/=ws://{echo_addr}"))
             .args(extra)
+            .args(procs::quiet_gateway(binary))
             .env("RUST_LOG", "warn"),
         "listening on ",
     )

@@ -348,3 +348,24 @@ http {{
     wait_listening(&format!("127.0.0.1:{port}"))?;
     Ok(proc)
 }
+
+/// The flags that turn wsgate's access log off, as nginx's `access_log
+/// off` in the configurations here: `--no-access-log` where the binary
+/// has it (builds before it followed `RUST_LOG=warn` alone, which every
+/// target sets).
+pub(crate) fn quiet_gateway(binary: &Path) -> &'static [&'static str] {
+    static CACHE: std::sync::Mutex<Vec<(PathBuf, bool)>> = std::sync::Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let has = match cache.iter().find(|(path, _)| path == binary) {
+        Some((_, has)) => *has,
+        None => {
+            let has = Command::new(binary)
+                .arg("--help")
+                .output()
+                .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("--no-access-log"));
+            cache.push((binary.to_owned(), has));
+            has
+        }
+    };
+    if has { &["--no-access-log"] } else { &[] }
+}

@@ -245,6 +245,7 @@ fn wsgate(
         Command::new(binary)
             .arg("--config")
             .arg(&file)
+            .args(crate::procs::quiet_gateway(binary))
             .env("RUST_LOG", "warn"),
     )?;
     Ok(Target {

@@ -224,6 +224,7 @@ async fn wsgate(
         Command::new(binary)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--route", &format!("/t=ws://{backend}"), "--strip-prefix"])
+            .args(crate::procs::quiet_gateway(binary))
             .env("RUST_LOG", "warn"),
     )?;
     let pid = old.pid();

@@ -107,12 +107,19 @@ async fn hsts_header(
 
 /// What answers ordinary requests: the `[[http_routes]]` (longest prefix
 /// first, a route with a host before one without), else the status page.
-/// One access-log line each (handshakes have theirs).
+/// One access-log line each (handshakes have theirs), unless the access
+/// log is off (then no span is made for it at all).
 fn plain(config: &Config, tunnels: &Tunnels) -> Router {
     let page = page::router(tunnels.clone(), config.demo);
-    let trace = page::trace(config.log.query);
+    let traced = |router: Router| {
+        if config.log.access {
+            router.layer(page::trace(config.log.query))
+        } else {
+            router
+        }
+    };
     if config.http_routes.is_empty() {
-        return page.layer(trace);
+        return traced(page);
     }
     let mut ordered: Vec<&HttpRouteConfig> = config.http_routes.iter().collect();
     ordered.sort_by_key(|route| {
@@ -131,10 +138,11 @@ fn plain(config: &Config, tunnels: &Tunnels) -> Router {
             (claim, http_proxy(config, route))
         })
         .collect();
-    Router::new()
-        .fallback(dispatch)
-        .with_state(Arc::new(Plain { routes, page }))
-        .layer(trace)
+    traced(
+        Router::new()
+            .fallback(dispatch)
+            .with_state(Arc::new(Plain { routes, page })),
+    )
 }
 
 /// The app servers of the `[[http_routes]]`, in the order they are tried,

@@ -217,6 +217,7 @@ impl Live {
         keep!(timeouts.http2_idle, "timeouts.http2_idle");
         keep!(log.file, "log.file");
         keep!(log.format, "log.format");
+        keep!(log.access, "log.access");
         if config.demo != old.demo {
             // The demo's backends start (or stop) with the process.
             kept.push("demo".to_owned());

@@ -146,20 +146,29 @@ fn main() -> ExitCode {
                     !access::is_outcome_event(metadata)
                 }))
                 .with_filter(filter);
-            let access = access::AccessLog::new(log.clone())
-                .with_filter(tracing_subscriber::filter::filter_fn(access::is_access));
+            let access = config.log.access.then(|| {
+                access::AccessLog::new(log.clone())
+                    .with_filter(tracing_subscriber::filter::filter_fn(access::is_access))
+            });
             tracing_subscriber::registry()
                 .with(text)
                 .with(access)
                 .init();
         }
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .with_writer(log.clone())
-            .with_env_filter(filter)
-            .init(),
+        LogFormat::Json => {
+            use tracing_subscriber::prelude::*;
+            let access = config.log.access;
+            let json = tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_writer(log.clone())
+                .with_filter(tracing_subscriber::filter::filter_fn(move |metadata| {
+                    access || !access::is_outcome_event(metadata)
+                }))
+                .with_filter(filter);
+            tracing_subscriber::registry().with(json).init();
+        }
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -797,6 +797,29 @@ async fn a_watched_file_reloads_when_it_changes() {
     assert_eq!((one.connections(), two.connections()), (2, 2));
 }
 
+/// `[log] access = false` (`--no-access-log`), nginx's `access_log off`:
+/// no access line for a tunnel, a refusal or a plain request; the rest
+/// of the log as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_can_be_off() {
+    let backend = Backend::start().await;
+    let folder = Folder::new();
+    let text = config("[log]\naccess = false\n", &[("/a", "one")], &[("one", &[backend.url()])]);
+    let gateway = start(&folder.write("wsgate.toml", &text));
+    let mut ws = connect(&gateway, "/a").await;
+    echo(&mut ws, "hi").await;
+    drop(ws);
+    assert_eq!(status_of(&gateway, "/nope", "x").await, 404);
+    page(gateway.addr).await;
+    // Everything above was answered before the reload is logged.
+    let log = tokio::task::block_in_place(|| {
+        gateway.signal("HUP");
+        gateway.wait_log("generation=2")
+    });
+    assert!(!log.contains(" - - ["), "{log}");
+    assert!(!log.contains("tunnel closed"), "{log}");
+}
+
 /// A setting that needs a restart is not applied by a reload, says so at
 /// every reload while the file differs from what is in force, and stops
 /// saying so once the file agrees again; the rest of the file applies.

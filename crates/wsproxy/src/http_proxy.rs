@@ -77,7 +77,37 @@ struct Inner {
     prefix: Option<String>,
     connect_timeout: Duration,
     response_timeout: Duration,
-    client: Client<HttpConnector, UnsyncBoxBody<Bytes, BoxError>>,
+}
+
+type PoolingClient = Client<HttpConnector, UnsyncBoxBody<Bytes, BoxError>>;
+
+std::thread_local! {
+    /// Each thread's client (and so its pool of connections to the app)
+    /// for each live proxy. A pooled connection's task runs on the
+    /// runtime that opened it: a pool shared by the threads of a server
+    /// with a runtime per thread (wsgate's workers) would hand a request
+    /// to a connection on another thread, with two cross-thread wake-ups
+    /// a request. Entries of proxies dropped since go at the next look.
+    static CLIENTS: std::cell::RefCell<Vec<(std::sync::Weak<Inner>, PoolingClient)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Inner {
+    /// This thread's client for this proxy.
+    fn client(self: &Arc<Self>) -> PoolingClient {
+        CLIENTS.with_borrow_mut(|clients| {
+            if let Some((_, client)) = clients
+                .iter()
+                .find(|(proxy, _)| std::ptr::eq(proxy.as_ptr(), Arc::as_ptr(self)))
+            {
+                return client.clone();
+            }
+            clients.retain(|(proxy, _)| proxy.strong_count() > 0);
+            let client = client(self.connect_timeout);
+            clients.push((Arc::downgrade(self), client.clone()));
+            client
+        })
+    }
 }
 
 impl HttpProxy {
@@ -99,7 +129,6 @@ impl HttpProxy {
                 prefix: None,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 response_timeout: DEFAULT_RESPONSE_TIMEOUT,
-                client: client(DEFAULT_CONNECT_TIMEOUT),
             }),
         };
         proxy.inner_mut().translation.host_header = HostHeader::Upstream;
@@ -157,9 +186,7 @@ impl HttpProxy {
     /// it, `502`.
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        let inner = self.inner_mut();
-        inner.connect_timeout = timeout;
-        inner.client = client(timeout);
+        self.inner_mut().connect_timeout = timeout;
         self
     }
 
@@ -174,7 +201,7 @@ impl HttpProxy {
 }
 
 /// A pooling HTTP/1.1 client (connections to the app are reused).
-fn client(connect_timeout: Duration) -> Client<HttpConnector, UnsyncBoxBody<Bytes, BoxError>> {
+fn client(connect_timeout: Duration) -> PoolingClient {
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
@@ -202,7 +229,7 @@ where
 }
 
 /// Forward one request and relay the answer.
-async fn forward<B>(inner: &Inner, request: Request<B>) -> Response<ResponseBody<Empty<Bytes>>>
+async fn forward<B>(inner: &Arc<Inner>, request: Request<B>) -> Response<ResponseBody<Empty<Bytes>>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -227,7 +254,7 @@ where
     *upstream.headers_mut() = headers;
     // Whatever the client spoke, the app gets HTTP/1.1.
     *upstream.version_mut() = http::Version::HTTP_11;
-    let answer = tokio::time::timeout(inner.response_timeout, inner.client.request(upstream)).await;
+    let answer = tokio::time::timeout(inner.response_timeout, inner.client().request(upstream)).await;
     match answer {
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();

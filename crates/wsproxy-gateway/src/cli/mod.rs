@@ -64,6 +64,11 @@ pub(crate) struct Args {
     #[arg(long, value_name = "ADDRESS")]
     pub(crate) admin_listen: Option<SocketAddr>,
 
+    /// No access log (nginx's `access_log off`): no line per handshake,
+    /// tunnel or plain request [log.access = false].
+    #[arg(long)]
+    pub(crate) no_access_log: bool,
+
     /// Log lines as text or as JSON objects [log.format]. Default: text.
     #[arg(long, value_name = "FORMAT")]
     pub(crate) log_format: Option<crate::config::LogFormat>,
@@ -358,6 +363,9 @@ impl Args {
         set_some(&mut config.admin.address, &self.admin_listen);
         set_some(&mut config.redirect.address, &self.redirect_listen);
         set(&mut config.log.format, &self.log_format);
+        if self.no_access_log {
+            config.log.access = false;
+        }
         set_some(&mut config.workers, &self.workers);
         let timeouts = &mut config.timeouts;
         set(&mut timeouts.connect, &self.connect_timeout);

@@ -209,6 +209,10 @@ pub(crate) struct Log {
     /// Show the query string of handshake requests (default: true);
     /// false logs `?<redacted>` instead, for queries that carry tokens.
     pub(crate) query: bool,
+    /// Write the access log: a line per handshake, tunnel and plain
+    /// request (default: true; nginx's `access_log off` is false). Needs
+    /// a restart to change.
+    pub(crate) access: bool,
 }
 
 impl Default for Log {
@@ -217,6 +221,7 @@ impl Default for Log {
             file: None,
             format: LogFormat::Text,
             query: true,
+            access: true,
         }
     }
 }
