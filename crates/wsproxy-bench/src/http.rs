@@ -114,7 +114,8 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
             let running = start(name, &gateway, &dir, &app_addr)?;
             for (s, scenario) in SCENARIOS.iter().enumerate() {
                 let cpu = running.proc.as_ref().map(Proc::cpu_seconds);
-                let sample = load(&running.addr, scenario, options.connections, options.phase).await;
+                let sample =
+                    load(&running.addr, scenario, options.connections, options.phase).await;
                 let per_request = match (&running.proc, cpu) {
                     (Some(proc), Some(before)) => {
                         (proc.cpu_seconds() - before) * 1e6 / sample.ops.max(1) as f64
@@ -137,7 +138,13 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
     };
     println!(
         "\n{:<12} {:<8} {:>11} {:>10} {:>12} {:>16} {:>16}",
-        "scenario", "target", "requests/s", "p99 ms", "CPU µs/req", "CPU vs nginx", "CPU vs HAProxy"
+        "scenario",
+        "target",
+        "requests/s",
+        "p99 ms",
+        "CPU µs/req",
+        "CPU vs nginx",
+        "CPU vs HAProxy"
     );
     for (s, scenario) in SCENARIOS.iter().enumerate() {
         let figures: Vec<(f64, f64, f64)> = (0..TARGETS.len())
@@ -202,39 +209,18 @@ fn start(
                 .env("RUST_LOG", "warn"),
         )?,
         "nginx" => {
-            let nginx = procs::installed("nginx")?;
-            std::fs::create_dir_all(dir.join("logs"))?;
             let conf = dir.join("nginx.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "worker_processes {threads};\nworker_rlimit_nofile 20000;\n\
-                     pid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\n\
-                     events {{ worker_connections 20000; }}\n\
-                     http {{\n access_log off;\n client_body_temp_path {dir}/body;\n\
-                     proxy_temp_path {dir}/proxy;\n fastcgi_temp_path {dir}/fastcgi;\n\
-                     uwsgi_temp_path {dir}/uwsgi;\n scgi_temp_path {dir}/scgi;\n tcp_nodelay on;\n\
-                     upstream app {{ server {app}; keepalive 64; keepalive_requests 1000000; }}\n\
-                     server {{ listen 127.0.0.1:{port};\n client_max_body_size 0;\n\
-                     keepalive_requests 1000000;\n\
-                     location / {{ proxy_pass http://app; proxy_http_version 1.1;\n\
-                     proxy_set_header Connection \"\"; proxy_set_header Host $host;\n\
-                     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
-                     proxy_buffering off; proxy_request_buffering off; }} }}\n}}\n",
-                    dir = dir.display()
-                ),
-            )?;
-            Proc::spawn_quitting(
-                "nginx",
-                Command::new(nginx)
-                    .arg("-g")
-                    .arg("daemon off;")
-                    .arg("-c")
-                    .arg(&conf)
-                    .arg("-p")
-                    .arg(dir),
-                "QUIT",
-            )?
+            let http = format!(
+                "upstream app {{ server {app}; keepalive 64; keepalive_requests 1000000; }}\n\
+                 server {{ listen 127.0.0.1:{port};\n client_max_body_size 0;\n\
+                 keepalive_requests 1000000;\n\
+                 location / {{ proxy_pass http://app; proxy_http_version 1.1;\n\
+                 proxy_set_header Connection \"\"; proxy_set_header Host $host;\n\
+                 proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+                 proxy_buffering off; proxy_request_buffering off; }} }}"
+            );
+            std::fs::write(&conf, procs::nginx_config(dir, &http))?;
+            procs::spawn_nginx(dir, &conf)?
         }
         _ => {
             let haproxy = procs::installed("haproxy")?;

@@ -355,7 +355,9 @@ http {{
 /// target sets).
 pub(crate) fn quiet_gateway(binary: &Path) -> &'static [&'static str] {
     static CACHE: std::sync::Mutex<Vec<(PathBuf, bool)>> = std::sync::Mutex::new(Vec::new());
-    let mut cache = CACHE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let has = match cache.iter().find(|(path, _)| path == binary) {
         Some((_, has)) => *has,
         None => {
@@ -368,4 +370,38 @@ pub(crate) fn quiet_gateway(binary: &Path) -> &'static [&'static str] {
         }
     };
     if has { &["--no-access-log"] } else { &[] }
+}
+
+/// An nginx configuration for running in `dir` (pid, logs and temporary
+/// files there), one worker per core, no access log, `tcp_nodelay`, with
+/// `http` holding the rest of the `http` block.
+pub(crate) fn nginx_config(dir: &Path, http: &str) -> String {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    format!(
+        "worker_processes {workers};\nworker_rlimit_nofile 19000;\n\
+         pid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\n\
+         events {{ worker_connections 20000; }}\n\
+         http {{\n access_log off;\n client_body_temp_path {dir}/body;\n\
+         proxy_temp_path {dir}/proxy;\n fastcgi_temp_path {dir}/fastcgi;\n\
+         uwsgi_temp_path {dir}/uwsgi;\n scgi_temp_path {dir}/scgi;\n tcp_nodelay on;\n\
+         {http}\n}}\n",
+        dir = dir.display()
+    )
+}
+
+/// Debian's nginx on the configuration file `conf`, running in `dir`,
+/// stopped with `QUIT`.
+pub(crate) fn spawn_nginx(dir: &Path, conf: &Path) -> Result<Proc, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(dir.join("logs"))?;
+    Proc::spawn_quitting(
+        "nginx",
+        Command::new(installed("nginx")?)
+            .arg("-g")
+            .arg("daemon off;")
+            .arg("-c")
+            .arg(conf)
+            .arg("-p")
+            .arg(dir),
+        "QUIT",
+    )
 }

@@ -257,7 +257,7 @@ fn wsgate(
 }
 
 fn nginx(dir: &Path, port: u16, backend: &str) -> Result<Target, Box<dyn std::error::Error>> {
-    let nginx = procs::installed("nginx")?;
+    procs::installed("nginx")?;
     std::fs::create_dir_all(dir.join("logs"))?;
     let conf = dir.join("nginx.conf");
     let write = {
@@ -278,34 +278,19 @@ fn nginx(dir: &Path, port: u16, backend: &str) -> Result<Target, Box<dyn std::er
             for g in 1..=generation {
                 locations.push_str(&location(&format!("/gen{g}")));
             }
-            let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let text = format!(
-                "worker_processes {workers};\nworker_rlimit_nofile 19000;\n\
-                 pid {dir}/nginx.pid;\nerror_log {dir}/logs/error.log warn;\n\
-                 events {{ worker_connections 20000; }}\n\
-                 http {{\n access_log off;\n client_body_temp_path {dir}/body;\n\
-                 proxy_temp_path {dir}/proxy;\n fastcgi_temp_path {dir}/fastcgi;\n\
-                 uwsgi_temp_path {dir}/uwsgi;\n scgi_temp_path {dir}/scgi;\n tcp_nodelay on;\n\
-                 map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
-                 upstream echo {{ server {backend}; }}\n\
-                 server {{ listen 127.0.0.1:{port};\n{locations} }}\n}}\n",
-                dir = dir.display()
+            let text = procs::nginx_config(
+                &dir,
+                &format!(
+                    "map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+                     upstream echo {{ server {backend}; }}\n\
+                     server {{ listen 127.0.0.1:{port};\n{locations} }}"
+                ),
             );
             std::fs::write(&conf, text)
         }
     };
     write(0)?;
-    let proc = Proc::spawn_quitting(
-        "nginx",
-        Command::new(nginx)
-            .arg("-g")
-            .arg("daemon off;")
-            .arg("-c")
-            .arg(&conf)
-            .arg("-p")
-            .arg(dir),
-        "QUIT",
-    )?;
+    let proc = procs::spawn_nginx(dir, &conf)?;
     Ok(Target {
         name: "nginx",
         signal: (proc.pid(), "HUP"),

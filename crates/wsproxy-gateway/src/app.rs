@@ -14,7 +14,7 @@ use wsproxy::serve::{ConnectionLimits, ProxyProtocol, Server, Timeouts};
 use wsproxy::tls::BackendTls;
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
-use crate::config::{Admission, Config, HttpRouteConfig, Listen, RouteConfig};
+use crate::config::{Admission, Config, Listen, RouteConfig};
 use crate::page::{self, PageRoute};
 use wsproxy::http_proxy::HttpProxy;
 
@@ -121,7 +121,7 @@ fn plain(config: &Config, tunnels: &Tunnels) -> Router {
     if config.http_routes.is_empty() {
         return traced(page);
     }
-    let mut ordered: Vec<&HttpRouteConfig> = config.http_routes.iter().collect();
+    let mut ordered: Vec<&RouteConfig> = config.http_routes.iter().collect();
     ordered.sort_by_key(|route| {
         std::cmp::Reverse((
             route.host.is_some(),
@@ -173,7 +173,7 @@ async fn dispatch(
 }
 
 /// The app server of one `[[http_routes]]` entry (checked).
-fn http_proxy(config: &Config, route: &HttpRouteConfig) -> HttpProxy {
+fn http_proxy(config: &Config, route: &RouteConfig) -> HttpProxy {
     let mut proxy = HttpProxy::new(&route.upstream)
         .expect("checked with the configuration")
         .connect_timeout(config.timeouts.connect)

@@ -804,7 +804,11 @@ async fn a_watched_file_reloads_when_it_changes() {
 async fn the_access_log_can_be_off() {
     let backend = Backend::start().await;
     let folder = Folder::new();
-    let text = config("[log]\naccess = false\n", &[("/a", "one")], &[("one", &[backend.url()])]);
+    let text = config(
+        "[log]\naccess = false\n",
+        &[("/a", "one")],
+        &[("one", &[backend.url()])],
+    );
     let gateway = start(&folder.write("wsgate.toml", &text));
     let mut ws = connect(&gateway, "/a").await;
     echo(&mut ws, "hi").await;

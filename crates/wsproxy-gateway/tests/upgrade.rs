@@ -30,6 +30,16 @@ impl Drop for Reap {
     }
 }
 
+/// The PID of the new process, from the old one's log.
+fn new_pid(log: &str) -> u32 {
+    log.lines()
+        .find(|l| l.contains("new process started"))
+        .and_then(|l| l.split("pid=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no PID in:\n{log}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usr2_hands_the_sockets_over_without_a_failed_handshake() {
     let backend = Backend::start().await;
@@ -94,13 +104,7 @@ async fn usr2_hands_the_sockets_over_without_a_failed_handshake() {
     old.signal("USR2");
     old.signal("USR2");
     let log = tokio::task::block_in_place(|| old.wait_log("new process started"));
-    let pid: u32 = log
-        .lines()
-        .find(|l| l.contains("new process started"))
-        .and_then(|l| l.split("pid=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no PID in:\n{log}"));
+    let pid = new_pid(&log);
     let _reap = Reap(Some(pid));
     // The old process drains: its tunnel gets Close 1001, then it exits.
     match timeout(LIMIT, tunnel.next()).await.unwrap() {
@@ -163,13 +167,7 @@ async fn usr2_hands_over_every_listener() {
     let redirect = old.redirect_addr();
     old.signal("USR2");
     let log = tokio::task::block_in_place(|| old.wait_log("new process started"));
-    let pid: u32 = log
-        .lines()
-        .find(|l| l.contains("new process started"))
-        .and_then(|l| l.split("pid=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|pid| pid.parse().ok())
-        .unwrap_or_else(|| panic!("no PID in:\n{log}"));
+    let pid = new_pid(&log);
     let _reap = Reap(Some(pid));
     let status = tokio::task::block_in_place(|| old.wait_exit(LIMIT)).expect("the old one exited");
     assert!(status.success(), "{status:?}");

@@ -254,7 +254,8 @@ where
     *upstream.headers_mut() = headers;
     // Whatever the client spoke, the app gets HTTP/1.1.
     *upstream.version_mut() = http::Version::HTTP_11;
-    let answer = tokio::time::timeout(inner.response_timeout, inner.client().request(upstream)).await;
+    let answer =
+        tokio::time::timeout(inner.response_timeout, inner.client().request(upstream)).await;
     match answer {
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();

@@ -448,7 +448,7 @@ impl Args {
             config
                 .http_routes
                 .retain(|route| !route.prefix.trim_end_matches('/').is_empty());
-            config.http_routes.push(crate::config::HttpRouteConfig {
+            config.http_routes.push(crate::config::RouteConfig {
                 prefix: "/".to_owned(),
                 host: None,
                 upstream: app.clone(),

@@ -70,7 +70,7 @@ pub(crate) struct Config {
     /// `[[routes]]`: which handshakes go to which upstream.
     pub(crate) routes: Vec<RouteConfig>,
     /// `[[http_routes]]`: which ordinary requests go to which app server.
-    pub(crate) http_routes: Vec<HttpRouteConfig>,
+    pub(crate) http_routes: Vec<RouteConfig>,
     /// `[upstreams.NAME]`: backend sets.
     pub(crate) upstreams: BTreeMap<String, UpstreamConfig>,
 }
@@ -427,16 +427,20 @@ pub(crate) struct Forwarding {
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
 }
 
-/// `[[routes]]`.
+/// `[[routes]]` (WebSocket handshakes) and `[[http_routes]]` (ordinary
+/// requests, nginx's `proxy_pass`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RouteConfig {
-    /// The path prefix (whole segments: `/chat` is not `/chatty`).
+    /// The path prefix (whole segments: `/chat` is not `/chatty`); the
+    /// longest wins.
     pub(crate) prefix: String,
     /// Only for this `Host` (port ignored); default any.
     #[serde(default)]
     pub(crate) host: Option<String>,
-    /// The upstream its handshakes go to.
+    /// Where its requests go: for `[[routes]]` the name of an
+    /// `[upstreams.NAME]`, for `[[http_routes]]` an app server's
+    /// `http://host:port[/path]`.
     pub(crate) upstream: String,
     /// Remove the prefix from the path sent to the backend.
     #[serde(default)]
@@ -461,30 +465,6 @@ impl RouteConfig {
             self.prefix.trim_end_matches('/'),
         )
     }
-}
-
-/// `[[http_routes]]`: ordinary requests (anything but a WebSocket
-/// handshake a route claims) to an app server, nginx's `proxy_pass`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct HttpRouteConfig {
-    /// The path prefix (whole segments); the longest wins.
-    pub(crate) prefix: String,
-    /// Only for this `Host` (port ignored); default any.
-    #[serde(default)]
-    pub(crate) host: Option<String>,
-    /// The app server: `http://host:port[/path]`.
-    pub(crate) upstream: String,
-    /// Remove the prefix from the path sent to the app.
-    #[serde(default)]
-    pub(crate) strip_prefix: bool,
-    /// Put this in place of the prefix in the path sent to the app.
-    #[serde(default)]
-    pub(crate) rewrite_prefix: Option<String>,
-    /// The `Host` the app gets: `"upstream"` (the default), `"client"`,
-    /// or a fixed value.
-    #[serde(default, deserialize_with = "value::some_parsed")]
-    pub(crate) host_header: Option<HostHeaderConfig>,
 }
 
 /// `host_header`.
@@ -737,95 +717,70 @@ impl Config {
                 );
             }
         }
-        let mut http_scopes = std::collections::HashMap::new();
-        for (i, route) in self.http_routes.iter().enumerate() {
-            let key = format!("http_routes[{i}]");
-            if !route.prefix.starts_with('/') {
-                error(
-                    format!("{key}.prefix"),
-                    format!("the prefix '{}' must start with '/'", route.prefix),
-                );
-            }
-            let scope = (
-                route.host.as_ref().map(|h| h.to_ascii_lowercase()),
-                route.prefix.trim_end_matches('/').to_owned(),
-            );
-            if let Some(other) = http_scopes.insert(scope, key.clone()) {
-                error(
-                    format!("{key}.prefix"),
-                    format!(
-                        "two http_routes claim the prefix '{}' ({other} too); give each prefix (per host) once",
-                        route.prefix
-                    ),
-                );
-            }
-            if let Err(e) = wsproxy::http_proxy::HttpProxy::new(&route.upstream) {
-                error(format!("{key}.upstream"), e.to_string());
-            }
-            if route.strip_prefix && route.rewrite_prefix.is_some() {
-                error(
-                    format!("{key}.rewrite_prefix"),
-                    "give strip_prefix or rewrite_prefix, not both".to_owned(),
-                );
-            }
-        }
-        let mut scopes = std::collections::HashMap::new();
-        for (i, route) in self.routes.iter().enumerate() {
-            let key = format!("routes[{i}]");
-            if !route.prefix.starts_with('/') {
-                error(
-                    format!("{key}.prefix"),
-                    format!("the prefix '{}' must start with '/'", route.prefix),
-                );
-            }
-            let (host, prefix) = route.scope();
-            if let Some(other) = scopes.insert((host, prefix.to_owned()), key.clone()) {
-                error(
-                    format!("{key}.prefix"),
-                    format!(
-                        "two routes claim the prefix '{}' ({other} too); give each prefix (per host) once",
-                        route.prefix
-                    ),
-                );
-            }
-            match &route.rewrite_prefix {
-                Some(_) if route.strip_prefix => error(
-                    format!("{key}.rewrite_prefix"),
-                    "give strip_prefix or rewrite_prefix, not both".to_owned(),
-                ),
-                Some(to) if !(to.is_empty() || to.starts_with('/')) => error(
-                    format!("{key}.rewrite_prefix"),
-                    format!("the replacement '{to}' must start with '/' (or be empty)"),
-                ),
-                Some(to)
-                    if to.parse::<axum::http::uri::PathAndQuery>().is_err() || to.contains('?') =>
-                {
+        for (list, routes) in [("routes", &self.routes), ("http_routes", &self.http_routes)] {
+            let mut scopes = std::collections::HashMap::new();
+            for (i, route) in routes.iter().enumerate() {
+                let key = format!("{list}[{i}]");
+                if !route.prefix.starts_with('/') {
                     error(
-                        format!("{key}.rewrite_prefix"),
-                        format!("the replacement '{to}' is not a valid path"),
-                    )
-                }
-                _ => {}
-            }
-            if let Some(host) = &route.host {
-                let valid = host
-                    .parse::<axum::http::uri::Authority>()
-                    .is_ok_and(|a| a.as_str() == a.host() && !a.host().is_empty());
-                if !valid {
-                    error(
-                        format!("{key}.host"),
-                        format!("invalid host '{host}': a name or address, without port"),
+                        format!("{key}.prefix"),
+                        format!("the prefix '{}' must start with '/'", route.prefix),
                     );
                 }
-            }
-            if !self.upstreams.contains_key(&route.upstream) {
-                error(
-                    format!("{key}.upstream"),
-                    format!(
-                        "no upstream '{}' (add [upstreams.{}])",
-                        route.upstream, route.upstream
+                let (host, prefix) = route.scope();
+                if let Some(other) = scopes.insert((host, prefix.to_owned()), key.clone()) {
+                    error(
+                        format!("{key}.prefix"),
+                        format!(
+                            "two {list} claim the prefix '{}' ({other} too); give each prefix (per host) once",
+                            route.prefix
+                        ),
+                    );
+                }
+                match &route.rewrite_prefix {
+                    Some(_) if route.strip_prefix => error(
+                        format!("{key}.rewrite_prefix"),
+                        "give strip_prefix or rewrite_prefix, not both".to_owned(),
                     ),
-                );
+                    Some(to) if !(to.is_empty() || to.starts_with('/')) => error(
+                        format!("{key}.rewrite_prefix"),
+                        format!("the replacement '{to}' must start with '/' (or be empty)"),
+                    ),
+                    Some(to)
+                        if to.parse::<axum::http::uri::PathAndQuery>().is_err()
+                            || to.contains('?') =>
+                    {
+                        error(
+                            format!("{key}.rewrite_prefix"),
+                            format!("the replacement '{to}' is not a valid path"),
+                        )
+                    }
+                    _ => {}
+                }
+                if let Some(host) = &route.host {
+                    let valid = host
+                        .parse::<axum::http::uri::Authority>()
+                        .is_ok_and(|a| a.as_str() == a.host() && !a.host().is_empty());
+                    if !valid {
+                        error(
+                            format!("{key}.host"),
+                            format!("invalid host '{host}': a name or address, without port"),
+                        );
+                    }
+                }
+                if list == "http_routes" {
+                    if let Err(e) = wsproxy::http_proxy::HttpProxy::new(&route.upstream) {
+                        error(format!("{key}.upstream"), e.to_string());
+                    }
+                } else if !self.upstreams.contains_key(&route.upstream) {
+                    error(
+                        format!("{key}.upstream"),
+                        format!(
+                            "no upstream '{}' (add [upstreams.{}])",
+                            route.upstream, route.upstream
+                        ),
+                    );
+                }
             }
         }
         for (name, upstream) in &self.upstreams {
