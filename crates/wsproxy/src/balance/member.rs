@@ -35,6 +35,9 @@ pub(crate) struct Member {
     pub(super) probing: AtomicBool,
     pub(crate) removed: CancellationToken,
     pub(super) close: Mutex<Arc<CloseSignal>>,
+    /// Its URL as a metrics label, made at its first use and shared after.
+    #[cfg(feature = "metrics")]
+    label: std::sync::OnceLock<Arc<str>>,
 }
 
 impl Member {
@@ -54,7 +57,17 @@ impl Member {
             probing: AtomicBool::new(false),
             removed: CancellationToken::new(),
             close: Mutex::new(Arc::default()),
+            #[cfg(feature = "metrics")]
+            label: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Its URL as a metrics label (allocated once, not per handshake).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn label(&self) -> Arc<str> {
+        self.label
+            .get_or_init(|| self.backend.upstream.to_string().into())
+            .clone()
     }
 
     pub(crate) fn open(&self) -> usize {

@@ -59,6 +59,12 @@ impl Picked {
         &self.member().backend.upstream
     }
 
+    /// Its backend's URL as a metrics label.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn label(&self) -> Arc<str> {
+        self.member().label()
+    }
+
     pub(crate) fn id(&self) -> BackendId {
         self.member().backend.id
     }
