@@ -488,6 +488,18 @@ async fn a_rewritten_prefix_replaces_the_route_prefix() {
             "upstream {upstream_path:?}, rewrite {replacement:?}, request {request}"
         );
     }
+    // A route of every path (what `Route::prefix("/")` is): the
+    // replacement goes in front.
+    for route in [wsproxy::Route::any(), wsproxy::Route::prefix("/")] {
+        let layer =
+            wsproxy::WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
+                .route(route)
+                .rewrite_prefix("/v2");
+        let proxy = serve(axum::Router::new().layer(layer)).await;
+        let mut ws = connect(&format!("ws://{proxy}/x?y=1")).await;
+        echo(&mut ws, Message::text("hi")).await;
+        assert_eq!(backend.last_uri(), "/v2/x?y=1");
+    }
 }
 
 #[tokio::test]

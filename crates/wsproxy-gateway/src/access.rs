@@ -4,7 +4,7 @@
 //! awk one-liners) read these too:
 //!
 //! ```text
-//! 127.0.0.1 - - [02/Dec/2026:15:40:01 +0000] "GET /chat/room?<redacted> HTTP/1.1" 101 1432 "-" "Mozilla/5.0 …" rt=12.004 route=/chat upstream=ws://10.0.0.7:9000/ subprotocol=chat.v2 origin="https://app.example" bytes_up=210 client_close=1000 backend_close=1000 end="client closed first"
+//! 127.0.0.1 - - [02/Dec/2026:15:40:01 +0000] "GET /chat/room?<redacted> HTTP/1.1" 101 1432 "-" "Mozilla/5.0 …" rt=12.004 route=/chat upstream=ws://10.0.0.7:9000/ subprotocol="chat.v2" origin="https://app.example" bytes_up=210 client_close=1000 backend_close=1000 end="client closed first"
 //! ```
 //!
 //! A handshake that opened a tunnel is logged when the tunnel ends (as
@@ -223,25 +223,33 @@ fn line(entry: &Entry, now: time::OffsetDateTime, elapsed: std::time::Duration) 
     };
     // No answer: the client went away first (nginx's 499).
     let status = field("status").unwrap_or("499");
-    // nginx's `$request_time`: seconds, to the millisecond.
+    // nginx's `$request_time`: seconds, to the millisecond (unknown for
+    // an admission check's refusal, an event without a span).
+    let rt = if entry.kind == Kind::Refused {
+        "-".to_owned()
+    } else {
+        format!("{}.{:03}", elapsed.as_secs(), elapsed.subsec_millis())
+    };
     let mut line = format!(
-        "{client} - - [{time}] \"{} {} {version}\" {status} {} \"{}\" \"{}\" rt={}.{:03}",
+        "{client} - - [{time}] \"{} {} {version}\" {status} {} \"{}\" \"{}\" rt={rt}",
         Escaped(or_dash("method")),
         Escaped(or_dash("path")),
         or_dash("bytes_down"),
         Escaped(or_dash("referer")),
         Escaped(or_dash("user_agent")),
-        elapsed.as_secs(),
-        elapsed.subsec_millis(),
     );
     if let Some(reason) = field("reason") {
         let _ = write!(line, " reason=\"{}\"", Escaped(reason));
     }
     if entry.kind == Kind::Tunnel {
-        for name in ["route", "upstream", "subprotocol"] {
+        for name in ["route", "upstream"] {
             if let Some(value) = field(name) {
                 let _ = write!(line, " {name}={value}");
             }
+        }
+        // The backend's word, which may echo the client's: quoted.
+        if let Some(subprotocol) = field("subprotocol") {
+            let _ = write!(line, " subprotocol=\"{}\"", Escaped(subprotocol));
         }
         if let Some(origin) = field("origin") {
             let _ = write!(line, " origin=\"{}\"", Escaped(origin));
@@ -324,7 +332,7 @@ mod tests {
             line(&entry, at(), ms(12004)),
             "127.0.0.1 - - [02/Dec/2026:15:40:01 +0000] \"GET /chat/room?<redacted> HTTP/1.1\" \
              101 1432 \"-\" \"Mozilla/5.0 \\\"x\\\"\" rt=12.004 route=/chat \
-             upstream=ws://10.0.0.7:9000/ subprotocol=chat.v2 origin=\"https://app.example\" \
+             upstream=ws://10.0.0.7:9000/ subprotocol=\"chat.v2\" origin=\"https://app.example\" \
              bytes_up=210 client_close=1000 backend_close=1000 end=\"client closed first\""
         );
     }
@@ -375,7 +383,7 @@ mod tests {
         assert_eq!(
             line(&refused, at(), ms(0)),
             "127.0.0.1 - - [02/Dec/2026:15:40:01 +0000] \"GET /chat HTTP/1.1\" 429 - \"-\" \"ua\" \
-             rt=0.000 reason=\"connection limit per client reached\""
+             rt=- reason=\"connection limit per client reached\""
         );
     }
 

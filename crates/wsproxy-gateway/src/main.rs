@@ -234,13 +234,17 @@ async fn run(
         Some(inherited) => {
             tracing::info!(
                 from = inherited.from,
-                sockets = inherited.public.len(),
+                listeners = inherited.public.len(),
                 "taking over the listening sockets of the older process"
             );
             (
-                inherited.public,
-                inherited.admin,
-                inherited.redirect,
+                adopt(&config, inherited.public)?,
+                inherited
+                    .admin
+                    .filter(|socket| serves(socket, config.admin.address, "admin")),
+                inherited
+                    .redirect
+                    .filter(|socket| serves(socket, config.redirect.address, "redirect")),
                 Some(inherited.from),
             )
         }
@@ -258,14 +262,6 @@ async fn run(
     };
     #[cfg(unix)]
     handover.public(&listeners)?;
-    if listeners.len() != config.listen.len() {
-        return Err(format!(
-            "{} public listeners handed over for {} configured",
-            listeners.len(),
-            config.listen.len()
-        )
-        .into());
-    }
     let workers = listeners[0].len();
     log_routes(&config);
     // Every listener's server: one set of connection bounds for all.
@@ -292,6 +288,14 @@ async fn run(
                 from = %Nets(&listen.proxy_protocol_from),
                 "PROXY protocol: every connection must start with a header"
             );
+            if listen.proxy_protocol_from.is_empty() && !local.ip().is_loopback() {
+                tracing::warn!(
+                    address = %local,
+                    "PROXY protocol from any peer on a public address: whoever reaches it \
+                     can claim any client address (and one among the trusted proxies); \
+                     list the balancers in proxy_protocol_from"
+                );
+            }
         }
         servers.push(app::listener(&base, listen, tls));
     }
@@ -595,6 +599,84 @@ fn upgrade(
             tracing::error!(error = %e, "SIGUSR2: cannot start the new process; this one goes on serving");
         }
     }
+}
+
+/// The public listeners of `config` from the sockets an older process
+/// handed over, matched by address (the file may have changed since it
+/// read it): a listener takes the sockets bound to its address (with
+/// port 0, those at its own position, if on its IP); one that finds none
+/// is bound anew, with as many sockets as the others; sockets no listener
+/// takes are closed, and said.
+#[cfg(unix)]
+fn adopt(
+    config: &Config,
+    inherited: Vec<Vec<std::net::TcpListener>>,
+) -> Result<Vec<Vec<std::net::TcpListener>>, String> {
+    let workers = inherited.first().map_or(1, Vec::len);
+    let addr = |sockets: &Vec<std::net::TcpListener>| {
+        sockets.first().and_then(|socket| socket.local_addr().ok())
+    };
+    let mut left: Vec<Option<Vec<std::net::TcpListener>>> =
+        inherited.into_iter().map(Some).collect();
+    let mut listeners = Vec::with_capacity(config.listen.len());
+    for (index, listen) in config.listen.iter().enumerate() {
+        let wanted = listen.address;
+        let found = left.iter().position(|sockets| {
+            sockets.as_ref().and_then(addr).is_some_and(|bound| {
+                if wanted.port() == 0 {
+                    false
+                } else {
+                    bound == wanted
+                }
+            })
+        });
+        let found = found.or_else(|| {
+            (wanted.port() == 0
+                && left
+                    .get(index)
+                    .and_then(|s| s.as_ref())
+                    .and_then(addr)
+                    .is_some_and(|bound| bound.ip() == wanted.ip()))
+            .then_some(index)
+        });
+        match found.and_then(|at| left[at].take()) {
+            Some(sockets) => listeners.push(sockets),
+            None => {
+                tracing::info!(address = %wanted, "a listener the older process did not have: bound anew");
+                listeners.push(
+                    workers::bind(wanted, workers)
+                        .map_err(|e| format!("cannot listen on {wanted}: {e}"))?,
+                );
+            }
+        }
+    }
+    for sockets in left.into_iter().flatten() {
+        if let Some(bound) = addr(&sockets) {
+            tracing::warn!(address = %bound, "a listener of the older process is not in the configuration: closed");
+        }
+    }
+    Ok(listeners)
+}
+
+/// Whether a `socket` handed over still serves as the `role` listener
+/// configured at `wanted` (port 0: any port on its IP); if not it is
+/// closed and a new one bound.
+#[cfg(unix)]
+fn serves(
+    socket: &std::net::TcpListener,
+    wanted: Option<std::net::SocketAddr>,
+    role: &str,
+) -> bool {
+    let bound = socket.local_addr().ok();
+    let serves = match (wanted, bound) {
+        (Some(wanted), Some(bound)) if wanted.port() == 0 => wanted.ip() == bound.ip(),
+        (Some(wanted), Some(bound)) => wanted == bound,
+        _ => false,
+    };
+    if !serves {
+        tracing::info!(role, bound = ?bound, wanted = ?wanted, "the older process's listener has moved or gone: closed");
+    }
+    serves
 }
 
 /// The public listeners of `config`: for each, one socket per worker.

@@ -31,22 +31,30 @@ async fn redirect(State(port): State<u16>, request: Request) -> Response {
     }
 }
 
-/// Where `request` goes: its host (from `Host`, else an absolute-form
-/// target), without its port, over https on `port`, same path and query.
+/// Where `request` goes: its host (an absolute-form target's, which wins
+/// over `Host` as RFC 9112 §3.2.2 says, else `Host`), without its port,
+/// over https on `port`, same path and query (`/` for `OPTIONS *`).
 fn location(request: &Request, port: u16) -> Option<HeaderValue> {
-    let authority = match request.headers().get(header::HOST) {
-        Some(host) => host
+    let authority = match request.uri().authority() {
+        Some(authority) => authority.clone(),
+        None => request
+            .headers()
+            .get(header::HOST)?
             .to_str()
             .ok()?
             .parse::<axum::http::uri::Authority>()
             .ok()?,
-        None => request.uri().authority()?.clone(),
     };
     let host = authority.host();
     if host.is_empty() {
         return None;
     }
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
     let url = if port == 443 {
         format!("https://{host}{path}")
     } else {
@@ -94,6 +102,13 @@ mod tests {
                 443,
                 Some("https://abs.example/p?q"),
             ),
+            (
+                "http://abs.example/p",
+                Some("other.example"),
+                443,
+                Some("https://abs.example/p"),
+            ),
+            ("*", Some("h"), 443, Some("https://h/")),
             ("/", None, 443, None),
             ("/", Some("bad host"), 443, None),
         ] {

@@ -2,7 +2,7 @@
 //! on SIGUSR2 the running process starts the binary at its path again,
 //! with the same arguments, handing it its listening sockets (the
 //! systemd `LISTEN_FDS` convention: descriptors from 3, their roles in
-//! `WSGATE_LISTENERS`). The new process serves on those very sockets
+//! `WSGATE_SOCKETS`). The new process serves on those very sockets
 //! (nothing is closed, so no connection waiting in a queue is reset) and,
 //! once it serves, sends the old one SIGTERM: the old one stops accepting
 //! and drains its tunnels with Close 1001.
@@ -17,7 +17,13 @@ use std::process::Command;
 
 use command_fds::{CommandFdExt, FdMapping};
 
-/// The environment variable naming the role of each inherited socket.
+/// The environment variable naming the role of each inherited socket
+/// (`public:N`, `admin`, `redirect`). A new name for roles an older
+/// binary would misread (it took every name but `admin` for its one
+/// public listener): such a binary finds no sockets, fails with "address
+/// in use", and the process that started it goes on serving.
+const SOCKETS: &str = "WSGATE_SOCKETS";
+/// The name older versions used (all `public` but `admin`), still read.
 const LISTENERS: &str = "WSGATE_LISTENERS";
 /// The environment variable holding the PID of the process to replace.
 const FROM: &str = "WSGATE_UPGRADE_FROM";
@@ -122,7 +128,8 @@ impl Handover {
             .env("LISTEN_FDS", names.len().to_string())
             .env_remove("LISTEN_PID")
             .env_remove("LISTEN_FDS_FIRST_FD")
-            .env(LISTENERS, names.join(","))
+            .env(SOCKETS, names.join(","))
+            .env_remove(LISTENERS)
             .env(FROM, std::process::id().to_string())
             .fd_mappings(mappings)
             .map_err(|e| std::io::Error::other(e.to_string()))?
@@ -134,7 +141,8 @@ impl Inherited {
     /// The sockets an older process handed over, if this process was
     /// started by one.
     pub(crate) fn take() -> std::io::Result<Option<Self>> {
-        let (Ok(names), Ok(from)) = (std::env::var(LISTENERS), std::env::var(FROM)) else {
+        let names = std::env::var(SOCKETS).or_else(|_| std::env::var(LISTENERS));
+        let (Ok(names), Ok(from)) = (names, std::env::var(FROM)) else {
             return Ok(None);
         };
         // SAFETY of the environment: read once, at start-up, before any

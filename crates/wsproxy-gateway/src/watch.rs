@@ -5,8 +5,10 @@
 //! The files are read and compared by content every [`INTERVAL`] rather
 //! than watched with inotify: editors and certbot replace files by
 //! renaming, which an inotify watch on the old file misses, and a few
-//! small files a second cost nothing. A change is acted on once: an
-//! invalid file is logged once and not retried until it changes again.
+//! small files a second cost nothing. A change is acted on once it holds
+//! still for a look (certbot writes the certificate, then the key: the
+//! reload sees both), and once: an invalid file is logged once and not
+//! retried until it changes again.
 
 use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
@@ -22,7 +24,10 @@ pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(crate) struct Watch {
     files: Vec<PathBuf>,
+    /// What the files held when last acted on.
     seen: u64,
+    /// A change seen at the last look, acted on if the next look agrees.
+    pending: Option<u64>,
     interval: tokio::time::Interval,
 }
 
@@ -34,15 +39,18 @@ impl Watch {
         let mut watch = Self {
             files: Vec::new(),
             seen: 0,
+            pending: None,
             interval,
         };
         watch.follow(file, config);
         watch
     }
 
-    /// After a reload: watch the files `config` names now, as they are.
+    /// After a reload: watch the files `config` names now. What was seen
+    /// stays (a file changed during the reload is still a change), unless
+    /// the files are others now.
     pub(crate) fn follow(&mut self, file: PathBuf, config: &Config) {
-        self.files = std::iter::once(file)
+        let files: Vec<PathBuf> = std::iter::once(file)
             .chain(
                 config
                     .listen
@@ -51,18 +59,29 @@ impl Watch {
                     .flat_map(|tls| [tls.cert.clone(), tls.key.clone()]),
             )
             .collect();
-        self.seen = fingerprint(&self.files);
+        if files != self.files {
+            self.seen = fingerprint(&files);
+            self.pending = None;
+            self.files = files;
+        }
     }
 
-    /// Resolves when a file changed since it was last looked at.
+    /// Resolves when the files changed since they were last acted on and
+    /// then held still for one look.
     pub(crate) async fn changed(&mut self) {
         loop {
             self.interval.tick().await;
             let now = fingerprint(&self.files);
-            if now != self.seen {
+            if now == self.seen {
+                self.pending = None;
+                continue;
+            }
+            if self.pending == Some(now) {
                 self.seen = now;
+                self.pending = None;
                 return;
             }
+            self.pending = Some(now);
         }
     }
 }
@@ -98,6 +117,11 @@ mod tests {
             .expect("the change is seen");
         assert_ne!(watch.seen, before);
         assert_eq!(fingerprint(&watch.files), watch.seen, "seen once");
+        // A follow with the same files keeps what was seen: a change made
+        // during a reload is not taken for seen.
+        std::fs::write(&file, "workers = 3\n").unwrap();
+        watch.follow(file.clone(), &Config::default());
+        assert_ne!(fingerprint(&watch.files), watch.seen);
         // A file gone is a change too.
         std::fs::remove_file(&file).unwrap();
         assert_ne!(fingerprint(&watch.files), watch.seen);

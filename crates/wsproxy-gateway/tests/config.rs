@@ -735,7 +735,7 @@ async fn the_text_access_log_is_nginx_combined() {
     for field in [
         "route=/a",
         &format!("upstream={}", backend.url()),
-        "subprotocol=chat.v2",
+        "subprotocol=\"chat.v2\"",
         "origin=\"https://app.example\"",
         "bytes_up=",
         "end=\"client closed",
@@ -784,6 +784,9 @@ async fn a_watched_file_reloads_when_it_changes() {
         gateway.wait_log("a file changed: configuration not reloaded")
     });
     echo(&mut connect(&gateway, "/a").await, "still two").await;
+    // A negative check, so a bounded pause: more than two looks at the
+    // file (one a second) pass, and the invalid file is not tried again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     replace(&with(&one));
     log.push_str(&tokio::task::block_in_place(|| {
         gateway.wait_log("configuration reloaded generation=3")
@@ -812,7 +815,9 @@ async fn the_access_log_can_be_off() {
     let gateway = start(&folder.write("wsgate.toml", &text));
     let mut ws = connect(&gateway, "/a").await;
     echo(&mut ws, "hi").await;
-    drop(ws);
+    // The tunnel ends (both Close frames) before the reload below.
+    ws.close(None).await.unwrap();
+    while timeout(LIMIT, ws.next()).await.unwrap().is_some() {}
     assert_eq!(status_of(&gateway, "/nope", "x").await, 404);
     page(gateway.addr).await;
     // Everything above was answered before the reload is logged.

@@ -194,3 +194,67 @@ async fn usr2_hands_over_every_listener() {
         Some(format!("https://h:{}/x", tls.port()).as_str())
     );
 }
+
+/// The file read again by the new process may list the listeners in
+/// another order, or drop one: sockets go to the listener of their
+/// address, never by position (a TLS socket does not become the plain
+/// one), and a listener dropped is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usr2_matches_sockets_to_listeners_by_address() {
+    use wsproxy_test_support::{Leaf, PemFiles, handshake, raw, read_head};
+    let backend = Backend::start().await;
+    let cert = Leaf::localhost();
+    let folder = support::Folder::new();
+    let tls_table = format!(
+        "[listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.files().cert.display(),
+        cert.files().key.display()
+    );
+    let routes = format!(
+        "[[routes]]\nprefix = \"/a\"\nupstream = \"one\"\n\n\
+         [upstreams.one]\nbackends = [\"{}\"]\n",
+        backend.url()
+    );
+    let listen = |address: &str| format!("[[listen]]\naddress = \"{address}\"\n");
+    let text = format!(
+        "workers = 2\n{}{}{}{tls_table}{routes}",
+        listen("127.0.0.1:0"),
+        listen("127.0.0.1:0"),
+        listen("127.0.0.1:0"),
+    );
+    let file = folder.write("wsgate.toml", &text);
+    let mut old = Gateway::start_bare(&["--config", PemFiles::arg(&file)]);
+    let plain = old.addr;
+    let dropped = old.next_listen_addr();
+    let tls = old.next_listen_addr();
+    // Now: the TLS listener first, the plain one second, the third gone.
+    let text = format!(
+        "workers = 2\n{}{tls_table}{}{routes}",
+        listen(&tls.to_string()),
+        listen(&plain.to_string())
+    );
+    folder.write("wsgate.toml", &text);
+    old.signal("USR2");
+    let log = tokio::task::block_in_place(|| old.wait_log("new process started"));
+    let _reap = Reap(Some(new_pid(&log)));
+    let status = tokio::task::block_in_place(|| old.wait_exit(LIMIT)).expect("the old one exited");
+    assert!(status.success(), "{status:?}");
+    let mut stream = raw(plain, handshake("/a", "").as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 101);
+    let mut stream = cert.connect(tls, &[b"http/1.1"]).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(handshake("/a", "").as_bytes())
+        .await
+        .unwrap();
+    let mut head = [0u8; 12];
+    timeout(LIMIT, stream.read_exact(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+    assert!(
+        tokio::net::TcpStream::connect(dropped).await.is_err(),
+        "the listener no longer configured still accepts"
+    );
+}

@@ -24,13 +24,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::BodyExt as _;
 use http_body_util::Empty;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::client::legacy::Client;
@@ -70,7 +70,7 @@ pub struct HttpProxy {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     upstream: Upstream,
     translation: Translation,
@@ -136,7 +136,9 @@ impl HttpProxy {
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
-        Arc::get_mut(&mut self.inner).expect("configured before it is cloned")
+        // A proxy configured after it was cloned becomes one of its own
+        // (with its own connections).
+        Arc::make_mut(&mut self.inner)
     }
 
     /// Remove `prefix` (whole segments) from the path before appending it
@@ -190,9 +192,10 @@ impl HttpProxy {
         self
     }
 
-    /// Time allowed from sending the request to the app's response head
-    /// (default: 60 s, nginx's `proxy_read_timeout`); past it, `504`.
-    /// The bodies then stream for as long as they take.
+    /// Time allowed from the end of the request (its body sent whole) to
+    /// the app's response head (default: 60 s, nginx's
+    /// `proxy_read_timeout`); past it, `504`. An upload takes as long as it
+    /// takes, and so does the answer's body.
     #[must_use]
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.inner_mut().response_timeout = timeout;
@@ -248,15 +251,37 @@ where
         tracing::info!(target = %target, "request target cannot be mapped to the app server: 400");
         return crate::plain::response(StatusCode::BAD_REQUEST, "bad request target");
     };
-    let mut upstream = Request::new(UnsyncBoxBody::new(body.map_err(Into::into)));
+    let sent = Arc::new(Sent::default());
+    let body = Tracked {
+        body,
+        sent: sent.clone(),
+    };
+    if body.body.is_end_stream() {
+        sent.end(false);
+    }
+    let mut upstream = Request::new(UnsyncBoxBody::new(body));
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
     *upstream.headers_mut() = headers;
     // Whatever the client spoke, the app gets HTTP/1.1.
     *upstream.version_mut() = http::Version::HTTP_11;
-    let answer =
-        tokio::time::timeout(inner.response_timeout, inner.client().request(upstream)).await;
+    // The response timeout runs from the end of the request's body.
+    let timeout = async {
+        sent.ended.notified().await;
+        tokio::time::sleep(inner.response_timeout).await;
+    };
+    let answer = tokio::select! {
+        answer = inner.client().request(upstream) => Ok(answer),
+        () = timeout => Err(()),
+    };
     match answer {
+        Ok(Err(_)) if sent.failed.load(Ordering::Relaxed) => {
+            tracing::info!(
+                app = inner.upstream.authority(),
+                "the client's request body failed (the client went away?): 400"
+            );
+            crate::plain::response(StatusCode::BAD_REQUEST, "request body failed")
+        }
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             forward::remove_hop_by_hop(&mut parts.headers);
@@ -279,6 +304,64 @@ where
             );
             crate::plain::response(StatusCode::GATEWAY_TIMEOUT, "gateway timeout")
         }
+    }
+}
+
+/// How far the request's body got.
+#[derive(Debug, Default)]
+struct Sent {
+    /// Notified (a permit kept) when the body ended, whole or failed.
+    ended: tokio::sync::Notify,
+    /// Whether it failed (the client's stream broke).
+    failed: AtomicBool,
+}
+
+impl Sent {
+    fn end(&self, failed: bool) {
+        if failed {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        self.ended.notify_one();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The request body on its way to the app, saying when it ends.
+    struct Tracked<B> {
+        #[pin]
+        body: B,
+        sent: Arc<Sent>,
+    }
+}
+
+impl<B> Body for Tracked<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.sent.end(false),
+            Poll::Ready(Some(Err(_))) => this.sent.end(true),
+            _ => {}
+        }
+        polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -161,8 +161,11 @@ pub(crate) fn backend_path<'a>(
     strip: bool,
     rewrite: Option<&str>,
 ) -> std::borrow::Cow<'a, str> {
-    let rest = match prefix {
-        Some(prefix) if strip || rewrite.is_some() => strip_prefix(prefix, path),
+    // A route that is no prefix (`Route::any()`, which `Route::prefix("/")`
+    // is) has the empty prefix: nothing to strip, the replacement goes in
+    // front.
+    let rest = match prefix.unwrap_or("") {
+        prefix if strip || rewrite.is_some() => strip_prefix(prefix, path),
         _ => None,
     };
     match (rest, rewrite) {
