@@ -449,6 +449,9 @@ async fn run(
                 } else {
                     "a file changed"
                 };
+                if let Some(watch) = &mut watch {
+                    watch.reloading();
+                }
                 let ok = reload(&source, &mut live, why);
                 if let Some(admin) = &admin {
                     admin::reloaded(ok);

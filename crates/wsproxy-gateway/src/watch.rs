@@ -28,6 +28,8 @@ pub(crate) struct Watch {
     seen: u64,
     /// A change seen at the last look, acted on if the next look agrees.
     pending: Option<u64>,
+    /// What the files held just before the reload under way.
+    reading: Option<u64>,
     interval: tokio::time::Interval,
 }
 
@@ -40,15 +42,23 @@ impl Watch {
             files: Vec::new(),
             seen: 0,
             pending: None,
+            reading: None,
             interval,
         };
         watch.follow(file, config);
         watch
     }
 
-    /// After a reload: watch the files `config` names now. What was seen
-    /// stays (a file changed during the reload is still a change), unless
-    /// the files are others now.
+    /// A reload is about to read the files (on SIGHUP or a change): what
+    /// they hold now is what it acts on.
+    pub(crate) fn reloading(&mut self) {
+        self.reading = Some(fingerprint(&self.files));
+    }
+
+    /// After a reload: watch the files `config` names now, taking what
+    /// they held when it read them as seen (a SIGHUP after an edit does
+    /// not make the watcher reload it again; a change made during the
+    /// reload is still a change).
     pub(crate) fn follow(&mut self, file: PathBuf, config: &Config) {
         let files: Vec<PathBuf> = std::iter::once(file)
             .chain(
@@ -59,11 +69,16 @@ impl Watch {
                     .flat_map(|tls| [tls.cert.clone(), tls.key.clone()]),
             )
             .collect();
-        if files != self.files {
+        let reading = self.reading.take();
+        if files == self.files {
+            if let Some(reading) = reading {
+                self.seen = reading;
+            }
+        } else {
             self.seen = fingerprint(&files);
-            self.pending = None;
             self.files = files;
         }
+        self.pending = None;
     }
 
     /// Resolves when the files changed since they were last acted on and
@@ -117,11 +132,18 @@ mod tests {
             .expect("the change is seen");
         assert_ne!(watch.seen, before);
         assert_eq!(fingerprint(&watch.files), watch.seen, "seen once");
-        // A follow with the same files keeps what was seen: a change made
-        // during a reload is not taken for seen.
+        // A reload (SIGHUP) after an edit: what it read is seen, and not
+        // reloaded again.
         std::fs::write(&file, "workers = 3\n").unwrap();
+        watch.reloading();
+        watch.follow(file.clone(), &Config::default());
+        assert_eq!(fingerprint(&watch.files), watch.seen);
+        // A change made while it ran is still a change.
+        watch.reloading();
+        std::fs::write(&file, "workers = 4\n").unwrap();
         watch.follow(file.clone(), &Config::default());
         assert_ne!(fingerprint(&watch.files), watch.seen);
+        std::fs::write(&file, "workers = 3\n").unwrap();
         // A file gone is a change too.
         std::fs::remove_file(&file).unwrap();
         assert_ne!(fingerprint(&watch.files), watch.seen);

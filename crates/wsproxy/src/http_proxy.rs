@@ -24,7 +24,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 
 use crate::client::client_addr;
+use crate::clock;
 use crate::forward::{self, HostHeader};
 use crate::handshake::translate::{self, Translation};
 use crate::{BoxError, InvalidUpstream, ResponseBody, Upstream};
@@ -192,10 +193,12 @@ impl HttpProxy {
         self
     }
 
-    /// Time allowed from the end of the request (its body sent whole) to
-    /// the app's response head (default: 60 s, nginx's
-    /// `proxy_read_timeout`); past it, `504`. An upload takes as long as it
-    /// takes, and so does the answer's body.
+    /// Time allowed without progress until the app's response head
+    /// (default: 60 s, nginx's `proxy_send_timeout` and
+    /// `proxy_read_timeout`): between two pieces of the request's body,
+    /// and from its end to the response head; past it, `504`. An upload
+    /// that moves takes as long as it takes, and so does the answer's
+    /// body.
     #[must_use]
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.inner_mut().response_timeout = timeout;
@@ -251,10 +254,10 @@ where
         tracing::info!(target = %target, "request target cannot be mapped to the app server: 400");
         return crate::plain::response(StatusCode::BAD_REQUEST, "bad request target");
     };
-    let sent = Arc::new(Sent::default());
+    let sent = Arc::new(Sent::new());
     let body = Tracked {
         body,
-        sent: sent.clone(),
+        guard: Guard(sent.clone()),
     };
     if body.body.is_end_stream() {
         sent.end(false);
@@ -265,14 +268,22 @@ where
     *upstream.headers_mut() = headers;
     // Whatever the client spoke, the app gets HTTP/1.1.
     *upstream.version_mut() = http::Version::HTTP_11;
-    // The response timeout runs from the end of the request's body.
+    // The response timeout runs from the last progress: a piece of the
+    // body sent, its end.
     let timeout = async {
-        sent.ended.notified().await;
-        tokio::time::sleep(inner.response_timeout).await;
+        let limit = clock::nanos(inner.response_timeout);
+        loop {
+            let at = sent.progress.load(Ordering::Relaxed).saturating_add(limit);
+            let now = clock::now();
+            if now >= at {
+                return sent.ended.load(Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_nanos(at - now)).await;
+        }
     };
     let answer = tokio::select! {
         answer = inner.client().request(upstream) => Ok(answer),
-        () = timeout => Err(()),
+        ended = timeout => Err(ended),
     };
     match answer {
         Ok(Err(_)) if sent.failed.load(Ordering::Relaxed) => {
@@ -296,7 +307,15 @@ where
             }
             crate::plain::response(StatusCode::BAD_GATEWAY, "bad gateway")
         }
-        Err(_) => {
+        Err(false) => {
+            tracing::warn!(
+                app = inner.upstream.authority(),
+                timeout = ?inner.response_timeout,
+                "the request's body made no progress in time (the client or the app stalled): 504"
+            );
+            crate::plain::response(StatusCode::GATEWAY_TIMEOUT, "gateway timeout")
+        }
+        Err(true) => {
             tracing::warn!(
                 app = inner.upstream.authority(),
                 timeout = ?inner.response_timeout,
@@ -308,29 +327,59 @@ where
 }
 
 /// How far the request's body got.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Sent {
-    /// Notified (a permit kept) when the body ended, whole or failed.
-    ended: tokio::sync::Notify,
+    /// When it last moved (a piece sent, or its end; at first, the
+    /// request), in [`clock`] nanoseconds.
+    progress: AtomicU64,
+    /// Whether it ended (whole, failed, or dropped by the client's
+    /// connection when its length was reached).
+    ended: AtomicBool,
     /// Whether it failed (the client's stream broke).
     failed: AtomicBool,
 }
 
 impl Sent {
+    fn new() -> Self {
+        Self {
+            progress: AtomicU64::new(clock::now()),
+            ended: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    fn moved(&self) {
+        self.progress.store(clock::now(), Ordering::Relaxed);
+    }
+
     fn end(&self, failed: bool) {
         if failed {
             self.failed.store(true, Ordering::Relaxed);
         }
-        self.ended.notify_one();
+        if !self.ended.swap(true, Ordering::Relaxed) {
+            self.moved();
+        }
+    }
+}
+
+/// Ends the body when dropped: hyper drops a body whose declared length
+/// went out (or that said it ended) without asking it for its end.
+#[derive(Debug)]
+struct Guard(Arc<Sent>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.0.end(false);
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The request body on its way to the app, saying when it ends.
+    /// The request body on its way to the app, saying when it moves and
+    /// when it ends.
     struct Tracked<B> {
         #[pin]
         body: B,
-        sent: Arc<Sent>,
+        guard: Guard,
     }
 }
 
@@ -348,10 +397,12 @@ where
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = this.body.poll_frame(cx);
+        let sent = &this.guard.0;
         match &polled {
-            Poll::Ready(None) => this.sent.end(false),
-            Poll::Ready(Some(Err(_))) => this.sent.end(true),
-            _ => {}
+            Poll::Ready(None) => sent.end(false),
+            Poll::Ready(Some(Err(_))) => sent.end(true),
+            Poll::Ready(Some(Ok(_))) => sent.moved(),
+            Poll::Pending => {}
         }
         polled.map(|frame| frame.map(|frame| frame.map_err(Into::into)))
     }

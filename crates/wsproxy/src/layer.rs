@@ -128,7 +128,8 @@ impl WebSocketProxyLayer {
         self
     }
 
-    /// With a [`Route::prefix`], put `replacement` in place of the prefix
+    /// With a [`Route::prefix`] (or [`Route::any`], then in front of the
+    /// path), put `replacement` in place of the prefix
     /// before appending the path to the upstream's (Envoy's
     /// `prefix_rewrite`; nginx's `location /old/ { proxy_pass http://b/new/; }`).
     /// A trailing `/` of `replacement` is ignored; `""` is the same as

@@ -122,11 +122,15 @@ impl Route {
         }
     }
 
-    /// The path prefix this route matches, if it is a prefix route.
-    pub(crate) fn prefix_str(&self) -> Option<&str> {
+    /// The prefix a backend's path is mapped from (stripped or
+    /// rewritten): a prefix route's, the empty one for [`Route::any`]
+    /// (which `Route::prefix("/")` is: a replacement goes in front), none
+    /// for a predicate (the path goes as it is).
+    pub(crate) fn path_prefix(&self) -> Option<&str> {
         match &self.kind {
             Kind::Prefix(prefix) => Some(prefix),
-            _ => None,
+            Kind::Any => Some(""),
+            Kind::Predicate(_) => None,
         }
     }
 }
@@ -161,11 +165,8 @@ pub(crate) fn backend_path<'a>(
     strip: bool,
     rewrite: Option<&str>,
 ) -> std::borrow::Cow<'a, str> {
-    // A route that is no prefix (`Route::any()`, which `Route::prefix("/")`
-    // is) has the empty prefix: nothing to strip, the replacement goes in
-    // front.
-    let rest = match prefix.unwrap_or("") {
-        prefix if strip || rewrite.is_some() => strip_prefix(prefix, path),
+    let rest = match prefix {
+        Some(prefix) if strip || rewrite.is_some() => strip_prefix(prefix, path),
         _ => None,
     };
     match (rest, rewrite) {

@@ -69,7 +69,7 @@ pub(crate) async fn handshake(
         let Some(request) = handshake::backend_request(
             parts,
             &config.translation,
-            config.route.prefix_str(),
+            config.route.path_prefix(),
             peer,
             picked.upstream(),
             key,
