@@ -93,37 +93,62 @@ struct Entry {
     kind: Kind,
     /// When the span opened: the request's arrival.
     started: std::time::Instant,
-    fields: Vec<(&'static str, String)>,
+    /// Each field's name and where its text lies in `text` (one buffer,
+    /// not a string each).
+    fields: Vec<(&'static str, std::ops::Range<usize>)>,
+    text: String,
 }
 
 impl Entry {
+    fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            started: std::time::Instant::now(),
+            fields: Vec::with_capacity(20),
+            text: String::with_capacity(256),
+        }
+    }
+
     fn get(&self, name: &str) -> Option<&str> {
         // The last value recorded wins.
         self.fields
             .iter()
             .rev()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, range)| &self.text[range.clone()])
+    }
+
+    /// Record `name` as what `write` writes.
+    fn push(&mut self, name: &'static str, write: impl FnOnce(&mut String)) {
+        let start = self.text.len();
+        write(&mut self.text);
+        self.fields.push((name, start..self.text.len()));
     }
 }
 
 impl Visit for Entry {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if field.name() != "message" {
-            self.fields.push((field.name(), format!("{value:?}")));
+            self.push(field.name(), |text| {
+                let _ = write!(text, "{value:?}");
+            });
         }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.fields.push((field.name(), value.to_owned()));
+        self.push(field.name(), |text| text.push_str(value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.fields.push((field.name(), value.to_string()));
+        self.push(field.name(), |text| {
+            let _ = write!(text, "{value}");
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.fields.push((field.name(), value.to_string()));
+        self.push(field.name(), |text| {
+            let _ = write!(text, "{value}");
+        });
     }
 }
 
@@ -137,11 +162,7 @@ where
             return;
         };
         let Some(span) = ctx.span(id) else { return };
-        let mut entry = Entry {
-            kind,
-            started: std::time::Instant::now(),
-            fields: Vec::with_capacity(16),
-        };
+        let mut entry = Entry::new(kind);
         attrs.record(&mut entry);
         span.extensions_mut().insert(entry);
     }
@@ -156,11 +177,7 @@ where
 
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         if is_admission_refusal(event.metadata()) {
-            let mut entry = Entry {
-                kind: Kind::Refused,
-                started: std::time::Instant::now(),
-                fields: Vec::with_capacity(8),
-            };
+            let mut entry = Entry::new(Kind::Refused);
             event.record(&mut entry);
             self.write(&entry);
             return;
@@ -196,6 +213,24 @@ const TIME: &[time::format_description::BorrowedFormatItem<'static>] = time::mac
     "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
 );
 
+/// `now` as `$time_local` writes it, formatted once a second per thread
+/// (as nginx caches its time strings).
+fn formatted(now: time::OffsetDateTime) -> String {
+    std::thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const {
+            std::cell::RefCell::new((i64::MIN, String::new()))
+        };
+    }
+    LAST.with_borrow_mut(|(second, text)| {
+        let this = now.unix_timestamp();
+        if *second != this {
+            *text = now.format(TIME).unwrap_or_else(|_| "-".to_owned());
+            *second = this;
+        }
+        text.clone()
+    })
+}
+
 /// The access line of `entry`, at `now`, `elapsed` after the request
 /// arrived.
 fn line(entry: &Entry, now: time::OffsetDateTime, elapsed: std::time::Duration) -> String {
@@ -213,7 +248,7 @@ fn line(entry: &Entry, now: time::OffsetDateTime, elapsed: std::time::Duration) 
             })
         })
         .unwrap_or_else(|| "-".to_owned());
-    let time = now.format(TIME).unwrap_or_else(|_| "-".to_owned());
+    let time = formatted(now);
     let version = match field("http").or(field("version")) {
         Some("2") | Some("HTTP/2.0") => "HTTP/2.0",
         // Only an HTTP/2 handshake is a CONNECT (RFC 8441).
@@ -273,15 +308,19 @@ struct Escaped<'a>(&'a str);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for c in self.0.chars() {
+        // Runs of characters that need nothing are written whole.
+        let mut rest = self.0;
+        while let Some(at) = rest.find(|c: char| c == '"' || c == '\\' || c.is_control()) {
+            f.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().expect("found there");
             match c {
                 '"' => f.write_str("\\\"")?,
                 '\\' => f.write_str("\\\\")?,
-                c if c.is_control() => write!(f, "\\x{:02X}", u32::from(c))?,
-                c => f.write_char(c)?,
+                c => write!(f, "\\x{:02X}", u32::from(c))?,
             }
+            rest = &rest[at + c.len_utf8()..];
         }
-        Ok(())
+        f.write_str(rest)
     }
 }
 
@@ -290,11 +329,11 @@ mod tests {
     use super::*;
 
     fn entry(kind: Kind, fields: &[(&'static str, &str)]) -> Entry {
-        Entry {
-            kind,
-            started: std::time::Instant::now(),
-            fields: fields.iter().map(|(n, v)| (*n, (*v).to_owned())).collect(),
+        let mut entry = Entry::new(kind);
+        for (name, value) in fields {
+            entry.push(name, |text| text.push_str(value));
         }
+        entry
     }
 
     fn ms(ms: u64) -> std::time::Duration {
