@@ -5,12 +5,11 @@ mod support;
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wsproxy_test_support::{
     Backend, LIMIT, Leaf, PemFiles, handshake, proxy_v1, proxy_v2, raw, read_head, read_to_close,
 };
 
-use support::{Folder, Gateway, run};
+use support::{Folder, Gateway, ask, run};
 
 /// A gateway on `extra` TOML with one route `/a` to `backend`.
 fn start(folder: &Folder, extra: &str, backend: &Backend) -> Gateway {
@@ -115,30 +114,6 @@ async fn proxy_headers_are_refused_where_not_expected() {
     let (status, _) = handshake_after(&without, &proxy_v1("203.0.113.7:1".parse().unwrap())).await;
     assert_eq!(status, 400);
     assert_eq!(backend.connections(), 0);
-}
-
-/// One HTTP/1.1 request over `stream` (TLS or not); the head of the
-/// answer.
-async fn ask<S>(stream: &mut S, request: &str) -> wsproxy_test_support::Head
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = vec![0; 4096];
-    let mut read = Vec::new();
-    while !read.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(LIMIT, stream.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed before an answer");
-        read.extend_from_slice(&buf[..n]);
-    }
-    let end = read.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let rest = read.split_off(end + 4);
-    let text = String::from_utf8(read).unwrap();
-    let status = text[9..12].parse().unwrap();
-    wsproxy_test_support::Head { status, text, rest }
 }
 
 /// On TLS, `Strict-Transport-Security` with the configured value, on

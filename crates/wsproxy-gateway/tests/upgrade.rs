@@ -175,17 +175,10 @@ async fn usr2_hands_over_every_listener() {
     let mut stream = raw(plain, handshake("/a", "").as_bytes()).await;
     assert_eq!(read_head(&mut stream).await.status, 101);
     let mut stream = cert.connect(tls, &[b"http/1.1"]).await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(handshake("/a", "").as_bytes())
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    timeout(LIMIT, stream.read_exact(&mut head))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&head, b"HTTP/1.1 101");
+    assert_eq!(
+        support::ask(&mut stream, &handshake("/a", "")).await.status,
+        101
+    );
     let mut stream = raw(redirect, b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n").await;
     let head = read_head(&mut stream).await;
     assert_eq!(head.status, 308);
@@ -242,17 +235,10 @@ async fn usr2_matches_sockets_to_listeners_by_address() {
     let mut stream = raw(plain, handshake("/a", "").as_bytes()).await;
     assert_eq!(read_head(&mut stream).await.status, 101);
     let mut stream = cert.connect(tls, &[b"http/1.1"]).await;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream
-        .write_all(handshake("/a", "").as_bytes())
-        .await
-        .unwrap();
-    let mut head = [0u8; 12];
-    timeout(LIMIT, stream.read_exact(&mut head))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(&head, b"HTTP/1.1 101");
+    assert_eq!(
+        support::ask(&mut stream, &handshake("/a", "")).await.status,
+        101
+    );
     assert!(
         tokio::net::TcpStream::connect(dropped).await.is_err(),
         "the listener no longer configured still accepts"

@@ -303,3 +303,28 @@ pub fn opened(page: &str) -> (u64, u64) {
     let (h2, _) = rest.split_once(')').unwrap();
     (all.parse().unwrap(), h2.parse().unwrap())
 }
+
+/// One HTTP/1.1 request over `stream` (TLS or not); the head of the
+/// answer.
+pub async fn ask<S>(stream: &mut S, request: &str) -> wsproxy_test_support::Head
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0; 4096];
+    let mut read = Vec::new();
+    while !read.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(LIMIT, stream.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before an answer");
+        read.extend_from_slice(&buf[..n]);
+    }
+    let end = read.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let rest = read.split_off(end + 4);
+    let text = String::from_utf8(read).unwrap();
+    let status = text[9..12].parse().unwrap();
+    wsproxy_test_support::Head { status, text, rest }
+}
