@@ -204,10 +204,10 @@ pub(crate) fn handshake_answered(route: &Route, status: StatusCode) {
     .increment(1);
 }
 
-/// One attempt on the backend `picked` answered after `took`.
-pub(crate) fn backend_handshake(picked: &crate::balance::pick::Picked, took: std::time::Duration) {
+/// One attempt on the backend labelled `backend` answered after `took`.
+pub(crate) fn backend_handshake(backend: std::sync::Arc<str>, took: std::time::Duration) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!("wsproxy_backend_handshake_seconds", "backend" => picked.label())
+    metrics::histogram!("wsproxy_backend_handshake_seconds", "backend" => backend)
         .record(took.as_secs_f64());
 }
 

@@ -36,7 +36,6 @@ pub(crate) struct Member {
     pub(crate) removed: CancellationToken,
     pub(super) close: Mutex<Arc<CloseSignal>>,
     /// Its URL as a metrics label, made at its first use and shared after.
-    #[cfg(feature = "metrics")]
     label: std::sync::OnceLock<Arc<str>>,
 }
 
@@ -57,13 +56,11 @@ impl Member {
             probing: AtomicBool::new(false),
             removed: CancellationToken::new(),
             close: Mutex::new(Arc::default()),
-            #[cfg(feature = "metrics")]
             label: std::sync::OnceLock::new(),
         }
     }
 
     /// Its URL as a metrics label (allocated once, not per handshake).
-    #[cfg(feature = "metrics")]
     pub(crate) fn label(&self) -> Arc<str> {
         self.label
             .get_or_init(|| self.backend.upstream.to_string().into())

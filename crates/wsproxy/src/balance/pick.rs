@@ -60,7 +60,6 @@ impl Picked {
     }
 
     /// Its backend's URL as a metrics label.
-    #[cfg(feature = "metrics")]
     pub(crate) fn label(&self) -> Arc<str> {
         self.member().label()
     }

@@ -111,7 +111,7 @@ pub(crate) async fn handshake(
             Err(failure) => Err(failure),
         };
         if answer.is_ok() {
-            crate::metrics::backend_handshake(&picked, attempt.elapsed());
+            crate::metrics::backend_handshake(picked.label(), attempt.elapsed());
         }
         match answer {
             Ok(Answer::Upgraded(head, upgraded)) => {
