@@ -27,6 +27,9 @@ pub struct Route {
     kind: Kind,
     /// Only handshakes for this host (lowercase, no port), if set.
     host: Option<Arc<str>>,
+    /// How it shows (`[host]prefix`), made once: the metrics label of
+    /// every handshake and tunnel of the route.
+    label: Arc<str>,
 }
 
 #[derive(Clone)]
@@ -44,6 +47,7 @@ impl Route {
         Self {
             kind: Kind::Any,
             host: None,
+            label: "/".into(),
         }
     }
 
@@ -60,8 +64,10 @@ impl Route {
         if trimmed.is_empty() {
             return Self::any();
         }
+        let prefix: Arc<str> = trimmed.into();
         Self {
-            kind: Kind::Prefix(trimmed.into()),
+            label: prefix.clone(),
+            kind: Kind::Prefix(prefix),
             host: None,
         }
     }
@@ -74,6 +80,7 @@ impl Route {
         Self {
             kind: Kind::Predicate(Arc::new(predicate)),
             host: None,
+            label: "<predicate>".into(),
         }
     }
 
@@ -93,7 +100,14 @@ impl Route {
     /// assert!(!route.matches(&"/chat".parse().unwrap(), &headers));
     /// ```
     pub fn host(mut self, host: &str) -> Self {
-        self.host = Some(host.to_ascii_lowercase().into());
+        let host: Arc<str> = host.to_ascii_lowercase().into();
+        let path = match &self.kind {
+            Kind::Any => "/",
+            Kind::Prefix(prefix) => prefix,
+            Kind::Predicate(_) => "<predicate>",
+        };
+        self.label = format!("{host}{path}").into();
+        self.host = Some(host);
         self
     }
 
@@ -111,15 +125,11 @@ impl Route {
         }
     }
 
-    /// This route as a metrics label: a prefix route's own prefix (shared,
-    /// not copied, so that labelling a tunnel allocates nothing), else its
-    /// text.
+    /// This route as a metrics label, made once (labelling a handshake or
+    /// a tunnel allocates nothing).
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn label(&self) -> Arc<str> {
-        match (&self.kind, &self.host) {
-            (Kind::Prefix(prefix), None) => prefix.clone(),
-            _ => self.to_string().into(),
-        }
+        self.label.clone()
     }
 
     /// The prefix a backend's path is mapped from (stripped or
@@ -190,14 +200,7 @@ impl Default for Route {
 
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(host) = &self.host {
-            f.write_str(host)?;
-        }
-        match &self.kind {
-            Kind::Any => f.write_str("/"),
-            Kind::Prefix(prefix) => f.write_str(prefix),
-            Kind::Predicate(_) => f.write_str("<predicate>"),
-        }
+        f.write_str(&self.label)
     }
 }
 
@@ -235,5 +238,22 @@ mod tests {
         assert!(!route.matches(&"/a?proxy".parse().unwrap(), &headers));
         headers.insert("x-proxy", "1".parse().unwrap());
         assert!(route.matches(&"/a?proxy".parse().unwrap(), &headers));
+    }
+
+    #[test]
+    fn a_route_shows_as_host_and_prefix_and_labels_with_the_same_text() {
+        for (route, text) in [
+            (Route::any(), "/"),
+            (Route::prefix("/chat/"), "/chat"),
+            (
+                Route::prefix("/chat").host("Chat.Example"),
+                "chat.example/chat",
+            ),
+            (Route::any().host("h"), "h/"),
+            (Route::predicate(|_, _| true), "<predicate>"),
+        ] {
+            assert_eq!(route.to_string(), text);
+            assert_eq!(&*route.label(), text);
+        }
     }
 }
