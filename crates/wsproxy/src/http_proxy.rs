@@ -240,10 +240,13 @@ where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let peer: Option<SocketAddr> = client_addr(&parts.extensions);
+    // The request's own headers, not a copy.
+    let headers = std::mem::take(&mut parts.headers);
     let (target, headers) = translate::forwarded(
         &parts,
+        headers,
         &inner.translation,
         inner.prefix.as_deref(),
         peer,

@@ -57,7 +57,10 @@ pub(crate) fn backend_request(
     upstream: &Upstream,
     key: &HeaderValue,
 ) -> Option<Request<Empty<Bytes>>> {
-    let (target, mut headers) = forwarded(parts, config, prefix, peer, upstream);
+    // Each attempt (a retry on another backend too) starts from the
+    // client's headers.
+    let (target, mut headers) =
+        forwarded(parts, parts.headers.clone(), config, prefix, peer, upstream);
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     // The key the answer is checked against: the client's over HTTP/1.1,
@@ -71,13 +74,15 @@ pub(crate) fn backend_request(
 }
 
 /// What a request to the backend `upstream` carries for the client's
-/// request `parts` on the route of `prefix` (a handshake's or, with
+/// request `parts` with `headers` (its own, given up) on the route of
+/// `prefix` (a handshake's or, with
 /// [`HttpProxy`](crate::http_proxy::HttpProxy), a plain one's): its
 /// target (path and query mapped onto the upstream's) and its headers —
 /// hop-by-hop headers removed, cookies joined, forwarding headers and
 /// `Host` as configured.
 pub(crate) fn forwarded(
     parts: &http::request::Parts,
+    mut headers: HeaderMap,
     config: &Translation,
     prefix: Option<&str>,
     peer: Option<SocketAddr>,
@@ -91,13 +96,13 @@ pub(crate) fn forwarded(
     );
     let target = upstream.target(&path, parts.uri.query());
 
-    let mut headers = parts.headers.clone();
+    // The client's Host, before a `Connection` naming it can remove it.
+    let host_header = headers.get(header::HOST).cloned();
     forward::remove_hop_by_hop(&mut headers);
     let authority = parts
         .uri
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    let host_header = parts.headers.get(header::HOST).cloned();
     let http2 = parts.version == http::Version::HTTP_2;
     // HTTP/2: `:authority` wins over a `host` header (RFC 9113 §8.3.1);
     // HTTP/1.1: the `Host` header, else an absolute-form target's.
