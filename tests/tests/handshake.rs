@@ -412,6 +412,25 @@ async fn a_backend_that_never_accepts_is_a_gateway_timeout() {
     drop((full, fillers));
 }
 
+/// The path the backend at `upstream_path` gets for `request` through a
+/// layer set up by `configure`.
+async fn backend_uri(
+    backend: &Backend,
+    upstream_path: &str,
+    configure: impl FnOnce(wsproxy::WebSocketProxyLayer) -> wsproxy::WebSocketProxyLayer,
+    request: &str,
+) -> String {
+    let layer = configure(wsproxy::WebSocketProxyLayer::new(
+        format!("ws://{}{upstream_path}", backend.addr)
+            .parse()
+            .unwrap(),
+    ));
+    let proxy = serve(axum::Router::new().layer(layer)).await;
+    let mut ws = connect(&format!("ws://{proxy}{request}")).await;
+    echo(&mut ws, Message::text("hi")).await;
+    backend.last_uri()
+}
+
 #[tokio::test]
 async fn paths_map_onto_the_upstream_with_or_without_the_prefix() {
     let backend = Backend::start().await;
@@ -435,18 +454,11 @@ async fn paths_map_onto_the_upstream_with_or_without_the_prefix() {
         ("", false, "/chat/a%20b/c?q=%2F&r", "/chat/a%20b/c?q=%2F&r"),
         ("/base?k=v", true, "/chat/x?q=1", "/base/x?k=v&q=1"),
     ] {
-        let layer = wsproxy::WebSocketProxyLayer::new(
-            format!("ws://{}{upstream_path}", backend.addr)
-                .parse()
-                .unwrap(),
-        )
-        .route(wsproxy::Route::prefix("/chat"))
-        .strip_prefix(strip);
-        let proxy = serve(axum::Router::new().layer(layer)).await;
-        let mut ws = connect(&format!("ws://{proxy}{request}")).await;
-        echo(&mut ws, Message::text("hi")).await;
+        let configure = |l: wsproxy::WebSocketProxyLayer| {
+            l.route(wsproxy::Route::prefix("/chat")).strip_prefix(strip)
+        };
         assert_eq!(
-            backend.last_uri(),
+            backend_uri(&backend, upstream_path, configure, request).await,
             expected,
             "upstream {upstream_path:?}, strip {strip}, request {request}"
         );
@@ -454,8 +466,8 @@ async fn paths_map_onto_the_upstream_with_or_without_the_prefix() {
 }
 
 /// `rewrite_prefix`: the route's prefix replaced, the rest and the query
-/// kept, whole segments only, a path outside the prefix (a `Route::any`
-/// layer) untouched.
+/// kept, whole segments only; on a route of every path (`Route::any`,
+/// which `Route::prefix("/")` is) the replacement goes in front.
 #[tokio::test]
 async fn a_rewritten_prefix_replaces_the_route_prefix() {
     let backend = Backend::start().await;
@@ -472,33 +484,22 @@ async fn a_rewritten_prefix_replaces_the_route_prefix() {
         ("", "", "/chat/x", "/x"),
         ("", "", "/chat", "/"),
     ] {
-        let layer = wsproxy::WebSocketProxyLayer::new(
-            format!("ws://{}{upstream_path}", backend.addr)
-                .parse()
-                .unwrap(),
-        )
-        .route(wsproxy::Route::prefix("/chat"))
-        .rewrite_prefix(replacement);
-        let proxy = serve(axum::Router::new().layer(layer)).await;
-        let mut ws = connect(&format!("ws://{proxy}{request}")).await;
-        echo(&mut ws, Message::text("hi")).await;
+        let configure = |l: wsproxy::WebSocketProxyLayer| {
+            l.route(wsproxy::Route::prefix("/chat"))
+                .rewrite_prefix(replacement)
+        };
         assert_eq!(
-            backend.last_uri(),
+            backend_uri(&backend, upstream_path, configure, request).await,
             expected,
             "upstream {upstream_path:?}, rewrite {replacement:?}, request {request}"
         );
     }
-    // A route of every path (what `Route::prefix("/")` is): the
-    // replacement goes in front.
     for route in [wsproxy::Route::any(), wsproxy::Route::prefix("/")] {
-        let layer =
-            wsproxy::WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
-                .route(route)
-                .rewrite_prefix("/v2");
-        let proxy = serve(axum::Router::new().layer(layer)).await;
-        let mut ws = connect(&format!("ws://{proxy}/x?y=1")).await;
-        echo(&mut ws, Message::text("hi")).await;
-        assert_eq!(backend.last_uri(), "/v2/x?y=1");
+        let configure = |l: wsproxy::WebSocketProxyLayer| l.route(route).rewrite_prefix("/v2");
+        assert_eq!(
+            backend_uri(&backend, "", configure, "/x?y=1").await,
+            "/v2/x?y=1"
+        );
     }
 }
 
