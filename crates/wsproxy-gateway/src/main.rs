@@ -319,15 +319,7 @@ async fn run(
         Some(address) => {
             let admin = Admin::install(tunnels.clone())?;
             admin.publish(live.view());
-            let listener = match inherited_admin {
-                Some(listener) => listener,
-                None => {
-                    let listener = std::net::TcpListener::bind(address)
-                        .map_err(|e| format!("cannot listen on {address} (admin): {e}"))?;
-                    listener.set_nonblocking(true)?;
-                    listener
-                }
-            };
+            let listener = single(inherited_admin, address, "admin")?;
             #[cfg(unix)]
             handover.admin(&listener)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -374,12 +366,7 @@ async fn run(
     // The plain listener that sends clients to https.
     let redirecting = match config.redirect.address {
         Some(address) => {
-            let listener = match inherited_redirect {
-                Some(listener) => listener,
-                None => std::net::TcpListener::bind(address)
-                    .map_err(|e| format!("cannot listen on {address} (redirect): {e}"))?,
-            };
-            listener.set_nonblocking(true)?;
+            let listener = single(inherited_redirect, address, "redirect")?;
             #[cfg(unix)]
             handover.redirect(&listener)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
@@ -680,6 +667,22 @@ fn serves(
         tracing::info!(role, bound = ?bound, wanted = ?wanted, "the older process's listener has moved or gone: closed");
     }
     serves
+}
+
+/// The socket of a listener served once (admin, redirect): the one
+/// handed over, else one bound to `address`; non-blocking.
+fn single(
+    inherited: Option<std::net::TcpListener>,
+    address: std::net::SocketAddr,
+    role: &str,
+) -> Result<std::net::TcpListener, Box<dyn std::error::Error>> {
+    let listener = match inherited {
+        Some(listener) => listener,
+        None => std::net::TcpListener::bind(address)
+            .map_err(|e| format!("cannot listen on {address} ({role}): {e}"))?,
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 /// The public listeners of `config`: for each, one socket per worker.
