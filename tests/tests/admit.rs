@@ -298,3 +298,104 @@ async fn one_resolver_decides_who_the_client_is_for_every_check() {
     let (code, _) = status(addr, "X-Forwarded-For: 203.0.113.7, 198.51.100.1\r\n").await;
     assert_eq!(code, 429, "the right-most untrusted address is the client");
 }
+
+/// An admission that waits for the test to decide each handshake, as one
+/// asking an auth service would: nothing reaches the backend before its
+/// verdict, its refusal is the client's answer, the head it changes is what
+/// the backend gets, and what it holds lives as long as the tunnel.
+#[tokio::test]
+async fn an_admission_that_waits_holds_the_handshake_until_its_verdict() {
+    use http::StatusCode;
+    use std::sync::Arc;
+    use tokio::sync::{Mutex, mpsc, oneshot};
+    use wsproxy::admit::{self, Holds, Refusal};
+
+    struct Held(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Each handshake sends the test a sender for its verdict.
+    let (asks, mut asked) = mpsc::unbounded_channel::<oneshot::Sender<bool>>();
+    let asks = Arc::new(Mutex::new(asks));
+    let counter = held.clone();
+    let check = admit::from_async_fn(move |mut request: http::request::Parts| {
+        let asks = asks.clone();
+        let held = counter.clone();
+        async move {
+            let (tell, verdict) = oneshot::channel();
+            asks.lock().await.send(tell).unwrap();
+            if verdict.await.unwrap_or(false) {
+                request.headers.insert("x-user-id", "42".parse().unwrap());
+                held.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Holds::push(&mut request.extensions, Held(held));
+                (request, Ok(()))
+            } else {
+                let refusal = Refusal::new(StatusCode::UNAUTHORIZED, "who are you")
+                    .header(http::header::WWW_AUTHENTICATE, "Bearer".parse().unwrap());
+                (request, Err(refusal))
+            }
+        }
+    });
+    let backend = Backend::start().await;
+    let addr = app_with(
+        ServiceBuilder::new()
+            .layer(check.layer())
+            .layer(proxy(&backend)),
+    )
+    .await;
+
+    // Plain HTTP is never asked about.
+    let mut plain = raw(addr, b"GET /app HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(read_head(&mut plain).await.status, 200);
+    assert!(asked.try_recv().is_err());
+
+    // Refused after the wait: the client gets the refusal, the backend nothing.
+    let refused = tokio::spawn(status(addr, "X-User-Id: 1\r\n"));
+    let tell = within("the check is asked", asked.recv()).await.unwrap();
+    assert_eq!(backend.connections(), 0);
+    tell.send(false).unwrap();
+    let (code, body) = within("the refusal", refused).await.unwrap();
+    assert_eq!((code, body.as_str()), (401, "who are you\n"));
+    assert_eq!(backend.connections(), 0);
+
+    // Admitted after the wait: nothing reached the backend before.
+    let opening =
+        tokio::spawn(
+            async move { connect_with(&format!("ws://{addr}/"), &[("x-user-id", "1")]).await },
+        );
+    let tell = within("the check is asked", asked.recv()).await.unwrap();
+    assert!(!opening.is_finished());
+    assert_eq!(backend.connections(), 0, "no backend before the verdict");
+    tell.send(true).unwrap();
+    let (mut client, _) = within("the tunnel", opening).await.unwrap();
+    echo(&mut client, Message::text("in")).await;
+    assert_eq!(backend.connections(), 1);
+    let seen = backend.last_headers();
+    assert_eq!(
+        seen.get_all("x-user-id").iter().collect::<Vec<_>>(),
+        ["42"],
+        "the check's header replaced the client's"
+    );
+    // What it holds lives as long as the tunnel.
+    assert_eq!(held.load(std::sync::atomic::Ordering::SeqCst), 1);
+    client.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(LIMIT, client.next()).await {}
+    drop(client);
+    let h = held.clone();
+    assert!(
+        wait_until(LIMIT, || h.load(std::sync::atomic::Ordering::SeqCst) == 0).await,
+        "released with the tunnel"
+    );
+
+    // A client that leaves while the check waits: the check's future is
+    // dropped with the request, nothing is held and nothing reaches the backend.
+    let leaving = raw(addr, handshake("/", "").as_bytes()).await;
+    let mut tell = within("the check is asked", asked.recv()).await.unwrap();
+    drop(leaving);
+    // The waiting check ends with its client.
+    within("the check is dropped", tell.closed()).await;
+    assert_eq!(backend.connections(), 1);
+}

@@ -16,7 +16,10 @@ pub(crate) type ClaimResponse = Response<ResponseBody<Never>>;
 pub(crate) type ClaimFuture =
     Pin<Box<dyn Future<Output = Result<ClaimResponse, std::convert::Infallible>> + Send>>;
 
-type ProxyFuture<B> = Pin<Box<dyn Future<Output = Response<ResponseBody<B>>> + Send>>;
+/// An admission that waits: then the inner service's future, or the
+/// refusal.
+pub(crate) type AdmittingFuture<F, B> =
+    Pin<Box<dyn Future<Output = Result<F, Response<ResponseBody<B>>>> + Send>>;
 
 pin_project! {
     /// Response future for [`WebSocketProxy`](crate::WebSocketProxy).
@@ -30,8 +33,9 @@ pin_project! {
     #[project = KindProj]
     enum Kind<F, B> {
         Inner { #[pin] future: F },
-        Proxy { future: ProxyFuture<B> },
         Claimed { future: ClaimFuture },
+        Ready { response: Option<Response<ResponseBody<B>>> },
+        Admitting { future: AdmittingFuture<F, B> },
     }
 }
 
@@ -42,9 +46,19 @@ impl<F, B> ResponseFuture<F, B> {
         }
     }
 
-    pub(crate) fn proxy(future: ProxyFuture<B>) -> Self {
+    /// A response known now (a refusal), without a task or a box.
+    pub(crate) fn ready(response: Response<ResponseBody<B>>) -> Self {
         Self {
-            kind: Kind::Proxy { future },
+            kind: Kind::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    /// Wait for an admission, then go on with the inner service's future.
+    pub(crate) fn admitting(future: AdmittingFuture<F, B>) -> Self {
+        Self {
+            kind: Kind::Admitting { future },
         }
     }
 
@@ -62,16 +76,28 @@ where
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { future } => {
-                let response = ready!(future.poll(cx))?;
-                Poll::Ready(Ok(response.map(ResponseBody::inner)))
-            }
-            KindProj::Proxy { future } => future.as_mut().poll(cx).map(Ok),
-            KindProj::Claimed { future } => match ready!(future.as_mut().poll(cx)) {
-                Ok(response) => Poll::Ready(Ok(response.map(ResponseBody::retype))),
-                Err(never) => match never {},
-            },
+        let mut kind = self.project().kind;
+        loop {
+            return match kind.as_mut().project() {
+                KindProj::Inner { future } => {
+                    let response = ready!(future.poll(cx))?;
+                    Poll::Ready(Ok(response.map(ResponseBody::inner)))
+                }
+                KindProj::Claimed { future } => match ready!(future.as_mut().poll(cx)) {
+                    Ok(response) => Poll::Ready(Ok(response.map(ResponseBody::retype))),
+                    Err(never) => match never {},
+                },
+                KindProj::Ready { response } => Poll::Ready(Ok(response
+                    .take()
+                    .expect("`ResponseFuture` polled after it completed"))),
+                KindProj::Admitting { future } => match ready!(future.as_mut().poll(cx)) {
+                    Ok(future) => {
+                        kind.set(Kind::Inner { future });
+                        continue;
+                    }
+                    Err(refusal) => Poll::Ready(Ok(refusal)),
+                },
+            };
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use http::StatusCode;
 use http::request::Parts;
 
-use super::admission::{Admission, Refusal};
+use super::admission::{Admission, Admitting, Refusal};
 use super::holds::Holds;
 use super::layer::AdmitLayer;
 use crate::client::Key;
@@ -90,7 +90,15 @@ impl ConnectionLimit {
 }
 
 impl Admission for ConnectionLimit {
-    fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
+    fn admit(&self, mut request: Parts) -> Admitting {
+        let verdict = self.check(&mut request);
+        Admitting::ready(request, verdict)
+    }
+}
+
+impl ConnectionLimit {
+    /// The check, decided at once.
+    pub(crate) fn check(&self, request: &mut Parts) -> Result<(), Refusal> {
         let key = match &self.per_key {
             Some((key, max)) => key.of(request).map(|key| (key, *max)),
             None => None,
@@ -185,14 +193,14 @@ mod tests {
             .max_open(2)
             .max_open_per_key(Key::header(HeaderName::from_static("x-user")), 1);
         let mut first = user("a");
-        limit.admit(&mut first).unwrap();
+        limit.check(&mut first).unwrap();
         // Refused per key: the global count does not move.
-        assert_eq!(limit.admit(&mut user("a")).unwrap_err().status(), 429);
+        assert_eq!(limit.check(&mut user("a")).unwrap_err().status(), 429);
         assert_eq!(limit.open(), 1);
         let mut second = user("b");
-        limit.admit(&mut second).unwrap();
+        limit.check(&mut second).unwrap();
         // Refused globally: no per-key entry is left behind.
-        assert_eq!(limit.admit(&mut user("c")).unwrap_err().status(), 503);
+        assert_eq!(limit.check(&mut user("c")).unwrap_err().status(), 503);
         assert_eq!(limit.open_for("c"), 0);
         assert_eq!(limit.shared.per_key.lock().unwrap().len(), 2);
         // Dropping the requests (no tunnel opened) gives everything back.
@@ -204,7 +212,7 @@ mod tests {
         // A per-key limit of zero refuses without remembering anyone.
         let none = ConnectionLimit::new().max_open_per_key(Key::client_ip(), 0);
         for _ in 0..100 {
-            assert!(none.admit(&mut parts("192.0.2.7:1", &[])).is_err());
+            assert!(none.check(&mut parts("192.0.2.7:1", &[])).is_err());
         }
         assert_eq!(none.shared.per_key.lock().unwrap().len(), 0);
     }

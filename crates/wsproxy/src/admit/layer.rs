@@ -7,7 +7,9 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::admission::Admission;
+use http::request::Parts;
+
+use super::admission::{Admission, Refusal};
 use crate::client::ClientIp;
 use crate::client::{DisplayPeer, client_addr};
 use crate::{ResponseBody, ResponseFuture};
@@ -71,8 +73,10 @@ impl<S, A> Admit<S, A> {
 
 impl<S, A, ReqBody, ResBody> Service<Request<ReqBody>> for Admit<S, A>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
     A: Admission,
+    ReqBody: Send + 'static,
     ResBody: Send + 'static,
 {
     type Response = Response<ResponseBody<ResBody>>;
@@ -88,28 +92,46 @@ where
         if !crate::opening::is_handshake(&req) {
             return ResponseFuture::inner(self.inner.call(req));
         }
-        let (mut parts, body) = req.into_parts();
-        match self.admission.admit(&mut parts) {
-            Ok(()) => ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body))),
-            Err(refusal) => {
-                // The path without its query, which may carry a token.
-                tracing::info!(
-                    status = refusal.status.as_u16(),
-                    reason = refusal.reason,
-                    method = %parts.method,
-                    path = parts.uri.path(),
-                    client = %DisplayPeer(client_addr(&parts.extensions)),
-                    client_ip = parts.extensions.get::<ClientIp>().map(|ip| tracing::field::display(ip.0)),
-                    user_agent = parts
-                        .headers
-                        .get(http::header::USER_AGENT)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-"),
-                    "handshake refused before any backend was contacted"
-                );
-                crate::metrics::refused(refusal.status);
-                ResponseFuture::proxy(Box::pin(std::future::ready(refusal.into_response())))
+        let (parts, body) = req.into_parts();
+        match self.admission.admit(parts).now() {
+            // Decided at once: on in this call, as a synchronous check.
+            Ok((parts, Ok(()))) => {
+                ResponseFuture::inner(self.inner.call(Request::from_parts(parts, body)))
+            }
+            Ok((parts, Err(refusal))) => ResponseFuture::ready(refuse(&parts, refusal)),
+            Err(waiting) => {
+                // The inner service is ready now; a clone takes its place
+                // (tower's way for middleware that calls it later).
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::admitting(Box::pin(async move {
+                    match waiting.await {
+                        (parts, Ok(())) => Ok(inner.call(Request::from_parts(parts, body))),
+                        (parts, Err(refusal)) => Err(refuse(&parts, refusal)),
+                    }
+                }))
             }
         }
     }
+}
+
+/// The response to a refused handshake, logged and counted.
+fn refuse<B>(parts: &Parts, refusal: Refusal) -> Response<ResponseBody<B>> {
+    // The path without its query, which may carry a token.
+    tracing::info!(
+        status = refusal.status.as_u16(),
+        reason = refusal.reason,
+        method = %parts.method,
+        path = parts.uri.path(),
+        client = %DisplayPeer(client_addr(&parts.extensions)),
+        client_ip = parts.extensions.get::<ClientIp>().map(|ip| tracing::field::display(ip.0)),
+        user_agent = parts
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
+        "handshake refused before any backend was contacted"
+    );
+    crate::metrics::refused(refusal.status);
+    refusal.into_response()
 }

@@ -2,7 +2,10 @@
 //! contacted, each a tower layer of its own.
 //!
 //! An [`Admission`] looks at a handshake and either lets it on or refuses
-//! it with an ordinary HTTP response (a [`Refusal`]). [`AdmitLayer`] turns
+//! it with an ordinary HTTP response (a [`Refusal`]), at once or after
+//! asking something over the network ([`Admitting`]: a check that decides
+//! at once costs no allocation or task). [`from_fn`] and
+//! [`from_async_fn`] make one of a closure. [`AdmitLayer`] turns
 //! one into a layer that checks WebSocket handshakes only: every other
 //! request passes untouched, so admission layers stack on an app next to
 //! its plain routes, and compose with tower-http's `CorsLayer` or
@@ -81,6 +84,7 @@
 
 mod admission;
 mod connections;
+mod function;
 mod holds;
 mod layer;
 mod origin;
@@ -88,8 +92,9 @@ mod origin;
 mod rate;
 mod resolve;
 
-pub use self::admission::{Admission, Refusal};
+pub use self::admission::{Admission, Admitting, Refusal, Verdict};
 pub use self::connections::ConnectionLimit;
+pub use self::function::{AdmitAsyncFn, AdmitFn, from_async_fn, from_fn};
 pub use self::holds::Holds;
 pub use self::layer::{Admit, AdmitLayer};
 pub use self::origin::OriginCheck;

@@ -7,7 +7,7 @@ use http::StatusCode;
 use http::header;
 use http::request::Parts;
 
-use super::admission::{Admission, Refusal};
+use super::admission::{Admission, Admitting, Refusal};
 use super::layer::AdmitLayer;
 
 /// A user-supplied origin predicate.
@@ -132,7 +132,15 @@ impl fmt::Debug for OriginCheck {
 }
 
 impl Admission for OriginCheck {
-    fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
+    fn admit(&self, mut request: Parts) -> Admitting {
+        let verdict = self.check(&mut request);
+        Admitting::ready(request, verdict)
+    }
+}
+
+impl OriginCheck {
+    /// The check, decided at once.
+    pub(crate) fn check(&self, request: &mut Parts) -> Result<(), Refusal> {
         let origins = request.headers.get_all(header::ORIGIN);
         let mut iter = origins.iter();
         match (iter.next(), iter.next()) {

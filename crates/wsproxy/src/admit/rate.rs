@@ -12,7 +12,7 @@ use http::StatusCode;
 use http::header::{HeaderValue, RETRY_AFTER};
 use http::request::Parts;
 
-use super::admission::{Admission, Refusal};
+use super::admission::{Admission, Admitting, Refusal};
 use super::layer::AdmitLayer;
 use crate::client::Key;
 use crate::settings::Rate;
@@ -158,7 +158,15 @@ fn too_many(reason: &'static str, wait: Duration) -> Refusal {
 }
 
 impl Admission for RateLimit {
-    fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
+    fn admit(&self, mut request: Parts) -> Admitting {
+        let verdict = self.check(&mut request);
+        Admitting::ready(request, verdict)
+    }
+}
+
+impl RateLimit {
+    /// The check, decided at once.
+    pub(crate) fn check(&self, request: &mut Parts) -> Result<(), Refusal> {
         self.sweep();
         let clock = DefaultClock::default();
         if let Some(per_key) = &self.per_key
@@ -216,21 +224,21 @@ mod tests {
     fn a_burst_then_the_rate_then_429_with_retry_after() {
         let limit = RateLimit::new().per_key(user_key(), Rate::per_minute(1).burst(2));
         for _ in 0..3 {
-            limit.admit(&mut request("alice")).unwrap();
+            limit.check(&mut request("alice")).unwrap();
         }
-        let refused = limit.admit(&mut request("alice")).unwrap_err();
+        let refused = limit.check(&mut request("alice")).unwrap_err();
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
         let retry: u64 = refused.headers[0].1.to_str().unwrap().parse().unwrap();
         assert!((55..=60).contains(&retry), "{retry}");
         // Another client has its own budget.
-        limit.admit(&mut request("bob")).unwrap();
+        limit.check(&mut request("bob")).unwrap();
     }
 
     #[test]
     fn the_global_rate_counts_everyone() {
         let limit = RateLimit::new().global(Rate::per_minute(2));
-        limit.admit(&mut request("a")).unwrap();
-        assert!(limit.admit(&mut request("b")).is_err());
+        limit.check(&mut request("a")).unwrap();
+        assert!(limit.check(&mut request("b")).is_err());
     }
 
     #[tokio::test(start_paused = true)]
@@ -238,7 +246,7 @@ mod tests {
         // Fresh again 1 ms after a handshake (governor's clock is real time).
         let limit = RateLimit::new().per_key(user_key(), Rate::per_second(1_000));
         for user in ["a", "b", "c"] {
-            limit.admit(&mut request(user)).unwrap();
+            limit.check(&mut request(user)).unwrap();
         }
         assert_eq!(limit.keys(), 3);
         std::thread::sleep(Duration::from_millis(20));
@@ -268,7 +276,7 @@ mod tests {
         let (mut parts, ()) = http::Request::new(()).into_parts();
         for i in 0..1_000_000u32 {
             parts.headers.insert("x-user", HeaderValue::from(i));
-            limit.admit(&mut parts).unwrap();
+            limit.check(&mut parts).unwrap();
         }
         assert_eq!(limit.keys(), 1_000_000);
         let full = rss();

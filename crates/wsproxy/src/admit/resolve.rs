@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::request::Parts;
 use ipnet::IpNet;
 
-use super::admission::{Admission, Refusal};
+use super::admission::{Admission, Admitting, Refusal};
 use crate::client::resolve;
 use crate::client::{ClientIp, ForwardedBy};
 
@@ -52,7 +52,15 @@ impl ResolveClient {
 }
 
 impl Admission for ResolveClient {
-    fn admit(&self, request: &mut Parts) -> Result<(), Refusal> {
+    fn admit(&self, mut request: Parts) -> Admitting {
+        let verdict = self.check(&mut request);
+        Admitting::ready(request, verdict)
+    }
+}
+
+impl ResolveClient {
+    /// The check, decided at once.
+    pub(crate) fn check(&self, request: &mut Parts) -> Result<(), Refusal> {
         if let Some(ip) = resolve(request, &self.trusted, self.header) {
             request.extensions.insert(ClientIp(ip));
         }
