@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use axum::Router;
 use tokio_rustls::rustls::ServerConfig;
-use wsproxy::admit::{AdmitLayer, ConnectionLimit, Key, OriginCheck, RateLimit, ResolveClient};
+use wsproxy::admit::{
+    AdmitLayer, ConnectionLimit, ForwardAuth, Key, OriginCheck, RateLimit, ResolveClient,
+};
 use wsproxy::balance::Backends;
 use wsproxy::serve::{ConnectionLimits, ProxyProtocol, Server, Timeouts};
 use wsproxy::tls::BackendTls;
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
-use crate::config::{Admission, Config, Listen, RouteConfig};
+use crate::config::{Admission, Config, ForwardAuthConfig, Listen, RouteConfig};
 use crate::page::{self, PageRoute};
 use wsproxy::http_proxy::HttpProxy;
 
@@ -28,6 +30,9 @@ pub(crate) struct Limiters {
     connections: ConnectionLimit,
     /// The rate limiter and the settings it was built with.
     rates: Option<(RateKey, RateLimit)>,
+    /// The forward-auth check (its connections and remembered answers)
+    /// and the settings it was built with.
+    auth: Option<(ForwardAuthConfig, ForwardAuth)>,
 }
 
 type RateKey = (
@@ -239,8 +244,10 @@ fn proxy_layer(
 }
 
 /// The admission layers in front of every route, innermost first:
-/// connection limits, rate limits, then the Origin check (see
-/// `wsproxy::admit` for why this order).
+/// connection limits, forward auth, rate limits, then the Origin check
+/// (see `wsproxy::admit` for why this order; the auth service is asked
+/// after the cheap checks, as nginx's `auth_request` runs after
+/// `limit_req`, and before a connection permit is taken).
 fn admission(
     mut app: Router,
     admission: &Admission,
@@ -259,6 +266,23 @@ fn admission(
             limit = limit.max_open_per_key(client.clone(), max);
         }
         app = app.layer(limit.layer());
+    }
+    if let Some(auth) = &admission.forward_auth {
+        let check = match &limiters.auth {
+            Some((kept, check)) if kept == auth => check.clone(),
+            _ => {
+                let mut check = ForwardAuth::new(&auth.url)
+                    .expect("checked with the configuration")
+                    .copy_headers(auth.copy_headers.iter().cloned())
+                    .timeout(auth.timeout);
+                if !auth.cache.is_zero() {
+                    check = check.cache(auth.cache);
+                }
+                limiters.auth = Some((auth.clone(), check.clone()));
+                check
+            }
+        };
+        app = app.layer(check.layer());
     }
     if admission.rate.is_some() || admission.rate_per_ip.is_some() {
         let key = (admission.rate, admission.rate_per_ip, admission.burst);

@@ -17,6 +17,7 @@
 //! | `wsproxy_messages_total` | counter | `route`, `direction` | data messages, added when a tunnel ends |
 //! | `wsproxy_backend_transitions_total` | counter | `backend`, `to` (`up`, `down`) | a backend marked down or back up by a health check |
 //! | `wsproxy_backend_retries_total` | counter | `backend` | handshakes moved on to another backend after this one failed |
+//! | `wsproxy_auth_answers_total` | counter | `result` (`admitted`, `cached`, `refused`, `error`, `timeout`) | handshakes `ForwardAuth` asked about (feature `forward-auth`) |
 //!
 //! With the [`serve::Server`](crate::serve::Server) (feature `serve`), also:
 //!
@@ -90,6 +91,10 @@ pub fn describe() {
         describe_counter!(
             "wsproxy_backend_retries_total",
             "Handshakes moved on to another backend after this one failed"
+        );
+        describe_counter!(
+            "wsproxy_auth_answers_total",
+            "Handshakes the forward-auth check asked about, by result"
         );
         describe_gauge!(
             "wsproxy_connections_open",
@@ -257,6 +262,14 @@ pub(crate) fn refused(status: StatusCode) {
     #[cfg(feature = "metrics")]
     metrics::counter!("wsproxy_handshakes_refused_total", "status" => status.as_str().to_owned())
         .increment(1);
+}
+
+/// A `ForwardAuth` answer: `admitted`,
+/// `cached`, `refused`, `error` or `timeout`.
+#[cfg_attr(not(feature = "forward-auth"), allow(dead_code))]
+pub(crate) fn auth_answered(result: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("wsproxy_auth_answers_total", "result" => result).increment(1);
 }
 
 /// `backend` went down or came back up.

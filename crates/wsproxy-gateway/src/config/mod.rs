@@ -413,6 +413,38 @@ pub(crate) struct Admission {
     pub(crate) rate: Option<Rate>,
     /// Extra handshakes at once over the rates (0).
     pub(crate) burst: u32,
+    /// Ask an auth service about each handshake (nginx's `auth_request`).
+    pub(crate) forward_auth: Option<ForwardAuthConfig>,
+}
+
+/// `[admission.forward_auth]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForwardAuthConfig {
+    /// The auth service, `http://host:port/path`: 2xx admits, 3xx and 4xx
+    /// are relayed to the client, anything else is 503 (504 past the
+    /// timeout).
+    pub(crate) url: String,
+    /// Headers of a positive answer copied into the upgrade request
+    /// (`X-User-Id`); the client's own of these names are removed.
+    #[serde(default, deserialize_with = "value::parsed_list")]
+    pub(crate) copy_headers: Vec<axum::http::HeaderName>,
+    /// The auth service's whole answer (5 s).
+    #[serde(
+        default = "ForwardAuthConfig::default_timeout",
+        deserialize_with = "value::duration"
+    )]
+    pub(crate) timeout: Duration,
+    /// Remember positive answers this long, by URI and credentials
+    /// (`Authorization`, `Cookie`, `Sec-WebSocket-Protocol`); `"0s"`: not.
+    #[serde(default, deserialize_with = "value::duration")]
+    pub(crate) cache: Duration,
+}
+
+impl ForwardAuthConfig {
+    fn default_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
 }
 
 /// `[forwarding]`.
@@ -782,6 +814,11 @@ impl Config {
                     );
                 }
             }
+        }
+        if let Some(auth) = &self.admission.forward_auth
+            && let Err(e) = wsproxy::admit::ForwardAuth::new(&auth.url)
+        {
+            error("admission.forward_auth.url".into(), e.to_string());
         }
         for (name, upstream) in &self.upstreams {
             if upstream.backends.is_empty() {

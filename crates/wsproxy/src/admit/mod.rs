@@ -14,8 +14,9 @@
 //! Provided: [`OriginCheck`] (an allow-list of `Origin`s, `403`),
 //! `RateLimit` (handshakes per second per client and in all, `429` with
 //! `Retry-After`; feature `rate-limit`, on by default) and
-//! [`ConnectionLimit`] (open tunnels, globally `503` and per client `429`).
-//! [`Key`] says who "a client" is for the per-client ones.
+//! [`ConnectionLimit`] (open tunnels, globally `503` and per client `429`),
+//! and `ForwardAuth` (ask an auth service, nginx's `auth_request`; feature
+//! `forward-auth`). [`Key`] says who "a client" is for the per-client ones.
 //!
 //! # Order
 //!
@@ -28,7 +29,12 @@
 //!    use up anything that belongs to the user it rides on (rate or
 //!    connection budget).
 //! 2. **Rate limits** next: cheap, and they protect what follows.
-//! 3. **Connection limits** last, right before the proxy: they take a
+//! 3. **Authentication** (`ForwardAuth`, feature `forward-auth`, or
+//!    your own [`from_async_fn`]) next: it asks over the network, so the
+//!    cheap checks go first (as nginx runs `limit_req` before
+//!    `auth_request`), and a limit per user after it can key on what it
+//!    found.
+//! 4. **Connection limits** last, right before the proxy: they take a
 //!    permit that is held for the tunnel's whole life, and a check after
 //!    them that refused would only take it and give it back.
 //!
@@ -84,6 +90,8 @@
 
 mod admission;
 mod connections;
+#[cfg(feature = "forward-auth")]
+mod forward_auth;
 mod function;
 mod holds;
 mod layer;
@@ -94,6 +102,9 @@ mod resolve;
 
 pub use self::admission::{Admission, Admitting, Refusal, Verdict};
 pub use self::connections::ConnectionLimit;
+#[cfg(feature = "forward-auth")]
+#[cfg_attr(docsrs, doc(cfg(feature = "forward-auth")))]
+pub use self::forward_auth::ForwardAuth;
 pub use self::function::{AdmitAsyncFn, AdmitFn, from_async_fn, from_fn};
 pub use self::holds::Holds;
 pub use self::layer::{Admit, AdmitLayer};
