@@ -32,7 +32,8 @@
 //! # Time, logs and processes
 //! [`LIMIT`], [`within`] and [`wait_until`] bound every wait; [`Captured`]
 //! holds log lines; [`python_backend`] runs a Python `websockets` script of
-//! `py/` in a child process that is [`Reaped`] on drop.
+//! `py/` in a child process that is [`Reaped`] on drop; [`RedisServer`]
+//! runs a `redis-server` of the test's own.
 //!
 //! # Example
 //! ```
@@ -56,6 +57,7 @@ mod http;
 mod log;
 mod python;
 mod raw;
+mod redis;
 mod time;
 mod tls;
 mod ws;
@@ -76,6 +78,7 @@ pub use raw::{
     RawBackend, accept_key, closed_port, read_request_head, scripted_backend, silent_backend,
     stalled_backend, switching_protocols,
 };
+pub use redis::RedisServer;
 pub use time::{LIMIT, wait_until, within};
 pub use tls::{Ca, Hello, Leaf, PemFiles, TlsBackend};
 pub use ws::{WsClient, big, close_code, connect, connect_with, echo, raw_websocket};

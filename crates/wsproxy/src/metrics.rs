@@ -17,6 +17,7 @@
 //! | `wsproxy_messages_total` | counter | `route`, `direction` | data messages, added when a tunnel ends |
 //! | `wsproxy_backend_transitions_total` | counter | `backend`, `to` (`up`, `down`) | a backend marked down or back up by a health check |
 //! | `wsproxy_backend_retries_total` | counter | `backend` | handshakes moved on to another backend after this one failed |
+//! | `wsproxy_shared_limit_failures_total` | counter | | `SharedLimit` checks Redis did not answer (in time), decided by its failure policy (feature `redis`) |
 //! | `wsproxy_auth_answers_total` | counter | `result` (`admitted`, `cached`, `refused`, `error`, `timeout`) | handshakes `ForwardAuth` asked about (feature `forward-auth`) |
 //!
 //! With the [`serve::Server`](crate::serve::Server) (feature `serve`), also:
@@ -91,6 +92,10 @@ pub fn describe() {
         describe_counter!(
             "wsproxy_backend_retries_total",
             "Handshakes moved on to another backend after this one failed"
+        );
+        describe_counter!(
+            "wsproxy_shared_limit_failures_total",
+            "Shared-limit checks Redis did not answer in time"
         );
         describe_counter!(
             "wsproxy_auth_answers_total",
@@ -270,6 +275,13 @@ pub(crate) fn refused(status: StatusCode) {
 pub(crate) fn auth_answered(result: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!("wsproxy_auth_answers_total", "result" => result).increment(1);
+}
+
+/// A [`SharedLimit`](crate::admit) check Redis did not answer.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) fn shared_limit_failed() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("wsproxy_shared_limit_failures_total").increment(1);
 }
 
 /// `backend` went down or came back up.

@@ -15,10 +15,19 @@ use crate::client::{DisplayPeer, client_addr};
 use crate::{ResponseBody, ResponseFuture};
 
 /// Applies an [`Admission`] to the WebSocket handshakes a service gets.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 #[must_use]
 pub struct AdmitLayer<A> {
     admission: Arc<A>,
+}
+
+// Not derived: the admission is shared, it need not be `Clone` itself.
+impl<A> Clone for AdmitLayer<A> {
+    fn clone(&self) -> Self {
+        Self {
+            admission: self.admission.clone(),
+        }
+    }
 }
 
 impl<A> AdmitLayer<A> {
@@ -45,10 +54,19 @@ impl<S, A> Layer<S> for AdmitLayer<A> {
 /// let on, and passes everything else to the inner service unchanged.
 ///
 /// Refusals are responses, never `Service::Error`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Admit<S, A> {
     inner: S,
     admission: Arc<A>,
+}
+
+impl<S: Clone, A> Clone for Admit<S, A> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            admission: self.admission.clone(),
+        }
+    }
 }
 
 impl<S, A> Admit<S, A> {

@@ -99,6 +99,8 @@ mod origin;
 #[cfg(feature = "rate-limit")]
 mod rate;
 mod resolve;
+#[cfg(feature = "redis")]
+mod shared;
 
 pub use self::admission::{Admission, Admitting, Refusal, Verdict};
 pub use self::connections::ConnectionLimit;
@@ -113,5 +115,8 @@ pub use self::origin::OriginCheck;
 #[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
 pub use self::rate::RateLimit;
 pub use self::resolve::ResolveClient;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::shared::SharedLimit;
 pub use crate::client::{ClientIp, ForwardedBy, Key, client_ip};
 pub use crate::settings::Rate;
