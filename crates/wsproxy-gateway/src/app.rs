@@ -10,13 +10,16 @@ use axum::Router;
 use tokio_rustls::rustls::ServerConfig;
 use wsproxy::admit::{
     AdmitLayer, ConnectionLimit, ForwardAuth, Key, OriginCheck, RateLimit, ResolveClient,
+    SharedLimit,
 };
 use wsproxy::balance::Backends;
 use wsproxy::serve::{ConnectionLimits, ProxyProtocol, Server, Timeouts};
 use wsproxy::tls::BackendTls;
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
-use crate::config::{Admission, Config, ForwardAuthConfig, Listen, RouteConfig};
+use crate::config::{
+    Admission, Config, ForwardAuthConfig, Listen, OnFailure, RedisConfig, RouteConfig,
+};
 use crate::page::{self, PageRoute};
 use wsproxy::http_proxy::HttpProxy;
 
@@ -33,7 +36,18 @@ pub(crate) struct Limiters {
     /// The forward-auth check (its connections and remembered answers)
     /// and the settings it was built with.
     auth: Option<(ForwardAuthConfig, ForwardAuth)>,
+    /// The limits kept in Redis and the settings they were built with.
+    shared: Option<(SharedKey, SharedLimit)>,
 }
+
+type SharedKey = (
+    RedisConfig,
+    Option<usize>,
+    Option<usize>,
+    Option<wsproxy::admit::Rate>,
+    Option<wsproxy::admit::Rate>,
+    u32,
+);
 
 type RateKey = (
     Option<wsproxy::admit::Rate>,
@@ -244,7 +258,8 @@ fn proxy_layer(
 }
 
 /// The admission layers in front of every route, innermost first:
-/// connection limits, forward auth, rate limits, then the Origin check
+/// connection limits (or the limits shared through Redis), forward auth,
+/// rate limits, then the Origin check
 /// (see `wsproxy::admit` for why this order; the auth service is asked
 /// after the cheap checks, as nginx's `auth_request` runs after
 /// `limit_req`, and before a connection permit is taken).
@@ -257,14 +272,54 @@ fn admission(
     // Who the client is was decided once, by `ResolveClient` in front
     // (with trusted proxies): the key reads its `ClientIp`.
     let client = Key::client_ip();
-    if admission.max_conns.is_some() || admission.max_conns_per_ip.is_some() {
-        let mut limit = limiters.connections.clone();
-        if let Some(max) = admission.max_conns {
-            limit = limit.max_open(max);
+    let connections =
+        (admission.max_conns.is_some() || admission.max_conns_per_ip.is_some()).then(|| {
+            let mut limit = limiters.connections.clone();
+            if let Some(max) = admission.max_conns {
+                limit = limit.max_open(max);
+            }
+            if let Some(max) = admission.max_conns_per_ip {
+                limit = limit.max_open_per_key(client.clone(), max);
+            }
+            limit
+        });
+    let rates = (admission.rate.is_some() || admission.rate_per_ip.is_some()).then(|| {
+        let key = (admission.rate, admission.rate_per_ip, admission.burst);
+        match &limiters.rates {
+            Some((kept, limit)) if *kept == key => limit.clone(),
+            _ => {
+                let mut limit = RateLimit::new();
+                if let Some(rate) = admission.rate_per_ip {
+                    limit = limit.per_key(client.clone(), rate.burst(admission.burst));
+                }
+                if let Some(rate) = admission.rate {
+                    limit = limit.global(rate.burst(admission.burst));
+                }
+                limiters.rates = Some((key, limit.clone()));
+                limit
+            }
         }
-        if let Some(max) = admission.max_conns_per_ip {
-            limit = limit.max_open_per_key(client.clone(), max);
-        }
+    });
+    // With Redis, one shared check does both, innermost; this instance's
+    // own limits stand in while Redis fails (`on_failure = "local"`).
+    let shared = admission.redis.as_ref().map(|redis| {
+        shared(
+            admission,
+            redis,
+            connections.clone(),
+            rates.clone(),
+            limiters,
+        )
+    });
+    let (connections, rates) = if shared.is_some() {
+        (None, None)
+    } else {
+        (connections, rates)
+    };
+    if let Some(shared) = shared {
+        app = app.layer(shared.layer());
+    }
+    if let Some(limit) = connections {
         app = app.layer(limit.layer());
     }
     if let Some(auth) = &admission.forward_auth {
@@ -284,22 +339,7 @@ fn admission(
         };
         app = app.layer(check.layer());
     }
-    if admission.rate.is_some() || admission.rate_per_ip.is_some() {
-        let key = (admission.rate, admission.rate_per_ip, admission.burst);
-        let limit = match &limiters.rates {
-            Some((kept, limit)) if *kept == key => limit.clone(),
-            _ => {
-                let mut limit = RateLimit::new();
-                if let Some(rate) = admission.rate_per_ip {
-                    limit = limit.per_key(client, rate.burst(admission.burst));
-                }
-                if let Some(rate) = admission.rate {
-                    limit = limit.global(rate.burst(admission.burst));
-                }
-                limiters.rates = Some((key, limit.clone()));
-                limit
-            }
-        };
+    if let Some(limit) = rates {
         app = app.layer(limit.layer());
     }
     if !admission.origins.is_empty() {
@@ -315,6 +355,61 @@ fn admission(
         app = app.layer(AdmitLayer::new(ResolveClient::new(trusted.iter().copied())));
     }
     app
+}
+
+/// The limits of `[admission]` kept in Redis (the same one across
+/// reloads while its settings hold, so its leases stay renewed).
+fn shared(
+    admission: &Admission,
+    redis: &RedisConfig,
+    connections: Option<ConnectionLimit>,
+    rates: Option<RateLimit>,
+    limiters: &mut Limiters,
+) -> SharedLimit {
+    let key = (
+        redis.clone(),
+        admission.max_conns,
+        admission.max_conns_per_ip,
+        admission.rate,
+        admission.rate_per_ip,
+        admission.burst,
+    );
+    if let Some((kept, limit)) = &limiters.shared
+        && *kept == key
+    {
+        return limit.clone();
+    }
+    let client = Key::client_ip();
+    let mut limit = SharedLimit::new(&redis.url)
+        .expect("checked with the configuration")
+        .prefix(&redis.prefix)
+        .lease(redis.lease)
+        .timeout(redis.timeout);
+    if let Some(max) = admission.max_conns {
+        limit = limit.max_open(max);
+    }
+    if let Some(max) = admission.max_conns_per_ip {
+        limit = limit.max_open_per_key(client.clone(), max);
+    }
+    if let Some(rate) = admission.rate_per_ip {
+        limit = limit.rate_per_key(client, rate.burst(admission.burst));
+    }
+    if let Some(rate) = admission.rate {
+        limit = limit.rate(rate.burst(admission.burst));
+    }
+    match redis.on_failure {
+        OnFailure::Closed => limit = limit.fail_closed(),
+        OnFailure::Local => {
+            if let Some(rates) = rates {
+                limit = limit.fallback(rates);
+            }
+            if let Some(connections) = connections {
+                limit = limit.fallback(connections);
+            }
+        }
+    }
+    limiters.shared = Some((key, limit.clone()));
+    limit
 }
 
 fn limits(max_frame: Option<u64>, max_message: Option<u64>) -> MessageLimits {

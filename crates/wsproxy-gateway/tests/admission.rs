@@ -1,10 +1,12 @@
 //! `wsgate`'s admission configured from its file: authentication at the
-//! handshake by an auth service (Python's `http.server` here).
+//! handshake by an auth service (Python's `http.server` here), and limits
+//! shared by two gateway processes through a real `redis-server`.
 
 mod support;
 
 use wsproxy_test_support::{
-    Backend, PemFiles, handshake, python_backend, raw, read_body, read_head,
+    Backend, LIMIT, PemFiles, RedisServer, handshake, python_backend, raw, read_body, read_head,
+    wait_until,
 };
 
 use support::{Folder, Gateway, run};
@@ -85,6 +87,128 @@ fn a_forward_auth_url_is_checked() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("admission.forward_auth.url: invalid upstream \"https://auth.internal/check\": an auth service URL starts with http://"),
+        "{stderr}"
+    );
+}
+
+/// Two gateways with `[admission]` `limits` kept in `redis` under `prefix`.
+fn two_sharing(
+    redis: &RedisServer,
+    backend: &Backend,
+    limits: &str,
+    prefix: &str,
+) -> [(Folder, Gateway); 2] {
+    [(), ()].map(|()| {
+        let folder = Folder::new();
+        let gateway = start(
+            &folder,
+            &format!(
+                "[admission]\n{limits}\n[admission.redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\nlease = \"1s\"\n",
+                redis.url()
+            ),
+            backend,
+        );
+        (folder, gateway)
+    })
+}
+
+#[tokio::test]
+async fn two_gateways_share_a_connection_limit_and_a_killed_ones_leases_run_out() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::start().await;
+    let [(_f1, mut one), (_f2, two)] =
+        two_sharing(&redis, &backend, "max_conns_per_ip = 3", "conns");
+
+    // Three in all, whichever gateway they reach.
+    let (a, _open_a) = try_open_kept(&one).await;
+    let (b, _open_b) = try_open_kept(&one).await;
+    let (c, _open_c) = try_open_kept(&two).await;
+    assert_eq!((a, b, c), (101, 101, 101));
+    assert_eq!(try_open(&one, "").await.0.status, 429);
+    assert_eq!(try_open(&two, "").await.0.status, 429);
+    assert_eq!(redis.integer(&["ZCARD", "conns:conns:key:127.0.0.1"]), 3);
+
+    // `kill -9` the one with two: no goodbye, its leases are not renewed
+    // and run out (lease = 1 s), so the other admits again.
+    one.signal("KILL");
+    assert!(
+        wait_until(LIMIT, || !one.is_running()).await,
+        "the first gateway is gone"
+    );
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut status = 0;
+    while status != 101 && tokio::time::Instant::now() < deadline {
+        status = try_open(&two, "").await.0.status;
+    }
+    assert_eq!(status, 101, "the dead gateway's permits ran out");
+}
+
+#[tokio::test]
+async fn two_gateways_share_a_rate() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::start().await;
+    let [(_f1, one), (_f2, two)] =
+        two_sharing(&redis, &backend, "rate_per_ip = \"1/m\"\nburst = 3", "rate");
+    let mut statuses = Vec::new();
+    for gateway in [&one, &two, &one, &two, &one] {
+        statuses.push(try_open(gateway, "").await.0.status);
+    }
+    assert_eq!(statuses, [101, 101, 101, 101, 429], "one budget for both");
+    let (head, _) = try_open(&two, "").await;
+    assert_eq!(head.header("retry-after"), Some("60"));
+}
+
+#[tokio::test]
+async fn with_redis_down_each_gateway_keeps_the_limits_alone_or_refuses() {
+    let mut redis = RedisServer::start().await;
+    let backend = Backend::start().await;
+    let folder = Folder::new();
+    let redis_section = |policy: &str| {
+        format!(
+            "[admission]\nmax_conns_per_ip = 1\n[admission.redis]\nurl = \"{}\"\n\
+             timeout = \"200ms\"\non_failure = \"{policy}\"\n",
+            redis.url()
+        )
+    };
+    let local = start(&folder, &redis_section("local"), &backend);
+    let folder2 = Folder::new();
+    let closed = start(&folder2, &redis_section("closed"), &backend);
+    redis.stop();
+    let (status, _held) = try_open_kept(&local).await;
+    assert_eq!(status, 101);
+    assert_eq!(
+        try_open(&local, "").await.0.status,
+        429,
+        "its own limit of 1"
+    );
+    assert_eq!(try_open(&closed, "").await.0.status, 503);
+    local.wait_log("Redis does not answer");
+    redis.start_again().await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut status = 0;
+    while status != 101 && tokio::time::Instant::now() < deadline {
+        status = try_open(&closed, "").await.0.status;
+    }
+    assert_eq!(status, 101, "shared again once Redis is back");
+}
+
+/// A handshake for `/a` whose connection is kept open: its status.
+async fn try_open_kept(gateway: &Gateway) -> (u16, tokio::net::TcpStream) {
+    let mut stream = raw(gateway.addr, handshake("/a", "").as_bytes()).await;
+    (read_head(&mut stream).await.status, stream)
+}
+
+#[test]
+fn redis_needs_something_to_share() {
+    let folder = Folder::new();
+    let file = folder.write(
+        "wsgate.toml",
+        "demo = true\n[admission.redis]\nurl = \"redis://127.0.0.1:6379/\"\n",
+    );
+    let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("admission.redis: nothing to share"),
         "{stderr}"
     );
 }

@@ -415,6 +415,57 @@ pub(crate) struct Admission {
     pub(crate) burst: u32,
     /// Ask an auth service about each handshake (nginx's `auth_request`).
     pub(crate) forward_auth: Option<ForwardAuthConfig>,
+    /// Keep the limits above in Redis, shared by every instance.
+    pub(crate) redis: Option<RedisConfig>,
+}
+
+/// `[admission.redis]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub(crate) url: String,
+    /// Instances with the same prefix share their limits ("wsgate").
+    #[serde(default = "RedisConfig::default_prefix")]
+    pub(crate) prefix: String,
+    /// A dead instance's open WebSockets stop counting at most this long
+    /// after its last renewal (15 s).
+    #[serde(
+        default = "RedisConfig::default_lease",
+        deserialize_with = "value::duration"
+    )]
+    pub(crate) lease: Duration,
+    /// Redis's answer (250 ms); past it `on_failure` decides.
+    #[serde(
+        default = "RedisConfig::default_timeout",
+        deserialize_with = "value::duration"
+    )]
+    pub(crate) timeout: Duration,
+    /// Redis down or slow: `"local"` (each instance keeps the same limits
+    /// alone) or `"closed"` (503).
+    #[serde(default)]
+    pub(crate) on_failure: OnFailure,
+}
+
+impl RedisConfig {
+    fn default_prefix() -> String {
+        "wsgate".into()
+    }
+    fn default_lease() -> Duration {
+        Duration::from_secs(15)
+    }
+    fn default_timeout() -> Duration {
+        Duration::from_millis(250)
+    }
+}
+
+/// `on_failure`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum OnFailure {
+    #[default]
+    Local,
+    Closed,
 }
 
 /// `[admission.forward_auth]`.
@@ -819,6 +870,22 @@ impl Config {
             && let Err(e) = wsproxy::admit::ForwardAuth::new(&auth.url)
         {
             error("admission.forward_auth.url".into(), e.to_string());
+        }
+        if let Some(redis) = &self.admission.redis {
+            if let Err(e) = wsproxy::admit::SharedLimit::new(&redis.url) {
+                error("admission.redis.url".into(), e.to_string());
+            }
+            let a = &self.admission;
+            if a.max_conns.is_none()
+                && a.max_conns_per_ip.is_none()
+                && a.rate.is_none()
+                && a.rate_per_ip.is_none()
+            {
+                error(
+                    "admission.redis".into(),
+                    "nothing to share: set max_conns, max_conns_per_ip, rate or rate_per_ip in [admission]".into(),
+                );
+            }
         }
         for (name, upstream) in &self.upstreams {
             if upstream.backends.is_empty() {
