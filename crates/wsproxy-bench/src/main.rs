@@ -13,6 +13,7 @@
 //!
 //! See BENCHMARKS.md for what each figure means and recorded results.
 
+mod admission;
 mod client;
 mod exhaust;
 mod h2;
@@ -117,6 +118,10 @@ enum Cmd {
     /// Plain-HTTP forwarding to an app server: direct, wsgate (`--app`),
     /// nginx (`proxy_pass`) and HAProxy, alternating rounds.
     Http(http::Options),
+    /// Admission that asks over the network: no admission, local limits,
+    /// limits in Redis and forward auth side by side; then two gateways
+    /// sharing one rate through Redis.
+    Admission(admission::Options),
     /// Run the app server of `http` until killed.
     App {
         /// Address to listen on.
@@ -208,6 +213,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Reload(options) => reload::run(options).await,
             Cmd::Upgrade(options) => upgrade::run(options).await,
             Cmd::Http(options) => http::run(options).await,
+            Cmd::Admission(options) => admission::run(options).await,
             Cmd::App { listen } => http::app(listen).await,
             Cmd::Proxy { listen, backend } => proxy::run(listen, &backend)
                 .await
