@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use tokio_rustls::rustls::ServerConfig;
 use wsproxy::admit::{
-    AdmitLayer, ConnectionLimit, ForwardAuth, Key, OriginCheck, RateLimit, ResolveClient,
+    AdmitLayer, ConnectionLimit, ForwardAuth, JwtAuth, Key, OriginCheck, RateLimit, ResolveClient,
     SharedLimit,
 };
 use wsproxy::balance::Backends;
@@ -18,7 +18,7 @@ use wsproxy::tls::BackendTls;
 use wsproxy::{Keepalive, MessageLimits, Route, Tunnels, WebSocketProxyLayer};
 
 use crate::config::{
-    Admission, Config, ForwardAuthConfig, Listen, OnFailure, RedisConfig, RouteConfig,
+    Admission, Config, ForwardAuthConfig, JwtConfig, Listen, OnFailure, RedisConfig, RouteConfig,
 };
 use crate::page::{self, PageRoute};
 use wsproxy::http_proxy::HttpProxy;
@@ -38,6 +38,8 @@ pub(crate) struct Limiters {
     auth: Option<(ForwardAuthConfig, ForwardAuth)>,
     /// The limits kept in Redis and the settings they were built with.
     shared: Option<(SharedKey, SharedLimit)>,
+    /// The JWT check (its fetched keys) and the settings it was built with.
+    jwt: Option<(JwtConfig, JwtAuth)>,
 }
 
 type SharedKey = (
@@ -334,6 +336,18 @@ fn admission(
                     check = check.cache(auth.cache);
                 }
                 limiters.auth = Some((auth.clone(), check.clone()));
+                check
+            }
+        };
+        app = app.layer(check.layer());
+    }
+    if let Some(jwt) = &admission.jwt {
+        let check = match &limiters.jwt {
+            // Kept for a JWKS (its fetched keys); a key file is read anew.
+            Some((kept, check)) if kept == jwt && jwt.jwks_url.is_some() => check.clone(),
+            _ => {
+                let check = jwt.build().expect("checked with the configuration");
+                limiters.jwt = Some((jwt.clone(), check.clone()));
                 check
             }
         };

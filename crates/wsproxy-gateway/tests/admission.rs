@@ -212,3 +212,99 @@ fn redis_needs_something_to_share() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_jwt_from_a_cookie_or_a_subprotocol_admits_with_its_subject() {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    let backend = Backend::start().await;
+    let secret = "a secret of more than thirty-two bytes, for HS256";
+    let folder = Folder::new();
+    let gateway = start(
+        &folder,
+        &format!(
+            "[admission.jwt]\nalgorithm = \"HS256\"\nsecret = \"{secret}\"\naudience = [\"chat\"]\n\
+             token_from = [\"cookie:session\", \"protocol:bearer.\"]\n\
+             claim_headers = {{ sub = \"X-User-Id\" }}\n"
+        ),
+        &backend,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |aud: &str, exp: u64| {
+        encode(
+            &Header::default(),
+            &serde_json::json!({"sub": "alice", "aud": aud, "exp": exp}),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let good = token("chat", now + 600);
+    let (head, _) = try_open(
+        &gateway,
+        &format!("Cookie: session={good}\r\nX-User-Id: root\r\n"),
+    )
+    .await;
+    assert_eq!(head.status, 101);
+    let seen = backend.last_headers();
+    assert_eq!(
+        seen.get_all("x-user-id").iter().collect::<Vec<_>>(),
+        ["alice"]
+    );
+    assert!(
+        seen.get("cookie").is_none(),
+        "the token stays with the gateway"
+    );
+    let (head, _) = try_open(
+        &gateway,
+        &format!("Sec-WebSocket-Protocol: bearer.{good}\r\n"),
+    )
+    .await;
+    assert_eq!(head.status, 101);
+
+    for bad in [token("chat", now - 600), token("billing", now + 600)] {
+        let (head, _) = try_open(&gateway, &format!("Cookie: session={bad}\r\n")).await;
+        assert_eq!(head.status, 401);
+        assert!(
+            head.header("www-authenticate")
+                .unwrap()
+                .contains("invalid_token")
+        );
+    }
+    assert_eq!(try_open(&gateway, "").await.0.status, 401);
+    assert_eq!(backend.connections(), 2);
+    gateway.wait_log("\"GET /a HTTP/1.1\" 401 ");
+}
+
+#[test]
+fn a_jwt_check_needs_its_key() {
+    let folder = Folder::new();
+    for (section, expected) in [
+        (
+            "algorithm = \"HS256\"\nsecret = \"short\"",
+            "HS256 needs a secret of at least 32 bytes",
+        ),
+        ("algorithm = \"RS256\"", "RS256 needs key_file"),
+        (
+            "algorithm = \"RS256\"\nkey_file = \"missing.pem\"",
+            "key_file",
+        ),
+        (
+            "jwks_url = \"https://idp.example/jwks\"",
+            "jwks_url: invalid upstream",
+        ),
+        (
+            "algorithm = \"HS256\"\nsecret = \"0123456789abcdef0123456789abcdef\"\ntoken_from = [\"form:x\"]",
+            "invalid token place 'form:x'",
+        ),
+    ] {
+        let file = folder.write(
+            "wsgate.toml",
+            &format!("demo = true\n[admission.jwt]\n{section}\n"),
+        );
+        let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
+        assert_eq!(code, Some(2), "{section}: {stderr}");
+        assert!(stderr.contains(expected), "{section}: {stderr}");
+    }
+}

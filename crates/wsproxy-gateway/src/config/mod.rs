@@ -417,6 +417,136 @@ pub(crate) struct Admission {
     pub(crate) forward_auth: Option<ForwardAuthConfig>,
     /// Keep the limits above in Redis, shared by every instance.
     pub(crate) redis: Option<RedisConfig>,
+    /// Check a signed token (JWT) at the handshake.
+    pub(crate) jwt: Option<JwtConfig>,
+}
+
+/// `[admission.jwt]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtConfig {
+    /// `"HS256"` (with `secret`), `"RS256"` or `"ES256"` (with
+    /// `key_file`); not with `jwks_url`, whose keys say.
+    #[serde(default)]
+    pub(crate) algorithm: Option<String>,
+    /// The HMAC secret of HS256.
+    #[serde(default)]
+    pub(crate) secret: Option<String>,
+    /// A PEM file with the public key of RS256 or ES256.
+    #[serde(default)]
+    pub(crate) key_file: Option<PathBuf>,
+    /// A JWKS (`http://`), fetched at the first handshake and refreshed.
+    #[serde(default)]
+    pub(crate) jwks_url: Option<String>,
+    /// How often the JWKS is fetched again (5 minutes).
+    #[serde(default, deserialize_with = "value::some_duration")]
+    pub(crate) jwks_refresh: Option<Duration>,
+    /// Only tokens for one of these audiences (`aud`).
+    #[serde(default)]
+    pub(crate) audience: Vec<String>,
+    /// Only tokens from one of these issuers (`iss`).
+    #[serde(default)]
+    pub(crate) issuer: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf` (none).
+    #[serde(default, deserialize_with = "value::duration")]
+    pub(crate) leeway: Duration,
+    /// Where the token is, tried in order: `"bearer:Authorization"`,
+    /// `"header:NAME"`, `"cookie:NAME"`, `"query:NAME"`,
+    /// `"protocol:PREFIX"` (a `Sec-WebSocket-Protocol` entry).
+    #[serde(default, deserialize_with = "value::parsed_list")]
+    pub(crate) token_from: Vec<TokenFromConfig>,
+    /// Claims sent to the backend as headers: `{ sub = "X-User-Id" }`.
+    #[serde(default)]
+    pub(crate) claim_headers: BTreeMap<String, String>,
+    /// Leave the token where it was for the backend (removed by default).
+    #[serde(default)]
+    pub(crate) forward_token: bool,
+}
+
+impl JwtConfig {
+    /// The check this configures, or why it cannot be built.
+    pub(crate) fn build(&self) -> Result<wsproxy::admit::JwtAuth, String> {
+        use wsproxy::admit::JwtAuth;
+        let mut auth = match (&self.jwks_url, self.algorithm.as_deref()) {
+            (Some(url), None) => JwtAuth::jwks(url).map_err(|e| format!("jwks_url: {e}"))?,
+            (Some(_), Some(_)) => {
+                return Err("algorithm: a JWKS's keys name their own; leave it out".into());
+            }
+            (None, Some("HS256")) => {
+                let secret = self
+                    .secret
+                    .as_deref()
+                    .filter(|s| s.len() >= 32)
+                    .ok_or("HS256 needs a secret of at least 32 bytes")?;
+                JwtAuth::hs256(secret.as_bytes())
+            }
+            (None, Some(algorithm @ ("RS256" | "ES256"))) => {
+                let file = self
+                    .key_file
+                    .as_ref()
+                    .ok_or_else(|| format!("{algorithm} needs key_file (a PEM public key)"))?;
+                let pem =
+                    std::fs::read(file).map_err(|e| format!("key_file {}: {e}", file.display()))?;
+                let built = if algorithm == "RS256" {
+                    JwtAuth::rs256_pem(&pem)
+                } else {
+                    JwtAuth::es256_pem(&pem)
+                };
+                built.map_err(|e| format!("key_file {}: {e}", file.display()))?
+            }
+            (None, Some(other)) => {
+                return Err(format!("algorithm '{other}': HS256, RS256 or ES256"));
+            }
+            (None, None) => return Err("set jwks_url, or algorithm with its key".into()),
+        };
+        if let Some(every) = self.jwks_refresh {
+            auth = auth.jwks_refresh(every);
+        }
+        auth = auth
+            .audience(self.audience.iter().cloned())
+            .issuer(self.issuer.iter().cloned())
+            .leeway(self.leeway)
+            .forward_token(self.forward_token);
+        if !self.token_from.is_empty() {
+            auth = auth.token_from(self.token_from.iter().map(|from| from.0.clone()));
+        }
+        for (claim, header) in &self.claim_headers {
+            let name = header
+                .parse()
+                .map_err(|_| format!("claim_headers.{claim}: invalid header name '{header}'"))?;
+            auth = auth.claim_header(claim, name);
+        }
+        Ok(auth)
+    }
+}
+
+/// One `token_from` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TokenFromConfig(pub(crate) wsproxy::admit::TokenFrom);
+
+impl std::str::FromStr for TokenFromConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        use wsproxy::admit::TokenFrom;
+        let header = |name: &str| {
+            name.parse::<axum::http::HeaderName>()
+                .map_err(|_| format!("invalid header name '{name}'"))
+        };
+        let from = match s.split_once(':') {
+            Some(("bearer", name)) => TokenFrom::Bearer(header(name)?),
+            Some(("header", name)) => TokenFrom::Header(header(name)?),
+            Some(("cookie", name)) if !name.is_empty() => TokenFrom::Cookie(name.into()),
+            Some(("query", name)) if !name.is_empty() => TokenFrom::Query(name.into()),
+            Some(("protocol", prefix)) if !prefix.is_empty() => TokenFrom::Protocol(prefix.into()),
+            _ => {
+                return Err(format!(
+                    "invalid token place '{s}': bearer:HEADER, header:HEADER, cookie:NAME, query:NAME or protocol:PREFIX"
+                ));
+            }
+        };
+        Ok(Self(from))
+    }
 }
 
 /// `[admission.redis]`.
@@ -695,6 +825,14 @@ impl Config {
         if let Some(file) = &mut self.log.file {
             resolve(file);
         }
+        if let Some(file) = self
+            .admission
+            .jwt
+            .as_mut()
+            .and_then(|jwt| jwt.key_file.as_mut())
+        {
+            resolve(file);
+        }
         let backend = &mut self.backend_tls;
         backend.cas.iter_mut().for_each(&mut resolve);
         if let Some(cert) = &mut backend.cert {
@@ -870,6 +1008,11 @@ impl Config {
             && let Err(e) = wsproxy::admit::ForwardAuth::new(&auth.url)
         {
             error("admission.forward_auth.url".into(), e.to_string());
+        }
+        if let Some(jwt) = &self.admission.jwt
+            && let Err(e) = jwt.build()
+        {
+            error("admission.jwt".into(), e);
         }
         if let Some(redis) = &self.admission.redis {
             if let Err(e) = wsproxy::admit::SharedLimit::new(&redis.url) {

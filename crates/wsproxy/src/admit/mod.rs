@@ -15,8 +15,10 @@
 //! `RateLimit` (handshakes per second per client and in all, `429` with
 //! `Retry-After`; feature `rate-limit`, on by default) and
 //! [`ConnectionLimit`] (open tunnels, globally `503` and per client `429`),
-//! and `ForwardAuth` (ask an auth service, nginx's `auth_request`; feature
-//! `forward-auth`). [`Key`] says who "a client" is for the per-client ones.
+//! `ForwardAuth` (ask an auth service, nginx's `auth_request`; feature
+//! `forward-auth`), `JwtAuth` (a signed token; feature `jwt`) and
+//! `SharedLimit` (rate and connection limits kept in Redis for every
+//! instance; feature `redis`). [`Key`] says who "a client" is for the per-client ones.
 //!
 //! # Order
 //!
@@ -29,7 +31,7 @@
 //!    use up anything that belongs to the user it rides on (rate or
 //!    connection budget).
 //! 2. **Rate limits** next: cheap, and they protect what follows.
-//! 3. **Authentication** (`ForwardAuth`, feature `forward-auth`, or
+//! 3. **Authentication** (`ForwardAuth`, `JwtAuth`, or
 //!    your own [`from_async_fn`]) next: it asks over the network, so the
 //!    cheap checks go first (as nginx runs `limit_req` before
 //!    `auth_request`), and a limit per user after it can key on what it
@@ -94,6 +96,8 @@ mod connections;
 mod forward_auth;
 mod function;
 mod holds;
+#[cfg(feature = "jwt")]
+mod jwt;
 mod layer;
 mod origin;
 #[cfg(feature = "rate-limit")]
@@ -109,6 +113,9 @@ pub use self::connections::ConnectionLimit;
 pub use self::forward_auth::ForwardAuth;
 pub use self::function::{AdmitAsyncFn, AdmitFn, from_async_fn, from_fn};
 pub use self::holds::Holds;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub use self::jwt::{Claims, InvalidKey, JwtAuth, TokenFrom};
 pub use self::layer::{Admit, AdmitLayer};
 pub use self::origin::OriginCheck;
 #[cfg(feature = "rate-limit")]
