@@ -33,7 +33,7 @@
 //! [`LIMIT`], [`within`] and [`wait_until`] bound every wait; [`Captured`]
 //! holds log lines; [`python_backend`] runs a Python `websockets` script of
 //! `py/` in a child process that is [`Reaped`] on drop; [`RedisServer`]
-//! runs a `redis-server` of the test's own.
+//! runs a `redis-server` of the test's own, [`DnsServer`] a name server.
 //!
 //! # Example
 //! ```
@@ -50,6 +50,7 @@
 //! # }
 //! ```
 
+mod dns;
 mod echo;
 mod frame;
 mod h2;
@@ -62,6 +63,7 @@ mod time;
 mod tls;
 mod ws;
 
+pub use dns::DnsServer;
 pub use echo::{Backend, BackendOptions, Seen, echo_backend, spawn_echo};
 pub use frame::{Frame, parse_frame, read_frame, ws_frame};
 pub use h2::{

@@ -90,6 +90,8 @@
 //! ```
 
 mod backend;
+#[cfg(feature = "dns")]
+mod dns;
 mod health;
 mod member;
 pub(crate) mod pick;
@@ -100,6 +102,9 @@ mod strategy;
 mod tests;
 
 pub use backend::{Backend, BackendId, InvalidBackendId};
+#[cfg(feature = "dns")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dns")))]
+pub use dns::DnsDiscover;
 pub use health::{ActiveHealth, PassiveHealth, Probe};
 pub use set::{BackendStatus, Backends};
 pub use strategy::{Candidate, ConsistentHash, LeastConn, PowerOfTwo, RoundRobin, Strategy};

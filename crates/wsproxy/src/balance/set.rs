@@ -77,7 +77,7 @@ pub(crate) struct SetConfig {
 pub(crate) struct SetState {
     pub(super) members: RwLock<Arc<[Arc<Member>]>>,
     /// Cancelled when the last handle is dropped: probes end.
-    pub(super) stopped: CancellationToken,
+    pub(crate) stopped: CancellationToken,
     /// Whether the probes of the members have been started (they need a
     /// runtime, which a set built outside one gets at its first use).
     pub(super) probing: AtomicBool,
