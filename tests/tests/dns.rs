@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use tokio_tungstenite::tungstenite::Message;
-use wsproxy::balance::{Backends, DnsDiscover};
 use wsproxy::WebSocketProxyLayer;
+use wsproxy::balance::{Backends, DnsDiscover};
 use wsproxy_e2e::*;
 use wsproxy_test_support::*;
 
@@ -44,9 +44,16 @@ async fn a_and_aaaa_records_become_backends_and_one_that_leaves_is_drained() {
         .path("/ws")
         .interval(Duration::from_millis(100))
         .follow(&backends);
-    let both = vec![format!("ws://127.0.0.1:{port}/ws"), format!("ws://[::1]:{port}/ws")];
+    let both = vec![
+        format!("ws://127.0.0.1:{port}/ws"),
+        format!("ws://[::1]:{port}/ws"),
+    ];
     let b = backends.clone();
-    assert!(wait_until(LIMIT, || urls(&b) == both).await, "{:?}", urls(&backends));
+    assert!(
+        wait_until(LIMIT, || urls(&b) == both).await,
+        "{:?}",
+        urls(&backends)
+    );
 
     // A tunnel to each (round-robin).
     let addr = proxy(&backends).await;
@@ -66,12 +73,19 @@ async fn a_and_aaaa_records_become_backends_and_one_that_leaves_is_drained() {
     echo(&mut two, Message::text("still here")).await;
     let mut three = connect(&format!("ws://{addr}/")).await;
     echo(&mut three, Message::text("new")).await;
-    assert_eq!(backends.status()[0].open, 2, "new tunnels go to what DNS names");
+    assert_eq!(
+        backends.status()[0].open,
+        2,
+        "new tunnels go to what DNS names"
+    );
 
     // The name server fails: what was found stays.
     dns.set_failing(true);
     let asked = dns.asked();
-    assert!(wait_until(LIMIT, || dns.asked() >= asked + 3).await, "asked again");
+    assert!(
+        wait_until(LIMIT, || dns.asked() >= asked + 3).await,
+        "asked again"
+    );
     assert_eq!(urls(&backends), [format!("ws://127.0.0.1:{port}/ws")]);
     dns.set_failing(false);
 
@@ -127,7 +141,11 @@ async fn srv_records_give_ports_weights_and_backups() {
         open.push(connect(&format!("ws://{addr}/")).await);
     }
     assert_eq!(
-        (primary.connections(), second.connections(), backup.connections()),
+        (
+            primary.connections(),
+            second.connections(),
+            backup.connections()
+        ),
         (6, 2, 0)
     );
 
@@ -141,7 +159,9 @@ async fn srv_records_give_ports_weights_and_backups() {
     );
     let b = backends.clone();
     assert!(
-        wait_until(LIMIT, || b.status().len() == 2 && b.status().iter().all(|s| s.weight == 1)).await,
+        wait_until(LIMIT, || b.status().len() == 2
+            && b.status().iter().all(|s| s.weight == 1))
+        .await,
         "{:?}",
         backends.status()
     );

@@ -443,6 +443,14 @@ pub(crate) fn set(
     backend_tls: Option<&BackendTls>,
 ) -> Backends {
     let set = upstream.set();
+    // Found in DNS: followed by a task that ends with the set.
+    if let Some(dns) = upstream.backends.dns() {
+        drop(
+            dns.discover()
+                .expect("checked with the configuration")
+                .follow(&set),
+        );
+    }
     match backend_tls {
         Some(tls) => set.tls(tls.clone()),
         None => set,

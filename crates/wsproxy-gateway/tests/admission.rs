@@ -1,6 +1,7 @@
-//! `wsgate`'s admission configured from its file: authentication at the
-//! handshake by an auth service (Python's `http.server` here), and limits
-//! shared by two gateway processes through a real `redis-server`.
+//! What issue 12 gave `wsgate`, configured from its file: authentication
+//! at the handshake (an auth service, Python's `http.server` here, or a
+//! JWT), limits shared by two gateway processes through a real
+//! `redis-server`, and backends found in DNS (a name server of the test's).
 
 mod support;
 
@@ -306,5 +307,80 @@ fn a_jwt_check_needs_its_key() {
         let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
         assert_eq!(code, Some(2), "{section}: {stderr}");
         assert!(stderr.contains(expected), "{section}: {stderr}");
+    }
+}
+
+/// An upstream whose backends come from DNS (a name server the test
+/// controls): handshakes follow the SRV records; a backend that leaves
+/// them keeps its open tunnel.
+#[tokio::test]
+async fn backends_found_in_dns_follow_its_records() {
+    use tokio_tungstenite::tungstenite::Message;
+    use wsproxy_test_support::{DnsServer, connect, echo};
+    let first = Backend::start().await;
+    let second = Backend::start().await;
+    let dns = DnsServer::start().await;
+    dns.set_ips("a.chat.test", &[std::net::Ipv4Addr::LOCALHOST.into()]);
+    dns.set_srv(
+        "_ws._tcp.chat.test",
+        &[(10, 1, first.addr.port(), "a.chat.test")],
+    );
+    let folder = Folder::new();
+    let text = format!(
+        "workers = 1\n[[routes]]\nprefix = \"/a\"\nupstream = \"chat\"\n\n\
+         [upstreams.chat]\nbackends = {{ srv = \"_ws._tcp.chat.test\", interval = \"100ms\", \
+         nameservers = [\"{}\"] }}\n",
+        dns.addr
+    );
+    let file = folder.write("wsgate.toml", &text);
+    let gateway = Gateway::start(&["--config", PemFiles::arg(&file)]);
+
+    // Open once DNS has answered.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut status = 0;
+    while status != 101 && tokio::time::Instant::now() < deadline {
+        status = try_open(&gateway, "").await.0.status;
+    }
+    assert_eq!(status, 101);
+    let mut open = connect(&format!("ws://{}/a", gateway.addr)).await;
+    echo(&mut open, Message::text("first")).await;
+    assert_eq!(first.connections(), 2);
+
+    // The records now name the second backend only.
+    dns.set_srv(
+        "_ws._tcp.chat.test",
+        &[(10, 1, second.addr.port(), "a.chat.test")],
+    );
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while second.connections() == 0 && tokio::time::Instant::now() < deadline {
+        assert_eq!(try_open(&gateway, "").await.0.status, 101);
+    }
+    assert!(second.connections() > 0, "new handshakes go to the second");
+    let before = first.connections();
+    assert_eq!(try_open(&gateway, "").await.0.status, 101);
+    assert_eq!(first.connections(), before, "none to the first any more");
+    echo(&mut open, Message::text("drained, not cut")).await;
+}
+
+#[test]
+fn a_dns_upstream_is_checked() {
+    let folder = Folder::new();
+    for (backends, expected) in [
+        (
+            "{ dns = \"chat.internal\" }",
+            "dns 'chat.internal': a HOST:PORT",
+        ),
+        ("{ dns = \"a:1\", srv = \"b\" }", "one of dns"),
+        ("{ name = \"x\" }", "unknown field `name`"),
+    ] {
+        let file = folder.write(
+            "wsgate.toml",
+            &format!(
+                "[[routes]]\nprefix = \"/\"\nupstream = \"u\"\n[upstreams.u]\nbackends = {backends}\n"
+            ),
+        );
+        let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
+        assert_eq!(code, Some(2), "{backends}: {stderr}");
+        assert!(stderr.contains(expected), "{backends}: {stderr}");
     }
 }

@@ -11,6 +11,9 @@ use hickory_proto::rr::rdata::{A, AAAA, SRV};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::net::UdpSocket;
 
+/// Records by name and type.
+type Zone = HashMap<(String, RecordType), Vec<RData>>;
+
 /// A UDP DNS server on 127.0.0.1 answering from records the test sets
 /// ([`set_ips`](Self::set_ips), [`set_srv`](Self::set_srv)); a name it
 /// has nothing for is `NXDOMAIN`. TTL 1 s. It counts the questions.
@@ -18,7 +21,7 @@ use tokio::net::UdpSocket;
 pub struct DnsServer {
     /// Where it listens (UDP).
     pub addr: SocketAddr,
-    records: Arc<Mutex<HashMap<(String, RecordType), Vec<RData>>>>,
+    records: Arc<Mutex<Zone>>,
     asked: Arc<Mutex<usize>>,
     failing: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -123,10 +126,10 @@ impl DnsServer {
             let name = canonical(&question.name().to_ascii());
             known |= records.keys().any(|(n, _)| *n == name);
             if let Some(data) = records.get(&(name, question.query_type())) {
-                response.add_answers(
-                    data.iter()
-                        .map(|rdata| Record::from_rdata(question.name().clone(), 1, rdata.clone())),
-                );
+                response
+                    .add_answers(data.iter().map(|rdata| {
+                        Record::from_rdata(question.name().clone(), 1, rdata.clone())
+                    }));
             }
         }
         if !known {
@@ -139,5 +142,9 @@ impl DnsServer {
 /// `name.` in lower case.
 fn canonical(name: &str) -> String {
     let name = name.to_ascii_lowercase();
-    if name.ends_with('.') { name } else { format!("{name}.") }
+    if name.ends_with('.') {
+        name
+    } else {
+        format!("{name}.")
+    }
 }

@@ -1031,7 +1031,11 @@ impl Config {
             }
         }
         for (name, upstream) in &self.upstreams {
-            if upstream.backends.is_empty() {
+            if let Some(dns) = upstream.backends.dns() {
+                if let Err(e) = dns.discover() {
+                    error(format!("upstreams.{name}.backends"), e);
+                }
+            } else if upstream.backends.is_empty() {
                 error(
                     format!("upstreams.{name}.backends"),
                     "no backend; list at least one URL".into(),

@@ -326,13 +326,134 @@ impl<'de> Deserialize<'de> for BackendSpec {
     }
 }
 
+/// `backends`: a list of URLs, or a DNS name to follow
+/// (`{ dns = "chat.internal:9002", interval = "5s" }`, or `srv = NAME`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum BackendList {
+    /// Listed.
+    Static(Vec<BackendSpec>),
+    /// Found in DNS.
+    Dns(DnsBackends),
+}
+
+/// `backends = { dns = "HOST:PORT" | srv = "NAME", interval, path, nameservers }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DnsBackends {
+    /// A name and port: every A and AAAA address is a backend.
+    #[serde(default)]
+    pub(crate) dns: Option<String>,
+    /// An SRV name: its targets, ports, weights and priorities.
+    #[serde(default)]
+    pub(crate) srv: Option<String>,
+    /// Look up again this often (default: the records' TTL).
+    #[serde(default, deserialize_with = "value::some_duration")]
+    pub(crate) interval: Option<Duration>,
+    /// The path of the backends' URLs (default `/`).
+    #[serde(default)]
+    pub(crate) path: Option<String>,
+    /// Name servers to ask (default: the system's).
+    #[serde(default, deserialize_with = "value::parsed_list")]
+    pub(crate) nameservers: Vec<std::net::SocketAddr>,
+}
+
+impl DnsBackends {
+    /// The discovery this configures, or why not.
+    pub(crate) fn discover(&self) -> Result<wsproxy::balance::DnsDiscover, String> {
+        use wsproxy::balance::DnsDiscover;
+        let mut discover = match (&self.dns, &self.srv) {
+            (Some(host), None) => {
+                let (name, port) = host
+                    .rsplit_once(':')
+                    .and_then(|(name, port)| Some((name, port.parse::<u16>().ok()?)))
+                    .filter(|(name, _)| !name.is_empty())
+                    .ok_or_else(|| format!("dns '{host}': a HOST:PORT"))?;
+                DnsDiscover::host(name, port)
+            }
+            (None, Some(name)) if !name.is_empty() => DnsDiscover::srv(name),
+            _ => return Err("one of dns = \"HOST:PORT\" or srv = \"NAME\"".into()),
+        };
+        if let Some(every) = self.interval {
+            discover = discover.interval(every);
+        }
+        if let Some(path) = &self.path {
+            discover = discover.path(path);
+        }
+        if !self.nameservers.is_empty() {
+            discover = discover.nameservers(self.nameservers.iter().copied());
+        }
+        Ok(discover)
+    }
+}
+
+impl BackendList {
+    /// The DNS name followed, if any.
+    pub(crate) fn dns(&self) -> Option<&DnsBackends> {
+        match self {
+            BackendList::Dns(dns) => Some(dns),
+            BackendList::Static(_) => None,
+        }
+    }
+}
+
+impl std::ops::Deref for BackendList {
+    type Target = [BackendSpec];
+
+    /// The listed backends (none when found in DNS).
+    fn deref(&self) -> &[BackendSpec] {
+        match self {
+            BackendList::Static(list) => list,
+            BackendList::Dns(_) => &[],
+        }
+    }
+}
+
+impl From<Vec<BackendSpec>> for BackendList {
+    fn from(list: Vec<BackendSpec>) -> Self {
+        BackendList::Static(list)
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct List;
+        impl<'de> serde::de::Visitor<'de> for List {
+            type Value = BackendList;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a list of backends, or a table { dns = \"HOST:PORT\" } or { srv = \"NAME\" }",
+                )
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<BackendList, A::Error> {
+                Vec::<BackendSpec>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))
+                    .map(BackendList::Static)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<BackendList, A::Error> {
+                DnsBackends::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(BackendList::Dns)
+            }
+        }
+        deserializer.deserialize_any(List)
+    }
+}
+
 /// An upstream (`[upstreams.NAME]`): its backends and how a handshake
 /// chooses one. A key left out keeps the library's default.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpstreamConfig {
-    /// Where its handshakes go; a URL listed twice is an error.
-    pub(crate) backends: Vec<BackendSpec>,
+    /// Where its handshakes go; a URL listed twice is an error. Or a DNS
+    /// name to follow.
+    pub(crate) backends: BackendList,
     /// `round-robin` (by weight; the default), `least-conn`, `p2c`, or
     /// consistent hashing: `hash:ip`, `hash:header=NAME`,
     /// `hash:cookie=NAME`, `hash:query=NAME`, `hash:path`.
@@ -406,7 +527,7 @@ impl UpstreamConfig {
     /// `backends` with every setting at its default.
     pub(crate) fn new(backends: Vec<BackendSpec>) -> Self {
         Self {
-            backends,
+            backends: BackendList::Static(backends),
             balance: None,
             hash_bound: None,
             sticky: None,
@@ -437,16 +558,18 @@ impl UpstreamConfig {
             .map(|url| format!("the backend '{url}' is listed twice"))
     }
 
-    /// Whether `other` differs only in its backends: a reload then keeps
-    /// the set (its tunnels, load and health) and changes its members.
+    /// Whether `other` differs only in its listed backends: a reload then
+    /// keeps the set (its tunnels, load and health) and changes its
+    /// members. A DNS name changed, or a list for a name, is a new set.
     pub(crate) fn same_settings(&self, other: &Self) -> bool {
-        Self {
-            backends: Vec::new(),
-            ..self.clone()
-        } == Self {
-            backends: Vec::new(),
-            ..other.clone()
-        }
+        let settings = |upstream: &Self| Self {
+            backends: match &upstream.backends {
+                BackendList::Dns(dns) => BackendList::Dns(dns.clone()),
+                BackendList::Static(_) => BackendList::Static(Vec::new()),
+            },
+            ..upstream.clone()
+        };
+        settings(self) == settings(other)
     }
 
     /// The backend URLs, comma-separated, for the log.
@@ -471,6 +594,7 @@ impl UpstreamConfig {
     /// layer).
     pub(crate) fn set(&self) -> Backends {
         let mut set = Backends::new(self.backends.iter().map(BackendSpec::backend));
+        // (A DNS name is followed once the set is complete: `app::set`.)
         set = match &self.balance {
             None => set,
             Some(Balance::RoundRobin) => set.strategy(RoundRobin::new()),
@@ -533,7 +657,7 @@ impl UpstreamConfig {
     /// stay) or, with `close_tunnels_when_down`, removed and their
     /// tunnels closed.
     pub(crate) fn update(&self, old: &Self, set: &Backends) {
-        for backend in &self.backends {
+        for backend in self.backends.iter() {
             if !old.backends.contains(backend) {
                 set.insert(backend.backend());
             }

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
-};
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, TokioResolver};
@@ -203,9 +201,10 @@ impl DnsDiscover {
                 }
                 for (addr, settings) in &found {
                     if state.known.get(addr) != Some(settings) {
-                        state
-                            .pending
-                            .push(Change::Insert(*addr, state.discover.backend(*addr, *settings)));
+                        state.pending.push(Change::Insert(
+                            *addr,
+                            state.discover.backend(*addr, *settings),
+                        ));
                     }
                 }
                 if !state.pending.is_empty() {
@@ -234,7 +233,9 @@ impl DnsDiscover {
                 let mut changes = std::pin::pin!(changes);
                 let mut ids = BTreeMap::new();
                 while let Some(Ok(change)) = futures_util::StreamExt::next(&mut changes).await {
-                    let Some(backends) = set.upgrade() else { return };
+                    let Some(backends) = set.upgrade() else {
+                        return;
+                    };
                     match change {
                         Change::Insert(addr, backend) => {
                             ids.insert(addr, backend.id());
@@ -315,7 +316,10 @@ fn is_gone(error: &ResolveError) -> bool {
     use hickory_resolver::proto::op::ResponseCode;
     match error.proto().map(|proto| proto.kind()) {
         Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
-            matches!(*response_code, ResponseCode::NXDomain | ResponseCode::NoError)
+            matches!(
+                *response_code,
+                ResponseCode::NXDomain | ResponseCode::NoError
+            )
         }
         _ => false,
     }
