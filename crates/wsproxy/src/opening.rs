@@ -16,6 +16,14 @@ pub(crate) const SEC_WEBSOCKET_VERSION: HeaderName =
 pub(crate) const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 
 /// Is `req` a WebSocket opening handshake (of either kind)?
+/// In a handshake's extensions: the subprotocol to answer the client with
+/// when the backend chose none. An admission that took the only entries a
+/// client offered (a token carried in `Sec-WebSocket-Protocol`) leaves
+/// this, since a browser that offered subprotocols fails a `101` naming
+/// none.
+#[derive(Clone, Debug)]
+pub(crate) struct AnswerProtocol(pub(crate) HeaderValue);
+
 pub(crate) fn is_handshake<B>(req: &Request<B>) -> bool {
     is_http1_handshake(req) || is_http2_handshake(req)
 }

@@ -42,9 +42,10 @@ const REFETCH_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 /// (default: `Authorization: Bearer`). The token is removed from what the
 /// backend gets unless [`forward_token`](Self::forward_token) says
 /// otherwise: its header, cookie, query parameter or subprotocol entry
-/// (the backend then chooses among the client's other subprotocols, so
-/// offer a real one beside the token, as Kubernetes' clients do with
-/// `base64url.bearer.authorization.k8s.io.<token>`).
+/// (the backend then chooses among the client's other subprotocols, as
+/// with Kubernetes' `base64url.bearer.authorization.k8s.io.<token>` beside
+/// a real one; a client that offered only the token entry is answered with
+/// it, since a browser fails a `101` that names none of its offers).
 ///
 /// Keys: an HMAC secret (HS256), an RSA or EC public key in PEM (RS256,
 /// ES256), or a JWKS URL, fetched at the first handshake, again every
@@ -519,6 +520,19 @@ fn remove_token(request: &mut Parts, from: &TokenFrom) {
                 .filter(|p| !p.starts_with(prefix.as_str()))
                 .map(str::to_owned)
                 .collect();
+            if kept.is_empty() {
+                // The client offered nothing else: it is answered with the
+                // entry it sent (the backend is offered none), as a
+                // browser needs one of its offers back.
+                let entry = protocols(&request.headers)
+                    .find(|p| p.starts_with(prefix.as_str()))
+                    .and_then(|p| HeaderValue::from_str(p).ok());
+                if let Some(entry) = entry {
+                    request
+                        .extensions
+                        .insert(crate::opening::AnswerProtocol(entry));
+                }
+            }
             request.headers.remove(header::SEC_WEBSOCKET_PROTOCOL);
             if let Ok(value) = HeaderValue::from_str(&kept.join(", "))
                 && !kept.is_empty()

@@ -208,7 +208,15 @@ async fn proxy(req: Request<()>, config: Arc<Config>) -> ClaimResponse {
         {
             Span::current().record("subprotocol", protocol);
         }
-        let head = handshake::client_head(head, http2, sticky);
+        let mut head = handshake::client_head(head, http2, sticky);
+        if !head
+            .headers
+            .contains_key(http::header::SEC_WEBSOCKET_PROTOCOL)
+            && let Some(opening::AnswerProtocol(protocol)) = parts.extensions.remove()
+        {
+            head.headers
+                .insert(http::header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
         tunnel::spawn(tunnel::Tunnel {
             config: &config,
             guard,
