@@ -291,6 +291,14 @@ async fn positive_answers_are_remembered_by_credentials_for_the_time_asked() {
     );
     assert_eq!(ask(addr, "/other", alice).await.0.status, 101);
     assert_eq!(service.asked(), 3);
+    // Another Origin or Host: asked (a yes is for its own).
+    let elsewhere = format!("{alice}Origin: https://evil.example\r\n");
+    assert_eq!(ask(addr, "/", &elsewhere).await.0.status, 101);
+    assert_eq!(service.asked(), 4, "a cached yes is for its own Origin");
+    let request = handshake("/", alice).replace("Host: proxy.test", "Host: tenant-b.test");
+    let mut stream = raw(addr, request.as_bytes()).await;
+    assert_eq!(read_head(&mut stream).await.status, 101);
+    assert_eq!(service.asked(), 5, "and for its own Host");
     // Refusals are not remembered.
     assert_eq!(
         ask(addr, "/", "Cookie: session=nobody\r\n").await.0.status,
@@ -300,15 +308,15 @@ async fn positive_answers_are_remembered_by_credentials_for_the_time_asked() {
         ask(addr, "/", "Cookie: session=nobody\r\n").await.0.status,
         401
     );
-    assert_eq!(service.asked(), 5);
+    assert_eq!(service.asked(), 7);
 
     // A short cache: asked again once the answer is older than it.
     let addr = gateway(&backend, auth(auth_addr).cache(Duration::from_millis(200))).await;
     assert_eq!(ask(addr, "/", alice).await.0.status, 101);
-    assert_eq!(service.asked(), 6);
+    assert_eq!(service.asked(), 8);
     let deadline = tokio::time::Instant::now() + LIMIT;
-    while service.asked() == 6 && tokio::time::Instant::now() < deadline {
+    while service.asked() == 8 && tokio::time::Instant::now() < deadline {
         assert_eq!(ask(addr, "/", alice).await.0.status, 101);
     }
-    assert_eq!(service.asked(), 7, "the remembered answer expired");
+    assert_eq!(service.asked(), 9, "the remembered answer expired");
 }

@@ -260,8 +260,8 @@ fn proxy_layer(
 }
 
 /// The admission layers in front of every route, innermost first:
-/// connection limits (or the limits shared through Redis), forward auth,
-/// rate limits, then the Origin check
+/// connection limits, forward auth and JWT, rate limits (or, instead of
+/// both limits, the ones shared through Redis), then the Origin check
 /// (see `wsproxy::admit` for why this order; the auth service is asked
 /// after the cheap checks, as nginx's `auth_request` runs after
 /// `limit_req`, and before a connection permit is taken).
@@ -271,6 +271,16 @@ fn admission(
     config: &Config,
     limiters: &mut Limiters,
 ) -> Router {
+    // What a removed section kept goes with it (a JWKS stops refreshing).
+    if admission.forward_auth.is_none() {
+        limiters.auth = None;
+    }
+    if admission.jwt.is_none() {
+        limiters.jwt = None;
+    }
+    if admission.redis.is_none() {
+        limiters.shared = None;
+    }
     // Who the client is was decided once, by `ResolveClient` in front
     // (with trusted proxies): the key reads its `ClientIp`.
     let client = Key::client_ip();
@@ -302,7 +312,7 @@ fn admission(
             }
         }
     });
-    // With Redis, one shared check does both, innermost; this instance's
+    // With Redis, one shared check does both (where the rates go); this instance's
     // own limits stand in while Redis fails (`on_failure = "local"`).
     let shared = admission.redis.as_ref().map(|redis| {
         shared(
@@ -318,9 +328,6 @@ fn admission(
     } else {
         (connections, rates)
     };
-    if let Some(shared) = shared {
-        app = app.layer(shared.layer());
-    }
     if let Some(limit) = connections {
         app = app.layer(limit.layer());
     }
@@ -355,6 +362,13 @@ fn admission(
     }
     if let Some(limit) = rates {
         app = app.layer(limit.layer());
+    }
+    // The shared check holds the rates, so it goes where they go: before
+    // authentication, which it protects. Its connection lease is then
+    // taken before authentication too, and given back if that refuses
+    // (one round trip for both, rather than one each).
+    if let Some(shared) = shared {
+        app = app.layer(shared.layer());
     }
     if !admission.origins.is_empty() {
         app = app.layer(

@@ -156,7 +156,10 @@ async fn two_gateways_share_a_rate() {
     }
     assert_eq!(statuses, [101, 101, 101, 101, 429], "one budget for both");
     let (head, _) = try_open(&two, "").await;
-    assert_eq!(head.header("retry-after"), Some("60"));
+    // Whole seconds until the next is due, rounded up (59 if a second
+    // went by on a loaded machine).
+    let retry: u64 = head.header("retry-after").unwrap().parse().unwrap();
+    assert!((59..=60).contains(&retry), "{retry}");
 }
 
 #[tokio::test]

@@ -378,6 +378,9 @@ impl DnsBackends {
         }
         if let Some(path) = &self.path {
             discover = discover.path(path);
+            if !discover.path_is_valid() {
+                return Err(format!("path '{path}': not a URL path"));
+            }
         }
         if !self.nameservers.is_empty() {
             discover = discover.nameservers(self.nameservers.iter().copied());

@@ -23,6 +23,7 @@ use crate::upstream::InvalidUpstream;
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The largest body of an auth service's answer relayed to a client.
 const MAX_BODY: usize = 64 * 1024;
@@ -44,15 +45,17 @@ const MAX_CACHED: usize = 10_000;
 ///   [`copy_headers`](Self::copy_headers) (e.g. `X-User-Id`) added to
 ///   the upgrade request. Those names are removed from what the client
 ///   sent first, whatever the answer, so a client cannot forge them.
-/// - **3xx, 4xx**: relayed to the client, status, headers and body (up to
-///   64 KiB), e.g. `401` with `WWW-Authenticate` or a `302` to a login page.
+/// - **3xx, 4xx**: relayed to the client, status, headers and body, e.g.
+///   `401` with `WWW-Authenticate` or a `302` to a login page (an answer
+///   whose body is over 64 KiB counts as a failure).
 /// - **anything else, or no answer**: `503` (`504` past the
 ///   [timeout](Self::timeout)), never admitted; logged at WARN when the
 ///   service starts failing and at INFO when it answers again.
 ///
 /// Positive answers may be remembered for a short time
-/// ([`cache`](Self::cache)), keyed by the request's path and query and its
-/// `Authorization`, `Cookie` and `Sec-WebSocket-Protocol` headers.
+/// ([`cache`](Self::cache)), keyed by the request's host, path and query
+/// and its `Origin`, `Authorization`, `Cookie` and `Sec-WebSocket-Protocol`
+/// headers.
 ///
 /// # Example
 ///
@@ -150,7 +153,7 @@ impl ForwardAuth {
     }
 
     /// Remember positive answers for `ttl` (default: not at all): a client
-    /// with the same credentials and URI is let on without asking again,
+    /// with the same credentials, `Origin`, host and URI is let on without asking again,
     /// with the same headers. Only for an auth service that decides on
     /// those alone (not, say, on the client's address).
     pub fn cache(mut self, ttl: Duration) -> Self {
@@ -231,6 +234,7 @@ impl Inner {
             header::SEC_WEBSOCKET_VERSION,
             header::SEC_WEBSOCKET_EXTENSIONS,
             header::FORWARDED,
+            X_REAL_IP,
             X_FORWARDED_FOR,
             X_FORWARDED_PROTO,
             X_FORWARDED_HOST,
@@ -374,11 +378,21 @@ fn cache_key(request: &Parts) -> Box<[u8]> {
     key.extend_from_slice(
         request
             .uri
+            .authority()
+            .map_or("", |a| a.as_str())
+            .as_bytes(),
+    );
+    key.push(0);
+    key.extend_from_slice(
+        request
+            .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .as_bytes(),
     );
     for name in [
+        header::HOST,
+        header::ORIGIN,
         header::AUTHORIZATION,
         header::COOKIE,
         header::SEC_WEBSOCKET_PROTOCOL,

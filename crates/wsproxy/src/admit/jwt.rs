@@ -618,10 +618,17 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<(), String> {
+        let fetched = self.fetch_once().await;
+        // Set once it is over: a fetch given up half way (its handshake's
+        // client left) does not hold the next one back.
         *self
             .last_fetch
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+        fetched
+    }
+
+    async fn fetch_once(&self) -> Result<(), String> {
         let request = Request::get(self.url.clone())
             .header(header::ACCEPT, "application/json")
             .body(Empty::new())
@@ -652,6 +659,10 @@ impl Jwks {
             let id = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{n}"));
             keys.insert(id, key);
         }
+        if keys.is_empty() {
+            // A broken answer does not take the keys that work away.
+            return Err(format!("no usable key among {}", set.keys.len()));
+        }
         tracing::debug!(url = %self.url, keys = keys.len(), "JWKS fetched");
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Some(keys);
         Ok(())
@@ -659,7 +670,10 @@ impl Jwks {
 
     /// Fetch again every `refresh`, in a task that ends with the set.
     fn start_refreshing(self: &Arc<Self>) {
-        if self.refreshing.swap(true, Ordering::Relaxed) {
+        if self.refreshing.load(Ordering::Relaxed)
+            || tokio::runtime::Handle::try_current().is_err()
+            || self.refreshing.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         let weak = Arc::downgrade(self);

@@ -416,6 +416,12 @@ impl Inner {
                 self.max
                     .map_or(-1, |max| i64::try_from(max).unwrap_or(i64::MAX)),
             );
+        // From here a lease may exist in Redis: released unless a tunnel
+        // takes it.
+        let mut pending = Pending {
+            releases: self.releases.clone(),
+            lease: id.clone().map(|id| (id, lease_set.clone())),
+        };
         let answer = match self.connection() {
             Ok(mut connection) => {
                 match tokio::time::timeout(
@@ -435,6 +441,9 @@ impl Inner {
             Ok(answer) => answer,
             Err(error) => return self.failed(request, &error).await,
         };
+        // Answered: a lease was taken only if admitted, and then a `Lease`
+        // holds it.
+        pending.lease = None;
         if !self.up.swap(true, Ordering::Relaxed) {
             tracing::info!("shared limits: Redis answers again");
         }
@@ -518,6 +527,18 @@ impl Inner {
         else {
             return;
         };
+        let Some(connection) = self.connection.get().cloned() else {
+            return;
+        };
+        // Releases need nothing of the limit (the last lease's release
+        // comes as the limit itself goes): the task keeps what they need,
+        // and ends when every sender is gone and the queue is empty.
+        let releasing = Releasing {
+            connection,
+            all: format!("{}:conns:all", self.prefix),
+            counts_all: self.max.is_some(),
+            timeout: self.timeout * 4,
+        };
         let weak: Weak<Inner> = Arc::downgrade(self);
         let every = self.lease / 3;
         tokio::spawn(async move {
@@ -526,19 +547,19 @@ impl Inner {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        let Some(inner) = weak.upgrade() else { return };
-                        inner.renew().await;
+                        if let Some(inner) = weak.upgrade() {
+                            inner.renew().await;
+                        }
                     }
                     release = released.recv() => {
                         let Some(first) = release else { return };
-                        let Some(inner) = weak.upgrade() else { return };
                         let mut batch = vec![first];
                         while batch.len() < RENEW_BATCH
                             && let Ok(next) = released.try_recv()
                         {
                             batch.push(next);
                         }
-                        inner.release(batch).await;
+                        releasing.release(batch).await;
                     }
                 }
             }
@@ -579,24 +600,46 @@ impl Inner {
             }
         }
     }
+}
 
+/// What removing leases takes.
+struct Releasing {
+    connection: ConnectionManager,
+    all: String,
+    counts_all: bool,
+    timeout: Duration,
+}
+
+impl Releasing {
     async fn release(&self, batch: Vec<Release>) {
-        let Some(mut connection) = self.connection.get().cloned() else {
-            return;
-        };
-        let all = format!("{}:conns:all", self.prefix);
+        let mut connection = self.connection.clone();
         let mut pipe = redis::pipe();
         for (id, set) in &batch {
-            if self.max.is_some() {
-                pipe.cmd("ZREM").arg(&all).arg(&**id).ignore();
+            if self.counts_all {
+                pipe.cmd("ZREM").arg(&self.all).arg(&**id).ignore();
             }
             if let Some(set) = set {
                 pipe.cmd("ZREM").arg(set).arg(&**id).ignore();
             }
         }
         // Not removed (Redis down): the lease runs out on its own.
-        let _ =
-            tokio::time::timeout(self.timeout * 4, pipe.query_async::<()>(&mut connection)).await;
+        let _ = tokio::time::timeout(self.timeout, pipe.query_async::<()>(&mut connection)).await;
+    }
+}
+
+/// A lease the script may have taken and no tunnel holds yet: released on
+/// drop (a refusal, a timeout, a client gone while Redis answered) unless
+/// it became a [`Lease`].
+struct Pending {
+    releases: mpsc::UnboundedSender<Release>,
+    lease: Option<Release>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let _ = self.releases.send(lease);
+        }
     }
 }
 

@@ -33,8 +33,9 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 ///   ports).
 ///
 /// An address that appears becomes a backend; one that disappears is
-/// removed as [`Backends::remove`] does: no new tunnels, its open ones
-/// left to end (drained, not cut). A lookup that fails keeps what the
+/// drained as [`Backends::drain`] does: no new tunnels, its open ones left
+/// to end, and it leaves the set with the last of them (back in DNS before
+/// that, it is taken up again with its counts). A lookup that fails keeps what the
 /// last one found (logged at WARN); an answer that the name has no
 /// records (NXDOMAIN, or none of the type) empties the set.
 ///
@@ -200,11 +201,10 @@ impl DnsDiscover {
                     state.pending.push(Change::Remove(*gone));
                 }
                 for (addr, settings) in &found {
-                    if state.known.get(addr) != Some(settings) {
-                        state.pending.push(Change::Insert(
-                            *addr,
-                            state.discover.backend(*addr, *settings),
-                        ));
+                    if state.known.get(addr) != Some(settings)
+                        && let Some(backend) = state.discover.backend(*addr, *settings)
+                    {
+                        state.pending.push(Change::Insert(*addr, backend));
                     }
                 }
                 if !state.pending.is_empty() {
@@ -215,8 +215,9 @@ impl DnsDiscover {
                     );
                 }
                 state.known = found;
-                // Removals last out of `pop`, after the additions.
-                state.pending.reverse();
+                // `pop` takes the additions (pushed last) first, so the
+                // set is never emptied in between when every address
+                // changes.
             }
         })
     }
@@ -242,8 +243,10 @@ impl DnsDiscover {
                             backends.insert(backend);
                         }
                         Change::Remove(addr) => {
+                            // Drained: it leaves when its last tunnel ends
+                            // (and keeps its counts if it comes back first).
                             if let Some(id) = ids.remove(&addr) {
-                                backends.remove(id);
+                                backends.drain(id);
                             }
                         }
                     }
@@ -256,11 +259,22 @@ impl DnsDiscover {
         })
     }
 
-    fn backend(&self, addr: SocketAddr, (weight, backup): (u32, bool)) -> Backend {
+    fn backend(&self, addr: SocketAddr, (weight, backup): (u32, bool)) -> Option<Backend> {
         let url = format!("ws://{addr}{}", self.path);
-        Backend::new(url.parse().expect("an address and a path make a URL"))
-            .weight(weight.max(1))
-            .backup(backup)
+        match url.parse() {
+            Ok(upstream) => Some(Backend::new(upstream).weight(weight.max(1)).backup(backup)),
+            Err(error) => {
+                tracing::warn!(%url, %error, "DNS discovery: not a backend URL");
+                None
+            }
+        }
+    }
+
+    /// Whether the [`path`](Self::path) makes valid backend URLs.
+    pub fn path_is_valid(&self) -> bool {
+        format!("ws://127.0.0.1:1{}", self.path)
+            .parse::<crate::Upstream>()
+            .is_ok()
     }
 
     /// What the name holds now, with when that answer expires; `None` for
@@ -293,7 +307,13 @@ impl DnsDiscover {
                 let mut valid_until = lookup.as_lookup().valid_until();
                 let lowest = lookup.iter().map(|srv| srv.priority()).min().unwrap_or(0);
                 for srv in lookup.iter() {
-                    let ips = resolver.lookup_ip(srv.target().clone()).await?;
+                    // A target with no address is skipped; one whose lookup
+                    // failed fails the whole answer (what was found stays).
+                    let ips = match resolver.lookup_ip(srv.target().clone()).await {
+                        Ok(ips) => ips,
+                        Err(e) if is_gone(&e) => continue,
+                        Err(e) => return Err(e),
+                    };
                     valid_until = valid_until.min(ips.valid_until());
                     for ip in ips.iter() {
                         found.insert(
