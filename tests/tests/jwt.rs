@@ -340,3 +340,65 @@ async fn a_jwks_is_fetched_refreshed_and_rotated() {
         401
     );
 }
+
+/// RS256 with a static public key: an RSA pair made by the `openssl`
+/// command (`.ci/test` installs it), the token signed with the private half.
+#[tokio::test]
+async fn rs256_with_a_public_key_file() {
+    let dir = std::env::temp_dir().join(format!("wsproxy-jwt-rsa-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let private = dir.join("private.pem");
+    let public = dir.join("public.pem");
+    let run = |args: &[&str]| {
+        let status = std::process::Command::new("openssl")
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl is needed for this test: run `bash .ci/test`");
+        assert!(status.success(), "openssl {args:?}");
+    };
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        private.to_str().unwrap(),
+    ]);
+    run(&[
+        "pkey",
+        "-in",
+        private.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    let signing = EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let public_pem = std::fs::read(&public).unwrap();
+    let auth = JwtAuth::rs256_pem(&public_pem).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let backend = Backend::start().await;
+    let addr = gateway(&backend, auth).await;
+    let token = |claims: serde_json::Value, key: &EncodingKey| {
+        encode(&Header::new(Algorithm::RS256), &claims, key).unwrap()
+    };
+    let good = token(json!({"sub": "alice", "exp": now() + 600}), &signing);
+    let head = ask(addr, "/", &format!("Authorization: Bearer {good}\r\n")).await;
+    assert_eq!(head.status, 101);
+    let expired = token(json!({"sub": "alice", "exp": now() - 600}), &signing);
+    let head = ask(addr, "/", &format!("Authorization: Bearer {expired}\r\n")).await;
+    assert_eq!(head.status, 401);
+    // An HS256 token made with the public key as its secret (the classic
+    // algorithm confusion) is not taken.
+    let confused = encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "mallory", "exp": now() + 600}),
+        &EncodingKey::from_secret(&public_pem),
+    )
+    .unwrap();
+    let head = ask(addr, "/", &format!("Authorization: Bearer {confused}\r\n")).await;
+    assert_eq!(head.status, 401);
+    assert_eq!(backend.connections(), 1);
+}
