@@ -10,7 +10,7 @@ use wsproxy_test_support::{
     wait_until,
 };
 
-use support::{Folder, Gateway, run};
+use support::{Folder, Gateway, check_refuses};
 
 /// A gateway on `extra` TOML with one route `/a` to `backend`.
 fn start(folder: &Folder, extra: &str, backend: &Backend) -> Gateway {
@@ -79,13 +79,13 @@ async fn forward_auth_admits_who_the_auth_service_knows_and_relays_its_refusals(
 
 #[test]
 fn a_forward_auth_url_is_checked() {
-    let folder = Folder::new();
-    let file = folder.write(
-        "wsgate.toml",
-        "demo = true\n[admission.forward_auth]\nurl = \"https://auth.internal/check\"\n",
+    let stderr = check_refuses(
+        &Folder::new(),
+        "demo = true
+[admission.forward_auth]
+url = \"https://auth.internal/check\"
+",
     );
-    let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
-    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("admission.forward_auth.url: invalid upstream \"https://auth.internal/check\": an auth service URL starts with http://"),
         "{stderr}"
@@ -204,13 +204,13 @@ async fn try_open_kept(gateway: &Gateway) -> (u16, tokio::net::TcpStream) {
 
 #[test]
 fn redis_needs_something_to_share() {
-    let folder = Folder::new();
-    let file = folder.write(
-        "wsgate.toml",
-        "demo = true\n[admission.redis]\nurl = \"redis://127.0.0.1:6379/\"\n",
+    let stderr = check_refuses(
+        &Folder::new(),
+        "demo = true
+[admission.redis]
+url = \"redis://127.0.0.1:6379/\"
+",
     );
-    let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
-    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("admission.redis: nothing to share"),
         "{stderr}"
@@ -303,12 +303,10 @@ fn a_jwt_check_needs_its_key() {
             "invalid token place 'form:x'",
         ),
     ] {
-        let file = folder.write(
-            "wsgate.toml",
+        let stderr = check_refuses(
+            &folder,
             &format!("demo = true\n[admission.jwt]\n{section}\n"),
         );
-        let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
-        assert_eq!(code, Some(2), "{section}: {stderr}");
         assert!(stderr.contains(expected), "{section}: {stderr}");
     }
 }
@@ -376,14 +374,12 @@ fn a_dns_upstream_is_checked() {
         ("{ dns = \"a:1\", srv = \"b\" }", "one of dns"),
         ("{ name = \"x\" }", "unknown field `name`"),
     ] {
-        let file = folder.write(
-            "wsgate.toml",
+        let stderr = check_refuses(
+            &folder,
             &format!(
                 "[[routes]]\nprefix = \"/\"\nupstream = \"u\"\n[upstreams.u]\nbackends = {backends}\n"
             ),
         );
-        let (code, stderr) = run(&["--check", "--config", PemFiles::arg(&file)]);
-        assert_eq!(code, Some(2), "{backends}: {stderr}");
         assert!(stderr.contains(expected), "{backends}: {stderr}");
     }
 }

@@ -282,6 +282,13 @@ pub fn refused(args: &[&str]) -> String {
     stderr
 }
 
+/// `wsgate --check` on a file of `text` in `folder`, which must refuse it
+/// (exit code 2); its stderr.
+pub fn check_refuses(folder: &Folder, text: &str) -> String {
+    let file = folder.write("wsgate.toml", text);
+    refused(&["--check", "--config", PemFiles::arg(&file)])
+}
+
 /// The `--tls-cert` and `--tls-key` flags for `cert`.
 pub fn tls_flags(cert: &Leaf) -> [&str; 4] {
     let files = cert.files();
