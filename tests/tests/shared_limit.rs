@@ -135,7 +135,7 @@ async fn open_tunnels_keep_their_leases_past_the_lease_time() {
         .unwrap()
         .prefix("t3")
         .max_open(1)
-        .lease(Duration::from_millis(300));
+        .lease(Duration::from_millis(600));
     let addr = instance(&backend, limit).await;
     let mut open = connect(&format!("ws://{addr}/")).await;
     let score = |redis: &RedisServer| -> String {
@@ -168,7 +168,9 @@ async fn redis_down_and_back_with_each_failure_policy() {
     let (logs, _guard) = Captured::start();
     let mut redis = RedisServer::start().await;
     let backend = Backend::start().await;
-    let timeout = Duration::from_millis(200);
+    // Generous: Redis killed fails at once; a loaded machine must not
+    // turn a slow answer into an outage of its own.
+    let timeout = Duration::from_secs(1);
     // Fail open, with this instance's own limit as the fallback.
     let open_policy = SharedLimit::new(&redis.url())
         .unwrap()

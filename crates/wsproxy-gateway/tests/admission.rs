@@ -104,7 +104,7 @@ fn two_sharing(
         let gateway = start(
             &folder,
             &format!(
-                "[admission]\n{limits}\n[admission.redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\nlease = \"1s\"\n",
+                "[admission]\n{limits}\n[admission.redis]\nurl = \"{}\"\nprefix = \"{prefix}\"\nlease = \"2s\"\n",
                 redis.url()
             ),
             backend,
@@ -130,7 +130,7 @@ async fn two_gateways_share_a_connection_limit_and_a_killed_ones_leases_run_out(
     assert_eq!(redis.integer(&["ZCARD", "conns:conns:key:127.0.0.1"]), 3);
 
     // `kill -9` the one with two: no goodbye, its leases are not renewed
-    // and run out (lease = 1 s), so the other admits again.
+    // and run out (lease = 2 s), so the other admits again.
     one.signal("KILL");
     assert!(
         wait_until(LIMIT, || !one.is_running()).await,
@@ -170,7 +170,7 @@ async fn with_redis_down_each_gateway_keeps_the_limits_alone_or_refuses() {
     let redis_section = |policy: &str| {
         format!(
             "[admission]\nmax_conns_per_ip = 1\n[admission.redis]\nurl = \"{}\"\n\
-             timeout = \"200ms\"\non_failure = \"{policy}\"\n",
+             timeout = \"1s\"\non_failure = \"{policy}\"\n",
             redis.url()
         )
     };
