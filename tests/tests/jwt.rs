@@ -402,3 +402,69 @@ async fn rs256_with_a_public_key_file() {
     assert_eq!(head.status, 401);
     assert_eq!(backend.connections(), 1);
 }
+
+/// With `close_at_expiry`, a tunnel ends when its token does: Close 1008
+/// "credentials expired" to the client, 1001 to the backend, counted as
+/// `expired`; a tunnel whose token lasts stays open.
+#[tokio::test]
+async fn a_tunnel_is_closed_with_1008_when_its_token_expires() {
+    use futures_util::StreamExt;
+    let backend = Backend::start().await;
+    let layer = WebSocketProxyLayer::new(backend.url().parse().unwrap());
+    let tunnels = layer.tunnels_handle().clone();
+    let addr = serve(
+        axum::Router::new()
+            .layer(layer)
+            .layer(JwtAuth::hs256(SECRET).close_at_expiry(true).layer()),
+    )
+    .await;
+    let open = |exp: i64| {
+        let token = hs256(json!({"exp": exp}));
+        async move {
+            connect_with(
+                &format!("ws://{addr}/"),
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .await
+            .0
+        }
+    };
+    let mut short = open(now() + 2).await;
+    let mut long = open(now() + 3600).await;
+    echo(&mut short, Message::text("before")).await;
+
+    // The short one's Close comes within a few seconds of its `exp`.
+    let close = within("the Close at expiry", async {
+        loop {
+            match short.next().await {
+                Some(Ok(Message::Close(frame))) => return frame,
+                Some(Ok(_)) => {}
+                other => panic!("the tunnel ended without a Close: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("a Close frame with a code");
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1008, "credentials expired")
+    );
+    let b = backend.clone();
+    assert!(
+        wait_until(LIMIT, || b
+            .seen
+            .lock()
+            .unwrap()
+            .messages
+            .iter()
+            .any(|m| close_code(m) == Some(1001)))
+        .await,
+        "the backend is told its client is going"
+    );
+    drop(short);
+    let t = tunnels.clone();
+    assert!(wait_until(LIMIT, || t.stats().ended.expired == 1).await);
+    // The other is still open.
+    echo(&mut long, Message::text("still open")).await;
+    assert_eq!(tunnels.open(), 1);
+}

@@ -72,6 +72,7 @@ impl CloseSignal {
 pub(crate) struct Drain {
     shutdown: (Arc<CloseSignal>, CancellationToken),
     backend: Option<(Arc<CloseSignal>, CancellationToken)>,
+    expires: Option<Instant>,
 }
 
 impl Drain {
@@ -81,6 +82,21 @@ impl Drain {
         Drain {
             shutdown: (shutdown, token),
             backend: None,
+            expires: None,
+        }
+    }
+
+    /// Also end at `at` (what admitted the tunnel expires then).
+    pub(crate) fn with_expiry(mut self, at: Option<Instant>) -> Self {
+        self.expires = at;
+        self
+    }
+
+    /// Resolves when the tunnel's admission expires (never without one).
+    pub(crate) async fn expired(&self) {
+        match self.expires {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
         }
     }
 

@@ -8,7 +8,7 @@
 //! | `wsproxy_tunnels_open` | gauge | `route` | tunnels open now |
 //! | `wsproxy_handshake_seconds` | histogram | `route` | from a client's handshake arriving to its `101` (admission, connect, the backend's answer) |
 //! | `wsproxy_tunnel_duration_seconds` | histogram | `route` | how long tunnels stayed open, recorded when they end |
-//! | `wsproxy_tunnels_closed_total` | counter | `route`, `reason` | tunnels ended, by reason: `client_close`, `backend_close`, `idle`, `keepalive`, `limit`, `shutdown`, `backend_down`, `error` |
+//! | `wsproxy_tunnels_closed_total` | counter | `route`, `reason` | tunnels ended, by reason: `client_close`, `backend_close`, `idle`, `keepalive`, `limit`, `shutdown`, `backend_down`, `expired`, `error` |
 //! | `wsproxy_handshakes_total` | counter | `route`, `status` | handshakes a route answered, `101` (`200` over HTTP/2) included, whoever refused the others: the proxy, an admission check added with [`admit`](crate::WebSocketProxyLayer::admit), or the backend (relayed) |
 //! | `wsproxy_handshakes_refused_total` | counter | `status` | handshakes answered with anything but `101`, by the proxy, an admission check, or the backend (relayed) |
 //! | `wsproxy_backend_handshake_seconds` | histogram | `backend` | one attempt on a backend: from the start of the connect to its answer to the upgrade request (any status) |

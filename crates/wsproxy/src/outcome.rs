@@ -77,6 +77,9 @@ pub(crate) enum Reason {
     Keepalive { client: bool },
     /// The client (`true`) or backend broke a message limit.
     Limit { client: bool, exceeded: Exceeded },
+    /// What admitted it expired (e.g. its token): see
+    /// [`Expires`](crate::admit::Expires).
+    Expired,
 }
 
 /// Why a tunnel ended, as counted in stats and metrics.
@@ -89,6 +92,7 @@ pub(crate) enum EndKind {
     Limit,
     Shutdown,
     BackendDown,
+    Expired,
     Error,
 }
 
@@ -104,6 +108,7 @@ impl EndKind {
             EndKind::Limit => "limit",
             EndKind::Shutdown => "shutdown",
             EndKind::BackendDown => "backend_down",
+            EndKind::Expired => "expired",
             EndKind::Error => "error",
         }
     }
@@ -149,6 +154,7 @@ impl Reason {
             Reason::BackendDown => EndKind::BackendDown,
             Reason::Keepalive { .. } => EndKind::Keepalive,
             Reason::Limit { .. } => EndKind::Limit,
+            Reason::Expired => EndKind::Expired,
         }
     }
 }
@@ -183,6 +189,7 @@ impl fmt::Display for End {
                     Reason::Limit { client, exceeded } => {
                         write!(f, "limit: the {} broke {exceeded}", side(*client))?;
                     }
+                    Reason::Expired => f.write_str("its credentials expired")?,
                 }
                 handshake(f, *answered)
             }

@@ -167,6 +167,7 @@ impl Tunnels {
             EndKind::Limit => &mut ended.limit,
             EndKind::Shutdown => &mut ended.shutdown,
             EndKind::BackendDown => &mut ended.backend_down,
+            EndKind::Expired => &mut ended.expired,
             EndKind::Error => &mut ended.error,
         } += 1;
         let TunnelStats {
@@ -277,6 +278,9 @@ pub struct EndCounts {
     /// Its backend was marked down or removed, with
     /// [`Backends::close_tunnels_when_down`](crate::balance::Backends::close_tunnels_when_down).
     pub backend_down: u64,
+    /// What admitted it expired ([`Expires`](crate::admit::Expires)): Close
+    /// 1008 to the client.
+    pub expired: u64,
     /// An I/O error (e.g. a connection reset) on either side.
     pub error: u64,
 }

@@ -461,6 +461,9 @@ pub(crate) struct JwtConfig {
     /// Leave the token where it was for the backend (removed by default).
     #[serde(default)]
     pub(crate) forward_token: bool,
+    /// Close a WebSocket when its token expires (Close 1008).
+    #[serde(default)]
+    pub(crate) close_at_expiry: bool,
 }
 
 impl JwtConfig {
@@ -506,7 +509,8 @@ impl JwtConfig {
             .audience(self.audience.iter().cloned())
             .issuer(self.issuer.iter().cloned())
             .leeway(self.leeway)
-            .forward_token(self.forward_token);
+            .forward_token(self.forward_token)
+            .close_at_expiry(self.close_at_expiry);
         if !self.token_from.is_empty() {
             auth = auth.token_from(self.token_from.iter().map(|from| from.0.clone()));
         }

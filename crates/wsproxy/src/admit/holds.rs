@@ -37,3 +37,33 @@ impl fmt::Debug for Holds {
         f.debug_struct("Holds").field("len", &self.len()).finish()
     }
 }
+
+/// In a handshake's extensions: when what admitted it expires (e.g. a
+/// token's `exp`). The tunnel it opens is closed then: Close 1008 ("policy
+/// violation", reason `credentials expired`) to the client, 1001 to the
+/// backend, counted as `expired`. An admission puts it there;
+/// [`JwtAuth::close_at_expiry`](crate::admit::JwtAuth::close_at_expiry) does
+/// for a token.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use wsproxy::admit::Expires;
+///
+/// let mut request = http::Request::new(());
+/// request
+///     .extensions_mut()
+///     .insert(Expires(SystemTime::now() + Duration::from_secs(3600)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expires(pub std::time::SystemTime);
+
+impl Expires {
+    /// The same moment on the monotonic clock tunnels keep time by.
+    pub(crate) fn instant(self) -> tokio::time::Instant {
+        let left = self
+            .0
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
+        tokio::time::Instant::now() + left
+    }
+}

@@ -94,6 +94,7 @@ struct Inner {
     from: Vec<TokenFrom>,
     claim_headers: Vec<(String, HeaderName)>,
     forward_token: bool,
+    close_at_expiry: bool,
 }
 
 #[derive(Clone)]
@@ -143,6 +144,7 @@ impl JwtAuth {
                 from: vec![TokenFrom::Bearer(header::AUTHORIZATION)],
                 claim_headers: Vec::new(),
                 forward_token: false,
+                close_at_expiry: false,
             }),
         }
     }
@@ -235,6 +237,15 @@ impl JwtAuth {
     /// Leave the token where it was for the backend (default: removed).
     pub fn forward_token(mut self, forward: bool) -> Self {
         self.inner_mut().forward_token = forward;
+        self
+    }
+
+    /// Close each tunnel when its token expires (`exp`, plus the
+    /// [`leeway`](Self::leeway)): Close 1008 to the client, 1001 to the
+    /// backend (default: a tunnel outlives its token, as an HTTP response
+    /// outlives the request's).
+    pub fn close_at_expiry(mut self, close: bool) -> Self {
+        self.inner_mut().close_at_expiry = close;
         self
     }
 
@@ -448,6 +459,13 @@ impl Inner {
         }
         if !self.forward_token {
             remove_token(request, from);
+        }
+        if self.close_at_expiry
+            && let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_u64)
+        {
+            let at = std::time::UNIX_EPOCH
+                + Duration::from_secs(exp.saturating_add(self.leeway.as_secs()));
+            request.extensions.insert(super::holds::Expires(at));
         }
         request.extensions.insert(claims);
         Ok(())

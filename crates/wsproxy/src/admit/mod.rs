@@ -112,7 +112,7 @@ pub use self::connections::ConnectionLimit;
 #[cfg_attr(docsrs, doc(cfg(feature = "forward-auth")))]
 pub use self::forward_auth::ForwardAuth;
 pub use self::function::{AdmitAsyncFn, AdmitFn, from_async_fn, from_fn};
-pub use self::holds::Holds;
+pub use self::holds::{Expires, Holds};
 #[cfg(feature = "jwt")]
 #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
 pub use self::jwt::{Claims, InvalidKey, JwtAuth, TokenFrom};

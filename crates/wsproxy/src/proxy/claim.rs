@@ -225,6 +225,7 @@ async fn proxy(req: Request<()>, config: Arc<Config>) -> ClaimResponse {
             client: on_client_upgrade,
             backend,
             started,
+            expires: parts.extensions.get().copied(),
         });
         Response::from_parts(head, ResponseBody::empty())
     }

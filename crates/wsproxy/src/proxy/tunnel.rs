@@ -32,6 +32,8 @@ pub(crate) struct Tunnel<'a> {
     pub(crate) backend: hyper::upgrade::Upgraded,
     /// When the handshake started.
     pub(crate) started: Instant,
+    /// When what admitted it expires, if it does.
+    pub(crate) expires: Option<crate::admit::Expires>,
 }
 
 /// Spawn the task of `tunnel`, in the current span.
@@ -44,11 +46,16 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
         client: on_client_upgrade,
         backend,
         started,
+        expires,
     } = tunnel;
     // The tunnel ends on a shutdown, or when its backend goes down (if
     // the set closes tunnels then); it holds its backend's load unit.
     let (close, load) = picked.into_parts();
-    let drain = config.tunnels.drain().with_backend(close);
+    let drain = config
+        .tunnels
+        .drain()
+        .with_backend(close)
+        .with_expiry(expires.map(crate::admit::Expires::instant));
     let tunnels = config.tunnels.clone();
     let settings = config.settings.clone();
     let open = crate::metrics::tunnel_opened(&config.route, started.elapsed());

@@ -16,7 +16,7 @@ use super::disconnect::{Disconnect, VANISHED_GRACE};
 use super::keepalive::Alive;
 use super::pump::Pump;
 use crate::drain::Drain;
-use crate::frame::GOING_AWAY;
+use crate::frame::{GOING_AWAY, POLICY_VIOLATION};
 use crate::outcome::{End, Reason, Totals};
 use crate::settings::Settings;
 
@@ -61,6 +61,9 @@ where
     // A shutdown's deadline brought earlier (watched once it started).
     let mut hurried = std::pin::pin!(drain.hurried());
     let mut hurried_seen = false;
+    // What admitted the tunnel expires (a token's `exp`).
+    let mut expired = std::pin::pin!(drain.expired());
+    let mut expired_seen = false;
     let mut closing: Option<Closing> = None;
     let mut last_activity = start;
     let mut half_closed: Option<(Instant, bool)> = None;
@@ -108,6 +111,22 @@ where
                     closing = Some(Closing {
                         why: Why::Proxy(reason),
                         deadline,
+                        wait_client: true,
+                        wait_backend: true,
+                    });
+                }
+            }
+            if !expired_seen && expired.as_mut().poll(cx).is_ready() {
+                expired_seen = true;
+                // The client is told why (1008), the backend that its
+                // client is going (1001); a closing handshake already
+                // under way is left to finish.
+                if closing.is_none() {
+                    down.close_with_reason(POLICY_VIOLATION, b"credentials expired");
+                    up.close_with(GOING_AWAY);
+                    closing = Some(Closing {
+                        why: Why::Proxy(Reason::Expired),
+                        deadline: Instant::now() + settings.half_close,
                         wait_client: true,
                         wait_backend: true,
                     });
