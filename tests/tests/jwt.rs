@@ -418,7 +418,7 @@ async fn a_tunnel_is_closed_with_1008_when_its_token_expires() {
             .layer(JwtAuth::hs256(SECRET).close_at_expiry(true).layer()),
     )
     .await;
-    let open = |exp: i64| {
+    let open = |exp: f64| {
         let token = hs256(json!({"exp": exp}));
         async move {
             connect_with(
@@ -429,8 +429,9 @@ async fn a_tunnel_is_closed_with_1008_when_its_token_expires() {
             .0
         }
     };
-    let mut short = open(now() + 2).await;
-    let mut long = open(now() + 3600).await;
+    let mut long = open((now() + 3600) as f64).await;
+    // A NumericDate may have a fraction (RFC 7519 §2).
+    let mut short = open((now() + 4) as f64 + 0.5).await;
     echo(&mut short, Message::text("before")).await;
 
     // The short one's Close comes within a few seconds of its `exp`.

@@ -218,3 +218,40 @@ async fn redis_down_and_back_with_each_failure_policy() {
         "logged"
     );
 }
+
+/// Redis answers after the handshake gave up on it (paused past the
+/// timeout): the lease its script took then is given back, not left to
+/// count until it runs out.
+#[tokio::test]
+async fn a_lease_taken_after_the_timeout_is_given_back() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::start().await;
+    let limit = SharedLimit::new(&redis.url())
+        .unwrap()
+        .prefix("t5")
+        .rate_per_key(Key::client_ip(), Rate::per_minute(1).burst(100))
+        .max_open(100)
+        .timeout(Duration::from_millis(200));
+    let addr = instance(&backend, limit).await;
+    // Warm the connection (and load the script) first.
+    drop(try_open(addr).await);
+    let r = &redis;
+    assert!(
+        wait_until(LIMIT, || r.integer(&["ZCARD", "t5:conns:all"]) == 0).await,
+        "the first tunnel's lease is given back"
+    );
+    assert_eq!(redis.query(&["CLIENT", "PAUSE", "1000", "ALL"]), "+OK\r\n");
+    // Past the timeout: let on (no fallback), while the script waits.
+    let (head, _open) = within("an answer in time", try_open(addr)).await;
+    assert_eq!(head.status, 101);
+    // Once Redis runs the script (the rate was charged twice) the lease
+    // it took is removed again.
+    assert!(
+        wait_until(LIMIT, || r.integer(&["PTTL", "t5:rate:key:127.0.0.1"])
+            > 61_000
+            && r.integer(&["ZCARD", "t5:conns:all"]) == 0)
+        .await,
+        "ZCARD {}",
+        redis.integer(&["ZCARD", "t5:conns:all"])
+    );
+}

@@ -264,7 +264,10 @@ fn proxy_layer(
 /// both limits, the ones shared through Redis), then the Origin check
 /// (see `wsproxy::admit` for why this order; the auth service is asked
 /// after the cheap checks, as nginx's `auth_request` runs after
-/// `limit_req`, and before a connection permit is taken).
+/// `limit_req`, and, with local limits, before a connection permit is
+/// taken; the Redis check takes its lease before authentication, which
+/// gives it back when it refuses: a slow auth service then holds leases of
+/// handshakes it has not answered yet).
 fn admission(
     mut app: Router,
     admission: &Admission,

@@ -58,12 +58,24 @@ impl fmt::Debug for Holds {
 pub struct Expires(pub std::time::SystemTime);
 
 impl Expires {
-    /// The same moment on the monotonic clock tunnels keep time by.
-    pub(crate) fn instant(self) -> tokio::time::Instant {
+    /// Set `at` in `extensions`, unless an earlier expiry is there.
+    pub fn at_most(extensions: &mut http::Extensions, at: std::time::SystemTime) {
+        match extensions.get_mut::<Expires>() {
+            Some(Expires(earlier)) if *earlier <= at => {}
+            Some(Expires(later)) => *later = at,
+            None => {
+                extensions.insert(Expires(at));
+            }
+        }
+    }
+
+    /// The same moment on the monotonic clock tunnels keep time by; `None`
+    /// for one too far away to keep (as good as never).
+    pub(crate) fn instant(self) -> Option<tokio::time::Instant> {
         let left = self
             .0
             .duration_since(std::time::SystemTime::now())
             .unwrap_or_default();
-        tokio::time::Instant::now() + left
+        tokio::time::Instant::now().checked_add(left)
     }
 }

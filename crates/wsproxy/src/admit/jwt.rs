@@ -461,11 +461,14 @@ impl Inner {
             remove_token(request, from);
         }
         if self.close_at_expiry
-            && let Some(exp) = claims.get("exp").and_then(serde_json::Value::as_u64)
+            && let Some(at) = claims
+                .get("exp")
+                .and_then(serde_json::Value::as_f64)
+                .filter(|exp| exp.is_finite() && *exp >= 0.0)
+                .and_then(|exp| Duration::try_from_secs_f64(exp.ceil()).ok())
+                .and_then(|exp| std::time::UNIX_EPOCH.checked_add(exp + self.leeway))
         {
-            let at = std::time::UNIX_EPOCH
-                + Duration::from_secs(exp.saturating_add(self.leeway.as_secs()));
-            request.extensions.insert(super::holds::Expires(at));
+            super::holds::Expires::at_most(&mut request.extensions, at);
         }
         request.extensions.insert(claims);
         Ok(())
@@ -636,14 +639,16 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<(), String> {
-        let fetched = self.fetch_once().await;
-        // Set once it is over: a fetch given up half way (its handshake's
-        // client left) does not hold the next one back.
-        *self
-            .last_fetch
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
-        fetched
+        /// Stamps the end of a fetch, finished or given up half way (its
+        /// handshake's client left): the next one waits from there.
+        struct Stamp<'a>(&'a Mutex<Option<Instant>>);
+        impl Drop for Stamp<'_> {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+            }
+        }
+        let _stamp = Stamp(&self.last_fetch);
+        self.fetch_once().await
     }
 
     async fn fetch_once(&self) -> Result<(), String> {

@@ -416,15 +416,15 @@ impl Inner {
                 self.max
                     .map_or(-1, |max| i64::try_from(max).unwrap_or(i64::MAX)),
             );
-        // From here a lease may exist in Redis: released unless a tunnel
-        // takes it.
-        let mut pending = Pending {
-            releases: self.releases.clone(),
-            lease: id.clone().map(|id| (id, lease_set.clone())),
-        };
         let answer = match self.connection() {
             Ok(mut connection) => {
-                match tokio::time::timeout(
+                // From here a lease may exist in Redis: released unless a tunnel
+                // takes it.
+                let mut pending = Pending {
+                    releases: self.releases.clone(),
+                    lease: id.clone().map(|id| (id, lease_set.clone())),
+                };
+                let answer = match tokio::time::timeout(
                     self.timeout,
                     invocation.invoke_async::<Vec<i64>>(&mut connection),
                 )
@@ -433,7 +433,13 @@ impl Inner {
                     Ok(Ok(answer)) => Ok(answer),
                     Ok(Err(error)) => Err(error.to_string()),
                     Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+                };
+                if answer.is_ok() {
+                    // Answered: a lease was taken only if admitted, and then
+                    // a `Lease` holds it.
+                    pending.lease = None;
                 }
+                answer
             }
             Err(error) => Err(error.to_string()),
         };
@@ -441,9 +447,6 @@ impl Inner {
             Ok(answer) => answer,
             Err(error) => return self.failed(request, &error).await,
         };
-        // Answered: a lease was taken only if admitted, and then a `Lease`
-        // holds it.
-        pending.lease = None;
         if !self.up.swap(true, Ordering::Relaxed) {
             tracing::info!("shared limits: Redis answers again");
         }
@@ -519,15 +522,15 @@ impl Inner {
     /// Renew this instance's leases every third of a lease, and remove
     /// those whose tunnels ended, in a task that ends with the limit.
     fn start_renewing(self: &Arc<Self>) {
+        let Some(connection) = self.connection.get().cloned() else {
+            return;
+        };
         let Some(mut released) = self
             .released
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
         else {
-            return;
-        };
-        let Some(connection) = self.connection.get().cloned() else {
             return;
         };
         // Releases need nothing of the limit (the last lease's release

@@ -55,7 +55,7 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
         .tunnels
         .drain()
         .with_backend(close)
-        .with_expiry(expires.map(crate::admit::Expires::instant));
+        .with_expiry(expires.and_then(crate::admit::Expires::instant));
     let tunnels = config.tunnels.clone();
     let settings = config.settings.clone();
     let open = crate::metrics::tunnel_opened(&config.route, started.elapsed());

@@ -121,7 +121,8 @@ where
                 // The client is told why (1008), the backend that its
                 // client is going (1001); a closing handshake already
                 // under way is left to finish.
-                if closing.is_none() {
+                let under_way = up.frames.closes > 0 || down.frames.closes > 0;
+                if closing.is_none() && !under_way {
                     down.close_with_reason(POLICY_VIOLATION, b"credentials expired");
                     up.close_with(GOING_AWAY);
                     closing = Some(Closing {
