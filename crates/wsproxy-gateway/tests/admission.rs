@@ -383,3 +383,39 @@ fn a_dns_upstream_is_checked() {
         assert!(stderr.contains(expected), "{backends}: {stderr}");
     }
 }
+
+/// Limits kept in Redis run before authentication, as local rate limits
+/// do: handshakes with bad tokens use up the client's rate (so guessing is
+/// limited), and the lease each took is given back with its refusal.
+#[tokio::test]
+async fn shared_limits_are_checked_before_authentication() {
+    let redis = RedisServer::start().await;
+    let backend = Backend::start().await;
+    let folder = Folder::new();
+    let gateway = start(
+        &folder,
+        &format!(
+            "[admission]\nrate_per_ip = \"1/m\"\nburst = 1\nmax_conns_per_ip = 5\n\
+             [admission.redis]\nurl = \"{}\"\nprefix = \"order\"\n\
+             [admission.jwt]\nalgorithm = \"HS256\"\nsecret = \"a secret of more than thirty-two bytes, for HS256\"\n",
+            redis.url()
+        ),
+        &backend,
+    );
+    let bad = "Authorization: Bearer not.a.token\r\n";
+    assert_eq!(try_open(&gateway, bad).await.0.status, 401);
+    assert_eq!(try_open(&gateway, bad).await.0.status, 401);
+    assert_eq!(
+        try_open(&gateway, bad).await.0.status,
+        429,
+        "the rate is spent by refused tokens too"
+    );
+    let r = &redis;
+    assert!(
+        wait_until(LIMIT, || r.integer(&["ZCARD", "order:conns:key:127.0.0.1"])
+            == 0)
+        .await,
+        "the leases of refused handshakes are given back"
+    );
+    assert_eq!(backend.connections(), 0);
+}
