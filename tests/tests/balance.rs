@@ -715,18 +715,8 @@ async fn a_websocket_probe_needs_a_real_handshake_and_closes_it_with_1001() {
     assert!(is_up(&set, a.addr));
     assert_eq!(status(&set, a.addr).unwrap().transitions, 0);
     // A probe's WebSocket ends with a proper Close 1001.
-    let seen = a.seen.clone();
-    assert!(
-        wait_until(LIMIT, || seen
-            .lock()
-            .unwrap()
-            .messages
-            .iter()
-            .any(|m| close_code(m) == Some(1001)))
-        .await,
-        "{:?}",
-        a.seen.lock().unwrap().messages
-    );
+    a.saw("the probe's Close 1001", |m| close_code(m) == Some(1001))
+        .await;
 }
 
 // ---------------------------------------------------------------------

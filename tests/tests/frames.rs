@@ -15,16 +15,6 @@ use wsproxy_test_support::*;
 
 const KEY: Option<[u8; 4]> = Some([0x11, 0x22, 0x33, 0x44]);
 
-/// Wait until the backend saw a message matching `matches`.
-async fn backend_saw(backend: &Backend, what: &str, matches: impl Fn(&Message) -> bool) {
-    let seen = backend.seen.clone();
-    assert!(
-        wait_until(LIMIT, || seen.lock().unwrap().messages.iter().any(&matches)).await,
-        "the backend never saw {what}: {:?}",
-        backend.seen.lock().unwrap()
-    );
-}
-
 /// Wait until no tunnel is open (a tunnel is counted in the stats before
 /// it stops counting as open, but the peers may see it end a little
 /// earlier).
@@ -80,7 +70,9 @@ async fn shutdown_waits_for_the_frame_in_flight_then_closes_both_sides_with_1001
     assert_eq!(backend_log(&backend), (vec![], vec![]));
     // ...and once the frame is whole, the frame and then Close 1001.
     client.write_all(&frame[50_000..]).await.unwrap();
-    backend_saw(&backend, "Close 1001", |m| close_code(m) == Some(1001)).await;
+    backend
+        .saw("Close 1001", |m| close_code(m) == Some(1001))
+        .await;
     assert_eq!(
         backend_log(&backend),
         (
@@ -158,7 +150,9 @@ async fn a_client_in_the_middle_of_a_fragmented_message_sees_a_clean_close_1001(
 
     // The backend saw whole frames only: no protocol error, then Close
     // 1001 between two fragments (control frames may come between them).
-    backend_saw(&backend, "Close 1001", |m| close_code(m) == Some(1001)).await;
+    backend
+        .saw("Close 1001", |m| close_code(m) == Some(1001))
+        .await;
     let (messages, errors) = backend_log(&backend);
     assert_eq!(errors, Vec::<String>::new());
     assert_eq!(messages, vec![("close".into(), 1001)]);
@@ -190,7 +184,9 @@ async fn shutdown_closes_hard_at_the_deadline_when_a_peer_does_not_answer_the_cl
     assert!(elapsed >= Duration::from_millis(450), "{elapsed:?}");
     assert_eq!(tunnels.open(), 0);
     // The backend answered; it got Close 1001 and its session ended.
-    backend_saw(&backend, "Close 1001", |m| close_code(m) == Some(1001)).await;
+    backend
+        .saw("Close 1001", |m| close_code(m) == Some(1001))
+        .await;
     let live = backend.live.clone();
     assert!(
         wait_until(LIMIT, || live.load(std::sync::atomic::Ordering::SeqCst)
@@ -258,7 +254,9 @@ async fn a_client_that_stops_answering_is_closed_after_interval_plus_timeout() {
     let elapsed = start.elapsed();
     assert!(elapsed >= Duration::from_millis(550), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-    backend_saw(&backend, "Close 1001", |m| close_code(m) == Some(1001)).await;
+    backend
+        .saw("Close 1001", |m| close_code(m) == Some(1001))
+        .await;
     tunnels_end(&tunnels).await;
     let stats = tunnels.stats();
     assert_eq!((stats.open, stats.ended.keepalive), (0, 1), "{stats:?}");
@@ -295,10 +293,9 @@ async fn a_healthy_idle_client_stays_connected_and_the_proxys_pongs_are_not_forw
     ws.send(Message::Ping(b"appping!".to_vec().into()))
         .await
         .unwrap();
-    backend_saw(&backend, "the app's Ping", |m| {
-        matches!(m, Message::Ping(_))
-    })
-    .await;
+    backend
+        .saw("the app's Ping", |m| matches!(m, Message::Ping(_)))
+        .await;
     let (messages, errors) = backend_log(&backend);
     assert_eq!(
         messages,
@@ -342,7 +339,9 @@ async fn a_message_over_the_client_limit_closes_with_1009_and_never_reaches_the_
         other => panic!("expected Close 1009, got {other:?}"),
     }
     while let Some(Ok(_)) = within("the end", ws.next()).await {}
-    backend_saw(&backend, "Close 1001", |m| close_code(m) == Some(1001)).await;
+    backend
+        .saw("Close 1001", |m| close_code(m) == Some(1001))
+        .await;
     assert_eq!(
         backend_log(&backend),
         (
@@ -374,7 +373,9 @@ async fn fragments_count_toward_the_message_limit() {
         .unwrap();
     assert_eq!(read_frame(&mut client, &mut buf).await, None);
     // The backend got the first fragment and Close 1001: a valid stream.
-    backend_saw(&backend, "Close 1001", |m| close_code(m) == Some(1001)).await;
+    backend
+        .saw("Close 1001", |m| close_code(m) == Some(1001))
+        .await;
     assert_eq!(
         backend_log(&backend),
         (vec![("close".into(), 1001)], vec![])
@@ -407,7 +408,9 @@ async fn a_frame_over_the_backend_limit_closes_the_backend_with_1009() {
         other => panic!("expected Close 1001, got {other:?}"),
     }
     while let Some(Ok(_)) = within("the end", ws.next()).await {}
-    backend_saw(&backend, "Close 1009", |m| close_code(m) == Some(1009)).await;
+    backend
+        .saw("Close 1009", |m| close_code(m) == Some(1009))
+        .await;
     tunnels_end(&tunnels).await;
     assert_eq!(tunnels.stats().ended.limit, 1);
 }
@@ -467,7 +470,9 @@ async fn messages_faster_than_the_rate_close_with_1008() {
         }
     }
     while let Some(Ok(_)) = within("the end", ws.next()).await {}
-    backend_saw(&backend, "Close 1001", |m| close_code(m) == Some(1001)).await;
+    backend
+        .saw("Close 1001", |m| close_code(m) == Some(1001))
+        .await;
     let (messages, _) = backend_log(&backend);
     assert_eq!(
         messages.iter().filter(|(kind, _)| kind == "text").count(),

@@ -450,18 +450,11 @@ async fn a_tunnel_is_closed_with_1008_when_its_token_expires() {
         (u16::from(close.code), close.reason.as_str()),
         (1008, "credentials expired")
     );
-    let b = backend.clone();
-    assert!(
-        wait_until(LIMIT, || b
-            .seen
-            .lock()
-            .unwrap()
-            .messages
-            .iter()
-            .any(|m| close_code(m) == Some(1001)))
-        .await,
-        "the backend is told its client is going"
-    );
+    backend
+        .saw("Close 1001: its client is going", |m| {
+            close_code(m) == Some(1001)
+        })
+        .await;
     drop(short);
     let t = tunnels.clone();
     assert!(wait_until(LIMIT, || t.stats().ended.expired == 1).await);

@@ -209,6 +209,23 @@ impl Backend {
         self.live.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// Wait (up to [`LIMIT`](crate::LIMIT)) until it has received a
+    /// message that `matches`; panics naming `what` otherwise.
+    pub async fn saw(&self, what: &str, matches: impl Fn(&Message) -> bool) {
+        let seen = self.seen.clone();
+        assert!(
+            crate::wait_until(crate::LIMIT, || seen
+                .lock()
+                .unwrap()
+                .messages
+                .iter()
+                .any(&matches))
+            .await,
+            "the backend never saw {what}: {:?}",
+            self.seen.lock().unwrap()
+        );
+    }
+
     /// Its `ws://` URL, with the path `/`.
     pub fn url(&self) -> String {
         format!("ws://{}/", self.addr)

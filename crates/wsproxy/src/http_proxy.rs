@@ -33,9 +33,6 @@ use http::{Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::Empty;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
 
 use crate::client::client_addr;
@@ -80,7 +77,7 @@ struct Inner {
     response_timeout: Duration,
 }
 
-type PoolingClient = Client<HttpConnector, UnsyncBoxBody<Bytes, BoxError>>;
+type PoolingClient = crate::pooling::Pooling<UnsyncBoxBody<Bytes, BoxError>>;
 
 std::thread_local! {
     /// Each thread's client (and so its pool of connections to the app)
@@ -104,7 +101,7 @@ impl Inner {
                 return client.clone();
             }
             clients.retain(|(proxy, _)| proxy.strong_count() > 0);
-            let client = client(self.connect_timeout);
+            let client = crate::pooling::client(self.connect_timeout);
             clients.push((Arc::downgrade(self), client.clone()));
             client
         })
@@ -204,14 +201,6 @@ impl HttpProxy {
         self.inner_mut().response_timeout = timeout;
         self
     }
-}
-
-/// A pooling HTTP/1.1 client (connections to the app are reused).
-fn client(connect_timeout: Duration) -> PoolingClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(connector)
 }
 
 impl<B> tower::Service<Request<B>> for HttpProxy

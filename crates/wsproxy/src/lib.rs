@@ -313,6 +313,8 @@ pub mod metrics;
 mod opening;
 mod outcome;
 mod plain;
+#[cfg(any(feature = "http-proxy", feature = "forward-auth", feature = "jwt"))]
+mod pooling;
 mod proxy;
 mod random;
 mod relay;

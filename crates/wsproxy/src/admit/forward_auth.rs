@@ -12,13 +12,11 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use super::admission::{Admission, Admitting, Refusal};
 use super::layer::AdmitLayer;
 use crate::client::{ClientIp, ClientTls, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::pooling::Pooling;
 use crate::upstream::InvalidUpstream;
 
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
@@ -83,7 +81,7 @@ struct Inner {
     copy: Vec<HeaderName>,
     timeout: Duration,
     cache: Option<Cache>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Pooling<Empty<Bytes>>,
     failing: AtomicBool,
 }
 
@@ -116,9 +114,6 @@ impl ForwardAuth {
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             .ok_or_else(|| invalid("an auth service URL names a host"))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Ok(Self {
             inner: Arc::new(Inner {
                 url: uri,
@@ -126,7 +121,7 @@ impl ForwardAuth {
                 copy: Vec::new(),
                 timeout: Duration::from_secs(5),
                 cache: None,
-                client: Client::builder(TokioExecutor::new()).build(connector),
+                client: crate::pooling::client(Duration::from_secs(5)),
                 failing: AtomicBool::new(false),
             }),
         })

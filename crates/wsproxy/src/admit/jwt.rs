@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,9 +12,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Empty, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -22,6 +19,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use super::admission::{Admission, Admitting, Refusal, Verdict};
 use super::layer::AdmitLayer;
 use crate::client::Key;
+use crate::pooling::Pooling;
 use crate::upstream::InvalidUpstream;
 
 /// The largest JWKS document read.
@@ -95,6 +93,9 @@ struct Inner {
     claim_headers: Vec<(String, HeaderName)>,
     forward_token: bool,
     close_at_expiry: bool,
+    /// What a token is checked against, one per allowed algorithm; made at
+    /// the first handshake (and again after a setting changes).
+    validations: OnceLock<Vec<Validation>>,
 }
 
 #[derive(Clone)]
@@ -145,6 +146,7 @@ impl JwtAuth {
                 claim_headers: Vec::new(),
                 forward_token: false,
                 close_at_expiry: false,
+                validations: OnceLock::new(),
             }),
         }
     }
@@ -180,12 +182,10 @@ impl JwtAuth {
         if uri.scheme() != Some(&http::uri::Scheme::HTTP) || uri.authority().is_none() {
             return Err(invalid("a JWKS URL is http://host[:port]/path"));
         }
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Ok(Self::with(
             Keys::Jwks(Arc::new(Jwks {
                 url: uri,
-                client: Client::builder(TokioExecutor::new()).build(connector),
+                client: crate::pooling::client(Duration::from_secs(5)),
                 keys: RwLock::default(),
                 last_fetch: Mutex::default(),
                 refresh: Duration::from_secs(300),
@@ -197,7 +197,9 @@ impl JwtAuth {
     }
 
     fn inner_mut(&mut self) -> &mut Inner {
-        Arc::make_mut(&mut self.inner)
+        let inner = Arc::make_mut(&mut self.inner);
+        inner.validations = OnceLock::new();
+        inner
     }
 
     /// Only tokens whose `aud` names one of these.
@@ -321,8 +323,8 @@ impl Admission for JwtAuth {
         let Some((token, from)) = self.inner.find(&request) else {
             return Admitting::ready(request, Err(unauthorized("token required", None)));
         };
-        let kid = match jsonwebtoken::decode_header(&token) {
-            Ok(header) => header.kid,
+        let (alg, kid) = match jsonwebtoken::decode_header(&token) {
+            Ok(header) => (header.alg, header.kid),
             Err(_) => {
                 return Admitting::ready(
                     request,
@@ -332,13 +334,13 @@ impl Admission for JwtAuth {
         };
         match &self.inner.keys {
             Keys::Static(key) => {
-                let verdict = self.inner.verify(&mut request, &token, &from, key);
+                let verdict = self.inner.verify(&mut request, &token, alg, &from, key);
                 Admitting::ready(request, verdict)
             }
             Keys::Jwks(jwks) => {
                 jwks.start_refreshing();
                 if let Some(key) = jwks.key(kid.as_deref()) {
-                    let verdict = self.inner.verify(&mut request, &token, &from, &key);
+                    let verdict = self.inner.verify(&mut request, &token, alg, &from, &key);
                     return Admitting::ready(request, verdict);
                 }
                 let inner = self.inner.clone();
@@ -347,7 +349,7 @@ impl Admission for JwtAuth {
                     let verdict = jwks
                         .fetch_for(kid.as_deref())
                         .await
-                        .and_then(|key| inner.verify(&mut request, &token, &from, &key));
+                        .and_then(|key| inner.verify(&mut request, &token, alg, &from, &key));
                     (request, verdict) as Verdict
                 })
             }
@@ -400,22 +402,9 @@ impl Inner {
         })
     }
 
-    /// Check `token` with `key`; on success the claims go into the
-    /// extensions, named claims into headers, and the token out of what
-    /// the backend gets.
-    fn verify(
-        &self,
-        request: &mut Parts,
-        token: &str,
-        from: &TokenFrom,
-        key: &DecodingKey,
-    ) -> Result<(), Refusal> {
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| unauthorized("token invalid", Some("malformed")))?;
-        if !self.algorithms.contains(&header.alg) {
-            return Err(unauthorized("token invalid", Some("algorithm not allowed")));
-        }
-        let mut validation = Validation::new(header.alg);
+    /// What a token signed with `alg` is checked against.
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
         validation.leeway = self.leeway.as_secs();
         validation.validate_nbf = true;
         validation.required_spec_claims = ["exp".to_owned()].into();
@@ -427,10 +416,33 @@ impl Inner {
         if !self.issuer.is_empty() {
             validation.set_issuer(&self.issuer);
         }
+        validation
+    }
+
+    /// Check `token` (signed with `alg`, as its header says) with `key`; on success the claims go into the
+    /// extensions, named claims into headers, and the token out of what
+    /// the backend gets.
+    fn verify(
+        &self,
+        request: &mut Parts,
+        token: &str,
+        alg: Algorithm,
+        from: &TokenFrom,
+        key: &DecodingKey,
+    ) -> Result<(), Refusal> {
+        let validation = self
+            .validations
+            .get_or_init(|| {
+                self.algorithms
+                    .iter()
+                    .map(|alg| self.validation(*alg))
+                    .collect()
+            })
+            .iter()
+            .find(|validation| validation.algorithms == [alg])
+            .ok_or_else(|| unauthorized("token invalid", Some("algorithm not allowed")))?;
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            key,
-            &validation,
+            token, key, validation,
         )
         .map_err(|e| match e.kind() {
             ErrorKind::ExpiredSignature => unauthorized("token expired", Some("expired")),
@@ -569,7 +581,7 @@ fn remove_token(request: &mut Parts, from: &TokenFrom) {
 /// A JWKS: its keys by id, fetched and refreshed.
 struct Jwks {
     url: Uri,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Pooling<Empty<Bytes>>,
     keys: RwLock<Option<HashMap<String, DecodingKey>>>,
     last_fetch: Mutex<Option<Instant>>,
     refresh: Duration,

@@ -149,6 +149,9 @@ struct Inner {
     client: redis::Client,
     connection: OnceLock<ConnectionManager>,
     prefix: String,
+    /// The keys every handshake names, made once: the rate in all, the
+    /// open tunnels in all, and the stand-ins for a limit not set.
+    fixed: FixedKeys,
     rate_per_key: Option<(Key, Rate)>,
     rate: Option<Rate>,
     max_per_key: Option<(Key, usize)>,
@@ -177,6 +180,7 @@ impl Clone for Inner {
             client: self.client.clone(),
             connection: OnceLock::new(),
             prefix: self.prefix.clone(),
+            fixed: self.fixed.clone(),
             rate_per_key: self.rate_per_key.clone(),
             rate: self.rate,
             max_per_key: self.max_per_key.clone(),
@@ -197,6 +201,26 @@ impl Clone for Inner {
     }
 }
 
+/// The keys of a prefix that do not depend on the client.
+#[derive(Clone)]
+struct FixedKeys {
+    rate_all: String,
+    conns_all: String,
+    no_rate_key: String,
+    no_conns_key: String,
+}
+
+impl FixedKeys {
+    fn new(prefix: &str) -> Self {
+        Self {
+            rate_all: format!("{prefix}:rate:all"),
+            conns_all: format!("{prefix}:conns:all"),
+            no_rate_key: format!("{prefix}:rate:key:-"),
+            no_conns_key: format!("{prefix}:conns:key:-"),
+        }
+    }
+}
+
 /// A lease to remove: its id and the per-key set it is in.
 type Release = (Arc<str>, Option<String>);
 
@@ -212,6 +236,7 @@ impl SharedLimit {
                 client,
                 connection: OnceLock::new(),
                 prefix: "wsproxy".to_owned(),
+                fixed: FixedKeys::new("wsproxy"),
                 rate_per_key: None,
                 rate: None,
                 max_per_key: None,
@@ -240,7 +265,9 @@ impl SharedLimit {
     /// Start every Redis key with `prefix` (default `wsproxy`): instances
     /// with the same prefix share their limits.
     pub fn prefix(mut self, prefix: &str) -> Self {
-        self.inner_mut().prefix = prefix.to_owned();
+        let inner = self.inner_mut();
+        inner.prefix = prefix.to_owned();
+        inner.fixed = FixedKeys::new(prefix);
         self
     }
 
@@ -392,15 +419,15 @@ impl Inner {
         invocation
             .key(match &rate_key {
                 Some((key, _)) => format!("{p}:rate:key:{key}"),
-                None => format!("{p}:rate:key:-"),
+                None => self.fixed.no_rate_key.clone(),
             })
-            .key(format!("{p}:rate:all"))
+            .key(&self.fixed.rate_all)
             .key(
                 lease_set
                     .clone()
-                    .unwrap_or_else(|| format!("{p}:conns:key:-")),
+                    .unwrap_or_else(|| self.fixed.no_conns_key.clone()),
             )
-            .key(format!("{p}:conns:all"))
+            .key(&self.fixed.conns_all)
             .arg(u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX))
             .arg(id.as_deref().unwrap_or("-"))
             .arg(key_interval)
@@ -538,7 +565,7 @@ impl Inner {
         // and ends when every sender is gone and the queue is empty.
         let releasing = Releasing {
             connection,
-            all: format!("{}:conns:all", self.prefix),
+            all: self.fixed.conns_all.clone(),
             counts_all: self.max.is_some(),
             timeout: self.timeout * 4,
         };
@@ -580,14 +607,14 @@ impl Inner {
         let Some(mut connection) = self.connection.get().cloned() else {
             return;
         };
-        let all = format!("{}:conns:all", self.prefix);
+        let all = &self.fixed.conns_all;
         let lease = u64::try_from(self.lease.as_millis()).unwrap_or(u64::MAX);
         for chunk in leases.chunks(RENEW_BATCH) {
             let mut invocation = self.renew.prepare_invoke();
             invocation.arg(lease);
             for (id, set) in chunk {
                 if self.max.is_some() {
-                    invocation.key(&all).arg(&**id);
+                    invocation.key(all).arg(&**id);
                 }
                 if let Some(set) = set {
                     invocation.key(set).arg(&**id);

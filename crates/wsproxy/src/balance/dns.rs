@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::Stream;
@@ -342,29 +341,5 @@ fn is_gone(error: &ResolveError) -> bool {
             )
         }
         _ => false,
-    }
-}
-
-/// A handle on a set that does not keep it alive.
-pub(crate) struct WeakBackends {
-    config: Arc<super::set::SetConfig>,
-    state: std::sync::Weak<super::set::SetState>,
-}
-
-impl WeakBackends {
-    pub(crate) fn upgrade(&self) -> Option<Backends> {
-        Some(Backends {
-            config: self.config.clone(),
-            state: self.state.upgrade()?,
-        })
-    }
-}
-
-impl Backends {
-    pub(crate) fn downgrade(&self) -> WeakBackends {
-        WeakBackends {
-            config: self.config.clone(),
-            state: Arc::downgrade(&self.state),
-        }
     }
 }

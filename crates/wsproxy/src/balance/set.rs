@@ -560,3 +560,30 @@ pub struct BackendStatus {
     /// How often it went down or came back up.
     pub transitions: u64,
 }
+
+/// A handle on a set that does not keep it alive.
+#[cfg(feature = "dns")]
+pub(crate) struct WeakBackends {
+    config: Arc<SetConfig>,
+    state: std::sync::Weak<SetState>,
+}
+
+#[cfg(feature = "dns")]
+impl WeakBackends {
+    pub(crate) fn upgrade(&self) -> Option<Backends> {
+        Some(Backends {
+            config: self.config.clone(),
+            state: self.state.upgrade()?,
+        })
+    }
+}
+
+#[cfg(feature = "dns")]
+impl Backends {
+    pub(crate) fn downgrade(&self) -> WeakBackends {
+        WeakBackends {
+            config: self.config.clone(),
+            state: Arc::downgrade(&self.state),
+        }
+    }
+}
