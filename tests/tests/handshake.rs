@@ -608,3 +608,163 @@ async fn no_connect_info_means_no_xff_and_an_unknown_client() {
         "for=unknown;host=proxy.test;proto=http"
     );
 }
+
+// ---------------------------------------------------------------------
+// The backend's answer read piece by piece (the proxy's own HTTP/1.1
+// reader: a head in many reads, informational answers, limits, framing).
+// ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_101_in_single_bytes_after_informational_answers_opens_the_tunnel() {
+    let backend = scripted_backend(|mut stream, head| async move {
+        stream.set_nodelay(true).unwrap();
+        let mut answer = b"HTTP/1.1 100 Continue\r\n\r\n\
+            HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+            .to_vec();
+        answer.extend_from_slice(switching_protocols(&head).as_bytes());
+        answer.extend_from_slice(b"\x81\x05hello");
+        // A byte per write, each after the proxy could have read the last.
+        for byte in answer {
+            stream.write_all(&[byte]).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        let mut chunk = [0u8; 1024];
+        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 101, "{}", head.text);
+    // The informational answers are the proxy's business, not the client's.
+    assert!(!head.text.contains("Early Hints"), "{}", head.text);
+    assert!(head.header("link").is_none(), "{}", head.text);
+    let early = read_at_least(&mut stream, head.rest, 7).await;
+    assert_eq!(&early[..7], b"\x81\x05hello");
+    assert_eq!(tunnels.open(), 1);
+}
+
+#[tokio::test]
+async fn an_oversized_or_overlong_answer_head_is_a_bad_gateway() {
+    let filler = "x".repeat(1000);
+    let many_fields: String = (0..101).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+    let huge_fields: String = (0..70)
+        .map(|i| format!("X-Big-{i}: {filler}\r\n"))
+        .collect();
+    for (what, extra) in [("101 fields", many_fields), ("a 70 KB head", huge_fields)] {
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             {extra}Sec-WebSocket-Accept: {{accept}}\r\n\r\n"
+        );
+        let backend = RawBackend::start(answer.leak()).await;
+        let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+        let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+        let head = read_head(&mut stream).await;
+        assert_eq!(head.status, 502, "{what}: {}", head.text);
+        assert_eq!(tunnels.open(), 0);
+    }
+    // 100 fields and a 60 KB head are still answers.
+    let fields: String = (0..96).map(|i| format!("X-Field-{i}: {i}\r\n")).collect();
+    let big: String = (0..60)
+        .map(|i| format!("X-Big-{i}: {filler}\r\n"))
+        .collect();
+    for extra in [fields, big] {
+        let answer = format!("HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n{extra}\r\nno");
+        let backend = RawBackend::start(answer.leak()).await;
+        let (proxy, _) = proxy_to(backend.addr, |l| l).await;
+        let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+        let head = read_head(&mut stream).await;
+        assert_eq!(head.status, 403, "{}", &head.text[..200]);
+        assert_eq!(read_body(&mut stream, &head).await, b"no");
+    }
+}
+
+#[tokio::test]
+async fn a_refusal_framed_by_transfer_encoding_ignores_its_content_length() {
+    // Both: the chunked framing is the one (RFC 9112 §6.3), and the
+    // length must not reach the client beside a body of another size.
+    let backend = RawBackend::start(
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n\
+         5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: dropped\r\n\r\n",
+    )
+    .await;
+    let (proxy, _) = proxy_to(backend.addr, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 403, "{}", head.text);
+    assert_ne!(head.header("content-length"), Some("3"), "{}", head.text);
+    assert_eq!(read_body(&mut stream, &head).await, b"hello world");
+
+    // Two lengths that disagree: no framing to trust.
+    let backend = RawBackend::start(
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    )
+    .await;
+    let (proxy, _) = proxy_to(backend.addr, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 502, "{}", head.text);
+}
+
+#[tokio::test]
+async fn a_refusal_body_cut_short_ends_the_clients_response_unfinished() {
+    let backend = RawBackend::start_closing(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\nonly ten b",
+    )
+    .await;
+    let (proxy, tunnels) = proxy_to(backend.addr, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    // The client's connection ends without the promised 100 bytes (hyper
+    // drops what it had not flushed yet when a body fails).
+    let mut answer = Vec::new();
+    within("the connection's end", stream.read_to_end(&mut answer))
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 503"),
+        "{text}"
+    );
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    assert!(body.len() < 100, "{text}");
+    assert_eq!(tunnels.open(), 0);
+}
+
+#[tokio::test]
+async fn a_shutdown_waits_for_a_refusal_body_until_its_deadline() {
+    let backend = scripted_backend(|mut stream, _| async move {
+        stream
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\nstarted")
+            .await
+            .unwrap();
+        // The rest never comes; hold the connection until the proxy drops it.
+        let mut chunk = [0u8; 1024];
+        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let (proxy, tunnels) = proxy_to(backend, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 503, "{}", head.text);
+    let body = read_at_least(&mut stream, head.rest, 7).await;
+    assert_eq!(&body[..7], b"started");
+
+    let grace = Duration::from_millis(500);
+    let begun = Instant::now();
+    let shutdown = tokio::spawn(tunnels.shutdown(grace));
+    // While the body is being relayed, the shutdown waits for it...
+    tokio::task::yield_now().await;
+    assert!(!shutdown.is_finished(), "the shutdown did not wait");
+    // ...until the deadline, which ends the client's response unfinished.
+    within("the shutdown", shutdown).await.unwrap();
+    assert!(begun.elapsed() >= grace, "ended before the deadline");
+    let mut rest = Vec::new();
+    within("the connection's end", stream.read_to_end(&mut rest))
+        .await
+        .unwrap_or_default();
+    assert!(
+        rest.len() < 93,
+        "the body was not cut: {} bytes",
+        rest.len()
+    );
+}

@@ -8,6 +8,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+// Down, to the backend side: the body of a backend's refusal.
+use crate::connect::RefusalBody;
+
 /// Errors of different origins meeting in a response body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -26,6 +29,7 @@ pin_project! {
     enum Kind<B> {
         Inner { #[pin] body: B },
         Upstream { #[pin] body: Incoming },
+        Refusal { body: RefusalBody },
         Full { data: Option<Bytes> },
     }
 }
@@ -48,6 +52,12 @@ impl<B> ResponseBody<B> {
     pub(crate) fn upstream(body: Incoming) -> Self {
         Self {
             kind: Kind::Upstream { body },
+        }
+    }
+
+    pub(crate) fn refusal(body: RefusalBody) -> Self {
+        Self {
+            kind: Kind::Refusal { body },
         }
     }
 
@@ -74,6 +84,7 @@ impl ResponseBody<Never> {
         match self.kind {
             Kind::Inner { body } => match body {},
             Kind::Upstream { body } => ResponseBody::upstream(body),
+            Kind::Refusal { body } => ResponseBody::refusal(body),
             Kind::Full { data } => ResponseBody {
                 kind: Kind::Full { data },
             },
@@ -88,6 +99,7 @@ impl ResponseBody<ResponseBody<Never>> {
         match self.kind {
             Kind::Inner { body } => body,
             Kind::Upstream { body } => ResponseBody::upstream(body),
+            Kind::Refusal { body } => ResponseBody::refusal(body),
             Kind::Full { data } => ResponseBody {
                 kind: Kind::Full { data },
             },
@@ -126,6 +138,7 @@ where
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx).map_err(Into::into),
             KindProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Refusal { body } => Pin::new(body).poll_frame(cx).map_err(Into::into),
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -134,6 +147,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
             Kind::Upstream { body } => body.is_end_stream(),
+            Kind::Refusal { body } => body.is_end_stream(),
             Kind::Full { data } => data.is_none(),
         }
     }
@@ -142,6 +156,7 @@ where
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
             Kind::Upstream { body } => body.size_hint(),
+            Kind::Refusal { body } => body.size_hint(),
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
@@ -154,6 +169,7 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
         let kind = match &self.kind {
             Kind::Inner { .. } => "Inner",
             Kind::Upstream { .. } => "Upstream",
+            Kind::Refusal { .. } => "Refusal",
             Kind::Full { .. } => "Full",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()

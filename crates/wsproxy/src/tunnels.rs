@@ -183,11 +183,10 @@ impl Tunnels {
         }
     }
 
-    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        self.shared.tasks.spawn(task)
+    /// Keeps a shutdown waiting until it drops, as a task of the proxy
+    /// does (a refusal body being relayed).
+    pub(crate) fn track(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
+        self.shared.tasks.token()
     }
 
     /// What a tunnel watches to learn of a shutdown.

@@ -256,8 +256,7 @@ impl Probe {
                     let key = connect::complete_upgrade_request(&mut request, upstream);
                     let tunnels = crate::Tunnels::new();
                     match connect::handshake(stream, request, &key, timeout, &tunnels).await {
-                        Ok(Answer::Upgraded(_, upgraded)) => {
-                            let mut io = TokioIo::new(upgraded);
+                        Ok(Answer::Upgraded(_, mut io)) => {
                             let _ = io
                                 .write_all(&crate::frame::close_frame(
                                     crate::frame::GOING_AWAY,

@@ -22,12 +22,7 @@ use crate::handshake;
 
 /// A valid `101` from a backend: its head, the upgraded connection, the
 /// backend (whose load the tunnel holds) and a sticky cookie to set.
-pub(crate) type Upgraded = (
-    Response<()>,
-    hyper::upgrade::Upgraded,
-    Picked,
-    Option<HeaderValue>,
-);
+pub(crate) type Upgraded = (Response<()>, connect::Upgraded, Picked, Option<HeaderValue>);
 
 /// Choose a backend and hand-shake with it, moving on to the next one
 /// after a failure that left nothing to relay, while tries and the
@@ -145,7 +140,7 @@ pub(crate) async fn handshake(
                 );
                 let (mut head, body) = response.into_parts();
                 forward::remove_hop_by_hop(&mut head.headers);
-                return Err(Response::from_parts(head, ResponseBody::upstream(body)));
+                return Err(Response::from_parts(head, ResponseBody::refusal(body)));
             }
             Err(failure) => {
                 let counts = match failure {

@@ -29,7 +29,7 @@ pub(crate) struct Tunnel<'a> {
     /// The client's side of the upgrade, once the response is sent.
     pub(crate) client: OnUpgrade,
     /// The backend's upgraded connection.
-    pub(crate) backend: hyper::upgrade::Upgraded,
+    pub(crate) backend: crate::connect::Upgraded,
     /// When the handshake started.
     pub(crate) started: Instant,
     /// When what admitted it expires, if it does.
@@ -67,21 +67,20 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
             let _load = load;
             // A client that goes away before its side of the upgrade
             // completes still ends the tunnel that was counted open.
-            let (end, totals) = match tokio::time::timeout(handshake_timeout, on_client_upgrade)
-                .await
-            {
-                Ok(Ok(client)) => {
-                    relay::relay(TokioIo::new(client), TokioIo::new(backend), settings, drain).await
-                }
-                Ok(Err(e)) => (
-                    End::ClientError(std::io::Error::other(format!("upgrade failed: {e}"))),
-                    Totals::default(),
-                ),
-                Err(_) => (
-                    End::ClientError(std::io::ErrorKind::TimedOut.into()),
-                    Totals::default(),
-                ),
-            };
+            let (end, totals) =
+                match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {
+                    Ok(Ok(client)) => {
+                        relay::relay(TokioIo::new(client), backend, settings, drain).await
+                    }
+                    Ok(Err(e)) => (
+                        End::ClientError(std::io::Error::other(format!("upgrade failed: {e}"))),
+                        Totals::default(),
+                    ),
+                    Err(_) => (
+                        End::ClientError(std::io::ErrorKind::TimedOut.into()),
+                        Totals::default(),
+                    ),
+                };
             tunnels.record(&end, &totals);
             open.closed(&end, &totals);
             if let End::Proxy {
