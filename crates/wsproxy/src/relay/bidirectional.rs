@@ -145,9 +145,22 @@ where
             // Up first (client to backend), then down.
             for from_client in [true, false] {
                 let polled = if from_client {
-                    up.poll(cx, Pin::new(&mut client), Pin::new(&mut backend), down.done)
+                    up.poll(
+                        cx,
+                        Pin::new(&mut client),
+                        Pin::new(&mut backend),
+                        down.done,
+                        false,
+                    )
                 } else {
-                    down.poll(cx, Pin::new(&mut backend), Pin::new(&mut client), up.done)
+                    let client_closed = closing.is_none() && up.close_passed();
+                    down.poll(
+                        cx,
+                        Pin::new(&mut backend),
+                        Pin::new(&mut client),
+                        up.done,
+                        client_closed,
+                    )
                 };
                 let closes = if from_client {
                     up.frames.closes
@@ -180,6 +193,20 @@ where
                     }
                     Poll::Pending => {}
                 }
+            }
+            // The closing handshake is over both ways and the backend
+            // closed its connection, as a server does first (RFC 6455
+            // §7.1.1): the client may send nothing more, so its connection
+            // is closed now, as the server's, without waiting for its FIN.
+            if down_done
+                && !up_done
+                && closing.is_none()
+                && up.close_passed()
+                && down.close_passed()
+            {
+                return Poll::Ready(End::Closed {
+                    client_first: first_close.unwrap_or(true),
+                });
             }
             if up_done && down_done {
                 if let Some(closing) = closing.take() {

@@ -157,6 +157,15 @@ impl Pump {
         self.done || (self.pending.is_none() && !self.unflushed)
     }
 
+    /// A whole Close frame has passed from the source, and nothing of the
+    /// source's waits to be written: the source may send nothing more.
+    pub(super) fn close_passed(&self) -> bool {
+        self.frames.closes > 0
+            && self.frames.at_frame_boundary()
+            && self.pending.is_none()
+            && self.held.is_empty()
+    }
+
     /// Send Close `code` to the destination at the next frame boundary,
     /// unless the source already sent one through (a second Close would
     /// break the protocol), and forward nothing after it.
@@ -215,8 +224,11 @@ impl Pump {
     /// shut down. When the other direction is already `done`, `dst` is not
     /// shut down: the tunnel closes both sockets next, and closing sends
     /// the same FIN (`dst` was read to its end, so no reset) for one
-    /// system call less per tunnel. Nor is it when it is gone, or was sent
-    /// the proxy's Close after `src` vanished (only flushed then). With
+    /// system call less per tunnel. Nor is it when the closing handshake is
+    /// over both ways (`other_closed`: the other direction passed a whole
+    /// Close, and so did this one before its end): the tunnel ends at once
+    /// and closes both sockets. Nor when it is gone, or was sent the
+    /// proxy's Close after `src` vanished (only flushed then). With
     /// `report_end`, the end of `src` is first reported once as
     /// [`Failure::Ended`].
     pub(super) fn poll<R, W>(
@@ -225,6 +237,7 @@ impl Pump {
         mut src: Pin<&mut R>,
         mut dst: Pin<&mut W>,
         other_done: bool,
+        other_closed: bool,
     ) -> Poll<Result<(), Failure>>
     where
         R: AsyncRead + ?Sized,
@@ -258,7 +271,7 @@ impl Pump {
                 if self.leave_open {
                     ready!(dst.as_mut().poll_flush(cx)).map_err(Failure::Write)?;
                     self.unflushed = false;
-                } else if !other_done && !self.dst_gone {
+                } else if !(other_done || self.dst_gone || other_closed && self.close_passed()) {
                     ready!(dst.as_mut().poll_shutdown(cx)).map_err(Failure::Write)?;
                 }
                 self.done = true;

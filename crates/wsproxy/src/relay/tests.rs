@@ -123,6 +123,76 @@ async fn half_close_is_bounded() {
     );
 }
 
+/// A masked Close 1000 from the client, and the backend's unmasked one.
+const CLIENT_CLOSE: [u8; 8] = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8];
+const BACKEND_CLOSE: [u8; 4] = [0x88, 0x02, 0x03, 0xe8];
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_closing_handshake_ends_with_the_backends_fin() {
+    // The client sends its Close and keeps its connection open (no FIN);
+    // the backend answers and closes, as a server does. The half-close
+    // timeout is an hour: only the shortcut ends the tunnel in time.
+    let (mut client, client_side) = duplex(64);
+    let (backend_side, mut backend) = duplex(64);
+    let task = tokio::spawn(relay(
+        client_side,
+        backend_side,
+        timeouts(None, 3_600_000),
+        Tunnels::new().drain(),
+    ));
+    client.write_all(&CLIENT_CLOSE).await.unwrap();
+    let mut close = [0; 8];
+    backend.read_exact(&mut close).await.unwrap();
+    assert_eq!(close, CLIENT_CLOSE);
+    backend.write_all(&BACKEND_CLOSE).await.unwrap();
+    backend.shutdown().await.unwrap();
+    let (end, totals) = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the tunnel ended without the client's FIN")
+        .unwrap();
+    assert!(matches!(end, End::Closed { client_first: true }), "{end}");
+    assert_eq!(totals.down.close_code, Some(1000));
+    // The client got the whole Close, then the end of its connection.
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, BACKEND_CLOSE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backend_fin_without_a_closing_handshake_stays_a_half_close() {
+    // Only the backend's Close passed (the client has not answered): the
+    // client may still send, so its side stays open until the timeout.
+    let (mut client, client_side) = duplex(64);
+    let (backend_side, mut backend) = duplex(64);
+    let task = tokio::spawn(relay(
+        client_side,
+        backend_side,
+        timeouts(None, 2_000),
+        Tunnels::new().drain(),
+    ));
+    backend.write_all(&BACKEND_CLOSE).await.unwrap();
+    backend.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, BACKEND_CLOSE, "the Close, then a FIN (half-close)");
+    // The client's answer still reaches the backend after the FIN.
+    client.write_all(&CLIENT_CLOSE).await.unwrap();
+    let mut close = [0; 8];
+    backend.read_exact(&mut close).await.unwrap();
+    assert_eq!(close, CLIENT_CLOSE);
+    client.shutdown().await.unwrap();
+    let (end, _) = task.await.unwrap();
+    assert!(
+        matches!(
+            end,
+            End::Closed {
+                client_first: false
+            }
+        ),
+        "{end}"
+    );
+}
+
 /// Frame-aware settings that never act: limits that are never broken
 /// and keepalives that never fire, so every chunk goes through the
 /// header-by-header path (partial headers held back, Pongs inspected).
