@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::activity::{Activity, ConnExecutor, Protocol, Stop, Watched};
+use super::read_ahead::ReadAhead;
 use super::registry::{Registry, Slot};
 use super::service::ConnService;
 use super::{ConnectionLimits, Timeouts};
@@ -213,8 +214,10 @@ async fn http<IO, S, B>(
         activity: activity.clone(),
         limits: shared.limits,
     };
-    let connection =
-        builder.serve_connection_with_upgrades(TokioIo::new(Watched::new(io, activity)), service);
+    // One read for a head that arrived whole, not the preface's 24 bytes
+    // and then the rest.
+    let io = ReadAhead::new(Watched::new(io, activity));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
     // Detection is timed from here, after any TLS handshake.
     let start = clock::now();

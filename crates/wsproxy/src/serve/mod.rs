@@ -77,6 +77,7 @@ mod builder;
 mod connection;
 mod limits;
 mod proxy_protocol;
+mod read_ahead;
 mod registry;
 mod server;
 mod service;
