@@ -224,7 +224,7 @@ pub(crate) async fn handshake(
             return Err(Failure::WrongAccept);
         }
         // What the backend sent after its head belongs to the tunnel.
-        Ok(Answer::Upgraded(head, Upgraded::new(stream, buf.freeze())))
+        Ok(Answer::Upgraded(head, Upgraded::new(stream, buf)))
     };
     tokio::time::timeout(timeout, exchange)
         .await

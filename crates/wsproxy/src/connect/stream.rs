@@ -6,7 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -107,6 +107,9 @@ impl AsyncWrite for BackendStream {
 /// A backend connection after its `101`: first the bytes the backend sent
 /// right after its answer head (early data, read with the head), then the
 /// connection. Writes go to the connection.
+///
+/// The read buffer of the handshake is let go of as soon as its early
+/// data is taken (at once without any): an idle tunnel keeps none of it.
 #[derive(Debug)]
 pub(crate) struct Upgraded {
     early: Bytes,
@@ -114,7 +117,12 @@ pub(crate) struct Upgraded {
 }
 
 impl Upgraded {
-    pub(crate) fn new(stream: BackendStream, early: Bytes) -> Self {
+    pub(crate) fn new(stream: BackendStream, early: BytesMut) -> Self {
+        let early = if early.is_empty() {
+            Bytes::new()
+        } else {
+            early.freeze()
+        };
         Upgraded { early, stream }
     }
 }
@@ -130,6 +138,7 @@ impl AsyncRead for Upgraded {
             return Pin::new(&mut this.stream).poll_read(cx, buf);
         }
         let n = this.early.len().min(buf.remaining());
+        // Taking the last of it lets go of the buffer.
         buf.put_slice(&this.early.split_to(n));
         Poll::Ready(Ok(()))
     }
@@ -162,5 +171,36 @@ impl AsyncWrite for Upgraded {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_handshake_buffer_is_let_go_once_early_data_is_read() {
+        let answer = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        for early in [&b""[..], b"\x81\x02hi"] {
+            // As the exchange leaves it: the head cut from the read buffer
+            // (sharing it), the rest early data.
+            let mut buf = BytesMut::with_capacity(4096);
+            buf.extend_from_slice(answer);
+            buf.extend_from_slice(early);
+            let head = buf.split_to(answer.len()).freeze();
+            let (ours, _theirs) = tokio::io::duplex(64);
+            let mut upgraded = Upgraded::new(BackendStream::Custom(Box::new(ours)), buf);
+            if !early.is_empty() {
+                let mut got = vec![0; early.len()];
+                upgraded.read_exact(&mut got).await.unwrap();
+                assert_eq!(got, early);
+            }
+            assert!(
+                head.is_unique(),
+                "the tunnel still holds the handshake's buffer (early data: {early:?})"
+            );
+        }
     }
 }
