@@ -101,8 +101,27 @@ pub(crate) fn spawn(
                     return;
                 }
             };
+            runtime.spawn(keep_a_timer_due());
             if let Err(e) = runtime.block_on(serve(sockets, stop, tunnels)) {
                 tracing::error!(error = %e, worker = index, "worker stopped with an error");
             }
         })
+}
+
+/// Keep a timer due within a second on a worker's runtime, for as long as
+/// it runs.
+///
+/// tokio's time driver wakes its own thread (an `eventfd` write, then an
+/// extra return of `epoll_wait`) whenever a new timer is due before the
+/// wake-up it planned when it last parked, or when it planned none. On a
+/// runtime of short connections that is nearly every handshake: its
+/// timeouts are the only timers, and the last connection's went with it.
+/// With this tick planned, a new timeout (seconds away) is due later and
+/// wakes nothing: one wake-up a second instead of one a handshake.
+async fn keep_a_timer_due() {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+    }
 }
