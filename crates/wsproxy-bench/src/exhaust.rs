@@ -11,7 +11,6 @@
 //! after round.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -82,7 +81,9 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
             std::fs::create_dir_all(&dir)?;
             let proxy = match (*name, binary) {
                 ("nginx", _) => start_nginx(&dir, port, &echo_addr, options.nofile)?,
-                ("haproxy", _) => start_haproxy(&dir, port, &echo_addr, options.nofile)?,
+                ("haproxy", _) => {
+                    procs::start_haproxy(&dir, port, &echo_addr, None, Some(options.nofile))?
+                }
                 (_, Some(binary)) => start_gateway(name, binary, port, &echo_addr, options.nofile)?,
                 _ => unreachable!("a gateway has a binary"),
             };
@@ -176,15 +177,6 @@ async fn attack(port: u16, silent: usize, handshakes: usize) -> Outcome {
     outcome
 }
 
-/// `command` with its open file limit at `nofile` (soft and hard).
-fn limited(nofile: u64, program: &Path) -> Command {
-    let mut command = Command::new("sh");
-    command
-        .args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
-        .arg(program);
-    command
-}
-
 fn start_gateway(
     name: &'static str,
     binary: &Path,
@@ -194,7 +186,7 @@ fn start_gateway(
 ) -> Result<Proc, Box<dyn std::error::Error>> {
     let proc = Proc::spawn(
         name,
-        limited(nofile, binary)
+        procs::with_nofile(nofile, binary)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--route", &format!("/=ws://{backend}")])
             .args(crate::procs::quiet_gateway(binary))
@@ -244,7 +236,7 @@ http {{
     let conf = dir.join("nginx.conf");
     std::fs::write(&conf, config)?;
     let nginx = procs::installed("nginx")?;
-    let mut command = limited(nofile, &nginx);
+    let mut command = procs::with_nofile(nofile, &nginx);
     command
         .arg("-p")
         .arg(dir)
@@ -252,44 +244,6 @@ http {{
         .arg(&conf)
         .args(["-g", "daemon off;"]);
     let proc = Proc::spawn_quitting("nginx", &mut command, "QUIT")?;
-    procs::wait_listening(&format!("127.0.0.1:{port}"))?;
-    Ok(proc)
-}
-
-/// HAProxy with the timeouts its documentation recommends for WebSockets
-/// (`timeout http-request 10s`, `timeout client 1m`, `timeout tunnel 1h`),
-/// `maxconn` left to HAProxy (derived from the descriptor limit).
-fn start_haproxy(
-    dir: &Path,
-    port: u16,
-    backend: &str,
-    nofile: u64,
-) -> Result<Proc, Box<dyn std::error::Error>> {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let config = format!(
-        r#"global
-    nbthread {threads}
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 1m
-    timeout server 1m
-    timeout http-request 10s
-    timeout http-keep-alive 10s
-    timeout tunnel 1h
-frontend fe
-    bind 127.0.0.1:{port}
-    default_backend be
-backend be
-    server echo {backend}
-"#
-    );
-    let conf = dir.join("haproxy.cfg");
-    std::fs::write(&conf, config)?;
-    let haproxy = procs::installed("haproxy")?;
-    let mut command = limited(nofile, &haproxy);
-    command.arg("-db").arg("-f").arg(&conf);
-    let proc = Proc::spawn("haproxy", &mut command)?;
     procs::wait_listening(&format!("127.0.0.1:{port}"))?;
     Ok(proc)
 }

@@ -27,7 +27,8 @@ pub(crate) struct Sample {
 }
 
 impl Sample {
-    fn merge(mut self, other: Sample) -> Self {
+    /// Add `other`'s counts and latencies to these.
+    pub(crate) fn merge(mut self, other: Sample) -> Self {
         self.ops += other.ops;
         self.bytes += other.bytes;
         self.errors += other.errors;
@@ -37,7 +38,8 @@ impl Sample {
         self
     }
 
-    fn finish(mut self, elapsed: Duration) -> Self {
+    /// Set the phase's wall time and sort the latencies.
+    pub(crate) fn finish(mut self, elapsed: Duration) -> Self {
         self.elapsed = elapsed;
         self.latencies.sort_unstable();
         self

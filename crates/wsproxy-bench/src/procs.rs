@@ -1,5 +1,6 @@
-//! Child processes of the benchmark (echo backend, gateway, nginx) and
-//! their CPU time and memory, read from `/proc`.
+//! Child processes of the benchmark (echo backend, gateway, nginx,
+//! HAProxy, profilers) and their CPU time and memory, read from `/proc`.
+//! Debian packages the benchmark needs are installed when missing.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -16,6 +17,8 @@ pub(crate) struct Proc {
     /// Signal that stops the process and its children gracefully
     /// (nginx: `QUIT`); without one the process is killed.
     quit: Option<&'static str>,
+    /// Whether [`stop`](Self::stop) ran.
+    stopped: bool,
 }
 
 impl Proc {
@@ -38,6 +41,7 @@ impl Proc {
             name,
             child,
             quit: None,
+            stopped: false,
         };
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -81,6 +85,7 @@ impl Proc {
             name,
             child,
             quit: None,
+            stopped: false,
         })
     }
 
@@ -154,10 +159,27 @@ impl Proc {
             })
             .sum()
     }
-}
 
-impl Drop for Proc {
-    fn drop(&mut self) {
+    /// Whether the process has ended (e.g. a profiler that could not
+    /// attach).
+    pub(crate) fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Stop the process as [`Drop`] does, but give its quit signal
+    /// `grace` instead of 3 s (a profiler writing its report).
+    pub(crate) fn stop_within(mut self, grace: Duration) {
+        self.stop(grace);
+    }
+
+    /// Send the quit signal, if any, and wait up to `grace` for the
+    /// process to end; then kill it and what is left of its children.
+    /// Does nothing the second time.
+    fn stop(&mut self, grace: Duration) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
         if let Ok(Some(status)) = self.child.try_wait() {
             eprintln!("{} exited early: {status}", self.name);
             return;
@@ -170,7 +192,7 @@ impl Drop for Proc {
                 .arg(self.pid().to_string())
                 .status();
             let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(3) {
+            while start.elapsed() < grace {
                 if matches!(self.child.try_wait(), Ok(Some(_))) {
                     break;
                 }
@@ -186,6 +208,12 @@ impl Drop for Proc {
                     .status();
             }
         }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(3));
     }
 }
 
@@ -268,13 +296,56 @@ pub(crate) fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Where the Debian package `name` installed its binary of that name.
+/// Where the Debian package `name` installed its binary of that name,
+/// installing the package first when it is missing.
 pub(crate) fn installed(name: &str) -> Result<PathBuf, String> {
-    ["/usr/sbin", "/usr/bin"]
-        .into_iter()
-        .map(|dir| Path::new(dir).join(name))
-        .find(|path| path.exists())
-        .ok_or_else(|| format!("{name} is not installed: apt-get install {name}"))
+    installed_from(name, name)
+}
+
+/// Where the Debian package `package` installed `binary`. A missing
+/// package is installed with `apt-get install -y -qq` (after an `apt-get
+/// update` if that fails, as it does without package lists).
+pub(crate) fn installed_from(binary: &str, package: &str) -> Result<PathBuf, String> {
+    let find = || {
+        ["/usr/sbin", "/usr/bin"]
+            .into_iter()
+            .map(|dir| Path::new(dir).join(binary))
+            .find(|path| path.exists())
+    };
+    if let Some(path) = find() {
+        return Ok(path);
+    }
+    eprintln!("{binary} is missing: apt-get install -y -qq {package}");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    if !apt(&["install", "-y", "-qq", package]) {
+        apt(&["update", "-qq"]);
+        apt(&["install", "-y", "-qq", package]);
+    }
+    find().ok_or_else(|| format!("{binary} is not installed and apt-get install {package} failed"))
+}
+
+/// `program` run by `sh` with its open file limit at `nofile`, soft and
+/// hard, as `ulimit -n` sets them (the shell then `exec`s it: same PID).
+pub(crate) fn with_nofile(nofile: u64, program: &Path) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", &format!("ulimit -n {nofile} && exec \"$0\" \"$@\"")])
+        .arg(program);
+    command
+}
+
+/// The open file limit (soft) of this process, which the processes it
+/// starts inherit; `main` raised it to the hard limit.
+pub(crate) fn nofile_limit() -> u64 {
+    rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 /// Start nginx from Debian in `dir`, configured as an expert would for
@@ -404,4 +475,65 @@ pub(crate) fn spawn_nginx(dir: &Path, conf: &Path) -> Result<Proc, Box<dyn std::
             .arg(dir),
         "QUIT",
     )
+}
+
+/// HAProxy from Debian configured for WebSockets in `mode http`, proxying
+/// 127.0.0.1:`port` to `backend`: `nbthread` one per core, the timeouts
+/// its documentation recommends (`timeout http-request 10s`, `timeout
+/// client 1m`, `timeout tunnel 3600s`), no `log` line (so no access log,
+/// as nginx's `access_log off`). With `maxconn` it is set globally and on
+/// the frontend (HAProxy needs about two descriptors per connection and
+/// refuses to start without them); without, HAProxy derives it from the
+/// descriptor limit. With `nofile` HAProxy runs under that open file limit
+/// (soft and hard), else under this process's.
+pub(crate) fn start_haproxy(
+    dir: &Path,
+    port: u16,
+    backend: &str,
+    maxconn: Option<u64>,
+    nofile: Option<u64>,
+) -> Result<Proc, Box<dyn std::error::Error>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let (global_maxconn, frontend_maxconn) = maxconn.map_or_else(Default::default, |n| {
+        (format!("    maxconn {n}\n"), format!("    maxconn {n}\n"))
+    });
+    let config = format!(
+        r#"global
+    nbthread {threads}
+{global_maxconn}defaults
+    mode http
+    timeout connect 5s
+    timeout client 1m
+    timeout server 1m
+    timeout http-request 10s
+    timeout http-keep-alive 10s
+    timeout tunnel 3600s
+frontend fe
+    bind 127.0.0.1:{port}
+{frontend_maxconn}    default_backend be
+backend be
+    server echo {backend}
+"#
+    );
+    std::fs::create_dir_all(dir)?;
+    let conf = dir.join("haproxy.cfg");
+    std::fs::write(&conf, config)?;
+    let haproxy = installed("haproxy")?;
+    let mut command = match nofile {
+        Some(nofile) => with_nofile(nofile, &haproxy),
+        None => Command::new(&haproxy),
+    };
+    command.arg("-db").arg("-f").arg(&conf);
+    let mut proc = Proc::spawn("haproxy", &mut command)?;
+    if let Err(e) = wait_listening(&format!("127.0.0.1:{port}")) {
+        if proc.has_exited() {
+            return Err(format!(
+                "haproxy exited at start (`haproxy -db -f {}` says why)",
+                conf.display()
+            )
+            .into());
+        }
+        return Err(e);
+    }
+    Ok(proc)
 }
