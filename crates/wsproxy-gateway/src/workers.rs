@@ -39,6 +39,13 @@ pub(crate) fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::n
     Ok(listeners)
 }
 
+/// The accept queue of each worker's listener. A reconnect storm (a
+/// deploy, a drain with Close 1001) brings thousands of SYNs at once; a
+/// full queue drops them and each client waits a second for its SYN to be
+/// sent again. The kernel caps it at `net.core.somaxconn` (4096 on
+/// current kernels); HAProxy asks for its `maxconn`, nginx for 511.
+const BACKLOG: i32 = 4096;
+
 /// A non-blocking `SO_REUSEADDR` + `SO_REUSEPORT` listener on `addr`.
 fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
@@ -46,7 +53,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(BACKLOG)?;
     Ok(socket.into())
 }
 

@@ -23,7 +23,17 @@ use crate::ws::big;
 /// This is the echo backend of `wsproxy-bench echo` and of the examples:
 /// tokio-tungstenite with its default settings, no recording.
 pub async fn spawn_echo(addr: SocketAddr) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = TcpListener::bind(addr).await?;
+    // A deep accept queue: in the benchmarks' reconnect storm the backend's
+    // queue must not be what drops SYNs (the kernel caps it at
+    // `net.core.somaxconn`).
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {

@@ -116,6 +116,11 @@ impl<'a> Report<'a> {
                 "storm: failures (worst round)".to_owned(),
                 Worst,
             ),
+            (
+                "storm_overflows",
+                "storm: SYNs dropped, full accept queue (worst round)".to_owned(),
+                Worst,
+            ),
             ("storm_cpu_ms", "storm: proxy CPU, ms".to_owned(), Median),
             (
                 "storm_peak_mib",

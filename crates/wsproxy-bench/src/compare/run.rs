@@ -305,6 +305,9 @@ async fn measure(name: &'static str, target: &Running, options: &Options, figure
     }
     record("storm_ms", storm.elapsed.as_secs_f64() * 1e3);
     record("storm_failures", storm.failed as f64);
+    if let Some(dropped) = storm.listen_overflows {
+        record("storm_overflows", dropped as f64);
+    }
     if let Some(cpu) = storm.proxy_cpu {
         record("storm_cpu_ms", cpu * 1e3);
     }

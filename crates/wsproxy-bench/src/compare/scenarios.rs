@@ -571,6 +571,22 @@ pub(super) struct Storm {
     pub(super) proxy_cpu: Option<f64>,
     /// The proxy's largest RSS meanwhile (read every 20 ms), KiB.
     pub(super) peak_rss_kib: Option<u64>,
+    /// SYNs the kernel dropped meanwhile because a listener's accept queue
+    /// was full (`ListenOverflows`, machine-wide): each costs its client a
+    /// second before its SYN is sent again.
+    pub(super) listen_overflows: Option<u64>,
+}
+
+/// The kernel's count of SYNs dropped for a full accept queue
+/// (`TcpExt: ListenOverflows` in `/proc/net/netstat`).
+fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// `storm`: `count` WebSockets opened at once, at most `parallel`
@@ -582,6 +598,7 @@ pub(super) async fn storm(
     parallel: usize,
 ) -> Storm {
     let done = Notify::new();
+    let overflows = listen_overflows();
     let before = cpu(proxy);
     let start = Instant::now();
     let opening = async {
@@ -605,6 +622,9 @@ pub(super) async fn storm(
     };
     let ((opened, elapsed), peak_rss_kib) = tokio::join!(opening, peak);
     let proxy_cpu = before.zip(cpu(proxy)).map(|(a, b)| b - a);
+    let listen_overflows = overflows
+        .zip(listen_overflows())
+        .map(|(a, b)| b.saturating_sub(a));
     close_all(opened.open, parallel).await;
     Storm {
         elapsed,
@@ -612,5 +632,6 @@ pub(super) async fn storm(
         first_error: opened.first_error,
         proxy_cpu,
         peak_rss_kib,
+        listen_overflows,
     }
 }
