@@ -132,3 +132,35 @@ async fn keep_a_timer_due() {
         tick.tick().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_storm_of_1500_connects_fits_in_the_accept_queue() {
+        // Nothing accepts: every connect that completes waits in the
+        // queue. With the old 1,024 the rest would have had their SYNs
+        // dropped and never connected.
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if somaxconn < 1500 {
+            eprintln!("net.core.somaxconn is {somaxconn}: the kernel caps the queue below the test");
+            return;
+        }
+        let std_listener = listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let _listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+        let connects = (0..1500).map(|_| tokio::net::TcpStream::connect(addr));
+        let connected = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            futures_util::future::join_all(connects),
+        )
+        .await
+        .expect("every connect completed");
+        let failed = connected.iter().filter(|c| c.is_err()).count();
+        assert_eq!(failed, 0, "{failed} connects failed");
+    }
+}
