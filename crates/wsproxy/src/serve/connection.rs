@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -17,6 +16,7 @@ use super::activity::{Activity, ConnExecutor, Protocol, Stop, Watched};
 use super::read_ahead::ReadAhead;
 use super::registry::{Registry, Slot};
 use super::service::ConnService;
+use super::serving::Serving;
 use super::{ConnectionLimits, Timeouts};
 use crate::BoxError;
 use crate::clock::{self, nanos};
@@ -203,10 +203,6 @@ async fn http<IO, S, B>(
     B::Error: Into<BoxError>,
 {
     let timeouts = shared.timeouts;
-    let mut builder = super::builder::http_builder(ConnExecutor::new(activity.clone()));
-    if timeouts.keep_alive.is_zero() {
-        builder.http1().keep_alive(false);
-    }
     let service = ConnService {
         inner: shared.service.clone(),
         peer,
@@ -214,10 +210,14 @@ async fn http<IO, S, B>(
         activity: activity.clone(),
         limits: shared.limits,
     };
-    // One read for a head that arrived whole, not the preface's 24 bytes
-    // and then the rest.
-    let io = ReadAhead::new(Watched::new(io, activity));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    // HTTP/1.1 or HTTP/2, by the first bytes: one read for a head that
+    // arrived whole.
+    let connection = Serving::new(
+        ReadAhead::new(Watched::new(io, activity)),
+        service,
+        ConnExecutor::new(activity.clone()),
+        !timeouts.keep_alive.is_zero(),
+    );
     tokio::pin!(connection);
     // Detection is timed from here, after any TLS handshake.
     let start = clock::now();

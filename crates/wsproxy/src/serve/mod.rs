@@ -81,6 +81,7 @@ mod read_ahead;
 mod registry;
 mod server;
 mod service;
+mod serving;
 mod timeouts;
 
 pub use builder::http_builder;

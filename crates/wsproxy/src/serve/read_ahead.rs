@@ -1,13 +1,17 @@
-//! The first read of a connection, made large.
+//! A connection's first bytes, read once and looked at before HTTP.
 //!
 //! hyper-util's server reads a connection's first 24 bytes alone to tell
-//! the HTTP/2 preface from an HTTP/1.1 request, then reads the rest of the
-//! head: two system calls for a head that arrived in one segment. Under
-//! [`ReadAhead`] that first small read reads up to [`READ_AHEAD`] bytes at
-//! once and hands out the rest from memory, so a handshake costs one
-//! `recvfrom` for its request, as in nginx. The buffer is freed once it is
-//! handed out; later reads go straight through.
+//! the HTTP/2 preface from an HTTP/1.1 request, then hands them to hyper,
+//! which reads the rest of the head and, finding its buffer already
+//! started, grows it (a reallocation and an 8 KiB copy): two system calls
+//! and two buffers for a head that arrived in one segment. [`ReadAhead`]
+//! reads what has arrived (up to [`READ_AHEAD`] bytes) into a per-thread
+//! scratch buffer, keeps only those bytes, tells HTTP/2 from HTTP/1.1 by
+//! them ([`ReadAhead::poll_http2`]), and hands them to hyper's first read,
+//! whole: one `recvfrom` for a handshake's request, as in nginx. Once
+//! they are handed out, reads go straight through.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -15,12 +19,20 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// How much the first read takes: the head of a WebSocket handshake, a
-/// browser's cookies included, fits.
+/// The most the first read takes: the head of a WebSocket handshake, a
+/// browser's cookies included, fits; what does not is read by hyper.
 pub(crate) const READ_AHEAD: usize = 4096;
 
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+std::thread_local! {
+    /// Where first reads land before what they got is kept.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_AHEAD].into_boxed_slice());
+}
+
 pin_project! {
-    /// A connection whose first small read reads ahead.
+    /// A connection whose first bytes are read ahead.
     #[derive(Debug)]
     pub(crate) struct ReadAhead<IO> {
         #[pin]
@@ -33,13 +45,8 @@ pin_project! {
 enum Ahead {
     /// Nothing read yet.
     Unread,
-    /// The first read's bytes, `start..end` of them not handed out yet
-    /// (`end == 0`: the read has not completed).
-    Held {
-        buf: Box<[u8]>,
-        start: usize,
-        end: usize,
-    },
+    /// Bytes read ahead; those from `start` on are not handed out yet.
+    Held { bytes: Vec<u8>, start: usize },
     /// Reads go straight through.
     Passed,
 }
@@ -51,6 +58,59 @@ impl<IO> ReadAhead<IO> {
             ahead: Ahead::Unread,
         }
     }
+}
+
+impl<IO: AsyncRead> ReadAhead<IO> {
+    /// Whether the connection starts with the HTTP/2 preface: the first
+    /// bytes are read (more only while they could still be the preface),
+    /// and kept for the reads that follow. `false` at the end of the
+    /// stream, which the HTTP/1.1 side then reads.
+    pub(crate) fn poll_http2(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let mut this = self.project();
+        loop {
+            let held: &[u8] = match &*this.ahead {
+                Ahead::Unread => &[],
+                Ahead::Held { bytes, start } => &bytes[*start..],
+                Ahead::Passed => return Poll::Ready(Ok(false)),
+            };
+            let n = held.len().min(PREFACE.len());
+            if held[..n] != PREFACE[..n] {
+                return Poll::Ready(Ok(false));
+            }
+            if n == PREFACE.len() {
+                return Poll::Ready(Ok(true));
+            }
+            // Nothing yet, or the start of the preface: read on.
+            if ready!(read_ahead(this.io.as_mut(), cx, this.ahead))? == 0 {
+                return Poll::Ready(Ok(false));
+            }
+        }
+    }
+}
+
+/// One read of `io` into the scratch buffer, its bytes added to those held
+/// in `ahead`; how many it got (`0`: the end of the stream).
+fn read_ahead<IO: AsyncRead>(
+    io: Pin<&mut IO>,
+    cx: &mut Context<'_>,
+    ahead: &mut Ahead,
+) -> Poll<io::Result<usize>> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut read = ReadBuf::new(scratch);
+        ready!(io.poll_read(cx, &mut read))?;
+        let got = read.filled();
+        match ahead {
+            _ if got.is_empty() => {}
+            Ahead::Held { bytes, .. } => bytes.extend_from_slice(got),
+            _ => {
+                *ahead = Ahead::Held {
+                    bytes: got.to_vec(),
+                    start: 0,
+                }
+            }
+        }
+        Poll::Ready(Ok(got.len()))
+    })
 }
 
 impl<IO: AsyncRead> AsyncRead for ReadAhead<IO> {
@@ -66,31 +126,16 @@ impl<IO: AsyncRead> AsyncRead for ReadAhead<IO> {
                 // A read as large already: nothing to gain.
                 Ahead::Unread if buf.remaining() >= READ_AHEAD => *this.ahead = Ahead::Passed,
                 Ahead::Unread => {
-                    *this.ahead = Ahead::Held {
-                        buf: vec![0; READ_AHEAD].into_boxed_slice(),
-                        start: 0,
-                        end: 0,
-                    };
-                }
-                Ahead::Held {
-                    buf: held,
-                    start,
-                    end,
-                } => {
-                    if *end == 0 {
-                        let mut read = ReadBuf::new(held);
-                        ready!(this.io.as_mut().poll_read(cx, &mut read))?;
-                        *end = read.filled().len();
-                        if *end == 0 {
-                            // End of stream, reported as such.
-                            *this.ahead = Ahead::Passed;
-                            return Poll::Ready(Ok(()));
-                        }
+                    if ready!(read_ahead(this.io.as_mut(), cx, this.ahead))? == 0 {
+                        *this.ahead = Ahead::Passed;
+                        return Poll::Ready(Ok(()));
                     }
-                    let n = (*end - *start).min(buf.remaining());
-                    buf.put_slice(&held[*start..*start + n]);
+                }
+                Ahead::Held { bytes, start } => {
+                    let n = (bytes.len() - *start).min(buf.remaining());
+                    buf.put_slice(&bytes[*start..*start + n]);
                     *start += n;
-                    if *start == *end {
+                    if *start == bytes.len() {
                         *this.ahead = Ahead::Passed;
                     }
                     return Poll::Ready(Ok(()));
@@ -132,6 +177,8 @@ impl<IO: AsyncWrite> AsyncWrite for ReadAhead<IO> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::poll_fn;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -157,8 +204,14 @@ mod tests {
         }
     }
 
+    async fn http2<IO: AsyncRead + Unpin>(io: &mut ReadAhead<IO>) -> bool {
+        poll_fn(|cx| Pin::new(&mut *io).poll_http2(cx))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
-    async fn a_small_first_read_reads_the_whole_head_once() {
+    async fn an_http1_head_is_told_apart_and_read_once() {
         let (mut client, server) = tokio::io::duplex(8192);
         let head = b"GET / HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\n\r\n";
         client.write_all(head).await.unwrap();
@@ -166,14 +219,11 @@ mod tests {
             io: server,
             reads: 0,
         });
-        // As hyper-util does: 24 bytes to look for the HTTP/2 preface...
-        let mut preface = [0; 24];
-        io.read_exact(&mut preface).await.unwrap();
-        assert_eq!(&preface, &head[..24]);
-        // ...then the rest into hyper's buffer.
-        let mut rest = vec![0; 8192];
-        let n = io.read(&mut rest).await.unwrap();
-        assert_eq!(&rest[..n], &head[24..]);
+        assert!(!http2(&mut io).await);
+        // hyper's first read takes the whole head, as it was read.
+        let mut first = vec![0; 8192];
+        let n = io.read(&mut first).await.unwrap();
+        assert_eq!(&first[..n], head);
         assert_eq!(io.io.reads, 1, "one read of the connection for the head");
         // Later reads go straight through, to the end of the stream.
         client.write_all(b"frame").await.unwrap();
@@ -185,18 +235,60 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_large_first_read_and_an_early_end_pass_through() {
+    async fn a_preface_in_pieces_is_http2_and_its_bytes_are_kept() {
+        let (mut client, server) = tokio::io::duplex(8192);
+        let mut io = ReadAhead::new(server);
+        let writer = tokio::spawn(async move {
+            for piece in [&PREFACE[..3], &PREFACE[3..20], &PREFACE[20..]] {
+                client.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            client.write_all(b"\0\0\0\x04").await.unwrap();
+            client
+        });
+        assert!(http2(&mut io).await);
+        let _client = writer.await.unwrap();
+        let mut got = vec![0; PREFACE.len() + 4];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..PREFACE.len()], PREFACE);
+        assert_eq!(&got[PREFACE.len()..], b"\0\0\0\x04");
+    }
+
+    #[tokio::test]
+    async fn small_reads_are_served_from_what_was_read_ahead() {
+        // As hyper-util would read it: 24 bytes, then the rest.
+        let (mut client, server) = tokio::io::duplex(8192);
+        let head = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        let mut io = ReadAhead::new(Counting {
+            io: server,
+            reads: 0,
+        });
+        let mut preface = [0; 24];
+        io.read_exact(&mut preface).await.unwrap();
+        let mut rest = vec![0; 8192];
+        let n = io.read(&mut rest).await.unwrap();
+        assert_eq!([&preface[..], &rest[..n]].concat(), head);
+        assert_eq!(io.io.reads, 1);
+    }
+
+    #[tokio::test]
+    async fn an_early_end_is_http1_and_reads_as_the_end() {
         let (client, server) = tokio::io::duplex(64);
         drop(client);
         let mut io = ReadAhead::new(server);
-        let mut small = [0; 24];
-        assert_eq!(io.read(&mut small).await.unwrap(), 0, "end of stream");
+        assert!(!http2(&mut io).await);
+        let mut buf = [0; 24];
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "end of stream");
 
+        // A partial preface, then the end: HTTP/1.1's to refuse.
         let (mut client, server) = tokio::io::duplex(64);
-        client.write_all(b"hello").await.unwrap();
+        client.write_all(b"PRI * HT").await.unwrap();
+        drop(client);
         let mut io = ReadAhead::new(server);
-        let mut large = vec![0; READ_AHEAD];
-        assert_eq!(io.read(&mut large).await.unwrap(), 5);
-        assert!(matches!(io.ahead, Ahead::Passed), "no buffer of its own");
+        assert!(!http2(&mut io).await);
+        let mut got = Vec::new();
+        io.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"PRI * HT");
     }
 }
