@@ -92,12 +92,9 @@ impl Drain {
         self
     }
 
-    /// Resolves when the tunnel's admission expires (never without one).
-    pub(crate) async fn expired(&self) {
-        match self.expires {
-            Some(at) => tokio::time::sleep_until(at).await,
-            None => std::future::pending().await,
-        }
+    /// When the tunnel's admission expires, if it does.
+    pub(crate) fn expires(&self) -> Option<Instant> {
+        self.expires
     }
 
     /// Also end when `signal` closes the backend's tunnels.

@@ -44,7 +44,7 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
         holds,
         picked,
         client: on_client_upgrade,
-        backend,
+        mut backend,
         started,
         expires,
     } = tunnel;
@@ -62,15 +62,13 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
     let handshake_timeout = config.handshake_timeout;
     tokio::spawn(
         async move {
-            let _guard = guard;
-            let _holds = holds;
-            let _load = load;
             // A client that goes away before its side of the upgrade
             // completes still ends the tunnel that was counted open.
             let (end, totals) =
                 match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {
                     Ok(Ok(client)) => {
-                        relay::relay(TokioIo::new(client), backend, settings, drain).await
+                        let client = &mut TokioIo::new(client);
+                        relay::relay(client, &mut backend, settings, &drain).await
                     }
                     Ok(Err(e)) => (
                         End::ClientError(std::io::Error::other(format!("upgrade failed: {e}"))),
@@ -109,6 +107,9 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
                 end = %end,
                 "tunnel closed"
             );
+            // Held to the end (moved in, not copied into locals: an idle
+            // tunnel carries each once).
+            drop((guard, holds, load));
         }
         .instrument(Span::current()),
     );

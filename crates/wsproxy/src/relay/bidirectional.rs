@@ -23,11 +23,17 @@ use crate::settings::Settings;
 /// Relay between `client` and `backend` until the tunnel ends. The proxy
 /// passes its layer's shared `Arc<Settings>`, so an open tunnel does not
 /// carry a copy of them.
+///
+/// An idle tunnel is mostly this future, so it is kept small: the
+/// connections and the drain are borrowed from the tunnel's task (owned
+/// once, not once there and once here), and what only some tunnels need
+/// (keepalive state, an expiry's timer, the watch for a shutdown brought
+/// earlier) is boxed when needed.
 pub(crate) async fn relay<C, B>(
-    mut client: C,
-    mut backend: B,
+    client: &mut C,
+    backend: &mut B,
     settings: impl Into<std::sync::Arc<Settings>>,
-    drain: Drain,
+    drain: &Drain,
 ) -> (End, Totals)
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -59,10 +65,12 @@ where
     let mut backend_gone = std::pin::pin!(drain.backend_closed());
     let mut backend_gone_seen = false;
     // A shutdown's deadline brought earlier (watched once it started).
-    let mut hurried = std::pin::pin!(drain.hurried());
+    let mut hurried = None;
     let mut hurried_seen = false;
     // What admitted the tunnel expires (a token's `exp`).
-    let mut expired = std::pin::pin!(drain.expired());
+    let mut expired = drain
+        .expires()
+        .map(|at| Box::pin(tokio::time::sleep_until(at)));
     let mut expired_seen = false;
     let mut closing: Option<Closing> = None;
     let mut last_activity = start;
@@ -89,6 +97,7 @@ where
                 let deadline = match reason {
                     Reason::Shutdown => {
                         shutdown_seen = true;
+                        hurried = Some(Box::pin(drain.hurried()));
                         drain.deadline()
                     }
                     _ => {
@@ -116,7 +125,11 @@ where
                     });
                 }
             }
-            if !expired_seen && expired.as_mut().poll(cx).is_ready() {
+            if !expired_seen
+                && expired
+                    .as_mut()
+                    .is_some_and(|at| at.as_mut().poll(cx).is_ready())
+            {
                 expired_seen = true;
                 // The client is told why (1008), the backend that its
                 // client is going (1001); a closing handshake already
@@ -133,7 +146,11 @@ where
                     });
                 }
             }
-            if shutdown_seen && !hurried_seen && hurried.as_mut().poll(cx).is_ready() {
+            if !hurried_seen
+                && hurried
+                    .as_mut()
+                    .is_some_and(|hurry: &mut Pin<Box<_>>| hurry.as_mut().poll(cx).is_ready())
+            {
                 hurried_seen = true;
                 if let Some(closing) = &mut closing {
                     closing.deadline = closing.deadline.min(drain.deadline());
@@ -147,8 +164,8 @@ where
                 let polled = if from_client {
                     up.poll(
                         cx,
-                        Pin::new(&mut client),
-                        Pin::new(&mut backend),
+                        Pin::new(&mut *client),
+                        Pin::new(&mut *backend),
                         down.done,
                         false,
                     )
@@ -156,8 +173,8 @@ where
                     let client_closed = closing.is_none() && up.close_passed();
                     down.poll(
                         cx,
-                        Pin::new(&mut backend),
-                        Pin::new(&mut client),
+                        Pin::new(&mut *backend),
+                        Pin::new(&mut *client),
                         up.done,
                         client_closed,
                     )
@@ -302,11 +319,11 @@ where
                 client_alive
                     .as_ref()
                     .filter(|_| closing.is_none())
-                    .and_then(Alive::next_deadline),
+                    .and_then(|alive| alive.next_deadline()),
                 backend_alive
                     .as_ref()
                     .filter(|_| closing.is_none())
-                    .and_then(Alive::next_deadline),
+                    .and_then(|alive| alive.next_deadline()),
             ]
             .into_iter()
             .flatten()

@@ -31,14 +31,17 @@ pub(super) struct Alive {
 }
 
 impl Alive {
-    pub(super) fn new(settings: Option<Keepalive>, now: Instant) -> Option<Self> {
-        settings.map(|settings| Alive {
-            settings,
-            seen: 0,
-            ping_at: now + settings.interval,
-            asked: false,
-            pings: 0,
-            reply_by: None,
+    /// Boxed: most tunnels have none, and need not carry room for it.
+    pub(super) fn new(settings: Option<Keepalive>, now: Instant) -> Option<Box<Self>> {
+        settings.map(|settings| {
+            Box::new(Alive {
+                settings,
+                seen: 0,
+                ping_at: now + settings.interval,
+                asked: false,
+                pings: 0,
+                reply_by: None,
+            })
         })
     }
 

@@ -7,11 +7,25 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, dup
 use tokio::time::Instant;
 
 use super::keepalive::ping_token;
-use super::relay;
+use super::bidirectional;
 use crate::Tunnels;
 use crate::drain::Drain;
 use crate::outcome::{End, EndKind, Reason, Totals};
 use crate::settings::{Keepalive, MessageLimits, Settings};
+
+/// [`bidirectional::relay`] owning what it relays, as a task can.
+async fn relay<C, B>(
+    mut client: C,
+    mut backend: B,
+    settings: impl Into<std::sync::Arc<Settings>>,
+    drain: Drain,
+) -> (End, Totals)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    bidirectional::relay(&mut client, &mut backend, settings, &drain).await
+}
 
 /// Why and how the proxy closed the tunnel, if it did.
 fn proxy_close(end: &End) -> Option<(Reason, bool)> {
