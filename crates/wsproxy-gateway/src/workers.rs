@@ -147,7 +147,9 @@ mod tests {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
         if somaxconn < 1500 {
-            eprintln!("net.core.somaxconn is {somaxconn}: the kernel caps the queue below the test");
+            eprintln!(
+                "net.core.somaxconn is {somaxconn}: the kernel caps the queue below the test"
+            );
             return;
         }
         let std_listener = listener("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, duplex};
 use tokio::time::Instant;
 
-use super::keepalive::ping_token;
 use super::bidirectional;
+use super::keepalive::ping_token;
 use crate::Tunnels;
 use crate::drain::Drain;
 use crate::outcome::{End, EndKind, Reason, Totals};
