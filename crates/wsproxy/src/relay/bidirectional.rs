@@ -162,22 +162,9 @@ where
             // Up first (client to backend), then down.
             for from_client in [true, false] {
                 let polled = if from_client {
-                    up.poll(
-                        cx,
-                        Pin::new(&mut *client),
-                        Pin::new(&mut *backend),
-                        down.done,
-                        false,
-                    )
+                    up.poll(cx, Pin::new(&mut *client), Pin::new(&mut *backend), down.done)
                 } else {
-                    let client_closed = closing.is_none() && up.close_passed();
-                    down.poll(
-                        cx,
-                        Pin::new(&mut *backend),
-                        Pin::new(&mut *client),
-                        up.done,
-                        client_closed,
-                    )
+                    down.poll(cx, Pin::new(&mut *backend), Pin::new(&mut *client), up.done)
                 };
                 let closes = if from_client {
                     up.frames.closes
@@ -213,8 +200,10 @@ where
             }
             // The closing handshake is over both ways and the backend
             // closed its connection, as a server does first (RFC 6455
-            // §7.1.1): the client may send nothing more, so its connection
-            // is closed now, as the server's, without waiting for its FIN.
+            // §7.1.1); the client's was shut down after it (a FIN, or TLS's
+            // close_notify, with everything before it flushed). The client
+            // may send nothing more: its connection is closed now, as the
+            // server's, without waiting for its FIN.
             if down_done
                 && !up_done
                 && closing.is_none()

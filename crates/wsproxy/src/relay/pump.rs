@@ -224,11 +224,8 @@ impl Pump {
     /// shut down. When the other direction is already `done`, `dst` is not
     /// shut down: the tunnel closes both sockets next, and closing sends
     /// the same FIN (`dst` was read to its end, so no reset) for one
-    /// system call less per tunnel. Nor is it when the closing handshake is
-    /// over both ways (`other_closed`: the other direction passed a whole
-    /// Close, and so did this one before its end): the tunnel ends at once
-    /// and closes both sockets. Nor when it is gone, or was sent the
-    /// proxy's Close after `src` vanished (only flushed then). With
+    /// system call less per tunnel. Nor is it when it is gone, or was sent
+    /// the proxy's Close after `src` vanished (only flushed then). With
     /// `report_end`, the end of `src` is first reported once as
     /// [`Failure::Ended`].
     pub(super) fn poll<R, W>(
@@ -237,7 +234,6 @@ impl Pump {
         mut src: Pin<&mut R>,
         mut dst: Pin<&mut W>,
         other_done: bool,
-        other_closed: bool,
     ) -> Poll<Result<(), Failure>>
     where
         R: AsyncRead + ?Sized,
@@ -271,7 +267,7 @@ impl Pump {
                 if self.leave_open {
                     ready!(dst.as_mut().poll_flush(cx)).map_err(Failure::Write)?;
                     self.unflushed = false;
-                } else if !(other_done || self.dst_gone || other_closed && self.close_passed()) {
+                } else if !other_done && !self.dst_gone {
                     ready!(dst.as_mut().poll_shutdown(cx)).map_err(Failure::Write)?;
                 }
                 self.done = true;

@@ -172,6 +172,79 @@ async fn a_finished_closing_handshake_ends_with_the_backends_fin() {
     assert_eq!(reply, BACKEND_CLOSE);
 }
 
+/// Keeps what is written until it is flushed or shut down, as a TLS
+/// stream keeps records it could not send yet.
+struct Buffering<IO> {
+    io: IO,
+    kept: Vec<u8>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Buffering<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Buffering<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.kept.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while !this.kept.is_empty() {
+            let n = ready!(Pin::new(&mut this.io).poll_write(cx, &this.kept))?;
+            this.kept.drain(..n);
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_clients_connection_is_shut_down_not_just_dropped_after_the_closing_handshake() {
+    // A client connection that sends only when flushed or shut down: the
+    // backend's Close must reach the client before the tunnel ends.
+    let (mut client, client_side) = duplex(64);
+    let (backend_side, mut backend) = duplex(64);
+    let client_side = Buffering {
+        io: client_side,
+        kept: Vec::new(),
+    };
+    let task = tokio::spawn(relay(
+        client_side,
+        backend_side,
+        timeouts(None, 3_600_000),
+        Tunnels::new().drain(),
+    ));
+    client.write_all(&CLIENT_CLOSE).await.unwrap();
+    let mut close = [0; 8];
+    backend.read_exact(&mut close).await.unwrap();
+    backend.write_all(&BACKEND_CLOSE).await.unwrap();
+    backend.shutdown().await.unwrap();
+    let (end, _) = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the tunnel ended without the client's FIN")
+        .unwrap();
+    assert!(matches!(end, End::Closed { client_first: true }), "{end}");
+    let mut reply = Vec::new();
+    client.read_to_end(&mut reply).await.unwrap();
+    assert_eq!(reply, BACKEND_CLOSE, "the Close was sent, then the end");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_backend_fin_without_a_closing_handshake_stays_a_half_close() {
     // Only the backend's Close passed (the client has not answered): the
