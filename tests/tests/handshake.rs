@@ -768,3 +768,33 @@ async fn a_shutdown_waits_for_a_refusal_body_until_its_deadline() {
         rest.len()
     );
 }
+
+#[tokio::test]
+async fn a_length_given_twice_is_relayed_once_and_a_chunk_without_a_size_is_refused() {
+    let backend =
+        RawBackend::start("HTTP/1.1 403 Forbidden\r\nContent-Length: 2, 2\r\n\r\nno").await;
+    let (proxy, _) = proxy_to(backend.addr, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 403, "{}", head.text);
+    assert_eq!(head.header("content-length"), Some("2"), "{}", head.text);
+    assert_eq!(read_body(&mut stream, &head).await, b"no");
+
+    // A size line with no size is not the last chunk: the body is broken,
+    // and the client's response ends unfinished rather than cut short as
+    // if whole.
+    let backend = RawBackend::start(
+        "HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n;ext\r\n\r\nmore",
+    )
+    .await;
+    let (proxy, _) = proxy_to(backend.addr, |l| l).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let mut answer = Vec::new();
+    within("the connection's end", stream.read_to_end(&mut answer))
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&answer);
+    // hyper ends a chunked response whose body failed without its last
+    // chunk: no "0\r\n\r\n" after what was relayed.
+    assert!(!text.ends_with("0\r\n\r\n"), "{text}");
+}

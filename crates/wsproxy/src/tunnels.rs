@@ -183,10 +183,12 @@ impl Tunnels {
         }
     }
 
-    /// Keeps a shutdown waiting until it drops, as a task of the proxy
-    /// does (a refusal body being relayed).
-    pub(crate) fn track(&self) -> tokio_util::task::task_tracker::TaskTrackerToken {
-        self.shared.tasks.token()
+    /// Run `task` as one a shutdown waits for.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.shared.tasks.spawn(task);
     }
 
     /// What a tunnel watches to learn of a shutdown.

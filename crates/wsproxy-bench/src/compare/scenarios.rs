@@ -203,9 +203,16 @@ pub(super) async fn stream(
                             break;
                         }
                     }
-                    if let Err(e) = tx.send(payload.clone()).await {
-                        error = Some(format!("send: {e}"));
-                        break;
+                    match tokio::time::timeout(STEP_TIMEOUT, tx.send(payload.clone())).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            error = Some(format!("send: {e}"));
+                            break;
+                        }
+                        Err(_) => {
+                            error = Some("a send stalled for 5 s".to_owned());
+                            break;
+                        }
                     }
                     sent += 1;
                 }

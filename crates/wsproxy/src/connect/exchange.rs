@@ -292,20 +292,19 @@ fn parse_head(buf: &mut BytesMut, taken: &mut usize) -> Result<Option<Response<(
             Some(0) => Version::HTTP_10,
             _ => Version::HTTP_11,
         };
-        // Where each field lies, so its value can share the head's bytes.
+        // Where each field lies, so its value can share the head's bytes
+        // (httparse's slices are of its input).
         let start = buf.as_ptr() as usize;
-        let fields: Vec<_> = parsed
+        let within = |part: &[u8]| {
+            let at = (part.as_ptr() as usize).checked_sub(start)?;
+            (at + part.len() <= len).then_some(at..at + part.len())
+        };
+        let fields = parsed
             .headers
             .iter()
-            .map(|field| {
-                let name = field.name.as_ptr() as usize - start;
-                let value = field.value.as_ptr() as usize - start;
-                (
-                    name..name + field.name.len(),
-                    value..value + field.value.len(),
-                )
-            })
-            .collect();
+            .map(|field| Some((within(field.name.as_bytes())?, within(field.value)?)))
+            .collect::<Option<Vec<_>>>()
+            .ok_or(Failure::Malformed(Malformed::Field))?;
         let bytes = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(fields.len());
         for (name, value) in fields {

@@ -9,9 +9,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf as _, Bytes, BytesMut};
-use http::{HeaderMap, Response, StatusCode, header};
+use http::{HeaderMap, Response, StatusCode, Version, header};
 use http_body::{Body, Frame, SizeHint};
-use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio::sync::oneshot;
 
 use super::exchange::READ_SIZE;
 use super::stream::BackendStream;
@@ -31,8 +31,10 @@ pub(crate) struct RefusalBody {
     framing: Framing,
     /// Resolves at the deadline of a started shutdown.
     hard_close: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
-    /// Keeps a shutdown waiting until the body is done.
-    _tracked: TaskTrackerToken,
+    /// Dropped with the body: ends the task that keeps a shutdown waiting
+    /// for it (until the shutdown's deadline, even if the client stopped
+    /// reading and the body is no longer polled).
+    _relaying: oneshot::Sender<()>,
 }
 
 impl fmt::Debug for RefusalBody {
@@ -91,23 +93,37 @@ impl RefusalBody {
         buf: BytesMut,
         tunnels: &Tunnels,
     ) -> Option<Self> {
-        let framing = framing(head.status(), head.headers())?;
+        let framing = framing(head.status(), head.version(), head.headers())?;
+        let (relaying, done) = oneshot::channel::<()>();
+        let drain = tunnels.drain();
+        tunnels.spawn(async move {
+            tokio::select! {
+                _ = done => {}
+                () = drain.hard_close() => {}
+            }
+        });
         let drain = tunnels.drain();
         Some(RefusalBody {
             stream,
             buf,
             framing,
             hard_close: Box::pin(async move { drain.hard_close().await }),
-            _tracked: tunnels.track(),
+            _relaying: relaying,
         })
     }
 
     /// Make `headers` agree with the framing: a `Content-Length` beside a
-    /// `Transfer-Encoding` is not the length (RFC 9112 §6.3) and goes.
-    /// `Transfer-Encoding` itself is hop-by-hop and goes with the rest.
+    /// `Transfer-Encoding` is not the length (RFC 9112 §6.3) and goes; a
+    /// length given twice (`12, 12`) is given once. `Transfer-Encoding`
+    /// itself is hop-by-hop and goes with the rest.
     pub(super) fn framing_headers(&self, headers: &mut HeaderMap) {
-        if !matches!(self.framing, Framing::Length(_)) {
-            headers.remove(header::CONTENT_LENGTH);
+        match self.framing {
+            Framing::Length(length) => {
+                headers.insert(header::CONTENT_LENGTH, length.into());
+            }
+            _ => {
+                headers.remove(header::CONTENT_LENGTH);
+            }
         }
     }
 
@@ -137,6 +153,12 @@ impl RefusalBody {
                         return Ok(Step::More);
                     }
                     return Ok(Step::Data(buf.split().freeze()));
+                }
+                // A size line must have a size (httparse reads none as 0).
+                Framing::Chunked(Chunk::Size)
+                    if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) =>
+                {
+                    return Err(broken("invalid chunk size"));
                 }
                 Framing::Chunked(chunk @ Chunk::Size) => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
@@ -179,8 +201,9 @@ impl RefusalBody {
 }
 
 /// How the body of an answer to a `GET` with `status` and `headers` ends
-/// (RFC 9112 §6.3); `None` for a `Content-Length` that is not one number.
-fn framing(status: StatusCode, headers: &HeaderMap) -> Option<Framing> {
+/// (RFC 9112 §6.3); `None` for a `Content-Length` that is not one number,
+/// or a `Transfer-Encoding` in HTTP/1.0 (§6.1: faulty framing).
+fn framing(status: StatusCode, version: Version, headers: &HeaderMap) -> Option<Framing> {
     if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -192,6 +215,9 @@ fn framing(status: StatusCode, headers: &HeaderMap) -> Option<Framing> {
         .iter()
         .next_back()
     {
+        if version == Version::HTTP_10 {
+            return None;
+        }
         let chunked = last
             .as_bytes()
             .rsplit(|&b| b == b',')
@@ -301,23 +327,44 @@ mod tests {
     #[test]
     fn framing_follows_rfc_9112() {
         let ok = StatusCode::FORBIDDEN;
-        assert_eq!(framing(ok, &headers(&[])), Some(Framing::Close));
         assert_eq!(
-            framing(ok, &headers(&[("content-length", "12")])),
+            framing(ok, Version::HTTP_11, &headers(&[])),
+            Some(Framing::Close)
+        );
+        assert_eq!(
+            framing(ok, Version::HTTP_11, &headers(&[("content-length", "12")])),
             Some(Framing::Length(12))
         );
         assert_eq!(
-            framing(ok, &headers(&[("content-length", "12, 12")])),
+            framing(
+                ok,
+                Version::HTTP_11,
+                &headers(&[("content-length", "12, 12")])
+            ),
             Some(Framing::Length(12))
         );
-        assert_eq!(framing(ok, &headers(&[("content-length", "12, 13")])), None);
-        assert_eq!(framing(ok, &headers(&[("content-length", "+12")])), None);
-        assert_eq!(framing(ok, &headers(&[("content-length", "")])), None);
+        assert_eq!(
+            framing(
+                ok,
+                Version::HTTP_11,
+                &headers(&[("content-length", "12, 13")])
+            ),
+            None
+        );
+        assert_eq!(
+            framing(ok, Version::HTTP_11, &headers(&[("content-length", "+12")])),
+            None
+        );
+        assert_eq!(
+            framing(ok, Version::HTTP_11, &headers(&[("content-length", "")])),
+            None
+        );
         // Transfer-Encoding wins over Content-Length; only a final
         // `chunked` is chunked.
         assert_eq!(
             framing(
                 ok,
+                Version::HTTP_11,
                 &headers(&[
                     ("transfer-encoding", "gzip, Chunked"),
                     ("content-length", "3")
@@ -326,16 +373,27 @@ mod tests {
             Some(Framing::Chunked(Chunk::Size))
         );
         assert_eq!(
-            framing(ok, &headers(&[("transfer-encoding", "chunked, gzip")])),
+            framing(
+                ok,
+                Version::HTTP_11,
+                &headers(&[("transfer-encoding", "chunked, gzip")])
+            ),
             Some(Framing::Close)
         );
         assert_eq!(
-            framing(StatusCode::NO_CONTENT, &headers(&[("content-length", "3")])),
+            framing(
+                StatusCode::NO_CONTENT,
+                Version::HTTP_11,
+                &headers(&[("content-length", "3")])
+            ),
             Some(Framing::Done)
         );
         assert_eq!(
-            framing(StatusCode::NOT_MODIFIED, &headers(&[])),
+            framing(StatusCode::NOT_MODIFIED, Version::HTTP_11, &headers(&[])),
             Some(Framing::Done)
         );
+        // HTTP/1.0 has no transfer codings: faulty framing.
+        let chunked = headers(&[("transfer-encoding", "chunked")]);
+        assert_eq!(framing(ok, Version::HTTP_10, &chunked), None);
     }
 }

@@ -162,7 +162,12 @@ where
             // Up first (client to backend), then down.
             for from_client in [true, false] {
                 let polled = if from_client {
-                    up.poll(cx, Pin::new(&mut *client), Pin::new(&mut *backend), down.done)
+                    up.poll(
+                        cx,
+                        Pin::new(&mut *client),
+                        Pin::new(&mut *backend),
+                        down.done,
+                    )
                 } else {
                     down.poll(cx, Pin::new(&mut *backend), Pin::new(&mut *client), up.done)
                 };

@@ -10,8 +10,9 @@ use hyper_util::server::conn::auto::Builder;
 /// one WebSocket whose backend stops reading does not stall the others on
 /// its connection. Serve with `serve_connection_with_upgrades`.
 ///
-/// This is what [`Server`](super::Server) uses; call it when you run your own accept
-/// loop.
+/// [`Server`](super::Server) serves hyper's HTTP/1.1 and HTTP/2
+/// connections with these settings; call this when you run your own
+/// accept loop.
 ///
 /// # Example
 ///

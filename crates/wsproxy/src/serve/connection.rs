@@ -260,9 +260,12 @@ async fn http<IO, S, B>(
                     && clock::now() < stop_at + nanos(STOP_GRACE);
                 if activity.protocol() != Protocol::Http2 && (http1_busy || first_on_its_way) {
                     deferred = true;
-                } else {
-                    connection.as_mut().graceful_shutdown();
+                } else if connection.as_mut().graceful_shutdown() {
                     closing = true;
+                } else {
+                    // Its first request had arrived unread: answered
+                    // first, then closed as any request in flight.
+                    deferred = true;
                 }
             }
             _ => {}
@@ -288,8 +291,7 @@ async fn http<IO, S, B>(
                     );
                     crate::metrics::http2_goaway("resets");
                 }
-                connection.as_mut().graceful_shutdown();
-                closing = true;
+                closing = connection.as_mut().graceful_shutdown();
             }
             // A client that ignores GOAWAY (HTTP/2 waits for it to answer
             // a PING) is closed once nothing of it is in flight.
@@ -314,8 +316,7 @@ async fn http<IO, S, B>(
                     match expiry {
                         Expiry::Http2Idle => {
                             timed_out(peer, Expiry::Http2Idle, &timeouts);
-                            connection.as_mut().graceful_shutdown();
-                            closing = true;
+                            closing = connection.as_mut().graceful_shutdown();
                             close_by = Some(now + nanos(GOAWAY_GRACE));
                         }
                         expiry => {
