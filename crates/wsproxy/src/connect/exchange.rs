@@ -18,7 +18,7 @@ use http_body_util::Empty;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::refusal::RefusalBody;
-use super::stream::{BackendStream, Upgraded};
+use super::stream::{BackendStream, READ_SIZE, Upgraded};
 // Sideways, to the tunnel lifecycle: a refusal's body streams from the
 // backend after the handshake returns, and a shutdown must wait for it.
 use crate::Tunnels;
@@ -32,9 +32,6 @@ const MAX_HEAD: usize = 64 * 1024;
 
 /// The most header fields an answer head may have (hyper's default).
 const MAX_HEADERS: usize = 100;
-
-/// How much is read at a time.
-pub(super) const READ_SIZE: usize = 4096;
 
 /// What a backend answered an upgrade request.
 #[derive(Debug)]

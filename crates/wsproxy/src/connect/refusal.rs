@@ -13,8 +13,7 @@ use http::{HeaderMap, Response, StatusCode, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::oneshot;
 
-use super::exchange::READ_SIZE;
-use super::stream::BackendStream;
+use super::stream::{BackendStream, READ_SIZE};
 use crate::Tunnels;
 
 /// The longest chunk-size or trailer line taken; a longer one is an error.

@@ -10,6 +10,10 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// How much is read from a backend at a time before its tunnel starts
+/// (the handshake's answer, a refusal's body).
+pub(super) const READ_SIZE: usize = 4096;
+
 /// A byte stream to a backend that a `Connector` opened.
 pub(crate) trait Connection:
     AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug + 'static
