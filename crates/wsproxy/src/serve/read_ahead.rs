@@ -60,6 +60,13 @@ impl<IO> ReadAhead<IO> {
     }
 }
 
+impl<IO> ReadAhead<IO> {
+    /// Whether bytes were read ahead and not handed out yet.
+    pub(crate) fn holds_bytes(&self) -> bool {
+        matches!(self.ahead, Ahead::Held { .. })
+    }
+}
+
 impl<IO: AsyncRead> ReadAhead<IO> {
     /// Whether the connection starts with the HTTP/2 preface: the first
     /// bytes are read (more only while they could still be the preface),

@@ -87,6 +87,9 @@ where
                         self.start(http2);
                         false
                     }
+                    // The start of a preface, or of a request that begins
+                    // like one (`P`UT): on its way too.
+                    Poll::Pending if io.as_ref().is_some_and(ReadAhead::holds_bytes) => false,
                     Poll::Ready(Err(_)) | Poll::Pending => {
                         self.set(Serving::Ended);
                         true
@@ -231,6 +234,32 @@ mod tests {
         // an upgrade's 101 would not say `Connection: close`.
         assert!(!answer.contains("connection: close"), "{answer}");
         assert!(serving.as_mut().graceful_shutdown(), "applied now");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_begins_like_the_preface_is_on_its_way_too() {
+        // `P` could start HTTP/2's `PRI`: undecided, but not nothing.
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(b"P").await.unwrap();
+        let mut serving = std::pin::pin!(serving(server));
+        assert!(!serving.as_mut().graceful_shutdown(), "ended a request");
+        client
+            .write_all(b"UT / HTTP/1.1\r\nHost: example\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let answered = async {
+            let mut answer = Vec::new();
+            while !answer.ends_with(b"answered") {
+                let mut chunk = [0; 1024];
+                let n = client.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed before the answer");
+                answer.extend_from_slice(&chunk[..n]);
+            }
+        };
+        tokio::select! {
+            () = answered => {}
+            ended = serving.as_mut() => panic!("ended unanswered: {ended:?}"),
+        }
     }
 
     #[tokio::test]
