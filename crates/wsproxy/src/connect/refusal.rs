@@ -28,12 +28,11 @@ pub(crate) struct RefusalBody {
     /// Read and not yet relayed.
     buf: BytesMut,
     framing: Framing,
-    /// Resolves at the deadline of a started shutdown.
-    hard_close: Pin<Box<dyn Future<Output = ()> + Send + Sync>>,
-    /// Dropped with the body: ends the task that keeps a shutdown waiting
-    /// for it (until the shutdown's deadline, even if the client stopped
-    /// reading and the body is no longer polled).
-    _relaying: oneshot::Sender<()>,
+    /// Told at the deadline of a started shutdown, by the task that keeps
+    /// the shutdown waiting for this body: that task ends then, or when
+    /// the body is dropped (which closes this), whichever comes first —
+    /// even if the client stopped reading and the body is not polled.
+    deadline: Option<oneshot::Receiver<()>>,
 }
 
 impl fmt::Debug for RefusalBody {
@@ -93,21 +92,21 @@ impl RefusalBody {
         tunnels: &Tunnels,
     ) -> Option<Self> {
         let framing = framing(head.status(), head.version(), head.headers())?;
-        let (relaying, done) = oneshot::channel::<()>();
+        let (mut tell, deadline) = oneshot::channel();
         let drain = tunnels.drain();
         tunnels.spawn(async move {
             tokio::select! {
-                _ = done => {}
-                () = drain.hard_close() => {}
+                () = tell.closed() => {}
+                () = drain.hard_close() => {
+                    let _ = tell.send(());
+                }
             }
         });
-        let drain = tunnels.drain();
         Some(RefusalBody {
             stream,
             buf,
             framing,
-            hard_close: Box::pin(async move { drain.hard_close().await }),
-            _relaying: relaying,
+            deadline: Some(deadline),
         })
     }
 
@@ -254,11 +253,18 @@ impl Body for RefusalBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = self.get_mut();
-        if this.framing != Framing::Done && this.hard_close.as_mut().poll(cx).is_ready() {
-            this.framing = Framing::Done;
-            return Poll::Ready(Some(Err(io::Error::other(
-                "shutdown deadline passed while relaying a refusal body",
-            ))));
+        if this.framing != Framing::Done
+            && let Some(deadline) = &mut this.deadline
+            && let Poll::Ready(told) = Pin::new(deadline).poll(cx)
+        {
+            this.deadline = None;
+            // Not told (the task is gone with its runtime): no deadline.
+            if told.is_ok() {
+                this.framing = Framing::Done;
+                return Poll::Ready(Some(Err(io::Error::other(
+                    "shutdown deadline passed while relaying a refusal body",
+                ))));
+            }
         }
         loop {
             match this.step() {
