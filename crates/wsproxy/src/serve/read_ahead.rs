@@ -1,15 +1,15 @@
 //! A connection's first bytes, read once and looked at before HTTP.
 //!
-//! hyper-util's server reads a connection's first 24 bytes alone to tell
-//! the HTTP/2 preface from an HTTP/1.1 request, then hands them to hyper,
-//! which reads the rest of the head and, finding its buffer already
+//! hyper-util's `auto` server reads a connection's first 24 bytes alone to
+//! tell the HTTP/2 preface from an HTTP/1.1 request, then hands them to
+//! hyper, which reads the rest of the head and, finding its buffer already
 //! started, grows it (a reallocation and an 8 KiB copy): two system calls
 //! and two buffers for a head that arrived in one segment. [`ReadAhead`]
 //! reads what has arrived (up to [`READ_AHEAD`] bytes) into a per-thread
 //! scratch buffer, keeps only those bytes, tells HTTP/2 from HTTP/1.1 by
 //! them ([`ReadAhead::poll_http2`]), and hands them to hyper's first read,
-//! whole: one `recvfrom` for a handshake's request, as in nginx. Once
-//! they are handed out, reads go straight through.
+//! whole: one `recvfrom` for a handshake's request, as in nginx. Other
+//! reads go straight through.
 
 use std::cell::RefCell;
 use std::io;
@@ -126,29 +126,17 @@ impl<IO: AsyncRead> AsyncRead for ReadAhead<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut this = self.project();
-        loop {
-            match this.ahead {
-                Ahead::Passed => return this.io.poll_read(cx, buf),
-                // A read as large already: nothing to gain.
-                Ahead::Unread if buf.remaining() >= READ_AHEAD => *this.ahead = Ahead::Passed,
-                Ahead::Unread => {
-                    if ready!(read_ahead(this.io.as_mut(), cx, this.ahead))? == 0 {
-                        *this.ahead = Ahead::Passed;
-                        return Poll::Ready(Ok(()));
-                    }
-                }
-                Ahead::Held { bytes, start } => {
-                    let n = (bytes.len() - *start).min(buf.remaining());
-                    buf.put_slice(&bytes[*start..*start + n]);
-                    *start += n;
-                    if *start == bytes.len() {
-                        *this.ahead = Ahead::Passed;
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-            }
+        let this = self.project();
+        let Ahead::Held { bytes, start } = this.ahead else {
+            return this.io.poll_read(cx, buf);
+        };
+        let n = (bytes.len() - *start).min(buf.remaining());
+        buf.put_slice(&bytes[*start..*start + n]);
+        *start += n;
+        if *start == bytes.len() {
+            *this.ahead = Ahead::Passed;
         }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -259,24 +247,6 @@ mod tests {
         io.read_exact(&mut got).await.unwrap();
         assert_eq!(&got[..PREFACE.len()], PREFACE);
         assert_eq!(&got[PREFACE.len()..], b"\0\0\0\x04");
-    }
-
-    #[tokio::test]
-    async fn small_reads_are_served_from_what_was_read_ahead() {
-        // As hyper-util would read it: 24 bytes, then the rest.
-        let (mut client, server) = tokio::io::duplex(8192);
-        let head = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n";
-        client.write_all(head).await.unwrap();
-        let mut io = ReadAhead::new(Counting {
-            io: server,
-            reads: 0,
-        });
-        let mut preface = [0; 24];
-        io.read_exact(&mut preface).await.unwrap();
-        let mut rest = vec![0; 8192];
-        let n = io.read(&mut rest).await.unwrap();
-        assert_eq!([&preface[..], &rest[..n]].concat(), head);
-        assert_eq!(io.io.reads, 1);
     }
 
     #[tokio::test]
