@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::{Request, StatusCode, Version};
 use http_body_util::Empty;
 use hyper::ext::Protocol;
+use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use wsproxy::serve::{ConnectionLimits, Timeouts};
@@ -268,4 +269,47 @@ async fn h2_header_translation_follows_rfc_9113() {
     // connection was not TLS, so the backend is told `http`.
     let head = backend_head(|p| format!("https://{p}/"), &[]).await;
     assert!(head.contains("x-forwarded-proto: http\r\n"), "{head}");
+}
+
+/// A page that opens and closes WebSockets on one HTTP/2 connection: each
+/// closing handshake ends its stream with both sides' END_STREAM, and the
+/// proxy waits for the client's before it lets the stream go. Were the
+/// stream dropped first, the proxy would reset it while the client still
+/// sends; h2 counts the resets it must send for frames on such streams,
+/// and after 1,024 of them ends the whole connection (GOAWAY
+/// ENHANCE_YOUR_CALM), every WebSocket on it with it.
+#[tokio::test]
+async fn closing_handshakes_end_h2_streams_cleanly_and_keep_the_connection() {
+    const LOOPS: usize = 48;
+    const EACH: usize = 25;
+    let backend = Backend::start().await;
+    let (proxy, tunnels) = proxy_over(WebSocketProxyLayer::new(
+        format!("ws://{}", backend.addr).parse().unwrap(),
+    ))
+    .await;
+    let sender = h2(proxy).await;
+    let loops: Vec<_> = (0..LOOPS)
+        .map(|_| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                for _ in 0..EACH {
+                    let (_, mut ws) = open(&mut sender, connect_request(proxy, "/", &[])).await;
+                    ws.close(None).await.unwrap();
+                    while let Some(Ok(_)) = within("the server's Close", ws.next()).await {}
+                    // The client ends its side of the stream too.
+                    within("END_STREAM", ws.get_mut().shutdown()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in loops {
+        task.await.unwrap();
+    }
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    let stats = tunnels.stats();
+    assert_eq!(stats.opened_h2, (LOOPS * EACH) as u64);
+    // The connection is still up: a plain request on it is answered.
+    let mut sender = sender;
+    let (status, body) = h2_get(&mut sender, &proxy.to_string(), "http", "/plain").await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "plain over h2"));
 }

@@ -427,7 +427,15 @@ async fn idle_rss(proxy: &Proc, dialer: &Dialer, count: usize) -> f64 {
     let settle = Duration::from_millis(500);
     tokio::time::sleep(settle).await;
     let before = proxy.rss_kib();
-    let (open, errors) = load::open_idle(dialer, count, 64).await;
+    // Over HTTP/2 the handshakes take the connections in turn; 16 at a
+    // time never puts more on one than the proxy's default bound of
+    // handshakes at once per connection (16, answered 429 beyond it).
+    let parallel = if matches!(dialer, Dialer::Http2(_)) {
+        wsproxy::serve::DEFAULT_HTTP2_MAX_HANDSHAKES
+    } else {
+        64
+    };
+    let (open, errors) = load::open_idle(dialer, count, parallel).await;
     if errors > 0 {
         eprintln!("  {}: {errors} idle WebSockets failed", dialer.describe());
     }

@@ -23,6 +23,7 @@ use crate::body::ResponseBody;
 use crate::future::{ClaimFuture, ClaimResponse};
 use crate::handshake;
 use crate::opening::{self, SEC_WEBSOCKET_VERSION};
+use crate::relay::Carrier;
 
 /// The proxy's answer to handshakes its route claimed, as a service.
 #[derive(Clone, Debug)]
@@ -223,6 +224,11 @@ async fn proxy(req: Request<()>, config: Arc<Config>) -> ClaimResponse {
             holds,
             picked,
             client: on_client_upgrade,
+            carrier: if http2 {
+                Carrier::Stream
+            } else {
+                Carrier::Connection
+            },
             backend,
             started,
             expires: parts.extensions.get().copied(),

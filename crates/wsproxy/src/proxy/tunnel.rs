@@ -13,7 +13,7 @@ use super::config::Config;
 use crate::admit::Holds;
 use crate::balance::pick::Picked;
 use crate::outcome::{End, Reason, Totals};
-use crate::relay;
+use crate::relay::{self, Carrier};
 use crate::tunnels::TunnelGuard;
 
 /// What a tunnel starts with.
@@ -28,6 +28,8 @@ pub(crate) struct Tunnel<'a> {
     pub(crate) picked: Picked,
     /// The client's side of the upgrade, once the response is sent.
     pub(crate) client: OnUpgrade,
+    /// What that side travels on.
+    pub(crate) carrier: Carrier,
     /// The backend's upgraded connection.
     pub(crate) backend: crate::connect::Upgraded,
     /// When the handshake started.
@@ -44,6 +46,7 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
         holds,
         picked,
         client: on_client_upgrade,
+        carrier,
         mut backend,
         started,
         expires,
@@ -68,7 +71,7 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
                 match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {
                     Ok(Ok(client)) => {
                         let client = &mut TokioIo::new(client);
-                        relay::relay(client, &mut backend, settings, &drain).await
+                        relay::relay(client, carrier, &mut backend, settings, &drain).await
                     }
                     Ok(Err(e)) => (
                         End::ClientError(std::io::Error::other(format!("upgrade failed: {e}"))),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::Carrier;
 use super::closing::{Closing, Why, handshakes_done};
 use super::disconnect::{Disconnect, VANISHED_GRACE};
 use super::keepalive::Alive;
@@ -20,9 +21,9 @@ use crate::frame::{GOING_AWAY, POLICY_VIOLATION};
 use crate::outcome::{End, Reason, Totals};
 use crate::settings::Settings;
 
-/// Relay between `client` and `backend` until the tunnel ends. The proxy
-/// passes its layer's shared `Arc<Settings>`, so an open tunnel does not
-/// carry a copy of them.
+/// Relay between `client` (carried on `carrier`) and `backend` until the
+/// tunnel ends. The proxy passes its layer's shared `Arc<Settings>`, so an
+/// open tunnel does not carry a copy of them.
 ///
 /// An idle tunnel is mostly this future, so it is kept small: the
 /// connections and the drain are borrowed from the tunnel's task (owned
@@ -31,6 +32,7 @@ use crate::settings::Settings;
 /// earlier) is boxed when needed.
 pub(crate) async fn relay<C, B>(
     client: &mut C,
+    carrier: Carrier,
     backend: &mut B,
     settings: impl Into<std::sync::Arc<Settings>>,
     drain: &Drain,
@@ -208,8 +210,10 @@ where
             // §7.1.1); the client's was shut down after it (a FIN, or TLS's
             // close_notify, with everything before it flushed). The client
             // may send nothing more: its connection is closed now, as the
-            // server's, without waiting for its FIN.
-            if down_done
+            // server's, without waiting for its FIN. Not an HTTP/2 stream:
+            // see `Carrier::Stream`.
+            if carrier == Carrier::Connection
+                && down_done
                 && !up_done
                 && closing.is_none()
                 && up.close_passed()

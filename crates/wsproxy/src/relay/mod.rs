@@ -74,3 +74,23 @@ mod pump;
 mod tests;
 
 pub(crate) use self::bidirectional::relay;
+
+/// What the client's side of a tunnel travels on; it decides how the
+/// tunnel may end after a clean closing handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Carrier {
+    /// A connection of its own (HTTP/1.1, over TCP or TLS). Once both
+    /// Close frames have passed and the backend closed its connection,
+    /// the client's is shut down and closed as a server's, without waiting
+    /// for its FIN (RFC 6455 §7.1.1).
+    Connection,
+    /// A stream of an HTTP/2 connection (RFC 8441). The stream is let go
+    /// only once the client ended it too (END_STREAM, or a reset):
+    /// dropped earlier, it would be reset while the client still sends,
+    /// and h2 counts the resets it must send for frames on such streams
+    /// against the whole connection (after 1,024 it ends it with GOAWAY
+    /// `ENHANCE_YOUR_CALM`, and every WebSocket on it). Waiting costs no
+    /// system call here: the end of a stream is a frame on a connection
+    /// that stays open.
+    Stream,
+}
