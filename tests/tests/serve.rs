@@ -688,3 +688,60 @@ async fn proxy_headers_only_where_enabled_and_from_whom_allowed() {
     let mut header = raw(without, &sent).await;
     assert_eq!(read_head(&mut header).await.status, 400);
 }
+
+/// The settings in the first frame a server sends on an HTTP/2
+/// connection (its SETTINGS), by identifier.
+async fn server_settings(addr: SocketAddr) -> std::collections::HashMap<u16, u32> {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(H2_PREFACE).await.unwrap();
+    let mut head = [0u8; 9];
+    within("the server's SETTINGS", tcp.read_exact(&mut head))
+        .await
+        .unwrap();
+    assert_eq!(head[3], 0x4, "a SETTINGS frame first: {head:?}");
+    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+    let mut payload = vec![0u8; len];
+    within("the settings", tcp.read_exact(&mut payload))
+        .await
+        .unwrap();
+    payload
+        .chunks_exact(6)
+        .map(|s| {
+            (
+                u16::from_be_bytes([s[0], s[1]]),
+                u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn http2_settings_allow_websockets_bounded_windows_and_64_kib_frames() {
+    // SETTINGS_ENABLE_CONNECT_PROTOCOL (0x8), INITIAL_WINDOW_SIZE (0x4),
+    // MAX_FRAME_SIZE (0x5): the server and hyper-util's builder alike.
+    let expected = [
+        (0x8, 1),
+        (0x4, wsproxy::HTTP2_STREAM_WINDOW),
+        (0x5, wsproxy::HTTP2_MAX_FRAME_SIZE),
+    ];
+    let proxy = serve_with(Router::new(), quiet(), ConnectionLimits::new()).await;
+    let settings = server_settings(proxy).await;
+    for (id, value) in expected {
+        assert_eq!(settings.get(&id), Some(&value), "{id:#x}: {settings:?}");
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let service = hyper::service::service_fn(|_| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+        });
+        let _ = wsproxy::serve::http_builder(hyper_util::rt::TokioExecutor::new())
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tcp), service)
+            .await;
+    });
+    let settings = server_settings(addr).await;
+    for (id, value) in expected {
+        assert_eq!(settings.get(&id), Some(&value), "{id:#x}: {settings:?}");
+    }
+}

@@ -158,7 +158,8 @@
 //!   reading fills the connection's window and stalls the uploads of every
 //!   other stream on it (measured in `tests/tests/h2.rs`). With hyper-util's
 //!   builder set `initial_stream_window_size(`[`HTTP2_STREAM_WINDOW`]`)`
-//!   and `initial_connection_window_size(`[`HTTP2_CONNECTION_WINDOW`]`)`: a
+//!   and `initial_connection_window_size(`[`HTTP2_CONNECTION_WINDOW`]`)`
+//!   (and `max_frame_size(`[`HTTP2_MAX_FRAME_SIZE`]`)` for bulk data): a
 //!   stalled
 //!   WebSocket then holds at most 256 KiB (that is also the most a client
 //!   can make the server hold per stream), and 31 can stall before the
@@ -365,3 +366,13 @@ pub const HTTP2_STREAM_WINDOW: u32 = 256 * 1024;
 /// (8 MiB, 32 streams' worth): well above [`HTTP2_STREAM_WINDOW`], so a
 /// stalled WebSocket does not stall the others on its connection.
 pub const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// The largest HTTP/2 frame payload that serving docs recommend a server
+/// accept (64 KiB; HTTP/2's default is 16 KiB, nginx accepts 16 MiB). A
+/// client then sends a 16 KiB WebSocket message, whose frame header makes
+/// it a few bytes over 16 KiB, as one DATA frame instead of two, and the
+/// proxy reads and forwards it in one piece (with
+/// `SETTINGS_MAX_FRAME_SIZE` at 16 KiB the proxy's CPU per MB of 16 KiB
+/// messages was 12-15% higher; BENCHMARKS.md). A connection's read buffer
+/// grows to at most one frame.
+pub const HTTP2_MAX_FRAME_SIZE: u32 = 64 * 1024;

@@ -20,6 +20,10 @@ use crate::settings::{Exceeded, MessageLimits};
 /// Size of the per-thread scratch buffer reads go into.
 pub(crate) const SCRATCH_SIZE: usize = 64 * 1024;
 
+/// Room below which a direction stops reading more into the scratch
+/// buffer and writes what it has.
+const MIN_READ: usize = 4 * 1024;
+
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_SIZE].into_boxed_slice());
 }
@@ -277,28 +281,58 @@ impl Pump {
                 let mut scratch = scratch.borrow_mut();
                 let held = self.held.len();
                 scratch[..held].copy_from_slice(&self.held);
-                let mut buf = ReadBuf::new(&mut scratch[held..]);
-                match src.as_mut().poll_read(cx, &mut buf) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(Failure::Read(e))),
-                    Poll::Ready(Ok(())) => {
-                        let n = buf.filled().len();
-                        self.received += n as u64;
-                        self.held = Vec::new();
-                        let data = &scratch[..held + n];
-                        if n == 0 {
-                            // End of stream: what was held back goes as is,
-                            // unless nothing may follow the proxy's Close;
-                            // the tracker sees it (a partial frame leaves
-                            // no boundary for a Close of the proxy's).
-                            if !self.close_sent {
-                                self.frames.feed(data);
-                                self.forward(cx, dst.as_mut(), data)?;
+                // Read the source dry (up to the scratch buffer) before
+                // writing: an HTTP/2 stream gives one DATA frame per read,
+                // and a message of several frames then goes out in one
+                // write. A TCP source that gave less than asked is known
+                // drained, so its second read is answered at once, without
+                // a system call.
+                let mut filled = held;
+                let mut end = None;
+                loop {
+                    let mut buf = ReadBuf::new(&mut scratch[filled..]);
+                    match src.as_mut().poll_read(cx, &mut buf) {
+                        Poll::Pending => break,
+                        Poll::Ready(Ok(())) => {
+                            let n = buf.filled().len();
+                            if n == 0 {
+                                end = Some(Ok(()));
+                                break;
                             }
-                            return Poll::Ready(Ok(0));
+                            filled += n;
+                            self.received += n as u64;
+                            if SCRATCH_SIZE - filled < MIN_READ {
+                                break;
+                            }
                         }
-                        self.pass(cx, dst.as_mut(), data)?;
-                        Poll::Ready(Ok(n))
+                        Poll::Ready(Err(e)) => {
+                            end = Some(Err(e));
+                            break;
+                        }
+                    }
+                }
+                let read = filled - held;
+                if read == 0 && end.is_none() {
+                    return Poll::Pending;
+                }
+                if read > 0 {
+                    self.held = Vec::new();
+                    self.pass(cx, dst.as_mut(), &scratch[..filled])?;
+                }
+                match end {
+                    None => Poll::Ready(Ok(read)),
+                    Some(Err(e)) => Poll::Ready(Err(Failure::Read(e))),
+                    Some(Ok(())) => {
+                        // End of stream: what was held back goes as is,
+                        // unless nothing may follow the proxy's Close; the
+                        // tracker sees it (a partial frame leaves no
+                        // boundary for a Close of the proxy's).
+                        let rest = std::mem::take(&mut self.held);
+                        if !self.close_sent {
+                            self.frames.feed(&rest);
+                            self.forward(cx, dst.as_mut(), &rest)?;
+                        }
+                        Poll::Ready(Ok(0))
                     }
                 }
             });

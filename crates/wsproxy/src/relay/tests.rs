@@ -1148,3 +1148,76 @@ mod vanished {
         buf
     }
 }
+
+/// Gives what it holds one `chunk` at a time, as an HTTP/2 stream gives
+/// one DATA frame per read; then waits (never ends).
+struct Chunked {
+    data: Vec<u8>,
+    chunk: usize,
+}
+
+impl AsyncRead for Chunked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.data.is_empty() {
+            return Poll::Pending;
+        }
+        let n = self.chunk.min(self.data.len()).min(buf.remaining());
+        buf.put_slice(&self.data[..n]);
+        self.data.drain(..n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Records the size of every write.
+#[derive(Default)]
+struct Writes(Vec<usize>);
+
+impl AsyncWrite for Writes {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.0.push(buf.len());
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[test]
+fn a_source_is_read_dry_before_one_write() {
+    // A 16 KiB binary message (a masked frame, as a client sends) that
+    // arrives as 8 KiB pieces: one write of all of it, as long as the
+    // scratch buffer has room; then the rest.
+    let mut message = vec![0x82, 0xfe, 0x40, 0x00, 0, 0, 0, 0];
+    message.resize(8 + 16 * 1024, 0xa5);
+    let mut source = Chunked {
+        data: message.repeat(5),
+        chunk: 8 * 1024,
+    };
+    let mut destination = Writes::default();
+    let mut pump = super::pump::Pump::new(true, MessageLimits::new(), false, false);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let polled = pump.poll(
+        &mut cx,
+        Pin::new(&mut source),
+        Pin::new(&mut destination),
+        false,
+    );
+    assert!(polled.is_pending());
+    let total = 5 * message.len();
+    assert_eq!(destination.0.iter().sum::<usize>(), total);
+    // 64 KiB of scratch, read into while 4 KiB or more of it is free.
+    assert_eq!(destination.0, [65_536, total - 65_536]);
+}

@@ -8,7 +8,10 @@ use hyper_util::server::conn::auto::Builder;
 /// [`HTTP2_STREAM_WINDOW`](crate::HTTP2_STREAM_WINDOW) and
 /// [`HTTP2_CONNECTION_WINDOW`](crate::HTTP2_CONNECTION_WINDOW), so that
 /// one WebSocket whose backend stops reading does not stall the others on
-/// its connection. Serve with `serve_connection_with_upgrades`.
+/// its connection, and frames of up to
+/// [`HTTP2_MAX_FRAME_SIZE`](crate::HTTP2_MAX_FRAME_SIZE), so that a 16 KiB
+/// message arrives in one piece. Serve with
+/// `serve_connection_with_upgrades`.
 ///
 /// [`Server`](super::Server) serves hyper's HTTP/1.1 and HTTP/2
 /// connections with these settings; call this when you run your own
@@ -42,6 +45,7 @@ pub fn http_builder<E: Clone>(executor: E) -> Builder<E> {
         .http2()
         .enable_connect_protocol()
         .initial_stream_window_size(crate::HTTP2_STREAM_WINDOW)
-        .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW);
+        .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW)
+        .max_frame_size(crate::HTTP2_MAX_FRAME_SIZE);
     builder
 }

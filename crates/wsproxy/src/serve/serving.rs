@@ -127,7 +127,8 @@ where
             builder
                 .enable_connect_protocol()
                 .initial_stream_window_size(crate::HTTP2_STREAM_WINDOW)
-                .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW);
+                .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW)
+                .max_frame_size(crate::HTTP2_MAX_FRAME_SIZE);
             Serving::Http2 {
                 conn: builder.serve_connection(io, service),
             }
