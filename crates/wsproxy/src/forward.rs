@@ -56,8 +56,25 @@ pub enum HostHeader {
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
+/// The headers that are hop-by-hop whatever `Connection` says.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    PROXY_CONNECTION,
+    KEEP_ALIVE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
 /// Remove hop-by-hop headers (RFC 9110 §7.6.1): the fixed list plus every
 /// header the message's `Connection` names.
+///
+/// One look at each name the message has, and a removal only of those
+/// there: a handshake carries one or two of them among a dozen fields,
+/// and a removal of an absent name costs a hash and a probe each.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -65,21 +82,19 @@ pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
         .collect();
+    let mut present = [false; 9];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present[i] = true;
+        }
+    }
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        PROXY_CONNECTION,
-        KEEP_ALIVE,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-    ] {
-        headers.remove(name);
+    for (name, present) in HOP_BY_HOP.into_iter().zip(present) {
+        if present {
+            headers.remove(name);
+        }
     }
 }
 
@@ -121,27 +136,48 @@ impl Forwarding<'_> {
     /// `client_host` is the `Host` the client asked for.
     pub(crate) fn apply(&self, headers: &mut HeaderMap, client_host: Option<&HeaderValue>) {
         let trusted = self.peer_is_trusted();
-        if !trusted {
-            for name in [
+        let peer = self.peer.map(|p| p.ip().to_canonical());
+        if trusted {
+            if let Some(peer) = peer {
+                append_list(headers, X_FORWARDED_FOR, &peer.to_string());
+            }
+            if !headers.contains_key(X_FORWARDED_PROTO) {
+                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
+            }
+            if let Some(host) = client_host
+                && !headers.contains_key(X_FORWARDED_HOST)
+            {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+        } else {
+            // What the client claimed goes (only what it sent is looked
+            // for), and the proxy's own values take its place.
+            const CLAIMS: [HeaderName; 4] = [
                 X_FORWARDED_FOR,
                 X_FORWARDED_PROTO,
                 X_FORWARDED_HOST,
                 header::FORWARDED,
-            ] {
-                headers.remove(name);
+            ];
+            let mut claimed = [false; 4];
+            for name in headers.keys() {
+                if let Some(i) = CLAIMS.iter().position(|claim| claim == name) {
+                    claimed[i] = true;
+                }
             }
-        }
-        let peer = self.peer.map(|p| p.ip().to_canonical());
-        if let Some(peer) = peer {
-            append_list(headers, X_FORWARDED_FOR, &peer.to_string());
-        }
-        if !headers.contains_key(X_FORWARDED_PROTO) {
+            for (name, claimed) in CLAIMS.into_iter().zip(claimed) {
+                if claimed {
+                    headers.remove(name);
+                }
+            }
+            if let Some(peer) = peer
+                && let Ok(value) = HeaderValue::try_from(peer.to_string())
+            {
+                headers.insert(X_FORWARDED_FOR, value);
+            }
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
-        }
-        if let Some(host) = client_host
-            && !headers.contains_key(X_FORWARDED_HOST)
-        {
-            headers.insert(X_FORWARDED_HOST, host.clone());
+            if let Some(host) = client_host {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
         }
         if self.rfc7239 {
             let mut element = String::with_capacity(64);
