@@ -130,6 +130,104 @@ use http::StatusCode;
 use crate::outcome::{End, Totals};
 use crate::{Route, Upstream};
 
+/// The metric keys of one route, made once: a [`Key`] hashes and
+/// allocates its labels when made, which the macros do on every call, so
+/// the counters of a handshake and a tunnel would otherwise make a dozen
+/// each time. Each is still registered with the recorder of the moment
+/// (`metrics::with_recorder`), so a recorder installed later, or a local
+/// one in a test, gets them as it would from the macros.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+pub(crate) struct RouteKeys {
+    route: std::sync::Arc<str>,
+    opened: Key,
+    open: Key,
+    handshake: Key,
+    duration: Key,
+    /// `up`, `down`.
+    bytes: [Key; 2],
+    messages: [Key; 2],
+    /// By [`EndKind`](crate::outcome::EndKind), made on first use.
+    closed: [OnceLock<Key>; END_KINDS],
+    /// By side (`client`, `backend`) and [`CLOSE_CODE_LABELS`].
+    close_codes: [[OnceLock<Key>; CLOSE_CODE_LABELS.len()]; 2],
+    /// By [`STATUS_LABELS`].
+    answered: [OnceLock<Key>; STATUS_LABELS.len()],
+}
+
+#[cfg(feature = "metrics")]
+use std::sync::OnceLock;
+
+#[cfg(feature = "metrics")]
+use metrics::{Key, Label};
+
+/// How many [`EndKind`](crate::outcome::EndKind)s there are.
+#[cfg(feature = "metrics")]
+const END_KINDS: usize = 9;
+
+/// What the macros register with: this module as target, level `INFO`.
+#[cfg(feature = "metrics")]
+static METADATA: metrics::Metadata<'static> =
+    metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+#[cfg(feature = "metrics")]
+impl RouteKeys {
+    pub(crate) fn new(route: std::sync::Arc<str>) -> Self {
+        let key = |name: &'static str, more: &[(&'static str, &'static str)]| {
+            let mut labels = vec![Label::new("route", route.clone())];
+            labels.extend(more.iter().map(|&(k, v)| Label::from_static_parts(k, v)));
+            Key::from_parts(name, labels)
+        };
+        RouteKeys {
+            opened: key("wsproxy_tunnels_opened_total", &[]),
+            open: key("wsproxy_tunnels_open", &[]),
+            handshake: key("wsproxy_handshake_seconds", &[]),
+            duration: key("wsproxy_tunnel_duration_seconds", &[]),
+            bytes: [
+                key("wsproxy_bytes_total", &[("direction", "up")]),
+                key("wsproxy_bytes_total", &[("direction", "down")]),
+            ],
+            messages: [
+                key("wsproxy_messages_total", &[("direction", "up")]),
+                key("wsproxy_messages_total", &[("direction", "down")]),
+            ],
+            closed: Default::default(),
+            close_codes: Default::default(),
+            answered: Default::default(),
+            route,
+        }
+    }
+
+    /// `slot`'s key, made on first use: `name` with the route and `more`.
+    fn lazy<'a>(
+        &self,
+        slot: &'a OnceLock<Key>,
+        name: &'static str,
+        more: &[(&'static str, &'static str)],
+    ) -> &'a Key {
+        slot.get_or_init(|| {
+            let mut labels = vec![Label::new("route", self.route.clone())];
+            labels.extend(more.iter().map(|&(k, v)| Label::from_static_parts(k, v)));
+            Key::from_parts(name, labels)
+        })
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn counter(key: &Key) -> metrics::Counter {
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA))
+}
+
+#[cfg(feature = "metrics")]
+fn gauge(key: &Key) -> metrics::Gauge {
+    metrics::with_recorder(|recorder| recorder.register_gauge(key, &METADATA))
+}
+
+#[cfg(feature = "metrics")]
+fn histogram(key: &Key) -> metrics::Histogram {
+    metrics::with_recorder(|recorder| recorder.register_histogram(key, &METADATA))
+}
+
 /// A tunnel opened on `route`, its handshake having taken `handshake`:
 /// counts it, and keeps it in the open gauge until the returned guard
 /// drops (in the tunnel task, so a task that ends any way at all takes it
@@ -137,13 +235,12 @@ use crate::{Route, Upstream};
 pub(crate) fn tunnel_opened(route: &Route, handshake: std::time::Duration) -> OpenTunnel {
     #[cfg(feature = "metrics")]
     {
-        let route = route.label();
-        metrics::counter!("wsproxy_tunnels_opened_total", "route" => route.clone()).increment(1);
-        metrics::gauge!("wsproxy_tunnels_open", "route" => route.clone()).increment(1.0);
-        metrics::histogram!("wsproxy_handshake_seconds", "route" => route.clone())
-            .record(handshake.as_secs_f64());
+        let keys = route.metric_keys().clone();
+        counter(&keys.opened).increment(1);
+        gauge(&keys.open).increment(1.0);
+        histogram(&keys.handshake).record(handshake.as_secs_f64());
         OpenTunnel {
-            route,
+            keys,
             opened: std::time::Instant::now(),
         }
     }
@@ -155,7 +252,7 @@ pub(crate) fn tunnel_opened(route: &Route, handshake: std::time::Duration) -> Op
 #[derive(Debug)]
 pub(crate) struct OpenTunnel {
     #[cfg(feature = "metrics")]
-    route: std::sync::Arc<str>,
+    keys: std::sync::Arc<RouteKeys>,
     #[cfg(feature = "metrics")]
     opened: std::time::Instant,
 }
@@ -165,32 +262,33 @@ impl OpenTunnel {
     pub(crate) fn closed(self, end: &End, totals: &Totals) {
         #[cfg(feature = "metrics")]
         {
-            let route = &self.route;
-            metrics::histogram!("wsproxy_tunnel_duration_seconds", "route" => route.clone())
-                .record(self.opened.elapsed().as_secs_f64());
-            metrics::counter!(
+            let keys = &self.keys;
+            histogram(&keys.duration).record(self.opened.elapsed().as_secs_f64());
+            let kind = end.kind();
+            counter(keys.lazy(
+                &keys.closed[kind as usize],
                 "wsproxy_tunnels_closed_total",
-                "route" => route.clone(),
-                "reason" => end.kind().as_str()
-            )
+                &[("reason", kind.as_str())],
+            ))
             .increment(1);
-            for (from, code) in [
+            for (side, (from, code)) in [
                 ("client", totals.up.close_code),
                 ("backend", totals.down.close_code),
-            ] {
-                metrics::counter!(
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let label = close_code_index(code);
+                counter(keys.lazy(
+                    &keys.close_codes[side][label],
                     "wsproxy_close_codes_total",
-                    "route" => route.clone(),
-                    "from" => from,
-                    "code" => close_code_label(code)
-                )
+                    &[("from", from), ("code", CLOSE_CODE_LABELS[label])],
+                ))
                 .increment(1);
             }
-            for (direction, totals) in [("up", &totals.up), ("down", &totals.down)] {
-                metrics::counter!("wsproxy_bytes_total", "route" => route.clone(), "direction" => direction)
-                    .increment(totals.bytes);
-                metrics::counter!("wsproxy_messages_total", "route" => route.clone(), "direction" => direction)
-                    .increment(totals.messages);
+            for (direction, totals) in [&totals.up, &totals.down].into_iter().enumerate() {
+                counter(&keys.bytes[direction]).increment(totals.bytes);
+                counter(&keys.messages[direction]).increment(totals.messages);
             }
         }
     }
@@ -199,19 +297,33 @@ impl OpenTunnel {
 impl Drop for OpenTunnel {
     fn drop(&mut self) {
         #[cfg(feature = "metrics")]
-        metrics::gauge!("wsproxy_tunnels_open", "route" => self.route.clone()).decrement(1.0);
+        gauge(&self.keys.open).decrement(1.0);
     }
 }
 
 /// A handshake for `route` answered with `status`, `101` included.
 pub(crate) fn handshake_answered(route: &Route, status: StatusCode) {
     #[cfg(feature = "metrics")]
-    metrics::counter!(
-        "wsproxy_handshakes_total",
-        "route" => route.label(),
-        "status" => status_label(status)
-    )
-    .increment(1);
+    match STATUS_LABELS
+        .iter()
+        .position(|&label| label == status.as_str())
+    {
+        Some(i) => {
+            let keys = route.metric_keys();
+            counter(keys.lazy(
+                &keys.answered[i],
+                "wsproxy_handshakes_total",
+                &[("status", STATUS_LABELS[i])],
+            ))
+            .increment(1);
+        }
+        None => metrics::counter!(
+            "wsproxy_handshakes_total",
+            "route" => route.label(),
+            "status" => status.as_str().to_owned()
+        )
+        .increment(1),
+    }
 }
 
 /// One attempt on the backend labelled `backend` answered after `took`.
@@ -221,44 +333,32 @@ pub(crate) fn backend_handshake(backend: std::sync::Arc<str>, took: std::time::D
         .record(took.as_secs_f64());
 }
 
-/// A status as a label, without allocating for the usual ones.
+/// The statuses whose labels are made once per route; others are made
+/// on each count.
 #[cfg(feature = "metrics")]
-fn status_label(status: StatusCode) -> metrics::SharedString {
-    let label = match status.as_u16() {
-        101 => "101",
-        200 => "200",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        426 => "426",
-        429 => "429",
-        500 => "500",
-        501 => "501",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        _ => return status.as_str().to_owned().into(),
-    };
-    label.into()
-}
+const STATUS_LABELS: [&str; 13] = [
+    "101", "200", "400", "401", "403", "404", "426", "429", "500", "501", "502", "503", "504",
+];
 
 /// A Close frame's code as a label, with a bounded set of values (a peer
 /// chooses the code): the registered ones (RFC 6455 and IANA) by number,
 /// the ranges for libraries (`3xxx`) and applications (`4xxx`) as one
 /// value each.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-fn close_code_label(code: Option<u16>) -> &'static str {
-    const REGISTERED: [&str; 16] = [
-        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
-        "1011", "1012", "1013", "1014", "1015",
-    ];
+const CLOSE_CODE_LABELS: [&str; 20] = [
+    "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010", "1011",
+    "1012", "1013", "1014", "1015", "none", "3xxx", "4xxx", "invalid",
+];
+
+/// Where `code`'s label is in [`CLOSE_CODE_LABELS`].
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+fn close_code_index(code: Option<u16>) -> usize {
     match code {
-        None => "none",
-        Some(code @ 1000..=1015) => REGISTERED[usize::from(code - 1000)],
-        Some(3000..=3999) => "3xxx",
-        Some(4000..=4999) => "4xxx",
-        Some(_) => "invalid",
+        Some(code @ 1000..=1015) => usize::from(code - 1000),
+        None => 16,
+        Some(3000..=3999) => 17,
+        Some(4000..=4999) => 18,
+        Some(_) => 19,
     }
 }
 
@@ -413,6 +513,68 @@ mod tests {
     }
 
     #[test]
+    fn a_routes_keys_are_registered_with_the_recorder_of_the_moment() {
+        // The route (its keys) is made before either recorder exists: each
+        // still gets what happens while it is the recorder.
+        let route = Route::prefix("/chat");
+        let opened = |recorder: &DebuggingRecorder, times: usize| {
+            metrics::with_local_recorder(recorder, || {
+                for _ in 0..times {
+                    let tunnel = tunnel_opened(&route, std::time::Duration::ZERO);
+                    tunnel.closed(&End::Idle, &Totals::default());
+                    handshake_answered(&route, StatusCode::SWITCHING_PROTOCOLS);
+                }
+            });
+        };
+        let (first, second) = (DebuggingRecorder::new(), DebuggingRecorder::new());
+        opened(&first, 1);
+        opened(&second, 2);
+        for (recorder, times) in [(first, 1), (second, 2)] {
+            let mut counted: Vec<(String, u64)> = recorder
+                .snapshotter()
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .filter_map(|(key, _, _, value)| match value {
+                    DebugValue::Counter(n) if n > 0 => {
+                        let labels: Vec<String> = key
+                            .key()
+                            .labels()
+                            .map(|l| format!("{}={}", l.key(), l.value()))
+                            .collect();
+                        Some((format!("{} {}", key.key().name(), labels.join(",")), n))
+                    }
+                    _ => None,
+                })
+                .collect();
+            counted.sort();
+            assert_eq!(
+                counted,
+                [
+                    (
+                        "wsproxy_close_codes_total route=/chat,from=backend,code=none".to_owned(),
+                        times
+                    ),
+                    (
+                        "wsproxy_close_codes_total route=/chat,from=client,code=none".to_owned(),
+                        times
+                    ),
+                    (
+                        "wsproxy_handshakes_total route=/chat,status=101".to_owned(),
+                        times
+                    ),
+                    (
+                        "wsproxy_tunnels_closed_total route=/chat,reason=idle".to_owned(),
+                        times
+                    ),
+                    ("wsproxy_tunnels_opened_total route=/chat".to_owned(), times),
+                ]
+                .map(|(k, n)| (k, n as u64))
+            );
+        }
+    }
+
+    #[test]
     fn close_code_labels_are_a_bounded_set() {
         let labels: Vec<_> = [
             None,
@@ -429,7 +591,7 @@ mod tests {
             Some(999),
         ]
         .into_iter()
-        .map(close_code_label)
+        .map(|code| CLOSE_CODE_LABELS[close_code_index(code)])
         .collect();
         assert_eq!(
             labels,
@@ -442,9 +604,9 @@ mod tests {
 
     #[test]
     fn status_labels_are_the_numbers() {
-        for status in [101, 200, 403, 418, 426, 502, 599] {
-            let status = StatusCode::from_u16(status).unwrap();
-            assert_eq!(&*status_label(status), status.as_str());
+        for label in STATUS_LABELS {
+            let status = StatusCode::from_bytes(label.as_bytes()).unwrap();
+            assert_eq!(status.as_str(), label);
         }
     }
 }

@@ -30,6 +30,9 @@ pub struct Route {
     /// How it shows (`[host]prefix`), made once: the metrics label of
     /// every handshake and tunnel of the route.
     label: Arc<str>,
+    /// Its metric keys, made once with the label.
+    #[cfg(feature = "metrics")]
+    keys: Arc<crate::metrics::RouteKeys>,
 }
 
 #[derive(Clone)]
@@ -44,11 +47,7 @@ type Predicate = dyn Fn(&Uri, &HeaderMap) -> bool + Send + Sync;
 impl Route {
     /// Claim every WebSocket handshake (the default).
     pub fn any() -> Self {
-        Self {
-            kind: Kind::Any,
-            host: None,
-            label: "/".into(),
-        }
+        Self::labelled(Kind::Any, None, "/".into())
     }
 
     /// Claim handshakes whose path is `prefix` or lies below it, by whole
@@ -65,11 +64,7 @@ impl Route {
             return Self::any();
         }
         let prefix: Arc<str> = trimmed.into();
-        Self {
-            label: prefix.clone(),
-            kind: Kind::Prefix(prefix),
-            host: None,
-        }
+        Self::labelled(Kind::Prefix(prefix.clone()), None, prefix)
     }
 
     /// Claim handshakes for which `predicate` returns `true`.
@@ -77,11 +72,11 @@ impl Route {
     where
         F: Fn(&Uri, &HeaderMap) -> bool + Send + Sync + 'static,
     {
-        Self {
-            kind: Kind::Predicate(Arc::new(predicate)),
-            host: None,
-            label: "<predicate>".into(),
-        }
+        Self::labelled(
+            Kind::Predicate(Arc::new(predicate)),
+            None,
+            "<predicate>".into(),
+        )
     }
 
     /// Claim only handshakes for `host` (the request's `Host`, or its
@@ -99,16 +94,25 @@ impl Route {
     /// headers.insert(HOST, HeaderValue::from_static("example.com"));
     /// assert!(!route.matches(&"/chat".parse().unwrap(), &headers));
     /// ```
-    pub fn host(mut self, host: &str) -> Self {
+    pub fn host(self, host: &str) -> Self {
         let host: Arc<str> = host.to_ascii_lowercase().into();
         let path = match &self.kind {
             Kind::Any => "/",
             Kind::Prefix(prefix) => prefix,
             Kind::Predicate(_) => "<predicate>",
         };
-        self.label = format!("{host}{path}").into();
-        self.host = Some(host);
-        self
+        let label = format!("{host}{path}").into();
+        Self::labelled(self.kind, Some(host), label)
+    }
+
+    fn labelled(kind: Kind, host: Option<Arc<str>>, label: Arc<str>) -> Self {
+        Self {
+            kind,
+            host,
+            #[cfg(feature = "metrics")]
+            keys: Arc::new(crate::metrics::RouteKeys::new(label.clone())),
+            label,
+        }
     }
 
     /// Does this route claim a handshake for `uri` with `headers`?
@@ -130,6 +134,12 @@ impl Route {
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn label(&self) -> Arc<str> {
         self.label.clone()
+    }
+
+    /// Its metric keys, made once.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metric_keys(&self) -> &Arc<crate::metrics::RouteKeys> {
+        &self.keys
     }
 
     /// The prefix a backend's path is mapped from (stripped or
