@@ -74,7 +74,7 @@ pub use http::{
     Head, handshake, header, proxy_v1, proxy_v2, raw, read_at_least, read_body, read_body_and_rest,
     read_head, read_head_after, read_to_close,
 };
-pub use log::Captured;
+pub use log::{Captured, Capturing};
 pub use python::{Reaped, python_backend, python_script};
 pub use raw::{
     RawBackend, accept_key, closed_port, read_request_head, scripted_backend, silent_backend,

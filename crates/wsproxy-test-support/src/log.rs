@@ -23,19 +23,42 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     }
 }
 
+/// Keeps a capture going: the thread's default subscriber, and a second
+/// live dispatcher.
+///
+/// tracing caches each callsite's interest once, for the whole process.
+/// While exactly one dispatcher exists, a callsite is judged by the
+/// default of whichever thread reaches it first: a sibling test's thread
+/// with no subscriber caches "never", and this thread's capture then
+/// misses the line (tokio-rs/tracing#3611). With two, every callsite is
+/// judged by all of them, this capture included.
+#[derive(Debug)]
+pub struct Capturing {
+    _default: tracing::subscriber::DefaultGuard,
+    _anchor: tracing::Dispatch,
+}
+
 impl Captured {
     /// This thread's INFO and higher log lines until the guard drops (on a
     /// current-thread runtime, the proxy's tasks log here too).
-    pub fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+    pub fn start() -> (Self, Capturing) {
         let captured = Self::default();
+        let anchor = tracing::Dispatch::new(tracing_subscriber::registry());
         let subscriber = tracing_subscriber::fmt()
             .with_writer(captured.clone())
             .with_ansi(false)
             .with_max_level(tracing::Level::INFO)
             .finish();
+        let default = tracing::subscriber::set_default(subscriber);
+        // Callsites a subscriber-less thread judged while this capture was
+        // the only dispatcher are judged again.
+        tracing::callsite::rebuild_interest_cache();
         (
-            captured.clone(),
-            tracing::subscriber::set_default(subscriber),
+            captured,
+            Capturing {
+                _default: default,
+                _anchor: anchor,
+            },
         )
     }
 
