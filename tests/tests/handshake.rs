@@ -770,6 +770,44 @@ async fn a_shutdown_waits_for_a_refusal_body_until_its_deadline() {
 }
 
 #[tokio::test]
+async fn a_refusal_body_that_stalls_for_the_handshake_timeout_is_ended() {
+    // As nginx's `proxy_read_timeout`: a backend that starts its refusal
+    // body and then sends nothing does not hold the client's connection
+    // for ever. It may take the handshake timeout between two reads.
+    let backend = scripted_backend(|mut stream, _| async move {
+        stream
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\nstarted")
+            .await
+            .unwrap();
+        let mut chunk = [0u8; 1024];
+        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let stall = Duration::from_millis(300);
+    let (proxy, _) = proxy_to(backend, |l| l.handshake_timeout(stall)).await;
+    let (captured, _logging) = Captured::start();
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 503, "{}", head.text);
+    let begun = Instant::now();
+    let mut rest = head.rest;
+    within("the connection's end", stream.read_to_end(&mut rest))
+        .await
+        .unwrap_or_default();
+    assert!(begun.elapsed() >= stall / 2, "ended before the timeout");
+    assert!(
+        rest.len() < 100,
+        "the body was not cut: {} bytes",
+        rest.len()
+    );
+    assert!(
+        captured.text().contains("refusal body stalled"),
+        "{}",
+        captured.text()
+    );
+}
+
+#[tokio::test]
 async fn a_length_given_twice_is_relayed_once_and_a_chunk_without_a_size_is_refused() {
     let backend =
         RawBackend::start("HTTP/1.1 403 Forbidden\r\nContent-Length: 2, 2\r\n\r\nno").await;

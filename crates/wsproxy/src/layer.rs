@@ -247,7 +247,10 @@ impl WebSocketProxyLayer {
     /// backend's answer, and [retries](crate::balance#retries) on other
     /// backends (default: 10 s); exceeding it answers
     /// `504 Gateway Timeout`. It also bounds the wait for the client's side
-    /// of the upgrade to complete.
+    /// of the upgrade to complete, and the backend's silences while it
+    /// sends the body of a refusal (as nginx's `proxy_read_timeout`: the
+    /// longest wait between two reads; the client's response then ends
+    /// unfinished).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
         self

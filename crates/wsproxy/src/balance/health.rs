@@ -255,7 +255,9 @@ impl Probe {
                         .map_err(|e| e.to_string())?;
                     let key = connect::complete_upgrade_request(&mut request, upstream);
                     let tunnels = crate::Tunnels::new();
-                    match connect::handshake(stream, request, &key, timeout, &tunnels).await {
+                    match connect::handshake(stream, request, &key, timeout, timeout, &tunnels)
+                        .await
+                    {
                         Ok(Answer::Upgraded(_, mut io)) => {
                             let _ = io
                                 .write_all(&crate::frame::close_frame(

@@ -174,12 +174,14 @@ impl Error for Failure {
 }
 
 /// Send the upgrade `request` over `stream` and classify the answer,
-/// all within `timeout`. `key` is the `Sec-WebSocket-Key` that was sent.
+/// all within `timeout`; a refusal's body may then take `stall` between
+/// two reads. `key` is the `Sec-WebSocket-Key` that was sent.
 pub(crate) async fn handshake(
     mut stream: BackendStream,
     request: Request<Empty<Bytes>>,
     key: &HeaderValue,
     timeout: Duration,
+    stall: Duration,
     tunnels: &Tunnels,
 ) -> Result<Answer, Failure> {
     let exchange = async {
@@ -208,7 +210,7 @@ pub(crate) async fn handshake(
             }
         };
         if head.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let body = RefusalBody::new(&head, stream, buf, tunnels)
+            let body = RefusalBody::new(&head, stream, buf, stall, tunnels)
                 .ok_or(Failure::Malformed(Malformed::Length))?;
             let (mut parts, ()) = head.into_parts();
             body.framing_headers(&mut parts.headers);

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::{HeaderMap, Response, StatusCode, Version, header};
@@ -21,10 +22,15 @@ const MAX_LINE: usize = 4096;
 
 /// The body of a backend's refusal, relayed to the client as it arrives.
 /// It ends with an error (which ends the client's response unfinished) if
-/// the backend breaks its framing or closes early, or at a shutdown's
-/// deadline; until then a shutdown waits for it, as for a tunnel.
+/// the backend breaks its framing, closes early, or sends nothing for
+/// `stall` (as nginx's `proxy_read_timeout`), or at a shutdown's deadline;
+/// until then a shutdown waits for it, as for a tunnel.
 pub(crate) struct RefusalBody {
     stream: BackendStream,
+    /// The longest wait for the backend between two reads.
+    stall: Duration,
+    /// Armed while a read waits (made at the first wait, then reset).
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Read and not yet relayed.
     buf: BytesMut,
     framing: Framing,
@@ -83,12 +89,13 @@ fn broken(what: &str) -> io::Error {
 
 impl RefusalBody {
     /// The body of the answer `head` to a `GET`, from `stream` whose
-    /// bytes after the head are in `buf`; `None` if its `Content-Length`
-    /// is not one number.
+    /// bytes after the head are in `buf`, with at most `stall` between two
+    /// reads; `None` if its `Content-Length` is not one number.
     pub(super) fn new(
         head: &Response<()>,
         stream: BackendStream,
         buf: BytesMut,
+        stall: Duration,
         tunnels: &Tunnels,
     ) -> Option<Self> {
         let framing = framing(head.status(), head.version(), head.headers())?;
@@ -104,6 +111,8 @@ impl RefusalBody {
         });
         Some(RefusalBody {
             stream,
+            stall,
+            stalled: None,
             buf,
             framing,
             deadline: Some(deadline),
@@ -279,11 +288,36 @@ impl Body for RefusalBody {
             if this.buf.capacity() - this.buf.len() < READ_SIZE / 4 {
                 this.buf.reserve(READ_SIZE);
             }
-            let read = ready!(tokio_util::io::poll_read_buf(
+            let read = match tokio_util::io::poll_read_buf(
                 Pin::new(&mut this.stream),
                 cx,
-                &mut this.buf
-            ));
+                &mut this.buf,
+            ) {
+                Poll::Ready(read) => {
+                    if let Some(stalled) = &mut this.stalled {
+                        stalled
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + this.stall);
+                    }
+                    read
+                }
+                Poll::Pending => {
+                    let stall = this.stall;
+                    let stalled = this
+                        .stalled
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                    ready!(stalled.as_mut().poll(cx));
+                    this.framing = Framing::Done;
+                    tracing::info!(
+                        timeout = ?stall,
+                        "backend's refusal body stalled: the client's response ends unfinished"
+                    );
+                    return Poll::Ready(Some(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("backend's refusal body stalled for {stall:?}"),
+                    ))));
+                }
+            };
             match read {
                 Ok(0) if this.framing == Framing::Close => {
                     this.framing = Framing::Done;

@@ -93,15 +93,22 @@ pub(crate) async fn handshake(
         {
             Ok(stream) => {
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                connect::handshake(stream, request, key, remaining, &config.tunnels)
-                    .await
-                    .map_err(|failure| match failure {
-                        // The timeout that ran out is the handshake's.
-                        Failure::HandshakeTimeout(_) => {
-                            Failure::HandshakeTimeout(config.handshake_timeout)
-                        }
-                        other => other,
-                    })
+                connect::handshake(
+                    stream,
+                    request,
+                    key,
+                    remaining,
+                    config.handshake_timeout,
+                    &config.tunnels,
+                )
+                .await
+                .map_err(|failure| match failure {
+                    // The timeout that ran out is the handshake's.
+                    Failure::HandshakeTimeout(_) => {
+                        Failure::HandshakeTimeout(config.handshake_timeout)
+                    }
+                    other => other,
+                })
             }
             Err(failure) => Err(failure),
         };
