@@ -730,18 +730,23 @@ async fn a_refusal_body_cut_short_ends_the_clients_response_unfinished() {
     assert_eq!(tunnels.open(), 0);
 }
 
-#[tokio::test]
-async fn a_shutdown_waits_for_a_refusal_body_until_its_deadline() {
-    let backend = scripted_backend(|mut stream, _| async move {
+/// A backend that refuses with a 100-byte body, sends `started` of it,
+/// and holds the connection until the proxy drops it.
+async fn stalling_refusal() -> std::net::SocketAddr {
+    scripted_backend(|mut stream, _| async move {
         stream
             .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\nstarted")
             .await
             .unwrap();
-        // The rest never comes; hold the connection until the proxy drops it.
         let mut chunk = [0u8; 1024];
         while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_shutdown_waits_for_a_refusal_body_until_its_deadline() {
+    let backend = stalling_refusal().await;
     let (proxy, tunnels) = proxy_to(backend, |l| l).await;
     let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
     let head = read_head(&mut stream).await;
@@ -774,15 +779,7 @@ async fn a_refusal_body_that_stalls_for_the_handshake_timeout_is_ended() {
     // As nginx's `proxy_read_timeout`: a backend that starts its refusal
     // body and then sends nothing does not hold the client's connection
     // for ever. It may take the handshake timeout between two reads.
-    let backend = scripted_backend(|mut stream, _| async move {
-        stream
-            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 100\r\n\r\nstarted")
-            .await
-            .unwrap();
-        let mut chunk = [0u8; 1024];
-        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
-    })
-    .await;
+    let backend = stalling_refusal().await;
     let stall = Duration::from_millis(300);
     let (proxy, _) = proxy_to(backend, |l| l.handshake_timeout(stall)).await;
     let (captured, _logging) = Captured::start();

@@ -3,7 +3,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, duplex};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, duplex,
+};
 use tokio::time::Instant;
 
 use super::keepalive::ping_token;
@@ -157,6 +159,17 @@ async fn half_close_is_bounded() {
 const CLIENT_CLOSE: [u8; 8] = [0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8];
 const BACKEND_CLOSE: [u8; 4] = [0x88, 0x02, 0x03, 0xe8];
 
+/// A closing handshake as a client starts it: its Close reaches the
+/// backend, which answers with its own and closes its connection.
+async fn close_both_ways(client: &mut DuplexStream, backend: &mut DuplexStream) {
+    client.write_all(&CLIENT_CLOSE).await.unwrap();
+    let mut close = [0; 8];
+    backend.read_exact(&mut close).await.unwrap();
+    assert_eq!(close, CLIENT_CLOSE);
+    backend.write_all(&BACKEND_CLOSE).await.unwrap();
+    backend.shutdown().await.unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_finished_closing_handshake_ends_with_the_backends_fin() {
     // The client sends its Close and keeps its connection open (no FIN);
@@ -170,12 +183,7 @@ async fn a_finished_closing_handshake_ends_with_the_backends_fin() {
         timeouts(None, 3_600_000),
         Tunnels::new().drain(),
     ));
-    client.write_all(&CLIENT_CLOSE).await.unwrap();
-    let mut close = [0; 8];
-    backend.read_exact(&mut close).await.unwrap();
-    assert_eq!(close, CLIENT_CLOSE);
-    backend.write_all(&BACKEND_CLOSE).await.unwrap();
-    backend.shutdown().await.unwrap();
+    close_both_ways(&mut client, &mut backend).await;
     let (end, totals) = tokio::time::timeout(Duration::from_secs(60), task)
         .await
         .expect("the tunnel ended without the client's FIN")
@@ -202,11 +210,7 @@ async fn an_h2_stream_is_let_go_only_once_the_client_ended_it_too() {
         timeouts(None, 3_600_000),
         Tunnels::new().drain(),
     ));
-    client.write_all(&CLIENT_CLOSE).await.unwrap();
-    let mut close = [0; 8];
-    backend.read_exact(&mut close).await.unwrap();
-    backend.write_all(&BACKEND_CLOSE).await.unwrap();
-    backend.shutdown().await.unwrap();
+    close_both_ways(&mut client, &mut backend).await;
     // The client gets the Close and the end of the stream...
     let mut reply = Vec::new();
     client.read_to_end(&mut reply).await.unwrap();
@@ -278,11 +282,7 @@ async fn the_clients_connection_is_shut_down_not_just_dropped_after_the_closing_
         timeouts(None, 3_600_000),
         Tunnels::new().drain(),
     ));
-    client.write_all(&CLIENT_CLOSE).await.unwrap();
-    let mut close = [0; 8];
-    backend.read_exact(&mut close).await.unwrap();
-    backend.write_all(&BACKEND_CLOSE).await.unwrap();
-    backend.shutdown().await.unwrap();
+    close_both_ways(&mut client, &mut backend).await;
     let (end, _) = tokio::time::timeout(Duration::from_secs(60), task)
         .await
         .expect("the tunnel ended without the client's FIN")
