@@ -805,6 +805,30 @@ async fn a_refusal_body_that_stalls_for_the_handshake_timeout_is_ended() {
 }
 
 #[tokio::test]
+async fn a_refusal_body_that_keeps_coming_is_not_cut_by_the_stall_timeout() {
+    // The limit is on each silence, not on the whole body: ten bytes a
+    // quarter of a second apart take longer than the timeout in all.
+    let backend = scripted_backend(|mut stream, _| async move {
+        stream
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 10\r\n\r\n")
+            .await
+            .unwrap();
+        for byte in b"0123456789" {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            stream.write_all(&[*byte]).await.unwrap();
+        }
+        let mut chunk = [0u8; 1024];
+        while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    let (proxy, _) = proxy_to(backend, |l| l.handshake_timeout(Duration::from_secs(2))).await;
+    let mut stream = raw(proxy, handshake("/", "").as_bytes()).await;
+    let head = read_head(&mut stream).await;
+    assert_eq!(head.status, 503, "{}", head.text);
+    assert_eq!(read_body(&mut stream, &head).await, b"0123456789");
+}
+
+#[tokio::test]
 async fn a_length_given_twice_is_relayed_once_and_a_chunk_without_a_size_is_refused() {
     let backend =
         RawBackend::start("HTTP/1.1 403 Forbidden\r\nContent-Length: 2, 2\r\n\r\nno").await;

@@ -43,16 +43,15 @@ impl Captured {
     /// current-thread runtime, the proxy's tasks log here too).
     pub fn start() -> (Self, Capturing) {
         let captured = Self::default();
-        let anchor = tracing::Dispatch::new(tracing_subscriber::registry());
+        // Registered as a dispatcher, interested in nothing.
+        let anchor = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::new());
         let subscriber = tracing_subscriber::fmt()
             .with_writer(captured.clone())
             .with_ansi(false)
             .with_max_level(tracing::Level::INFO)
             .finish();
+        // Registering it judges every callsite again, by both.
         let default = tracing::subscriber::set_default(subscriber);
-        // Callsites a subscriber-less thread judged while this capture was
-        // the only dispatcher are judged again.
-        tracing::callsite::rebuild_interest_cache();
         (
             captured,
             Capturing {

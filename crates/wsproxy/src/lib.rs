@@ -374,5 +374,7 @@ pub const HTTP2_CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 /// proxy reads and forwards it in one piece (with
 /// `SETTINGS_MAX_FRAME_SIZE` at 16 KiB the proxy's CPU per MB of 16 KiB
 /// messages was 12-15% higher; BENCHMARKS.md). A connection's read buffer
-/// grows to at most one frame.
+/// grows to at most one frame: a client can make each of its connections
+/// hold 64 KiB by announcing a frame that large (16 KiB at HTTP/2's
+/// default); `serve::ConnectionLimits` bound that by bounding connections.
 pub const HTTP2_MAX_FRAME_SIZE: u32 = 64 * 1024;

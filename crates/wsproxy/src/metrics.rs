@@ -161,9 +161,10 @@ use std::sync::OnceLock;
 #[cfg(feature = "metrics")]
 use metrics::{Key, Label};
 
-/// How many [`EndKind`](crate::outcome::EndKind)s there are.
+/// How many [`EndKind`](crate::outcome::EndKind)s there are (`Error` is
+/// the last).
 #[cfg(feature = "metrics")]
-const END_KINDS: usize = 9;
+const END_KINDS: usize = crate::outcome::EndKind::Error as usize + 1;
 
 /// What the macros register with: this module as target, level `INFO`.
 #[cfg(feature = "metrics")]
@@ -515,62 +516,65 @@ mod tests {
     #[test]
     fn a_routes_keys_are_registered_with_the_recorder_of_the_moment() {
         // The route (its keys) is made before either recorder exists: each
-        // still gets what happens while it is the recorder.
+        // still gets what happens while it is the recorder, under the
+        // names and labels the metrics table above gives.
         let route = Route::prefix("/chat");
         let opened = |recorder: &DebuggingRecorder, times: usize| {
             metrics::with_local_recorder(recorder, || {
                 for _ in 0..times {
                     let tunnel = tunnel_opened(&route, std::time::Duration::ZERO);
-                    tunnel.closed(&End::Idle, &Totals::default());
+                    let mut totals = Totals::default();
+                    totals.up.bytes = 3;
+                    totals.down.messages = 1;
+                    totals.up.close_code = Some(1000);
+                    tunnel.closed(&End::Idle, &totals);
                     handshake_answered(&route, StatusCode::SWITCHING_PROTOCOLS);
+                    // Not among the labels made once: made on each count.
+                    handshake_answered(&route, StatusCode::IM_A_TEAPOT);
                 }
             });
         };
         let (first, second) = (DebuggingRecorder::new(), DebuggingRecorder::new());
         opened(&first, 1);
         opened(&second, 2);
-        for (recorder, times) in [(first, 1), (second, 2)] {
-            let mut counted: Vec<(String, u64)> = recorder
+        for (recorder, times) in [(first, 1u64), (second, 2)] {
+            let mut seen: Vec<String> = recorder
                 .snapshotter()
                 .snapshot()
                 .into_vec()
                 .into_iter()
-                .filter_map(|(key, _, _, value)| match value {
-                    DebugValue::Counter(n) if n > 0 => {
-                        let labels: Vec<String> = key
-                            .key()
-                            .labels()
-                            .map(|l| format!("{}={}", l.key(), l.value()))
-                            .collect();
-                        Some((format!("{} {}", key.key().name(), labels.join(",")), n))
-                    }
-                    _ => None,
+                .map(|(key, _, _, value)| {
+                    let labels: Vec<String> = key
+                        .key()
+                        .labels()
+                        .map(|l| format!("{}={}", l.key(), l.value()))
+                        .collect();
+                    let value = match value {
+                        DebugValue::Counter(n) => n.to_string(),
+                        DebugValue::Gauge(g) => format!("gauge {}", g.into_inner()),
+                        DebugValue::Histogram(h) => format!("{} values", h.len()),
+                    };
+                    format!("{} {} {value}", key.key().name(), labels.join(","))
                 })
                 .collect();
-            counted.sort();
-            assert_eq!(
-                counted,
-                [
-                    (
-                        "wsproxy_close_codes_total route=/chat,from=backend,code=none".to_owned(),
-                        times
-                    ),
-                    (
-                        "wsproxy_close_codes_total route=/chat,from=client,code=none".to_owned(),
-                        times
-                    ),
-                    (
-                        "wsproxy_handshakes_total route=/chat,status=101".to_owned(),
-                        times
-                    ),
-                    (
-                        "wsproxy_tunnels_closed_total route=/chat,reason=idle".to_owned(),
-                        times
-                    ),
-                    ("wsproxy_tunnels_opened_total route=/chat".to_owned(), times),
-                ]
-                .map(|(k, n)| (k, n as u64))
-            );
+            seen.sort();
+            let n = times;
+            let expected = [
+                "wsproxy_bytes_total route=/chat,direction=down 0".to_owned(),
+                format!("wsproxy_bytes_total route=/chat,direction=up {}", 3 * n),
+                format!("wsproxy_close_codes_total route=/chat,from=backend,code=none {n}"),
+                format!("wsproxy_close_codes_total route=/chat,from=client,code=1000 {n}"),
+                format!("wsproxy_handshake_seconds route=/chat {n} values"),
+                format!("wsproxy_handshakes_total route=/chat,status=101 {n}"),
+                format!("wsproxy_handshakes_total route=/chat,status=418 {n}"),
+                format!("wsproxy_messages_total route=/chat,direction=down {n}"),
+                "wsproxy_messages_total route=/chat,direction=up 0".to_owned(),
+                format!("wsproxy_tunnel_duration_seconds route=/chat {n} values"),
+                format!("wsproxy_tunnels_closed_total route=/chat,reason=idle {n}"),
+                "wsproxy_tunnels_open route=/chat gauge 0".to_owned(),
+                format!("wsproxy_tunnels_opened_total route=/chat {n}"),
+            ];
+            assert_eq!(seen, expected);
         }
     }
 

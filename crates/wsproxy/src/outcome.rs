@@ -93,6 +93,7 @@ pub(crate) enum EndKind {
     Shutdown,
     BackendDown,
     Expired,
+    /// The last: metrics keep a key per kind, up to this one.
     Error,
 }
 

@@ -94,7 +94,8 @@ pub(crate) struct Args {
     #[arg(long, value_parser = parse_duration)]
     pub(crate) connect_timeout: Option<Duration>,
 
-    /// Time allowed for a backend to answer the upgrade request.
+    /// Time allowed for a backend to answer the upgrade request, and the
+    /// longest silence while it sends the body of a refusal.
     /// [default: 10s]
     #[arg(long, value_parser = parse_duration)]
     pub(crate) handshake_timeout: Option<Duration>,

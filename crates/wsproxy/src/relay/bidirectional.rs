@@ -345,6 +345,12 @@ where
                 && now >= at
             {
                 let client_first = first_close.unwrap_or(client_first);
+                // A closing handshake that finished both ways is a clean
+                // close, even if a side (an HTTP/2 client that never ends
+                // its stream) did not end its connection in time.
+                if up.close_passed() && down.close_passed() {
+                    return Poll::Ready(End::Closed { client_first });
+                }
                 return Poll::Ready(End::HalfCloseTimeout { client_first });
             }
             if settings

@@ -15,8 +15,9 @@
 //!
 //! Every chunk passes through a [`FrameTracker`], which reads frame headers
 //! only. With no frame-aware setting in use (no limits, no keepalive, no
-//! drain in progress) that is all: bytes out equal bytes in, chunk for
-//! chunk. When a setting needs it, the direction becomes frame-aware: it
+//! drain in progress) that is all: bytes out equal bytes in, byte for
+//! byte (a source is read dry before writing, so what arrived together is
+//! written together). When a setting needs it, the direction becomes frame-aware: it
 //! writes a frame header only once the header is whole (a partial header
 //! at the end of a read is fed again in front of the next one), so it can
 //! refuse a frame before any of it is forwarded, insert a Ping or Close of

@@ -246,6 +246,9 @@ impl Pump {
         if self.done {
             return Poll::Ready(Ok(()));
         }
+        // The source was read dry in this poll and has nothing more: it is
+        // not asked again (its waker is registered).
+        let mut drained = false;
         loop {
             if let Some(pending) = &mut self.pending {
                 while pending.pos < pending.buf.len() {
@@ -277,65 +280,11 @@ impl Pump {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
-            let read = SCRATCH.with(|scratch| {
-                let mut scratch = scratch.borrow_mut();
-                let held = self.held.len();
-                scratch[..held].copy_from_slice(&self.held);
-                // Read the source dry (up to the scratch buffer) before
-                // writing: an HTTP/2 stream gives one DATA frame per read,
-                // and a message of several frames then goes out in one
-                // write. A TCP source that gave less than asked is known
-                // drained, so its second read is answered at once, without
-                // a system call.
-                let mut filled = held;
-                let mut end = None;
-                loop {
-                    let mut buf = ReadBuf::new(&mut scratch[filled..]);
-                    match src.as_mut().poll_read(cx, &mut buf) {
-                        Poll::Pending => break,
-                        Poll::Ready(Ok(())) => {
-                            let n = buf.filled().len();
-                            if n == 0 {
-                                end = Some(Ok(()));
-                                break;
-                            }
-                            filled += n;
-                            self.received += n as u64;
-                            if SCRATCH_SIZE - filled < MIN_READ {
-                                break;
-                            }
-                        }
-                        Poll::Ready(Err(e)) => {
-                            end = Some(Err(e));
-                            break;
-                        }
-                    }
-                }
-                let read = filled - held;
-                if read == 0 && end.is_none() {
-                    return Poll::Pending;
-                }
-                if read > 0 {
-                    self.held = Vec::new();
-                    self.pass(cx, dst.as_mut(), &scratch[..filled])?;
-                }
-                match end {
-                    None => Poll::Ready(Ok(read)),
-                    Some(Err(e)) => Poll::Ready(Err(Failure::Read(e))),
-                    Some(Ok(())) => {
-                        // End of stream: what was held back goes as is,
-                        // unless nothing may follow the proxy's Close; the
-                        // tracker sees it (a partial frame leaves no
-                        // boundary for a Close of the proxy's).
-                        let rest = std::mem::take(&mut self.held);
-                        if !self.close_sent {
-                            self.frames.feed(&rest);
-                            self.forward(cx, dst.as_mut(), &rest)?;
-                        }
-                        Poll::Ready(Ok(0))
-                    }
-                }
-            });
+            let read = if drained {
+                Poll::Pending
+            } else {
+                self.read_dry(cx, src.as_mut(), dst.as_mut(), &mut drained)
+            };
             match read {
                 Poll::Ready(Ok(0)) => self.eof = true,
                 Poll::Ready(Ok(_)) => self.unflushed = !self.dst_gone,
@@ -353,6 +302,84 @@ impl Pump {
                 }
             }
         }
+    }
+
+    /// Read `src` into the scratch buffer until it has nothing more or the
+    /// buffer is nearly full, then pass what came. `drained` is set when
+    /// the source said it has nothing more (its waker is registered).
+    fn read_dry<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut src: Pin<&mut R>,
+        mut dst: Pin<&mut W>,
+        drained: &mut bool,
+    ) -> Poll<Result<usize, Failure>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            let held = self.held.len();
+            scratch[..held].copy_from_slice(&self.held);
+            // Read the source dry (up to the scratch buffer) before
+            // writing: an HTTP/2 stream gives one DATA frame per read,
+            // and a message of several frames then goes out in one
+            // write. A TCP source that gave less than asked is known
+            // drained, so its second read is answered at once, without
+            // a system call.
+            let mut filled = held;
+            let mut end = None;
+            loop {
+                let mut buf = ReadBuf::new(&mut scratch[filled..]);
+                match src.as_mut().poll_read(cx, &mut buf) {
+                    Poll::Pending => {
+                        *drained = true;
+                        break;
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let n = buf.filled().len();
+                        if n == 0 {
+                            end = Some(Ok(()));
+                            break;
+                        }
+                        filled += n;
+                        self.received += n as u64;
+                        if SCRATCH_SIZE - filled < MIN_READ {
+                            break;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => {
+                        end = Some(Err(e));
+                        break;
+                    }
+                }
+            }
+            let read = filled - held;
+            if read == 0 && end.is_none() {
+                return Poll::Pending;
+            }
+            if read > 0 {
+                self.held = Vec::new();
+                self.pass(cx, dst.as_mut(), &scratch[..filled])?;
+            }
+            match end {
+                None => Poll::Ready(Ok(read)),
+                Some(Err(e)) => Poll::Ready(Err(Failure::Read(e))),
+                Some(Ok(())) => {
+                    // End of stream: what was held back goes as is,
+                    // unless nothing may follow the proxy's Close; the
+                    // tracker sees it (a partial frame leaves no
+                    // boundary for a Close of the proxy's).
+                    let rest = std::mem::take(&mut self.held);
+                    if !self.close_sent {
+                        self.frames.feed(&rest);
+                        self.forward(cx, dst.as_mut(), &rest)?;
+                    }
+                    Poll::Ready(Ok(0))
+                }
+            }
+        })
     }
 
     /// Pass one chunk read from the source.

@@ -224,6 +224,27 @@ async fn an_h2_stream_is_let_go_only_once_the_client_ended_it_too() {
     assert!(matches!(end, End::Closed { client_first: true }), "{end}");
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_h2_stream_the_client_never_ends_is_let_go_at_the_half_close_timeout_as_closed() {
+    // The closing handshake finished both ways; the client never ends its
+    // stream. The tunnel waits for it no longer than the half-close
+    // timeout, and counts a clean close, not a side that did not follow.
+    let (mut client, client_side) = duplex(64);
+    let (backend_side, mut backend) = duplex(64);
+    let task = tokio::spawn(relay_on(
+        Carrier::Stream,
+        client_side,
+        backend_side,
+        timeouts(None, 2_000),
+        Tunnels::new().drain(),
+    ));
+    let start = Instant::now();
+    close_both_ways(&mut client, &mut backend).await;
+    let (end, _) = task.await.unwrap();
+    assert!(matches!(end, End::Closed { client_first: true }), "{end}");
+    assert!(start.elapsed() >= Duration::from_millis(2_000));
+}
+
 /// Keeps what is written until it is flushed or shut down, as a TLS
 /// stream keeps records it could not send yet.
 struct Buffering<IO> {
@@ -1154,6 +1175,9 @@ mod vanished {
 struct Chunked {
     data: Vec<u8>,
     chunk: usize,
+    /// What comes after the data: `None` waits, else the end of stream
+    /// (`Ok`) or an error.
+    then: Option<io::Result<()>>,
 }
 
 impl AsyncRead for Chunked {
@@ -1163,7 +1187,14 @@ impl AsyncRead for Chunked {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if self.data.is_empty() {
-            return Poll::Pending;
+            return match self.then.take() {
+                None => Poll::Pending,
+                Some(Ok(())) => {
+                    self.then = Some(Ok(()));
+                    Poll::Ready(Ok(()))
+                }
+                Some(Err(e)) => Poll::Ready(Err(e)),
+            };
         }
         let n = self.chunk.min(self.data.len()).min(buf.remaining());
         buf.put_slice(&self.data[..n]);
@@ -1205,6 +1236,7 @@ fn a_source_is_read_dry_before_one_write() {
     let mut source = Chunked {
         data: message.repeat(5),
         chunk: 8 * 1024,
+        then: None,
     };
     let mut destination = Writes::default();
     let mut pump = super::pump::Pump::new(true, MessageLimits::new(), false, false);
@@ -1220,4 +1252,56 @@ fn a_source_is_read_dry_before_one_write() {
     assert_eq!(destination.0.iter().sum::<usize>(), total);
     // 64 KiB of scratch, read into while 4 KiB or more of it is free.
     assert_eq!(destination.0, [65_536, total - 65_536]);
+}
+
+#[test]
+fn the_end_of_a_source_read_dry_comes_after_its_data() {
+    // Frame-aware (a limit is set): a whole frame and the first byte of
+    // the next one's header, then the end of the stream, all in one poll.
+    // The frame goes through, and the held-back header byte goes as it is
+    // at the end; the destination is shut down.
+    let frame = [0x81, 0x82, 0, 0, 0, 0, b'h', b'i'];
+    let mut data = frame.to_vec();
+    data.push(0x81);
+    let mut source = Chunked {
+        data: data.clone(),
+        chunk: 3,
+        then: Some(Ok(())),
+    };
+    let mut destination = Writes::default();
+    let limits = MessageLimits::new().max_frame(1024);
+    let mut pump = super::pump::Pump::new(true, limits, false, false);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let polled = pump.poll(
+        &mut cx,
+        Pin::new(&mut source),
+        Pin::new(&mut destination),
+        false,
+    );
+    assert!(matches!(polled, Poll::Ready(Ok(()))));
+    assert_eq!(
+        destination.0,
+        [frame.len(), 1],
+        "the frame, then the held byte"
+    );
+
+    // An error after data: the data is passed, then the error reported.
+    let mut source = Chunked {
+        data: frame.to_vec(),
+        chunk: 3,
+        then: Some(Err(io::ErrorKind::ConnectionReset.into())),
+    };
+    let mut destination = Writes::default();
+    let mut pump = super::pump::Pump::new(true, limits, false, false);
+    let polled = pump.poll(
+        &mut cx,
+        Pin::new(&mut source),
+        Pin::new(&mut destination),
+        false,
+    );
+    assert!(
+        matches!(polled, Poll::Ready(Err(super::pump::Failure::Read(_)))),
+        "the error is reported"
+    );
+    assert_eq!(destination.0, [frame.len()], "after the data it followed");
 }
