@@ -313,3 +313,38 @@ async fn closing_handshakes_end_h2_streams_cleanly_and_keep_the_connection() {
     let (status, body) = h2_get(&mut sender, &proxy.to_string(), "http", "/plain").await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "plain over h2"));
 }
+
+/// The proxy closing a WebSocket over HTTP/2 itself (here for a broken
+/// message limit) lets its stream go only once the client ended it too:
+/// dropped at once, the stream would be reset while the client still
+/// sends, with the same count toward GOAWAY as above.
+#[tokio::test]
+async fn a_websocket_the_proxy_closes_over_h2_is_not_reset_under_the_client() {
+    let backend = Backend::start().await;
+    let layer = WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
+        .client_limits(wsproxy::MessageLimits::new().max_message(16));
+    let (proxy, tunnels) = proxy_over(layer).await;
+    let mut sender = h2(proxy).await;
+    let (_, mut ws) = open(&mut sender, connect_request(proxy, "/", &[])).await;
+    ws.send(Message::binary(vec![1u8; 64])).await.unwrap();
+    // The proxy's Close 1009; tungstenite answers it.
+    let close = within("the proxy's Close", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1009));
+    while let Some(Ok(_)) = within("the end of the WebSocket", ws.next()).await {}
+    // The tunnel is over; a round trip on the same connection makes sure
+    // the client has seen whatever the proxy did with the stream since.
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    let (status, _) = h2_get(&mut sender, &proxy.to_string(), "http", "/plain").await;
+    assert_eq!(status, StatusCode::OK);
+    // The stream is still there for the client to end.
+    within("END_STREAM", ws.get_mut().shutdown()).await.unwrap();
+}

@@ -63,14 +63,16 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
     let settings = config.settings.clone();
     let open = crate::metrics::tunnel_opened(&config.route, started.elapsed());
     let handshake_timeout = config.handshake_timeout;
+    let half_close = config.settings.half_close;
     tokio::spawn(
         async move {
+            let mut client = None;
             // A client that goes away before its side of the upgrade
             // completes still ends the tunnel that was counted open.
             let (end, totals) =
                 match tokio::time::timeout(handshake_timeout, on_client_upgrade).await {
-                    Ok(Ok(client)) => {
-                        let client = &mut TokioIo::new(client);
+                    Ok(Ok(upgraded)) => {
+                        let client = client.insert(TokioIo::new(upgraded));
                         relay::relay(client, carrier, &mut backend, settings, &drain).await
                     }
                     Ok(Err(e)) => (
@@ -112,7 +114,10 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
             );
             // Held to the end (moved in, not copied into locals: an idle
             // tunnel carries each once).
-            drop((guard, holds, load));
+            drop((guard, holds, load, backend));
+            if let Some(client) = &mut client {
+                relay::let_go(client, carrier, half_close, &drain).await;
+            }
         }
         .instrument(Span::current()),
     );
