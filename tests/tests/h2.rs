@@ -102,17 +102,19 @@ async fn close_codes_and_a_16_mib_message_cross_over_h2() {
     echo(&mut ws, Message::binary(big_message)).await;
     // The backend closes with 4001: the client sees it.
     ws.send(Message::text("server-close")).await.unwrap();
-    let close = within("the backend's close", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => break frame,
-                Some(Ok(_)) => continue,
-                other => panic!("{other:?}"),
-            }
-        }
-    })
-    .await;
+    let close = within("the backend's close", next_close(&mut ws)).await;
     assert_eq!(close.map(|f| u16::from(f.code)), Some(4001));
+}
+
+/// The next Close frame on `ws` (other messages skipped).
+async fn next_close(ws: &mut H2Socket) -> Option<CloseFrame> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 /// A proxy to a raw backend that answers `answer`, and an HTTP/2
@@ -322,29 +324,26 @@ async fn closing_handshakes_end_h2_streams_cleanly_and_keep_the_connection() {
 async fn a_websocket_the_proxy_closes_over_h2_is_not_reset_under_the_client() {
     let backend = Backend::start().await;
     let layer = WebSocketProxyLayer::new(format!("ws://{}", backend.addr).parse().unwrap())
-        .client_limits(wsproxy::MessageLimits::new().max_message(16));
+        .client_limits(wsproxy::MessageLimits::new().max_message(16))
+        // Only the client's end of its stream lets it go in this test.
+        .half_close_timeout(LIMIT);
     let (proxy, tunnels) = proxy_over(layer).await;
     let mut sender = h2(proxy).await;
     let (_, mut ws) = open(&mut sender, connect_request(proxy, "/", &[])).await;
     ws.send(Message::binary(vec![1u8; 64])).await.unwrap();
     // The proxy's Close 1009; tungstenite answers it.
-    let close = within("the proxy's Close", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(frame))) => break frame,
-                Some(Ok(_)) => continue,
-                other => panic!("{other:?}"),
-            }
-        }
-    })
-    .await;
+    let close = within("the proxy's Close", next_close(&mut ws)).await;
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1009));
     while let Some(Ok(_)) = within("the end of the WebSocket", ws.next()).await {}
-    // The tunnel is over; a round trip on the same connection makes sure
-    // the client has seen whatever the proxy did with the stream since.
-    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
+    // The relay is over (its end counted); a round trip on the same
+    // connection makes sure the client has seen whatever the proxy did
+    // with the stream since.
+    assert!(wait_until(LIMIT, || tunnels.stats().ended.limit == 1).await);
     let (status, _) = h2_get(&mut sender, &proxy.to_string(), "http", "/plain").await;
     assert_eq!(status, StatusCode::OK);
-    // The stream is still there for the client to end.
+    // The stream is still there for the client to end, and the tunnel
+    // counts open until it does.
+    assert_eq!(tunnels.open(), 1);
     within("END_STREAM", ws.get_mut().shutdown()).await.unwrap();
+    assert!(wait_until(LIMIT, || tunnels.open() == 0).await);
 }

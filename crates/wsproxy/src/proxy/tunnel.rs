@@ -112,12 +112,14 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
                 end = %end,
                 "tunnel closed"
             );
-            // Held to the end (moved in, not copied into locals: an idle
-            // tunnel carries each once).
-            drop((guard, holds, load, backend));
+            // The backend, its load unit and the admission permits go
+            // now; the tunnel counts open (and a shutdown waits for it)
+            // until the client's side is let go too.
+            drop((holds, load, backend));
             if let Some(client) = &mut client {
-                relay::let_go(client, carrier, half_close, &drain).await;
+                relay::let_go(client, carrier, &end, half_close, &drain).await;
             }
+            drop(guard);
         }
         .instrument(Span::current()),
     );

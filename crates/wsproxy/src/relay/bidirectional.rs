@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::Carrier;
+use super::carrier::Carrier;
 use super::closing::{Closing, Why, handshakes_done};
 use super::disconnect::{Disconnect, VANISHED_GRACE};
 use super::keepalive::Alive;
@@ -345,10 +345,16 @@ where
                 && now >= at
             {
                 let client_first = first_close.unwrap_or(client_first);
-                // A closing handshake that finished both ways is a clean
-                // close, even if a side (an HTTP/2 client that never ends
-                // its stream) did not end its connection in time.
-                if up.close_passed() && down.close_passed() {
+                // A closing handshake that finished both ways (and was
+                // sent on) is a clean close, even if a side did not end its
+                // connection in time (an HTTP/2 client that never ends its
+                // stream, a backend that never sends its FIN).
+                if closing.is_none()
+                    && up.close_passed()
+                    && down.close_passed()
+                    && up.flushed()
+                    && down.flushed()
+                {
                     return Poll::Ready(End::Closed { client_first });
                 }
                 return Poll::Ready(End::HalfCloseTimeout { client_first });

@@ -72,6 +72,7 @@
 //!   at once during a shutdown ([`Carrier`], [`let_go`]).
 
 mod bidirectional;
+mod carrier;
 mod closing;
 mod disconnect;
 mod keepalive;
@@ -80,72 +81,4 @@ mod pump;
 mod tests;
 
 pub(crate) use self::bidirectional::relay;
-
-use std::pin::Pin;
-use std::task::Poll;
-use std::time::Duration;
-
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-
-use crate::drain::Drain;
-
-/// What the client's side of a tunnel travels on; it decides how the
-/// tunnel may end after a clean closing handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Carrier {
-    /// A connection of its own (HTTP/1.1, over TCP or TLS). Once both
-    /// Close frames have passed and the backend closed its connection,
-    /// the client's is shut down and closed as a server's, without waiting
-    /// for its FIN (RFC 6455 §7.1.1).
-    Connection,
-    /// A stream of an HTTP/2 connection (RFC 8441). The stream is let go
-    /// only once the client ended it too (END_STREAM, or a reset):
-    /// dropped earlier, it would be reset while the client still sends,
-    /// and h2 counts the resets it must send for frames on such streams
-    /// against the whole connection (after 1,024 it ends it with GOAWAY
-    /// `ENHANCE_YOUR_CALM`, and every WebSocket on it). Waiting costs no
-    /// system call here: the end of a stream is a frame on a connection
-    /// that stays open.
-    Stream,
-}
-
-/// Let go of the client's side of a tunnel that ended, carried on
-/// `carrier`. A connection of its own is simply closed (dropped). An
-/// HTTP/2 stream is ended from the proxy's side (END_STREAM, if it was
-/// not yet), and what the client still sends is read and dropped until it
-/// ends its side too, for at most `within` (the half-close timeout): a
-/// stream dropped while the client still sends is reset, and h2 counts
-/// the resets such a client's frames then cause against its whole
-/// connection (see [`Carrier::Stream`]). A stream the client already ended
-/// is let go at once, and so is any once a shutdown started (its
-/// connection is going away: nothing is counted against it any more).
-pub(crate) async fn let_go<C>(client: &mut C, carrier: Carrier, within: Duration, drain: &Drain)
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
-    if carrier == Carrier::Connection {
-        return;
-    }
-    let ended = async {
-        // Already ended by the relay, or failed: nothing more to send.
-        let _ = client.shutdown().await;
-        std::future::poll_fn(|cx| {
-            loop {
-                // Read into the stack, not into the task's future.
-                let mut sink = [0u8; 512];
-                let mut buf = ReadBuf::new(&mut sink);
-                match Pin::new(&mut *client).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
-                    Poll::Ready(_) => return Poll::Ready(()),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        })
-        .await;
-    };
-    tokio::select! {
-        biased;
-        () = drain.shutdown() => {}
-        _ = tokio::time::timeout(within, ended) => {}
-    }
-}
+pub(crate) use self::carrier::{Carrier, let_go};

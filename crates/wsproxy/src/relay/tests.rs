@@ -196,20 +196,44 @@ async fn a_finished_closing_handshake_ends_with_the_backends_fin() {
     assert_eq!(reply, BACKEND_CLOSE);
 }
 
+/// A tunnel's client end, backend end and task.
+type Spawned = (
+    DuplexStream,
+    DuplexStream,
+    tokio::task::JoinHandle<(End, Totals)>,
+);
+
+/// A tunnel whose client is carried on `carrier`, relaying with
+/// `settings`: the client's end, the backend's, the task.
+fn spawn_on(carrier: Carrier, settings: Settings, drain: Drain) -> Spawned {
+    let (client, client_side) = duplex(4096);
+    let (backend_side, backend) = duplex(4096);
+    let task = tokio::spawn(relay_on(
+        carrier,
+        client_side,
+        backend_side,
+        settings,
+        drain,
+    ));
+    (client, backend, task)
+}
+
+/// [`spawn_on`] an HTTP/2 stream, with the half-close timeout
+/// `half_close` ms.
+fn stream_tunnel(half_close: u64) -> Spawned {
+    spawn_on(
+        Carrier::Stream,
+        timeouts(None, half_close),
+        Tunnels::new().drain(),
+    )
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_h2_stream_is_let_go_only_once_the_client_ended_it_too() {
     // The same closing handshake with the client on an HTTP/2 stream: the
     // tunnel waits for the client's end of the stream, which costs no
     // system call, instead of having the stream reset under it.
-    let (mut client, client_side) = duplex(64);
-    let (backend_side, mut backend) = duplex(64);
-    let task = tokio::spawn(relay_on(
-        Carrier::Stream,
-        client_side,
-        backend_side,
-        timeouts(None, 3_600_000),
-        Tunnels::new().drain(),
-    ));
+    let (mut client, mut backend, task) = stream_tunnel(3_600_000);
     close_both_ways(&mut client, &mut backend).await;
     // The client gets the Close and the end of the stream...
     let mut reply = Vec::new();
@@ -229,15 +253,7 @@ async fn an_h2_stream_the_client_never_ends_is_let_go_at_the_half_close_timeout_
     // The closing handshake finished both ways; the client never ends its
     // stream. The tunnel waits for it no longer than the half-close
     // timeout, and counts a clean close, not a side that did not follow.
-    let (mut client, client_side) = duplex(64);
-    let (backend_side, mut backend) = duplex(64);
-    let task = tokio::spawn(relay_on(
-        Carrier::Stream,
-        client_side,
-        backend_side,
-        timeouts(None, 2_000),
-        Tunnels::new().drain(),
-    ));
+    let (mut client, mut backend, task) = stream_tunnel(2_000);
     let start = Instant::now();
     close_both_ways(&mut client, &mut backend).await;
     let (end, _) = task.await.unwrap();
@@ -497,14 +513,27 @@ proptest::proptest! {
         pipe in 1usize..600,
     ) {
         use crate::frame::tests::frame;
-        let up: Vec<u8> = frames
-            .iter()
-            .flat_map(|&(fin, op, len, _)| frame(fin, op, &vec![9; len], Some([5, 6, 7, 8])))
+        // Nothing follows a side's Close (RFC 6455 §5.5.1): once both
+        // Closes passed and the backend ended, the proxy may close the
+        // client's connection, and what a client wrote after its Close
+        // would meet a closed pipe.
+        let until_close = |frames: &mut dyn Iterator<Item = &(bool, u8, usize, bool)>| {
+            let mut kept = Vec::new();
+            for &frame in frames {
+                kept.push(frame);
+                if frame.1 == 0x8 {
+                    break;
+                }
+            }
+            kept
+        };
+        let up: Vec<u8> = until_close(&mut frames.iter())
+            .into_iter()
+            .flat_map(|(fin, op, len, _)| frame(fin, op, &vec![9; len], Some([5, 6, 7, 8])))
             .collect();
-        let down: Vec<u8> = frames
-            .iter()
-            .rev()
-            .flat_map(|&(fin, op, len, _)| frame(fin, op, &vec![4; len], None))
+        let down: Vec<u8> = until_close(&mut frames.iter().rev())
+            .into_iter()
+            .flat_map(|(fin, op, len, _)| frame(fin, op, &vec![4; len], None))
             .collect();
         let (got_up, got_down) =
             relay_both_ways(frame_aware_settings(), &up, &down, chunk, pipe);
@@ -781,7 +810,6 @@ mod frame_aware {
 mod vanished {
     use super::*;
     use crate::frame::tests::frame;
-    use tokio::io::DuplexStream;
 
     const KEY: Option<[u8; 4]> = Some([1, 2, 3, 4]);
 
@@ -793,18 +821,8 @@ mod vanished {
         }
     }
 
-    fn spawn(
-        settings: Settings,
-        drain: Drain,
-    ) -> (
-        DuplexStream,
-        DuplexStream,
-        tokio::task::JoinHandle<(End, Totals)>,
-    ) {
-        let (client, client_side) = duplex(4096);
-        let (backend_side, backend) = duplex(4096);
-        let task = tokio::spawn(relay(client_side, backend_side, settings, drain));
-        (client, backend, task)
+    fn spawn(settings: Settings, drain: Drain) -> Spawned {
+        spawn_on(Carrier::Connection, settings, drain)
     }
 
     /// Read one frame of under 126 payload bytes: its first byte,
@@ -1304,4 +1322,71 @@ fn the_end_of_a_source_read_dry_comes_after_its_data() {
         "the error is reported"
     );
     assert_eq!(destination.0, [frame.len()], "after the data it followed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn let_go_waits_for_an_h2_clients_end_only_where_the_relay_did_not() {
+    use super::let_go;
+    let hour = Duration::from_secs(3_600);
+    let drain = Tunnels::new().drain();
+    let proxy_closed = End::Proxy {
+        reason: Reason::BackendDown,
+        answered: true,
+    };
+    // Returns at once (paused time does not move): a connection of its
+    // own, a stream the relay saw end or waited for already.
+    for (carrier, end) in [
+        (Carrier::Connection, &proxy_closed),
+        (Carrier::Stream, &End::Closed { client_first: true }),
+        (
+            Carrier::Stream,
+            &End::HalfCloseTimeout { client_first: true },
+        ),
+    ] {
+        let (mut client, _peer) = duplex(64);
+        let start = Instant::now();
+        let_go(&mut client, carrier, end, hour, &drain).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "{carrier:?} {end}");
+    }
+    // After the proxy closed: the stream is ended from its side, what the
+    // client still sends is read, and it is let go at the client's end.
+    let (mut client, mut peer) = duplex(64);
+    let waiting = tokio::spawn(async move {
+        let_go(
+            &mut client,
+            Carrier::Stream,
+            &proxy_closed,
+            hour,
+            &Tunnels::new().drain(),
+        )
+        .await;
+    });
+    let mut rest = Vec::new();
+    peer.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "the proxy's side ended");
+    peer.write_all(&[0u8; 1000]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert!(!waiting.is_finished(), "let go before the client's end");
+    peer.shutdown().await.unwrap();
+    waiting.await.unwrap();
+    // A client that never ends: let go after `within`.
+    let (mut client, _peer) = duplex(64);
+    let start = Instant::now();
+    let_go(
+        &mut client,
+        Carrier::Stream,
+        &End::Idle,
+        Duration::from_secs(5),
+        &drain,
+    )
+    .await;
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    // During a shutdown: at once.
+    let tunnels = Tunnels::new();
+    let drain = tunnels.drain();
+    drop(tunnels.shutdown(Duration::from_secs(1)));
+    let (mut client, _peer) = duplex(64);
+    let start = Instant::now();
+    let_go(&mut client, Carrier::Stream, &End::Idle, hour, &drain).await;
+    assert_eq!(start.elapsed(), Duration::ZERO);
 }
