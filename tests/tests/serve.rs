@@ -203,6 +203,50 @@ async fn a_request_being_answered_is_never_cut() {
     assert_eq!(read_body(&mut stream, &head).await, b"slow");
 }
 
+/// A client that connected just before a graceful stop writes its
+/// request just after it: accepted, it is served, not closed under its
+/// request (a binary upgrade under load saw such handshakes fail).
+#[tokio::test]
+async fn a_request_written_just_after_a_graceful_stop_is_served() {
+    let backend = Backend::start().await;
+    let (app, _) = app(backend.addr);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(app).timeouts(quiet());
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let serving = tokio::spawn({
+        let (server, stop) = (server.clone(), stop.clone());
+        async move {
+            server
+                .serve(listener)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
+        }
+    });
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    assert!(wait_until(LIMIT, || server.connections() == 1).await);
+    stop.notify_one();
+    // The listener is gone once the stop is seen.
+    within("the server to stop accepting", async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The client's request, one round trip of a slow network later.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client.write_all(GET).await.unwrap();
+    let head = read_head(&mut client).await;
+    assert_eq!(head.status, 200, "{}", head.text);
+    assert_eq!(read_body(&mut client, &head).await, b"plain");
+    // Then it is closed, and the server's future resolves.
+    read_to_close(&mut client).await;
+    within("the server to finish", serving)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test]
 async fn an_http2_connection_with_no_stream_gets_goaway_after_the_idle_timeout() {
     let proxy = serve_with(

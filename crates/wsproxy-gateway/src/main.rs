@@ -344,25 +344,20 @@ async fn run(
 
     // Counts the client connections of every worker, for the shutdown.
     let quiet = base;
-    let stop = CancellationToken::new();
+    let stop = workers::Stop::new();
     // Worker w serves the w-th socket of every listener.
-    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<workers::Listening>> = (0..workers).map(|_| Vec::new()).collect();
     for (sockets, server) in listeners.drain(..).zip(&servers) {
         for (worker, socket) in sockets.into_iter().enumerate() {
-            per_worker[worker].push((socket, server.clone()));
+            per_worker[worker].push((socket, server.clone(), Box::pin(stop.signal())));
         }
     }
     let mut threads = Vec::with_capacity(workers - 1);
     for (index, sockets) in per_worker.drain(1..).enumerate() {
-        threads.push(workers::spawn(
-            index + 1,
-            sockets,
-            stop.clone(),
-            tunnels.clone(),
-        )?);
+        threads.push(workers::spawn(index + 1, sockets, tunnels.clone())?);
     }
     let first = per_worker.pop().expect("one worker at least");
-    let serving = tokio::spawn(workers::serve(first, stop.clone(), tunnels.clone()));
+    let serving = tokio::spawn(workers::serve(first, tunnels.clone()));
     // The plain listener that sends clients to https.
     let redirecting = match config.redirect.address {
         Some(address) => {
@@ -384,12 +379,9 @@ async fn run(
                 None,
             )
             .shutdown_timeout(HANDSHAKE_GRACE);
-            let stop = stop.clone();
+            let stopped = stop.cancelled();
             Some(tokio::spawn(async move {
-                server
-                    .serve(listener)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
+                server.serve(listener).with_graceful_shutdown(stopped).await
             }))
         }
         None => None,
@@ -489,10 +481,11 @@ async fn run(
     // requests answered (a handshake in flight becomes a tunnel rather
     // than a 503), for at most HANDSHAKE_GRACE. Then the tunnels drain,
     // with the deadline the signal asked for; the servers and the
-    // workers only wait for that.
+    // workers only wait for that. An accept loop may take one more
+    // connection before it sees the stop: counted once it has.
     stop.cancel();
     let grace = tokio::time::Instant::now() + HANDSHAKE_GRACE;
-    while quiet.connections() > 0 && tokio::time::Instant::now() < grace {
+    while (stop.accepting() > 0 || quiet.connections() > 0) && tokio::time::Instant::now() < grace {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // (The drain starts at the call; the workers wait for it.)

@@ -7,7 +7,10 @@
 //! of one `wsproxy::serve::Server`, so its connection limits hold across
 //! workers.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use socket2::{Domain, Socket, Type};
 use tokio_util::sync::CancellationToken;
@@ -57,26 +60,90 @@ fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// The stop of the accept loops, and how many of them still accept.
+///
+/// A loop told to stop may accept once more (its accept and the stop can
+/// be ready together), and the connection it accepts then is served: the
+/// tunnels' drain, which refuses handshakes with 503, waits until every
+/// loop has stopped and their connections were answered.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Stop {
+    token: CancellationToken,
+    accepting: Arc<AtomicUsize>,
+}
+
+impl Stop {
+    pub(crate) fn new() -> Self {
+        Self::default()
+    }
+
+    /// The graceful-shutdown signal of one accept loop, counted as
+    /// accepting from now until it resolves in that loop (or is
+    /// dropped).
+    pub(crate) fn signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.accepting.fetch_add(1, Ordering::Relaxed);
+        let mut accepting = Accepting(Some(self.accepting.clone()));
+        let token = self.token.clone();
+        async move {
+            token.cancelled().await;
+            accepting.done();
+        }
+    }
+
+    /// Tell every accept loop to stop.
+    pub(crate) fn cancel(&self) {
+        self.token.cancel();
+    }
+
+    /// Resolves at the stop (for listeners not counted).
+    pub(crate) fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.token.clone().cancelled_owned()
+    }
+
+    /// Accept loops that have not seen the stop yet.
+    pub(crate) fn accepting(&self) -> usize {
+        // Acquire: the connections a loop accepted before it stopped are
+        // counted by then.
+        self.accepting.load(Ordering::Acquire)
+    }
+}
+
+/// One accept loop's count in [`Stop`], given back once.
+struct Accepting(Option<Arc<AtomicUsize>>);
+
+impl Accepting {
+    fn done(&mut self) {
+        if let Some(count) = self.0.take() {
+            count.fetch_sub(1, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+/// One listener of a worker: its socket, its listener's server and the
+/// signal that stops it ([`Stop::signal`], taken before the worker
+/// starts, so that it counts at once).
+pub(crate) type Listening = (
+    std::net::TcpListener,
+    Server<Switch>,
+    std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+);
+
 /// Serve on `sockets` (one per listener, each with its listener's
-/// server) until `stop`, then drain: HTTP connections finish their
+/// server and stop signal) until they stop, then drain: HTTP connections finish their
 /// requests while open tunnels, whose drain `main` started, end. Tunnels
 /// live on the runtime that accepted them, which runs until they are
 /// gone.
-pub(crate) async fn serve(
-    sockets: Vec<(std::net::TcpListener, Server<Switch>)>,
-    stop: CancellationToken,
-    tunnels: Tunnels,
-) -> std::io::Result<()> {
+pub(crate) async fn serve(sockets: Vec<Listening>, tunnels: Tunnels) -> std::io::Result<()> {
     let mut serving = Vec::with_capacity(sockets.len());
-    for (socket, server) in sockets {
+    for (socket, server, signal) in sockets {
         let listener = tokio::net::TcpListener::from_std(socket)?;
-        let stop = stop.clone();
-        serving.push(async move {
-            server
-                .serve(listener)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        serving.push(async move { server.serve(listener).with_graceful_shutdown(signal).await });
     }
     for result in futures_util::future::join_all(serving).await {
         result?;
@@ -91,8 +158,7 @@ pub(crate) async fn serve(
 /// Run [`serve`] on a new thread with a single-threaded runtime.
 pub(crate) fn spawn(
     index: usize,
-    sockets: Vec<(std::net::TcpListener, Server<Switch>)>,
-    stop: CancellationToken,
+    sockets: Vec<Listening>,
     tunnels: Tunnels,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -109,7 +175,7 @@ pub(crate) fn spawn(
                 }
             };
             runtime.spawn(keep_a_timer_due());
-            if let Err(e) = runtime.block_on(serve(sockets, stop, tunnels)) {
+            if let Err(e) = runtime.block_on(serve(sockets, tunnels)) {
                 tracing::error!(error = %e, worker = index, "worker stopped with an error");
             }
         })
@@ -136,6 +202,22 @@ async fn keep_a_timer_due() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stop_counts_each_accept_loop_until_its_signal_resolves_or_is_dropped() {
+        let stop = Stop::new();
+        let first = stop.signal();
+        let second = stop.signal();
+        assert_eq!(stop.accepting(), 2);
+        // A loop that never ran (a worker that failed to start).
+        drop(second);
+        assert_eq!(stop.accepting(), 1);
+        stop.cancel();
+        // Told, but not seen yet by its loop.
+        assert_eq!(stop.accepting(), 1);
+        first.await;
+        assert_eq!(stop.accepting(), 0);
+    }
 
     #[tokio::test]
     async fn a_storm_of_1500_connects_fits_in_the_accept_queue() {

@@ -248,16 +248,18 @@ async fn http<IO, S, B>(
             // accepted is not turned away.
             Some(Stop::Graceful) if !closing => {
                 let stop_at = *stopped_at.get_or_insert_with(clock::now);
-                // HTTP/2 takes GOAWAY at any time; a connection that has
-                // sent nothing and has nothing unread has nothing to lose.
+                // HTTP/2 takes GOAWAY at any time. An HTTP/1.1 request
+                // in flight is waited for (its own timeouts bound it); a
+                // first request on its way, for STOP_GRACE: from the
+                // stop once bytes of it arrived or may be unread, from
+                // the accept while none did (a client writes its request
+                // right after it connects, which may be just after the
+                // stop). One silent for longer has nothing to lose.
                 let nothing_sent =
                     !activity.served() && activity.first_byte().is_none() && activity.has_waited();
-                // An HTTP/1.1 request in flight is waited for (its own
-                // timeouts bound it); a first request on its way, for
-                // STOP_GRACE.
-                let first_on_its_way = !activity.served()
-                    && !nothing_sent
-                    && clock::now() < stop_at + nanos(STOP_GRACE);
+                let waited_from = if nothing_sent { start } else { stop_at };
+                let first_on_its_way =
+                    !activity.served() && clock::now() < waited_from + nanos(STOP_GRACE);
                 if activity.protocol() != Protocol::Http2 && (http1_busy || first_on_its_way) {
                     deferred = true;
                 } else if connection.as_mut().graceful_shutdown() {
@@ -362,8 +364,8 @@ async fn http<IO, S, B>(
 }
 
 /// How long a graceful stop waits for an HTTP/1.1 connection's first
-/// request (bytes of it arrived, or may be unread) before shutting it
-/// down anyway.
+/// request before shutting it down anyway: from the stop if bytes of it
+/// arrived (or may be unread), from the accept if none did.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Asked to close but deferred (no request yet, or an HTTP/1.1 request in
