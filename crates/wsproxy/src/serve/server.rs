@@ -275,7 +275,8 @@ where
                 if shed {
                     crate::metrics::connection_shed("max_connections_per_ip");
                 }
-                tasks.spawn(connection::run(tcp, peer, slot, shared.clone()));
+                // Boxed, as a tunnel's task (see `proxy::tunnel::spawn`).
+                tasks.spawn(Box::pin(connection::run(tcp, peer, slot, shared.clone())));
             }
             Err(Refused::PerIp) => {
                 crate::metrics::connection_refused("max_connections_per_ip");
