@@ -140,6 +140,8 @@ pub(crate) type Listening = (
 /// live on the runtime that accepted them, which runs until they are
 /// gone.
 pub(crate) async fn serve(sockets: Vec<Listening>, tunnels: Tunnels) -> std::io::Result<()> {
+    // Every worker's runtime, the first one's (the main runtime) too.
+    let _tick = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(keep_a_timer_due()));
     let mut serving = Vec::with_capacity(sockets.len());
     for (socket, server, signal) in sockets {
         let listener = tokio::net::TcpListener::from_std(socket)?;
@@ -174,7 +176,6 @@ pub(crate) fn spawn(
                     return;
                 }
             };
-            runtime.spawn(keep_a_timer_due());
             if let Err(e) = runtime.block_on(serve(sockets, tunnels)) {
                 tracing::error!(error = %e, worker = index, "worker stopped with an error");
             }
