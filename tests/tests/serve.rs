@@ -247,6 +247,73 @@ async fn a_request_written_just_after_a_graceful_stop_is_served() {
         .unwrap();
 }
 
+/// With the server shutting its tunnels down too, a handshake written
+/// just after the stop on a connection accepted before it becomes a
+/// tunnel that the drain closes with 1001 (the client reconnects, as
+/// after any drain), not a 503: the drain starts once the connections
+/// accepted before the stop were answered.
+#[tokio::test]
+async fn a_handshake_written_just_after_a_graceful_stop_gets_a_tunnel_then_1001() {
+    let backend = Backend::start().await;
+    let (app, tunnels) = app(backend.addr);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::new(app)
+        .timeouts(quiet())
+        .tunnels(tunnels.clone())
+        .shutdown_timeout(Duration::from_secs(5));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let serving = tokio::spawn({
+        let (server, stop) = (server.clone(), stop.clone());
+        async move {
+            server
+                .serve(listener)
+                .with_graceful_shutdown(async move { stop.notified().await })
+                .await
+        }
+    });
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    assert!(wait_until(LIMIT, || server.connections() == 1).await);
+    stop.notify_one();
+    within("the server to stop accepting", async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    client
+        .write_all(handshake("/ws", "").as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut client).await;
+    assert_eq!(head.status, 101, "{}", head.text);
+    // The drain closes it: Close 1001, answered, then the connection.
+    let mut close = head.rest;
+    within("the Close frame", async {
+        while close.len() < 4 {
+            let mut chunk = [0u8; 64];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the Close frame: {close:?}");
+            close.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert_eq!(close[0], 0x88, "{close:?}");
+    assert_eq!(&close[2..4], &1001u16.to_be_bytes(), "{close:?}");
+    // Masked with zeros: the payload as is.
+    client
+        .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe9])
+        .await
+        .unwrap();
+    read_to_close(&mut client).await;
+    within("the server to finish", serving)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tunnels.open(), 0);
+}
+
 #[tokio::test]
 async fn an_http2_connection_with_no_stream_gets_goaway_after_the_idle_timeout() {
     let proxy = serve_with(

@@ -366,7 +366,7 @@ async fn http<IO, S, B>(
 /// How long a graceful stop waits for an HTTP/1.1 connection's first
 /// request before shutting it down anyway: from the stop if bytes of it
 /// arrived (or may be unread), from the accept if none did.
-const STOP_GRACE: Duration = Duration::from_secs(1);
+pub(super) const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Asked to close but deferred (no request yet, or an HTTP/1.1 request in
 /// flight): how often to look again.

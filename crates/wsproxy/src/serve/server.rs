@@ -104,6 +104,12 @@ impl<S: Clone> Server<S> {
     /// On a graceful shutdown, also [shut down](Tunnels::shutdown) these
     /// tunnels (Close 1001 to every open WebSocket) within the same
     /// [deadline](Self::shutdown_timeout), and wait for them.
+    ///
+    /// The drain starts once the connections accepted before the stop
+    /// were answered, for at most a second: a handshake on one of them
+    /// (a client that connected just before the stop) becomes a tunnel
+    /// that the drain closes with 1001, as every other, rather than a
+    /// `503`.
     #[must_use]
     pub fn tunnels(mut self, tunnels: Tunnels) -> Self {
         self.shared.tunnels = Some(tunnels);
@@ -161,8 +167,9 @@ impl<S> std::fmt::Debug for Serve<S> {
 
 impl<S> Serve<S> {
     /// When `signal` resolves: stop accepting, let requests in flight
-    /// finish (HTTP/2 connections get `GOAWAY`, idle ones close), shut the
-    /// [tunnels](Server::tunnels) down, and after the
+    /// finish (HTTP/2 connections get `GOAWAY`, idle ones close; one
+    /// accepted just before, whose first request is on its way, gets it
+    /// answered), shut the [tunnels](Server::tunnels) down, and after the
     /// [shutdown timeout](Server::shutdown_timeout) close what is left.
     /// The server's future then resolves.
     pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
@@ -288,10 +295,14 @@ where
     registry.stop(owner, Stop::Graceful);
     tasks.close();
     let deadline = shared.shutdown_timeout;
-    let tunnels = shared
-        .tunnels
-        .as_ref()
-        .map(|tunnels| tunnels.shutdown(deadline));
+    // A handshake on a connection accepted before the stop (its request
+    // may come just after it) becomes a tunnel that the drain then
+    // closes with 1001, not a 503: the drain starts once those
+    // connections were answered or upgraded, STOP_GRACE at most.
+    let tunnels = shared.tunnels.as_ref().map(|tunnels| async {
+        let _ = tokio::time::timeout(connection::STOP_GRACE.min(deadline), tasks.wait()).await;
+        tunnels.shutdown(deadline).await;
+    });
     let connections = async {
         if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
             tracing::warn!(
