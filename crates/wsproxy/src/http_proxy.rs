@@ -13,7 +13,9 @@
 //! (`X-Forwarded-*`, optionally RFC 7239 `Forwarded`) and `Host` follow
 //! the same [policy](crate::forward). Bodies stream both ways, never
 //! buffered whole; HTTP/2 clients are forwarded over HTTP/1.1.
-//! Connections to the app are reused (hyper-util's pooling client).
+//! Connections to the app are reused: each thread keeps its own (see
+//! `pool.rs`), and a request the app's closing of an idle connection kept
+//! from being sent goes on another.
 //!
 //! Failures are responses: the app unreachable is `502`, no response
 //! head within the [response timeout](HttpProxy::response_timeout) is
@@ -40,6 +42,8 @@ use crate::clock;
 use crate::forward::{self, HostHeader};
 use crate::handshake::translate::{self, Translation};
 use crate::{BoxError, InvalidUpstream, ResponseBody, Upstream};
+
+mod pool;
 
 /// Default [`HttpProxy::connect_timeout`], as the WebSocket layer's.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,37 +79,6 @@ struct Inner {
     prefix: Option<String>,
     connect_timeout: Duration,
     response_timeout: Duration,
-}
-
-type PoolingClient = crate::pooling::Pooling<UnsyncBoxBody<Bytes, BoxError>>;
-
-std::thread_local! {
-    /// Each thread's client (and so its pool of connections to the app)
-    /// for each live proxy. A pooled connection's task runs on the
-    /// runtime that opened it: a pool shared by the threads of a server
-    /// with a runtime per thread (wsgate's workers) would hand a request
-    /// to a connection on another thread, with two cross-thread wake-ups
-    /// a request. Entries of proxies dropped since go at the next look.
-    static CLIENTS: std::cell::RefCell<Vec<(std::sync::Weak<Inner>, PoolingClient)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-impl Inner {
-    /// This thread's client for this proxy.
-    fn client(self: &Arc<Self>) -> PoolingClient {
-        CLIENTS.with_borrow_mut(|clients| {
-            if let Some((_, client)) = clients
-                .iter()
-                .find(|(proxy, _)| std::ptr::eq(proxy.as_ptr(), Arc::as_ptr(self)))
-            {
-                return client.clone();
-            }
-            clients.retain(|(proxy, _)| proxy.strong_count() > 0);
-            let client = crate::pooling::client(self.connect_timeout);
-            clients.push((Arc::downgrade(self), client.clone()));
-            client
-        })
-    }
 }
 
 impl HttpProxy {
@@ -241,8 +214,8 @@ where
         peer,
         &inner.upstream,
     );
-    let uri = format!("http://{}{target}", inner.upstream.authority());
-    let Ok(uri) = uri.parse::<http::Uri>() else {
+    // Origin-form, as a request to an origin server is sent.
+    let Ok(uri) = target.parse::<http::Uri>() else {
         tracing::info!(target = %target, "request target cannot be mapped to the app server: 400");
         return crate::plain::response(StatusCode::BAD_REQUEST, "bad request target");
     };
@@ -258,6 +231,13 @@ where
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
     *upstream.headers_mut() = headers;
+    // HTTP/1.1 needs one (the client's may have been asked for and
+    // missing): the app's authority then.
+    if !upstream.headers().contains_key(http::header::HOST) {
+        upstream
+            .headers_mut()
+            .insert(http::header::HOST, inner.upstream.host_header());
+    }
     // Whatever the client spoke, the app gets HTTP/1.1.
     *upstream.version_mut() = http::Version::HTTP_11;
     // The response timeout runs from the last progress: a piece of the
@@ -273,8 +253,14 @@ where
             tokio::time::sleep(Duration::from_nanos(at - now)).await;
         }
     };
+    let owner: Arc<dyn std::any::Any + Send + Sync> = inner.clone();
+    let app = pool::App {
+        host: inner.upstream.host(),
+        port: inner.upstream.port(),
+        connect_timeout: inner.connect_timeout,
+    };
     let answer = tokio::select! {
-        answer = inner.client().request(upstream) => Ok(answer),
+        answer = pool::send(&owner, app, upstream) => Ok(answer),
         ended = timeout => Err(ended),
     };
     match answer {

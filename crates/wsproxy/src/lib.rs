@@ -314,7 +314,7 @@ pub mod metrics;
 mod opening;
 mod outcome;
 mod plain;
-#[cfg(any(feature = "http-proxy", feature = "forward-auth", feature = "jwt"))]
+#[cfg(any(feature = "forward-auth", feature = "jwt"))]
 mod pooling;
 mod proxy;
 mod random;

@@ -1,6 +1,6 @@
-//! The pooling HTTP/1.1 client that plain requests to an app server, the
-//! sub-requests to an auth service and JWKS fetches go out on: hyper-util's,
-//! connections reused, `TCP_NODELAY`, a bound on each connect.
+//! The pooling HTTP/1.1 client that the sub-requests to an auth service
+//! and JWKS fetches go out on: hyper-util's, connections reused,
+//! `TCP_NODELAY`, a bound on each connect.
 
 use std::time::Duration;
 

@@ -1,0 +1,202 @@
+//! The connections an [`HttpProxy`](super::HttpProxy) keeps to its app
+//! server: on each thread, bare hyper HTTP/1.1 client connections
+//! (`hyper::client::conn::http1`), each driven by a task on the runtime
+//! that opened it and reused while the app keeps it open.
+//!
+//! A pool per thread, not per process: on a server with a runtime per
+//! thread (wsgate's workers) a connection shared across threads would have
+//! its task woken from the other thread twice a request. And a pool of
+//! plain senders, not hyper-util's pooling client: no map keyed by a hash
+//! of the URL, no lock, no connect future made for every checkout (that
+//! client cost about 9,000 instructions a request, a sixth of all).
+//!
+//! A connection the app closed while it was idle is found out when a
+//! request cannot be sent on it; hyper gives that request back unsent, and
+//! it goes on the next connection (as hyper-util's client retries such a
+//! request, and as nginx's `proxy_next_upstream error` does).
+
+use std::any::Any;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+
+use crate::BoxError;
+
+/// A request's body on its way to the app.
+pub(super) type AppBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// How long a connection may stay idle in the pool before it is closed
+/// (hyper-util's default; nginx's `keepalive_timeout` for upstreams is
+/// 60 s). Apps usually close theirs sooner.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Idle connections kept per thread for one proxy (nginx's upstream
+/// `keepalive` is per worker too); more are closed when they go idle.
+const MAX_IDLE: usize = 64;
+
+/// Where the app server is.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct App<'a> {
+    pub(super) host: &'a str,
+    pub(super) port: u16,
+    pub(super) connect_timeout: Duration,
+}
+
+/// Why no response came.
+#[derive(Debug)]
+pub(super) enum Failed {
+    /// No connection could be opened.
+    Connect(std::io::Error),
+    /// Not within the connect timeout.
+    ConnectTimeout(Duration),
+    /// The request or its response failed on the connection.
+    Request(hyper::Error),
+}
+
+impl Failed {
+    pub(super) fn is_connect(&self) -> bool {
+        matches!(self, Failed::Connect(_) | Failed::ConnectTimeout(_))
+    }
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::Connect(e) => write!(f, "connect: {e}"),
+            Failed::ConnectTimeout(after) => write!(f, "connect: timed out after {after:?}"),
+            Failed::Request(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for Failed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Failed::Connect(e) => e.source(),
+            Failed::ConnectTimeout(_) => None,
+            Failed::Request(e) => std::error::Error::source(e),
+        }
+    }
+}
+
+/// A connection at rest, and since when.
+struct Idle {
+    sender: SendRequest<AppBody>,
+    since: Instant,
+}
+
+type Owner = Weak<dyn Any + Send + Sync>;
+
+std::thread_local! {
+    /// Each thread's idle connections for each live proxy (its owner).
+    /// Entries of proxies dropped since go at the next look.
+    static POOLS: std::cell::RefCell<Vec<(Owner, Vec<Idle>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Run `f` on this thread's idle connections of `owner`.
+fn with_idle<R>(owner: &Arc<dyn Any + Send + Sync>, f: impl FnOnce(&mut Vec<Idle>) -> R) -> R {
+    POOLS.with_borrow_mut(|pools| {
+        let key = Arc::as_ptr(owner).cast::<()>();
+        let at = match pools
+            .iter()
+            .position(|(o, _)| std::ptr::eq(o.as_ptr().cast::<()>(), key))
+        {
+            Some(at) => at,
+            None => {
+                pools.retain(|(o, _)| o.strong_count() > 0);
+                pools.push((Arc::downgrade(owner), Vec::new()));
+                pools.len() - 1
+            }
+        };
+        f(&mut pools[at].1)
+    })
+}
+
+/// The most recently used connection that can take a request now; the
+/// ones the app closed, or idle too long, go.
+fn checkout(owner: &Arc<dyn Any + Send + Sync>) -> Option<SendRequest<AppBody>> {
+    with_idle(owner, |idle| {
+        let now = Instant::now();
+        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+        // One whose last response body is still on its way is not ready.
+        let at = idle.iter().rposition(|c| c.sender.is_ready())?;
+        Some(idle.remove(at).sender)
+    })
+}
+
+/// Back to the pool: ready for the next request once the response's body
+/// has been read (until then a checkout passes it by).
+fn put(owner: &Arc<dyn Any + Send + Sync>, sender: SendRequest<AppBody>) {
+    if sender.is_closed() {
+        return;
+    }
+    with_idle(owner, |idle| {
+        if idle.len() >= MAX_IDLE {
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    });
+}
+
+/// Open a connection to the app; its task runs on this runtime.
+async fn connect(app: App<'_>) -> Result<SendRequest<AppBody>, Failed> {
+    let tcp = tokio::time::timeout(
+        app.connect_timeout,
+        tokio::net::TcpStream::connect((app.host, app.port)),
+    )
+    .await
+    .map_err(|_| Failed::ConnectTimeout(app.connect_timeout))?
+    .map_err(Failed::Connect)?;
+    // As the WebSocket side: a small request or answer is not held back.
+    let _ = tcp.set_nodelay(true);
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(Failed::Request)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "connection to the app server ended");
+        }
+    });
+    Ok(sender)
+}
+
+/// Send `request` to the app on a pooled connection, or a new one, and
+/// wait for the response's head. The connection goes back to the pool.
+pub(super) async fn send(
+    owner: &Arc<dyn Any + Send + Sync>,
+    app: App<'_>,
+    mut request: Request<AppBody>,
+) -> Result<Response<Incoming>, Failed> {
+    while let Some(mut sender) = checkout(owner) {
+        match sender.try_send_request(request).await {
+            Ok(response) => {
+                put(owner, sender);
+                return Ok(response);
+            }
+            Err(mut e) => match e.take_message() {
+                // Not sent (the app closed the connection while it was
+                // idle): on the next one.
+                Some(unsent) => request = unsent,
+                None => return Err(Failed::Request(e.into_error())),
+            },
+        }
+    }
+    let mut sender = connect(app).await?;
+    match sender.try_send_request(request).await {
+        Ok(response) => {
+            put(owner, sender);
+            Ok(response)
+        }
+        Err(e) => Err(Failed::Request(e.into_error())),
+    }
+}
