@@ -30,6 +30,8 @@ type AppBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 struct Seen {
     /// TCP connections it accepted.
     connections: AtomicUsize,
+    /// Of those, the ones that ended.
+    closed: AtomicUsize,
     /// Bytes of `/upload` bodies read so far.
     uploaded: AtomicU64,
     /// Lets `/download` send the rest of its body.
@@ -51,11 +53,13 @@ async fn app() -> (SocketAddr, Arc<Seen>) {
             let (tcp, _) = listener.accept().await.unwrap();
             state.connections.fetch_add(1, Ordering::SeqCst);
             let seen = state.clone();
+            let ended = state.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| answer(req, seen.clone()));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
                     .await;
+                ended.closed.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
@@ -296,6 +300,39 @@ async fn read_to_close_or_body_end(stream: &mut TcpStream, mut got: Vec<u8>) -> 
     })
     .await;
     String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A connection left at rest is closed by the proxy after the idle
+/// timeout, though no request comes to look at the pool; with a zero
+/// timeout none is kept.
+#[tokio::test]
+async fn connections_at_rest_are_closed_after_the_idle_timeout() {
+    let (app_addr, seen) = app().await;
+    let proxy = HttpProxy::new(&format!("http://{app_addr}"))
+        .unwrap()
+        .idle_timeout(Duration::from_millis(300));
+    let (front, _backend) = front_of(proxy).await;
+    let (head, _) = ask(front, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(head.status, 200);
+    assert!(
+        wait_until(LIMIT, || seen.closed.load(Ordering::SeqCst) == 1).await,
+        "the idle connection was not closed"
+    );
+    let (head, _) = ask(front, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(head.status, 200);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
+
+    let (app_addr, seen) = app().await;
+    let proxy = HttpProxy::new(&format!("http://{app_addr}"))
+        .unwrap()
+        .idle_timeout(Duration::ZERO);
+    let (front, _backend) = front_of(proxy).await;
+    for _ in 0..3 {
+        let (head, _) = ask(front, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert_eq!(head.status, 200);
+    }
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 3);
+    assert!(wait_until(LIMIT, || seen.closed.load(Ordering::SeqCst) == 3).await);
 }
 
 #[tokio::test]

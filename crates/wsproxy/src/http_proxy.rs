@@ -49,6 +49,9 @@ mod pool;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default [`HttpProxy::response_timeout`] (nginx's `proxy_read_timeout`).
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default [`HttpProxy::idle_timeout`] (nginx's upstream
+/// `keepalive_timeout`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A tower service that forwards every request to an `http://` app
 /// server and streams its answer back. See the [module docs](self).
@@ -79,6 +82,7 @@ struct Inner {
     prefix: Option<String>,
     connect_timeout: Duration,
     response_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl HttpProxy {
@@ -100,6 +104,7 @@ impl HttpProxy {
                 prefix: None,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
             }),
         };
         proxy.inner_mut().translation.host_header = HostHeader::Upstream;
@@ -160,6 +165,27 @@ impl HttpProxy {
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.inner_mut().connect_timeout = timeout;
+        self
+    }
+
+    /// How long a connection to the app may stay unused before the proxy
+    /// closes it (default: 60 s, nginx's upstream `keepalive_timeout`);
+    /// `Duration::ZERO` keeps none open between requests. Each thread
+    /// keeps up to 64 at rest.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use wsproxy::http_proxy::HttpProxy;
+    ///
+    /// // The app closes idle connections after 5 s: close them first.
+    /// let proxy = HttpProxy::new("http://127.0.0.1:3000")
+    ///     .unwrap()
+    ///     .idle_timeout(Duration::from_secs(4));
+    /// # let _ = proxy;
+    /// ```
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.inner_mut().idle_timeout = timeout;
         self
     }
 
@@ -258,6 +284,7 @@ where
         host: inner.upstream.host(),
         port: inner.upstream.port(),
         connect_timeout: inner.connect_timeout,
+        idle_timeout: inner.idle_timeout,
     };
     let answer = tokio::select! {
         answer = pool::send(&owner, app, upstream) => Ok(answer),

@@ -16,7 +16,7 @@
 //! request, and as nginx's `proxy_next_upstream error` does).
 
 use std::any::Any;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,11 +31,6 @@ use crate::BoxError;
 /// A request's body on its way to the app.
 pub(super) type AppBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// How long a connection may stay idle in the pool before it is closed
-/// (hyper-util's default; nginx's `keepalive_timeout` for upstreams is
-/// 60 s). Apps usually close theirs sooner.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
 /// Idle connections kept per thread for one proxy (nginx's upstream
 /// `keepalive` is per worker too); more are closed when they go idle.
 const MAX_IDLE: usize = 64;
@@ -46,6 +41,8 @@ pub(super) struct App<'a> {
     pub(super) host: &'a str,
     pub(super) port: u16,
     pub(super) connect_timeout: Duration,
+    /// How long a connection may rest in the pool before it is closed.
+    pub(super) idle_timeout: Duration,
 }
 
 /// Why no response came.
@@ -93,15 +90,25 @@ struct Idle {
 
 type Owner = Weak<dyn Any + Send + Sync>;
 
+/// One thread's idle connections for one proxy. Behind a lock only for
+/// its sweeper, which may run on another thread of a multi-threaded
+/// runtime; otherwise never contended.
+type Idles = Mutex<Vec<Idle>>;
+
 std::thread_local! {
     /// Each thread's idle connections for each live proxy (its owner).
-    /// Entries of proxies dropped since go at the next look.
-    static POOLS: std::cell::RefCell<Vec<(Owner, Vec<Idle>)>> =
+    /// Entries of proxies dropped since go at the next look, and their
+    /// sweeper closes what they held.
+    static POOLS: std::cell::RefCell<Vec<(Owner, Arc<Idles>)>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Run `f` on this thread's idle connections of `owner`.
-fn with_idle<R>(owner: &Arc<dyn Any + Send + Sync>, f: impl FnOnce(&mut Vec<Idle>) -> R) -> R {
+fn with_idle<R>(
+    owner: &Arc<dyn Any + Send + Sync>,
+    idle_timeout: Duration,
+    f: impl FnOnce(&mut Vec<Idle>) -> R,
+) -> R {
     POOLS.with_borrow_mut(|pools| {
         let key = Arc::as_ptr(owner).cast::<()>();
         let at = match pools
@@ -111,20 +118,48 @@ fn with_idle<R>(owner: &Arc<dyn Any + Send + Sync>, f: impl FnOnce(&mut Vec<Idle
             Some(at) => at,
             None => {
                 pools.retain(|(o, _)| o.strong_count() > 0);
-                pools.push((Arc::downgrade(owner), Vec::new()));
+                let idles = Arc::new(Mutex::new(Vec::new()));
+                tokio::spawn(sweep(
+                    Arc::downgrade(owner),
+                    Arc::downgrade(&idles),
+                    idle_timeout,
+                ));
+                pools.push((Arc::downgrade(owner), idles));
                 pools.len() - 1
             }
         };
-        f(&mut pools[at].1)
+        f(&mut pools[at].1.lock().unwrap_or_else(PoisonError::into_inner))
     })
+}
+
+/// Close the connections of `idles` that rested `idle_timeout`, looking
+/// every half of it, even when no request comes (nginx's upstream
+/// `keepalive_timeout`); all of them once the proxy is gone.
+async fn sweep(owner: Owner, idles: Weak<Idles>, idle_timeout: Duration) {
+    loop {
+        tokio::time::sleep(idle_timeout / 2).await;
+        let Some(idles) = idles.upgrade() else {
+            return;
+        };
+        let mut idle = idles.lock().unwrap_or_else(PoisonError::into_inner);
+        if owner.strong_count() == 0 {
+            idle.clear();
+            return;
+        }
+        let now = Instant::now();
+        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < idle_timeout);
+    }
 }
 
 /// The most recently used connection that can take a request now; the
 /// ones the app closed, or idle too long, go.
-fn checkout(owner: &Arc<dyn Any + Send + Sync>) -> Option<SendRequest<AppBody>> {
-    with_idle(owner, |idle| {
+fn checkout(owner: &Arc<dyn Any + Send + Sync>, app: App<'_>) -> Option<SendRequest<AppBody>> {
+    if app.idle_timeout.is_zero() {
+        return None;
+    }
+    with_idle(owner, app.idle_timeout, |idle| {
         let now = Instant::now();
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < IDLE_TIMEOUT);
+        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < app.idle_timeout);
         // One whose last response body is still on its way is not ready.
         let at = idle.iter().rposition(|c| c.sender.is_ready())?;
         Some(idle.remove(at).sender)
@@ -133,11 +168,13 @@ fn checkout(owner: &Arc<dyn Any + Send + Sync>) -> Option<SendRequest<AppBody>> 
 
 /// Back to the pool: ready for the next request once the response's body
 /// has been read (until then a checkout passes it by).
-fn put(owner: &Arc<dyn Any + Send + Sync>, sender: SendRequest<AppBody>) {
-    if sender.is_closed() {
+fn put(owner: &Arc<dyn Any + Send + Sync>, app: App<'_>, sender: SendRequest<AppBody>) {
+    // No keep-alive asked for: the connection closes once its answer is
+    // read.
+    if sender.is_closed() || app.idle_timeout.is_zero() {
         return;
     }
-    with_idle(owner, |idle| {
+    with_idle(owner, app.idle_timeout, |idle| {
         if idle.len() >= MAX_IDLE {
             idle.remove(0);
         }
@@ -177,10 +214,10 @@ pub(super) async fn send(
     app: App<'_>,
     mut request: Request<AppBody>,
 ) -> Result<Response<Incoming>, Failed> {
-    while let Some(mut sender) = checkout(owner) {
+    while let Some(mut sender) = checkout(owner, app) {
         match sender.try_send_request(request).await {
             Ok(response) => {
-                put(owner, sender);
+                put(owner, app, sender);
                 return Ok(response);
             }
             Err(mut e) => match e.take_message() {
@@ -194,7 +231,7 @@ pub(super) async fn send(
     let mut sender = connect(app).await?;
     match sender.try_send_request(request).await {
         Ok(response) => {
-            put(owner, sender);
+            put(owner, app, sender);
             Ok(response)
         }
         Err(e) => Err(Failed::Request(e.into_error())),
