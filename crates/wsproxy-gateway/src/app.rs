@@ -199,6 +199,7 @@ fn http_proxy(config: &Config, route: &RouteConfig) -> HttpProxy {
         .expect("checked with the configuration")
         .connect_timeout(config.timeouts.connect)
         .response_timeout(config.timeouts.http_response)
+        .idle_timeout(config.timeouts.http_idle)
         .forwarded_header(config.forwarding.forwarded)
         .trusted_proxies(config.forwarding.trusted_proxies.iter().copied());
     if route.strip_prefix {

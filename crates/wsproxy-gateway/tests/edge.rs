@@ -342,6 +342,65 @@ async fn an_app_server_down_or_slow_is_502_or_504() {
     assert!(log.contains("app server unreachable: 502"), "{log}");
 }
 
+/// A keep-alive app server on raw TCP: answers every request `ok`;
+/// counts the connections it accepted.
+async fn counting_app() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if tcp.write_all(ok).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Connections to an app server are reused, unless
+/// `timeouts.http_idle` is zero.
+#[tokio::test]
+async fn app_connections_are_reused_unless_http_idle_is_zero() {
+    use std::sync::atomic::Ordering;
+    let backend = Backend::start().await;
+    for (timeouts, connections) in [("", 1), ("[timeouts]\nhttp_idle = \"0s\"\n", 3)] {
+        let (app, accepted) = counting_app().await;
+        let folder = Folder::new();
+        let gateway = start(
+            &folder,
+            &format!("{timeouts}[[http_routes]]\nprefix = \"/\"\nupstream = \"http://{app}\"\n"),
+            &backend,
+        );
+        for _ in 0..3 {
+            let mut stream = raw(gateway.addr, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            let head = read_head(&mut stream).await;
+            assert_eq!(head.status, 200, "{timeouts}");
+            let body = wsproxy_test_support::read_body(&mut stream, &head).await;
+            assert_eq!(body, b"ok", "{timeouts}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{timeouts}");
+    }
+}
+
 /// An app server URL that is not `http://` is named by the check.
 #[test]
 fn an_http_route_needs_an_http_url() {

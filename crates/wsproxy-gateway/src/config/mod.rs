@@ -277,6 +277,11 @@ pub(crate) struct Timeouts {
     /// `[[http_routes]]` (60s, nginx's `proxy_read_timeout`); past it 504.
     #[serde(deserialize_with = "value::duration")]
     pub(crate) http_response: Duration,
+    /// A connection to an app server at rest between requests, before the
+    /// gateway closes it (60s, nginx's upstream `keepalive_timeout`; 0
+    /// keeps none). Below the app's own idle timeout.
+    #[serde(deserialize_with = "value::duration")]
+    pub(crate) http_idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -294,6 +299,7 @@ impl Default for Timeouts {
             http2_idle: serve::DEFAULT_HTTP2_IDLE_TIMEOUT,
             shutdown: Duration::from_secs(10),
             http_response: wsproxy::http_proxy::DEFAULT_RESPONSE_TIMEOUT,
+            http_idle: wsproxy::http_proxy::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
