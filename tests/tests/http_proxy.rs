@@ -215,7 +215,8 @@ async fn connections_to_the_app_are_reused() {
 
 /// An app that closes every connection after its answer, without saying
 /// so (`Connection: close` absent), as one whose keep-alive timeout is
-/// short does: each request is answered all the same, never 502.
+/// short does: a pooled connection the app closed is not used (it would
+/// answer 502), each request is answered.
 #[tokio::test]
 async fn an_app_that_closes_idle_connections_does_not_cost_a_request() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -284,6 +285,28 @@ async fn a_request_does_not_wait_behind_a_response_still_streaming() {
     seen.go_on.notify_one();
     let rest = read_to_close_or_body_end(&mut download, got).await;
     assert!(rest.contains("first;") && rest.contains("rest"), "{rest}");
+}
+
+/// A response that streams for longer than the idle timeout does not
+/// count as time at rest: its connection is reused after it.
+#[tokio::test]
+async fn a_long_response_is_not_time_at_rest() {
+    let (app_addr, seen) = app().await;
+    let proxy = HttpProxy::new(&format!("http://{app_addr}"))
+        .unwrap()
+        .idle_timeout(Duration::from_millis(1000));
+    let (front, _backend) = front_of(proxy).await;
+    let mut download = raw(front, b"GET /download HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let head = read_head(&mut download).await;
+    assert_eq!(head.status, 200);
+    // The body goes on for longer than the idle timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    seen.go_on.notify_one();
+    let body = read_to_close_or_body_end(&mut download, head.rest).await;
+    assert!(body.ends_with("0\r\n\r\n"), "{body}");
+    let (head, _) = ask(front, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(head.status, 200);
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
 }
 
 /// Read a chunked body to its end (`0\r\n\r\n`), after `got`.

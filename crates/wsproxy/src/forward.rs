@@ -303,6 +303,10 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(IpText::of(ip).as_str(), ip.to_string());
         }
+        for octet in 0..=255u8 {
+            let ip = IpAddr::from([octet, 255 - octet, octet / 2, 7]);
+            assert_eq!(IpText::of(ip).as_str(), ip.to_string());
+        }
     }
 
     fn forwarding(peer: &str, trusted: &[IpNet], rfc7239: bool) -> HeaderMap {

@@ -168,10 +168,12 @@ impl HttpProxy {
         self
     }
 
-    /// How long a connection to the app may stay unused before the proxy
-    /// closes it (default: 60 s, nginx's upstream `keepalive_timeout`);
+    /// How long a connection to the app may stay unused and still be
+    /// reused (default: 60 s, nginx's upstream `keepalive_timeout`; set
+    /// it below the app's own): past it the proxy closes it, at its next
+    /// look (half the timeout later at most, 30 s at most).
     /// `Duration::ZERO` keeps none open between requests. Each thread
-    /// keeps up to 64 at rest.
+    /// keeps up to 64 per proxy.
     ///
     /// ```
     /// use std::time::Duration;

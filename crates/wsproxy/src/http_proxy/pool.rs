@@ -7,8 +7,10 @@
 //! thread (wsgate's workers) a connection shared across threads would have
 //! its task woken from the other thread twice a request. And a pool of
 //! plain senders, not hyper-util's pooling client: no map keyed by a hash
-//! of the URL, no lock, no connect future made for every checkout (that
-//! client cost about 9,000 instructions a request, a sixth of all).
+//! of the URL, no lock shared across threads (each thread's list has one,
+//! uncontended, for its sweeper), no connect future made for every
+//! checkout (that client cost about 9,000 instructions a request, a sixth
+//! of all).
 //!
 //! A connection the app closed while it was idle is found out when a
 //! request cannot be sent on it; hyper gives that request back unsent, and
@@ -82,11 +84,33 @@ impl std::error::Error for Failed {
     }
 }
 
-/// A connection at rest, and since when.
+/// A pooled connection, and since when it is at rest (a response body
+/// still on its way keeps it busy, not at rest).
 struct Idle {
     sender: SendRequest<AppBody>,
     since: Instant,
 }
+
+impl Idle {
+    /// Whether to keep it at `now`: not if the app closed it or it rested
+    /// `idle_timeout`.
+    fn keep(&mut self, now: Instant, idle_timeout: Duration) -> bool {
+        if self.sender.is_closed() {
+            return false;
+        }
+        if !self.sender.is_ready() {
+            self.since = now;
+            return true;
+        }
+        now.duration_since(self.since) < idle_timeout
+    }
+}
+
+/// The sweeper looks at least this far apart (a tiny idle timeout does
+/// not make it spin)...
+const SWEEP_MIN: Duration = Duration::from_millis(10);
+/// ...and at most (a dropped proxy's connections go within this).
+const SWEEP_MAX: Duration = Duration::from_secs(30);
 
 type Owner = Weak<dyn Any + Send + Sync>;
 
@@ -137,7 +161,7 @@ fn with_idle<R>(
 /// `keepalive_timeout`); all of them once the proxy is gone.
 async fn sweep(owner: Owner, idles: Weak<Idles>, idle_timeout: Duration) {
     loop {
-        tokio::time::sleep(idle_timeout / 2).await;
+        tokio::time::sleep((idle_timeout / 2).clamp(SWEEP_MIN, SWEEP_MAX)).await;
         let Some(idles) = idles.upgrade() else {
             return;
         };
@@ -147,7 +171,7 @@ async fn sweep(owner: Owner, idles: Weak<Idles>, idle_timeout: Duration) {
             return;
         }
         let now = Instant::now();
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < idle_timeout);
+        idle.retain_mut(|c| c.keep(now, idle_timeout));
     }
 }
 
@@ -159,7 +183,7 @@ fn checkout(owner: &Arc<dyn Any + Send + Sync>, app: App<'_>) -> Option<SendRequ
     }
     with_idle(owner, app.idle_timeout, |idle| {
         let now = Instant::now();
-        idle.retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < app.idle_timeout);
+        idle.retain_mut(|c| c.keep(now, app.idle_timeout));
         // One whose last response body is still on its way is not ready.
         let at = idle.iter().rposition(|c| c.sender.is_ready())?;
         Some(idle.remove(at).sender)
@@ -176,7 +200,12 @@ fn put(owner: &Arc<dyn Any + Send + Sync>, app: App<'_>, sender: SendRequest<App
     }
     with_idle(owner, app.idle_timeout, |idle| {
         if idle.len() >= MAX_IDLE {
-            idle.remove(0);
+            // The one at rest the longest makes room; with all busy, this
+            // one is not kept.
+            match idle.iter().position(|c| c.sender.is_ready()) {
+                Some(at) => drop(idle.remove(at)),
+                None => return,
+            }
         }
         idle.push(Idle {
             sender,

@@ -237,8 +237,9 @@ async fn http<IO, S, B>(
         // was told to shut down with `Connection: close`, which would
         // spoil a handshake's 101: such a connection is closed after it.
         let http1_busy = activity.protocol() != Protocol::Http2 && activity.is_busy();
-        // Asked to close, but not yet (see below): looked at again soon.
-        let mut deferred = false;
+        // Asked to close, but not yet (see below): looked at again within
+        // this.
+        let mut deferred: Option<Duration> = None;
         match activity.stop_asked() {
             Some(Stop::Now) => break,
             // A connection accepted before the stop gets its first
@@ -252,22 +253,31 @@ async fn http<IO, S, B>(
                 // in flight is waited for (its own timeouts bound it); a
                 // first request on its way, for STOP_GRACE: from the
                 // stop once bytes of it arrived or may be unread, from
-                // the accept while none did (a client writes its request
-                // right after it connects, which may be just after the
-                // stop). One silent for longer has nothing to lose.
+                // when the connection was ready for HTTP (accepted, past
+                // any TLS handshake and PROXY header) while none did: a
+                // client writes its request right after it connects,
+                // which may be just after the stop. One silent for
+                // longer has nothing to lose.
                 let nothing_sent =
                     !activity.served() && activity.first_byte().is_none() && activity.has_waited();
                 let waited_from = if nothing_sent { start } else { stop_at };
                 let first_on_its_way =
                     !activity.served() && clock::now() < waited_from + nanos(STOP_GRACE);
                 if activity.protocol() != Protocol::Http2 && (http1_busy || first_on_its_way) {
-                    deferred = true;
+                    // Nothing sent yet: its bytes, when they come, are
+                    // served anyway, so a look now and then will do (not
+                    // a hundred wake-ups of every silent connection).
+                    deferred = Some(if nothing_sent && !http1_busy {
+                        RECHECK_SILENT
+                    } else {
+                        RECHECK_STOPPING
+                    });
                 } else if connection.as_mut().graceful_shutdown() {
                     closing = true;
                 } else {
                     // Its first request had arrived unread: answered
                     // first, then closed as any request in flight.
-                    deferred = true;
+                    deferred = Some(RECHECK_STOPPING);
                 }
             }
             _ => {}
@@ -282,7 +292,7 @@ async fn http<IO, S, B>(
             if evicted && http1_busy {
                 // Its request is answered, and the connection closes after
                 // it (above, once it is idle).
-                deferred = true;
+                deferred = Some(RECHECK_STOPPING);
             } else if !closing {
                 if evicted {
                     tracing::debug!(client = %peer, "connection closing to make room (GOAWAY)");
@@ -333,8 +343,8 @@ async fn http<IO, S, B>(
                 None => Some(now + recheck(activity, &timeouts)),
             }
             .map(|at| {
-                if deferred {
-                    at.min(now + nanos(RECHECK_STOPPING))
+                if let Some(recheck) = deferred {
+                    at.min(now + nanos(recheck))
                 } else {
                     at
                 }
@@ -365,8 +375,13 @@ async fn http<IO, S, B>(
 
 /// How long a graceful stop waits for an HTTP/1.1 connection's first
 /// request before shutting it down anyway: from the stop if bytes of it
-/// arrived (or may be unread), from the accept if none did.
+/// arrived (or may be unread), from when the connection was ready for
+/// HTTP (accepted, past any TLS handshake and PROXY header) if none did.
 pub(super) const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// Asked to close but deferred with nothing sent yet: how often to look
+/// again (its first bytes are served meanwhile either way).
+const RECHECK_SILENT: Duration = Duration::from_millis(100);
 
 /// Asked to close but deferred (no request yet, or an HTTP/1.1 request in
 /// flight): how often to look again.

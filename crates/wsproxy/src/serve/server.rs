@@ -106,7 +106,8 @@ impl<S: Clone> Server<S> {
     /// [deadline](Self::shutdown_timeout), and wait for them.
     ///
     /// The drain starts once the connections accepted before the stop
-    /// were answered, for at most a second: a handshake on one of them
+    /// were answered, a second after the stop at most (the deadline
+    /// still runs from the stop): a handshake on one of them
     /// (a client that connected just before the stop) becomes a tunnel
     /// that the drain closes with 1001, as every other, rather than a
     /// `503`.
@@ -299,9 +300,13 @@ where
     // may come just after it) becomes a tunnel that the drain then
     // closes with 1001, not a 503: the drain starts once those
     // connections were answered or upgraded, STOP_GRACE at most.
+    // The deadline still runs from the stop.
+    let stopped = tokio::time::Instant::now();
     let tunnels = shared.tunnels.as_ref().map(|tunnels| async {
         let _ = tokio::time::timeout(connection::STOP_GRACE.min(deadline), tasks.wait()).await;
-        tunnels.shutdown(deadline).await;
+        tunnels
+            .shutdown(deadline.saturating_sub(stopped.elapsed()))
+            .await;
     });
     let connections = async {
         if tokio::time::timeout(deadline, tasks.wait()).await.is_err() {
