@@ -203,16 +203,15 @@ async fn a_request_being_answered_is_never_cut() {
     assert_eq!(read_body(&mut stream, &head).await, b"slow");
 }
 
-/// A client that connected just before a graceful stop writes its
-/// request just after it: accepted, it is served, not closed under its
-/// request (a binary upgrade under load saw such handshakes fail).
-#[tokio::test]
-async fn a_request_written_just_after_a_graceful_stop_is_served() {
-    let backend = Backend::start().await;
-    let (app, _) = app(backend.addr);
+/// Serve `server`, connect a client that says nothing, stop the server
+/// gracefully and wait until it no longer accepts; then a moment (the
+/// stop once closed such a silent connection within 10 ms). The client
+/// and the server's task.
+async fn connected_just_before_a_stop(
+    server: Server<Router>,
+) -> (TcpStream, tokio::task::JoinHandle<std::io::Result<()>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let server = Server::new(app).timeouts(quiet());
     let stop = Arc::new(tokio::sync::Notify::new());
     let serving = tokio::spawn({
         let (server, stop) = (server.clone(), stop.clone());
@@ -223,7 +222,7 @@ async fn a_request_written_just_after_a_graceful_stop_is_served() {
                 .await
         }
     });
-    let mut client = TcpStream::connect(addr).await.unwrap();
+    let client = TcpStream::connect(addr).await.unwrap();
     assert!(wait_until(LIMIT, || server.connections() == 1).await);
     stop.notify_one();
     // The listener is gone once the stop is seen.
@@ -233,9 +232,19 @@ async fn a_request_written_just_after_a_graceful_stop_is_served() {
         }
     })
     .await;
-    // The client's request, a moment later (the stop took a silent
-    // connection for idle within 10 ms before).
     tokio::time::sleep(Duration::from_millis(20)).await;
+    (client, serving)
+}
+
+/// A client that connected just before a graceful stop writes its
+/// request just after it: accepted, it is served, not closed under its
+/// request (a binary upgrade under load saw such handshakes fail).
+#[tokio::test]
+async fn a_request_written_just_after_a_graceful_stop_is_served() {
+    let backend = Backend::start().await;
+    let (app, _) = app(backend.addr);
+    let (mut client, serving) =
+        connected_just_before_a_stop(Server::new(app).timeouts(quiet())).await;
     client.write_all(GET).await.unwrap();
     let head = read_head(&mut client).await;
     assert_eq!(head.status, 200, "{}", head.text);
@@ -257,32 +266,11 @@ async fn a_request_written_just_after_a_graceful_stop_is_served() {
 async fn a_handshake_written_just_after_a_graceful_stop_gets_a_tunnel_then_1001() {
     let backend = Backend::start().await;
     let (app, tunnels) = app(backend.addr);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let server = Server::new(app)
         .timeouts(quiet())
         .tunnels(tunnels.clone())
         .shutdown_timeout(Duration::from_secs(5));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let serving = tokio::spawn({
-        let (server, stop) = (server.clone(), stop.clone());
-        async move {
-            server
-                .serve(listener)
-                .with_graceful_shutdown(async move { stop.notified().await })
-                .await
-        }
-    });
-    let mut client = TcpStream::connect(addr).await.unwrap();
-    assert!(wait_until(LIMIT, || server.connections() == 1).await);
-    stop.notify_one();
-    within("the server to stop accepting", async {
-        while TcpStream::connect(addr).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (mut client, serving) = connected_just_before_a_stop(server).await;
     client
         .write_all(handshake("/ws", "").as_bytes())
         .await
