@@ -76,11 +76,19 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// there: a handshake carries one or two of them among a dozen fields,
 /// and a removal of an absent name costs a hash and a probe each.
 pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // The usual tokens (`Upgrade`, `keep-alive`) name headers of the
+    // fixed list: no name is made for them (nor a `Vec`).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !HOP_BY_HOP
+                .iter()
+                .any(|hop| t.eq_ignore_ascii_case(hop.as_str().as_bytes()))
+        })
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
     let mut present = [false; 9];
     for name in headers.keys() {
@@ -391,7 +399,10 @@ mod tests {
     fn hop_by_hop_headers_are_removed() {
         let mut headers = HeaderMap::new();
         for (name, value) in [
-            ("connection", "keep-alive, Upgrade, X-Secret"),
+            ("connection", "keep-alive, Upgrade, X-Secret, close"),
+            ("connection", "x-other"),
+            ("x-other", "2"),
+            ("close", "named by the option close too"),
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
             ("upgrade", "websocket"),
