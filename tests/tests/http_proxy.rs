@@ -200,17 +200,25 @@ async fn connections_to_the_app_are_reused() {
     let (app_addr, seen) = app().await;
     let (front, _backend) = front_of(HttpProxy::new(&format!("http://{app_addr}")).unwrap()).await;
     // Keep-alive on the client side too: twenty requests in turn.
+    get_in_turn(front, 20).await;
+    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+}
+
+/// `count` requests for `/x`, one after the other on one client
+/// connection to `front`, each answered 200; their bodies.
+async fn get_in_turn(front: SocketAddr, count: usize) -> Vec<Vec<u8>> {
     let mut stream = TcpStream::connect(front).await.unwrap();
-    for _ in 0..20 {
+    let mut bodies = Vec::with_capacity(count);
+    for i in 0..count {
         stream
             .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
         let head = read_head(&mut stream).await;
-        assert_eq!(head.status, 200);
-        read_body(&mut stream, &head).await;
+        assert_eq!(head.status, 200, "request {i}: {}", head.text);
+        bodies.push(read_body(&mut stream, &head).await);
     }
-    assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
+    bodies
 }
 
 /// An app that closes every connection after its answer, without saying
@@ -228,14 +236,7 @@ async fn an_app_that_closes_idle_connections_does_not_cost_a_request() {
             let (mut tcp, _) = listener.accept().await.unwrap();
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut chunk = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&chunk[..n]),
-                    }
-                }
+                read_request_head(&mut tcp).await;
                 let _ = tcp
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                     .await;
@@ -244,15 +245,8 @@ async fn an_app_that_closes_idle_connections_does_not_cost_a_request() {
         }
     });
     let (front, _backend) = front_of(HttpProxy::new(&format!("http://{app_addr}")).unwrap()).await;
-    let mut stream = TcpStream::connect(front).await.unwrap();
-    for i in 0..30 {
-        stream
-            .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let head = read_head(&mut stream).await;
-        assert_eq!(head.status, 200, "request {i}: {}", head.text);
-        assert_eq!(read_body(&mut stream, &head).await, b"ok");
+    for body in get_in_turn(front, 30).await {
+        assert_eq!(body, b"ok");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 30);
 }
@@ -265,26 +259,16 @@ async fn a_request_does_not_wait_behind_a_response_still_streaming() {
     let (app_addr, seen) = app().await;
     let (front, _backend) = front_of(HttpProxy::new(&format!("http://{app_addr}")).unwrap()).await;
     let mut download = raw(front, b"GET /download HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    let head = read_head(&mut download).await;
+    let mut head = read_head(&mut download).await;
     assert_eq!(head.status, 200);
     // The first chunk is through: the app's connection is mid-body.
-    let mut got = head.rest;
-    within("the first chunk", async {
-        while !String::from_utf8_lossy(&got).contains("first;") {
-            let mut chunk = [0u8; 256];
-            let n = download.read(&mut chunk).await.unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await;
-    let (head, body) = ask(front, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").await;
-    assert_eq!(head.status, 200, "{body}");
+    head.rest = read_until_text(&mut download, head.rest, "first;").await;
+    let (other, body) = ask(front, "GET /other HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(other.status, 200, "{body}");
     assert!(body.starts_with("GET /other"), "{body}");
     assert_eq!(seen.connections.load(Ordering::SeqCst), 2);
     seen.go_on.notify_one();
-    let rest = read_to_close_or_body_end(&mut download, got).await;
-    assert!(rest.contains("first;") && rest.contains("rest"), "{rest}");
+    assert_eq!(read_body(&mut download, &head).await, b"first;rest");
 }
 
 /// A response that streams for longer than the idle timeout does not
@@ -302,27 +286,24 @@ async fn a_long_response_is_not_time_at_rest() {
     // The body goes on for longer than the idle timeout.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     seen.go_on.notify_one();
-    let body = read_to_close_or_body_end(&mut download, head.rest).await;
-    assert!(body.ends_with("0\r\n\r\n"), "{body}");
+    assert_eq!(read_body(&mut download, &head).await, b"first;rest");
     let (head, _) = ask(front, "GET /x HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(head.status, 200);
     assert_eq!(seen.connections.load(Ordering::SeqCst), 1);
 }
 
-/// Read a chunked body to its end (`0\r\n\r\n`), after `got`.
-async fn read_to_close_or_body_end(stream: &mut TcpStream, mut got: Vec<u8>) -> String {
-    within("the rest of the body", async {
-        while !got.ends_with(b"0\r\n\r\n") {
+/// Read from `stream` after `got` until `text` shows; all that was read.
+async fn read_until_text(stream: &mut TcpStream, mut got: Vec<u8>, text: &str) -> Vec<u8> {
+    within(text, async {
+        while !String::from_utf8_lossy(&got).contains(text) {
             let mut chunk = [0u8; 256];
             let n = stream.read(&mut chunk).await.unwrap();
-            if n == 0 {
-                break;
-            }
+            assert!(n > 0, "closed before {text:?}");
             got.extend_from_slice(&chunk[..n]);
         }
     })
     .await;
-    String::from_utf8_lossy(&got).into_owned()
+    got
 }
 
 /// A connection left at rest is closed by the proxy after the idle
@@ -429,27 +410,10 @@ async fn bodies_stream_both_ways() {
     let head = read_head(&mut stream).await;
     assert_eq!(head.status, 200);
     // The first chunk arrives while the app still holds the rest.
-    let mut got = head.rest.clone();
-    within("the first chunk", async {
-        while !String::from_utf8_lossy(&got).contains("first;") {
-            let mut buf = [0u8; 256];
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
+    let got = read_until_text(&mut stream, head.rest.clone(), "first;").await;
     assert!(!String::from_utf8_lossy(&got).contains("rest"));
     seen.go_on.notify_one();
-    within("the rest", async {
-        while !String::from_utf8_lossy(&got).contains("rest") {
-            let mut buf = [0u8; 256];
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await;
+    read_until_text(&mut stream, got, "rest").await;
 }
 
 /// An app server that is not hyper: Python's `http.server`; the prefix
