@@ -281,7 +281,6 @@ where
             tokio::time::sleep(Duration::from_nanos(at - now)).await;
         }
     };
-    let owner: Arc<dyn std::any::Any + Send + Sync> = inner.clone();
     let app = pool::App {
         host: inner.upstream.host(),
         port: inner.upstream.port(),
@@ -289,7 +288,7 @@ where
         idle_timeout: inner.idle_timeout,
     };
     let answer = tokio::select! {
-        answer = pool::send(&owner, app, upstream) => Ok(answer),
+        answer = pool::send(inner, app, upstream) => Ok(answer),
         ended = timeout => Err(ended),
     };
     match answer {

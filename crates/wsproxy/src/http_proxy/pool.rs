@@ -128,8 +128,8 @@ std::thread_local! {
 }
 
 /// Run `f` on this thread's idle connections of `owner`.
-fn with_idle<R>(
-    owner: &Arc<dyn Any + Send + Sync>,
+fn with_idle<O: Send + Sync + 'static, R>(
+    owner: &Arc<O>,
     idle_timeout: Duration,
     f: impl FnOnce(&mut Vec<Idle>) -> R,
 ) -> R {
@@ -143,12 +143,10 @@ fn with_idle<R>(
             None => {
                 pools.retain(|(o, _)| o.strong_count() > 0);
                 let idles = Arc::new(Mutex::new(Vec::new()));
-                tokio::spawn(sweep(
-                    Arc::downgrade(owner),
-                    Arc::downgrade(&idles),
-                    idle_timeout,
-                ));
-                pools.push((Arc::downgrade(owner), idles));
+                let weak: Weak<O> = Arc::downgrade(owner);
+                let weak: Owner = weak;
+                tokio::spawn(sweep(weak.clone(), Arc::downgrade(&idles), idle_timeout));
+                pools.push((weak, idles));
                 pools.len() - 1
             }
         };
@@ -177,7 +175,10 @@ async fn sweep(owner: Owner, idles: Weak<Idles>, idle_timeout: Duration) {
 
 /// The most recently used connection that can take a request now; the
 /// ones the app closed, or idle too long, go.
-fn checkout(owner: &Arc<dyn Any + Send + Sync>, app: App<'_>) -> Option<SendRequest<AppBody>> {
+fn checkout<O: Send + Sync + 'static>(
+    owner: &Arc<O>,
+    app: App<'_>,
+) -> Option<SendRequest<AppBody>> {
     if app.idle_timeout.is_zero() {
         return None;
     }
@@ -192,7 +193,7 @@ fn checkout(owner: &Arc<dyn Any + Send + Sync>, app: App<'_>) -> Option<SendRequ
 
 /// Back to the pool: ready for the next request once the response's body
 /// has been read (until then a checkout passes it by).
-fn put(owner: &Arc<dyn Any + Send + Sync>, app: App<'_>, sender: SendRequest<AppBody>) {
+fn put<O: Send + Sync + 'static>(owner: &Arc<O>, app: App<'_>, sender: SendRequest<AppBody>) {
     // No keep-alive asked for: the connection closes once its answer is
     // read.
     if sender.is_closed() || app.idle_timeout.is_zero() {
@@ -238,8 +239,8 @@ async fn connect(app: App<'_>) -> Result<SendRequest<AppBody>, Failed> {
 
 /// Send `request` to the app on a pooled connection, or a new one, and
 /// wait for the response's head. The connection goes back to the pool.
-pub(super) async fn send(
-    owner: &Arc<dyn Any + Send + Sync>,
+pub(super) async fn send<O: Send + Sync + 'static>(
+    owner: &Arc<O>,
     app: App<'_>,
     mut request: Request<AppBody>,
 ) -> Result<Response<Incoming>, Failed> {
