@@ -1342,6 +1342,10 @@ async fn let_go_waits_for_an_h2_clients_end_only_where_the_relay_did_not() {
             Carrier::Stream,
             &End::HalfCloseTimeout { client_first: true },
         ),
+        (
+            Carrier::Stream,
+            &End::ClientError(std::io::ErrorKind::ConnectionReset.into()),
+        ),
     ] {
         let (mut client, _peer) = duplex(64);
         let start = Instant::now();
