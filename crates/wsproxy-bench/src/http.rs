@@ -2,7 +2,10 @@
 //! WebSocket recipe: an app server (`wsproxy-bench app`) reached directly,
 //! through wsgate (`--app`), nginx (`proxy_pass`, keep-alive upstream
 //! connections, streaming both ways) and HAProxy (`mode http`, connection
-//! reuse), the targets alternating within each round.
+//! reuse), the targets alternating within each round; and through
+//! `hyper floor` (`http-floor`), the least a proxy made of hyper's server
+//! and client connections can do, to show what of wsgate's cost is
+//! hyper's.
 //!
 //! Scenarios: small GETs (64-byte answers), 1 MiB downloads, 1 MiB
 //! uploads; `--connections` keep-alive client connections each sending
@@ -19,6 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 
 use crate::load::Sample;
 use crate::procs::{self, Proc};
@@ -47,7 +51,8 @@ const SCENARIOS: [(&str, &str, &str, usize); 3] = [
     ("1 MiB up", "POST", "/upload", 1 << 20),
 ];
 
-const TARGETS: [&str; 4] = ["direct", "wsgate", "nginx", "haproxy"];
+/// The targets, alternating in each round; `hyper floor` is `http-floor`.
+const TARGETS: [&str; 5] = ["direct", "wsgate", "nginx", "haproxy", "hyper floor"];
 
 /// The app server: `/small` answers 64 bytes, `/big` 1 MiB, `/upload`
 /// reads the body and answers `ok`; HTTP/1.1 keep-alive.
@@ -76,10 +81,82 @@ pub(crate) async fn app(listen: std::net::SocketAddr) -> Result<(), Box<dyn std:
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .serve_connection(TokioIo::new(tcp), service)
                 .await;
         });
     }
+}
+
+/// `http-floor`: the least a proxy built of hyper's server and client
+/// connections does for a request, the floor under `wsgate --app` (which
+/// adds a connection pool, routes, forwarding headers and timeouts).
+/// Threaded as wsgate is: a single-threaded runtime per core, each
+/// accepting from the one listener. Each client connection gets an app
+/// connection of its own; hyper's server asks for one answer at a time,
+/// so they pair up one to one.
+pub(crate) async fn floor(
+    listen: std::net::SocketAddr,
+    app: std::net::SocketAddr,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut workers: Vec<std::thread::JoinHandle<std::io::Result<()>>> = Vec::new();
+    for _ in 0..threads {
+        let listener = listener.try_clone()?;
+        workers.push(std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                loop {
+                    let (tcp, _) = listener.accept().await?;
+                    tokio::spawn(floor_connection(tcp, app));
+                }
+            })
+        }));
+    }
+    for worker in workers {
+        match worker.join() {
+            Ok(result) => result?,
+            Err(_) => return Err("a worker panicked".into()),
+        }
+    }
+    Ok(())
+}
+
+/// One client connection of `http-floor` and its app connection.
+async fn floor_connection(tcp: tokio::net::TcpStream, app: std::net::SocketAddr) {
+    use std::sync::Arc;
+    let _ = tcp.set_nodelay(true);
+    let Ok(upstream) = tokio::net::TcpStream::connect(app).await else {
+        return;
+    };
+    let _ = upstream.set_nodelay(true);
+    let Ok((sender, connection)) =
+        hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(upstream)).await
+    else {
+        return;
+    };
+    tokio::spawn(connection);
+    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let sender = sender.clone();
+        async move {
+            let answer = {
+                let mut sender = sender.lock().await;
+                sender.ready().await?;
+                sender.send_request(req)
+            };
+            answer.await
+        }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(tcp), service)
+        .await;
 }
 
 /// A target running: its address and process (none for `direct`).
@@ -137,7 +214,7 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
         values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
     };
     println!(
-        "\n{:<12} {:<8} {:>11} {:>10} {:>12} {:>16} {:>16}",
+        "\n{:<12} {:<11} {:>11} {:>10} {:>12} {:>16} {:>16}",
         "scenario",
         "target",
         "requests/s",
@@ -167,7 +244,7 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
                 }
             };
             println!(
-                "{:<12} {:<8} {:>11.0} {:>10.2} {:>12.1} {:>16} {:>16}",
+                "{:<12} {:<11} {:>11.0} {:>10.2} {:>12.1} {:>16} {:>16}",
                 scenario.0,
                 name,
                 rate,
@@ -222,6 +299,15 @@ fn start(
             std::fs::write(&conf, procs::nginx_config(dir, &http))?;
             procs::spawn_nginx(dir, &conf)?
         }
+        "hyper floor" => Proc::spawn(
+            "hyper floor",
+            Command::new(std::env::current_exe()?)
+                .arg("http-floor")
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--app")
+                .arg(app),
+        )?,
         _ => {
             let haproxy = procs::installed("haproxy")?;
             let conf = dir.join("haproxy.cfg");

@@ -115,6 +115,18 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:9003")]
         listen: std::net::SocketAddr,
     },
+    /// Run the least a hyper proxy for ordinary HTTP can do, until killed:
+    /// each client connection gets one hyper client connection of its own
+    /// to `app`, and requests and answers pass as they are (no pool, no
+    /// routing, no header rewriting). `http` measures it as `hyper floor`.
+    HttpFloor {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9004")]
+        listen: std::net::SocketAddr,
+        /// The app server, e.g. 127.0.0.1:9003.
+        #[arg(long)]
+        app: std::net::SocketAddr,
+    },
     /// Compare WebSockets over HTTP/2 (many streams on few connections)
     /// with HTTP/1.1 (a connection each) through one proxy, alternating
     /// rounds.
@@ -194,6 +206,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Http(options) => http::run(options).await,
             Cmd::Admission(options) => admission::run(options).await,
             Cmd::App { listen } => http::app(listen).await,
+            Cmd::HttpFloor { listen, app } => http::floor(listen, app).await,
             Cmd::Proxy { listen, backend } => proxy::run(listen, &backend)
                 .await
                 .map_err(|e| e.to_string().into()),

@@ -3,10 +3,16 @@
 //! behind; and the HTTP server that serves it.
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response};
 use tokio_rustls::rustls::ServerConfig;
 use wsproxy::admit::{
     AdmitLayer, ConnectionLimit, ForwardAuth, JwtAuth, Key, OriginCheck, RateLimit, ResolveClient,
@@ -80,68 +86,92 @@ pub(crate) fn page_routes(config: &Config, sets: &BTreeMap<String, Backends>) ->
         .collect()
 }
 
+/// What one configuration serves. `router` has every layer: the proxy
+/// layer of each route, the admission layers, HSTS; `plain` is what they
+/// wrap. The layers pass every request but a WebSocket handshake through
+/// unchanged (`wsproxy::is_handshake`), so [`crate::live::Switch`] sends
+/// ordinary requests to `plain` at once: without the router's clones,
+/// boxed futures and layers, a small proxied request took a sixth more
+/// instructions (BENCHMARKS.md). The router's fallback is the same
+/// `plain`, so a handshake no route claims gets what any request gets.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub(crate) router: Router,
+    pub(crate) plain: PlainService,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("router", &self.router)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The app of `config`: `sets` holds the backend set of each upstream,
 /// by name (every route's upstream is there: the configuration was
 /// checked).
-pub(crate) fn router(
+pub(crate) fn app(
     config: &Config,
     sets: &BTreeMap<String, Backends>,
     tunnels: &Tunnels,
     limiters: &mut Limiters,
-) -> Router {
-    let mut app = plain(config, tunnels);
+) -> App {
+    let plain = plain(config, tunnels);
+    let mut router = Router::new().fallback_service(plain.clone());
     // The layer of the longest prefix is outermost, so it sees a
     // handshake first; a route with a host before one without.
     let mut ordered: Vec<&RouteConfig> = config.routes.iter().collect();
     ordered.sort_by_key(|route| (route.host.is_some(), route.scope().1.len()));
     for route in ordered {
-        app = app.layer(proxy_layer(config, route, &sets[&route.upstream], tunnels));
+        router = router.layer(proxy_layer(config, route, &sets[&route.upstream], tunnels));
     }
-    let app = admission(app, &config.admission, config, limiters);
-    match config.hsts() {
-        Some(hsts) => app.layer(axum::middleware::from_fn_with_state(
+    let router = admission(router, &config.admission, config, limiters);
+    // `plain` sets it on its own answers (`Plain::call`); this is for the
+    // answers to handshakes.
+    let router = match config.hsts() {
+        Some(hsts) => router.layer(axum::middleware::from_fn_with_state(
             hsts.clone(),
             hsts_header,
         )),
-        None => app,
-    }
+        None => router,
+    };
+    App { router, plain }
 }
 
 /// `Strict-Transport-Security: value` on every answer to a request that
 /// came over TLS (RFC 6797 §7.2: never over plain HTTP), unless the
 /// answer has one (a relayed refusal from a backend that sets its own).
 async fn hsts_header(
-    axum::extract::State(value): axum::extract::State<axum::http::HeaderValue>,
-    request: axum::extract::Request,
+    axum::extract::State(value): axum::extract::State<HeaderValue>,
+    request: Request<Body>,
     next: axum::middleware::Next,
-) -> axum::response::Response {
+) -> Response<Body> {
     let tls = request.extensions().get::<wsproxy::ClientTls>().is_some();
     let mut response = next.run(request).await;
     if tls {
-        response
-            .headers_mut()
-            .entry(axum::http::header::STRICT_TRANSPORT_SECURITY)
-            .or_insert(value);
+        set_hsts(&mut response, value);
     }
     response
 }
 
-/// What answers ordinary requests: the `[[http_routes]]` (longest prefix
-/// first, a route with a host before one without), else the status page.
-/// One access-log line each (handshakes have theirs), unless the access
-/// log is off (then no span is made for it at all).
-fn plain(config: &Config, tunnels: &Tunnels) -> Router {
-    let page = page::router(tunnels.clone(), config.demo);
-    let traced = |router: Router| {
-        if config.log.access {
-            router.layer(page::trace(config.log.query))
-        } else {
-            router
-        }
-    };
-    if config.http_routes.is_empty() {
-        return traced(page);
-    }
+/// HSTS on `response`, unless it has its own.
+fn set_hsts(response: &mut Response<Body>, value: HeaderValue) {
+    response
+        .headers_mut()
+        .entry(axum::http::header::STRICT_TRANSPORT_SECURITY)
+        .or_insert(value);
+}
+
+/// What answers ordinary requests: [`Plain`], with one access-log line
+/// for each (handshakes have theirs) unless the access log is off (then no
+/// span is made for it at all, and nothing is boxed).
+pub(crate) type PlainService = tower::util::Either<
+    tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
+    Plain,
+>;
+
+fn plain(config: &Config, tunnels: &Tunnels) -> PlainService {
     let mut ordered: Vec<&RouteConfig> = config.http_routes.iter().collect();
     ordered.sort_by_key(|route| {
         std::cmp::Reverse((
@@ -159,37 +189,106 @@ fn plain(config: &Config, tunnels: &Tunnels) -> Router {
             (claim, http_proxy(config, route))
         })
         .collect();
-    traced(
-        Router::new()
-            .fallback(dispatch)
-            .with_state(Arc::new(Plain { routes, page })),
-    )
+    let plain = Plain(Arc::new(PlainRoutes {
+        routes,
+        page: page::router(tunnels.clone(), config.demo),
+        hsts: config.hsts().cloned(),
+    }));
+    if config.log.access {
+        use tower::Layer as _;
+        let traced = page::trace(config.log.query).layer(plain);
+        tower::util::Either::Left(tower::util::BoxCloneSyncService::new(
+            tower::util::MapResponse::new(traced, |response: Response<_>| response.map(Body::new)),
+        ))
+    } else {
+        tower::util::Either::Right(plain)
+    }
 }
 
-/// The app servers of the `[[http_routes]]`, in the order they are tried,
-/// and the page for what none claims.
-struct Plain {
+/// The `[[http_routes]]` (longest prefix first, a route with a host
+/// before one without), else the status page; HSTS on what answers a
+/// request over TLS.
+#[derive(Clone)]
+pub(crate) struct Plain(Arc<PlainRoutes>);
+
+struct PlainRoutes {
     routes: Vec<(Route, HttpProxy)>,
     page: Router,
+    hsts: Option<HeaderValue>,
 }
 
-async fn dispatch(
-    axum::extract::State(plain): axum::extract::State<Arc<Plain>>,
-    request: axum::extract::Request,
-) -> axum::response::Response {
-    use axum::response::IntoResponse as _;
-    use tower::ServiceExt as _;
-    for (route, proxy) in &plain.routes {
-        if route.matches(request.uri(), request.headers()) {
-            return match proxy.clone().oneshot(request).await {
-                Ok(response) => response.into_response(),
-                Err(never) => match never {},
-            };
-        }
+impl tower::Service<Request<Body>> for Plain {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = PlainFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
-    match plain.page.clone().oneshot(request).await {
-        Ok(response) => response,
-        Err(never) => match never {},
+
+    fn call(&mut self, request: Request<Body>) -> PlainFuture {
+        let hsts = match &self.0.hsts {
+            Some(value) if request.extensions().get::<wsproxy::ClientTls>().is_some() => {
+                Some(value.clone())
+            }
+            _ => None,
+        };
+        let answer = match self
+            .0
+            .routes
+            .iter()
+            .find(|(route, _)| route.matches(request.uri(), request.headers()))
+        {
+            Some((_, proxy)) => Answer::App {
+                future: proxy.clone().call(request),
+            },
+            None => Answer::Page {
+                future: self.0.page.clone().call(request),
+            },
+        };
+        PlainFuture { answer, hsts }
+    }
+}
+
+type AppFuture = <HttpProxy as tower::Service<Request<Body>>>::Future;
+
+pin_project_lite::pin_project! {
+    /// The answer of [`Plain`].
+    pub(crate) struct PlainFuture {
+        #[pin]
+        answer: Answer,
+        hsts: Option<HeaderValue>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = AnswerProj]
+    enum Answer {
+        App { #[pin] future: AppFuture },
+        Page { #[pin] future: axum::routing::future::RouteFuture<Infallible> },
+    }
+}
+
+impl Future for PlainFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match this.answer.project() {
+            AnswerProj::App { future } => match std::task::ready!(future.poll(cx)) {
+                Ok(response) => response.map(Body::new),
+                Err(never) => match never {},
+            },
+            AnswerProj::Page { future } => match std::task::ready!(future.poll(cx)) {
+                Ok(response) => response,
+                Err(never) => match never {},
+            },
+        };
+        if let Some(value) = this.hsts.take() {
+            set_hsts(&mut response, value);
+        }
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -24,7 +24,7 @@ use tower::Service;
 use wsproxy::Tunnels;
 use wsproxy::balance::Backends;
 
-use crate::app::{self, Limiters};
+use crate::app::{self, App, Limiters, PlainService};
 use crate::cli::Args;
 use crate::config::{Config, ConfigErrors};
 use crate::tls::Certificate;
@@ -74,20 +74,28 @@ impl Source {
 /// The service every worker serves: the app of the current
 /// configuration, looked up per request.
 #[derive(Clone, Debug)]
-pub(crate) struct Switch(Arc<ArcSwap<Router>>);
+pub(crate) struct Switch(Arc<ArcSwap<App>>);
 
 impl Service<Request<Incoming>> for Switch {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = <Router as Service<Request<Incoming>>>::Future;
+    type Future = futures_util::future::Either<
+        axum::routing::future::RouteFuture<Infallible>,
+        <PlainService as Service<Request<Body>>>::Future,
+    >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let mut router = Router::clone(&self.0.load());
-        router.call(request)
+        let app = self.0.load();
+        if wsproxy::is_handshake(&request) {
+            futures_util::future::Either::Left(Router::clone(&app.router).call(request))
+        } else {
+            // Every layer of the router would pass it through (see `App`).
+            futures_util::future::Either::Right(app.plain.clone().call(request.map(Body::new)))
+        }
     }
 }
 
@@ -99,7 +107,7 @@ pub(crate) struct Live {
     sets: BTreeMap<String, Backends>,
     limiters: Limiters,
     tunnels: Tunnels,
-    app: Arc<ArcSwap<Router>>,
+    app: Arc<ArcSwap<App>>,
     /// The serving certificate of each listener with TLS, in the order of
     /// `config.listen`.
     certificates: Vec<Option<Arc<Certificate>>>,
@@ -126,13 +134,13 @@ impl Live {
             .map(|(name, upstream)| (name.clone(), app::set(upstream, backend_tls.as_ref())))
             .collect();
         let mut limiters = Limiters::default();
-        let router = app::router(&config, &sets, &tunnels, &mut limiters);
+        let app = app::app(&config, &sets, &tunnels, &mut limiters);
         Ok(Self {
             config,
             sets,
             limiters,
             tunnels,
-            app: Arc::new(ArcSwap::from_pointee(router)),
+            app: Arc::new(ArcSwap::from_pointee(app)),
             certificates,
             generation: 1,
         })
@@ -290,14 +298,14 @@ impl Live {
             };
             sets.insert(name.clone(), set);
         }
-        let router = app::router(&config, &sets, &self.tunnels, &mut self.limiters);
+        let app = app::app(&config, &sets, &self.tunnels, &mut self.limiters);
         // Nothing can fail from here: swap.
         for (serving, key) in self.certificates.iter().zip(certificates) {
             if let (Some(serving), Some(key)) = (serving, key) {
                 serving.replace(key);
             }
         }
-        self.app.store(Arc::new(router));
+        self.app.store(Arc::new(app));
         self.sets = sets;
         self.config = config;
         self.generation += 1;

@@ -243,8 +243,11 @@ where
         &inner.upstream,
     );
     // Origin-form, as a request to an origin server is sent.
-    let Ok(uri) = target.parse::<http::Uri>() else {
-        tracing::info!(target = %target, "request target cannot be mapped to the app server: 400");
+    let Some(uri) = target else {
+        tracing::info!(
+            path = parts.uri.path(),
+            "request target cannot be mapped to the app server: 400"
+        );
         return crate::plain::response(StatusCode::BAD_REQUEST, "bad request target");
     };
     let sent = Arc::new(Sent::new());

@@ -351,6 +351,7 @@ pub use layer::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HALF_CLOSE_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, WebSocketProxyLayer,
 };
+pub use opening::is_handshake;
 pub use route::Route;
 pub use service::{UpgradeRequired, WebSocketProxy};
 pub use settings::{Keepalive, MessageLimits};

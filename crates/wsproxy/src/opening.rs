@@ -15,7 +15,6 @@ pub(crate) const SEC_WEBSOCKET_VERSION: HeaderName =
     HeaderName::from_static("sec-websocket-version");
 pub(crate) const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec-websocket-accept");
 
-/// Is `req` a WebSocket opening handshake (of either kind)?
 /// In a handshake's extensions: the subprotocol to answer the client with
 /// when the backend chose none. An admission that took the only entries a
 /// client offered (a token carried in `Sec-WebSocket-Protocol`) leaves
@@ -24,7 +23,33 @@ pub(crate) const SEC_WEBSOCKET_ACCEPT: HeaderName = HeaderName::from_static("sec
 #[derive(Clone, Debug)]
 pub(crate) struct AnswerProtocol(pub(crate) HeaderValue);
 
-pub(crate) fn is_handshake<B>(req: &Request<B>) -> bool {
+/// Is `req` a WebSocket opening handshake, of either kind: an HTTP/1.1
+/// `GET` with `Upgrade: websocket` and `Connection: upgrade`, or an
+/// HTTP/2 extended `CONNECT` with `:protocol` `websocket` (RFC 8441)?
+///
+/// This is the test of [`WebSocketProxy`](crate::WebSocketProxy) and of
+/// every [`Admit`](crate::admit::Admit) middleware: a request it says no
+/// to passes through them to the inner service unchanged. A server whose
+/// layers are all of this crate may therefore send such a request
+/// straight to what they wrap (as `wsgate` does with ordinary HTTP),
+/// saving their clones and futures. Whether a handshake is well formed
+/// is the proxy's to judge: a malformed one is still a handshake here,
+/// and gets its `400` from the layer whose route claims it.
+///
+/// ```
+/// use http::Request;
+///
+/// let handshake = Request::get("/chat")
+///     .header("upgrade", "websocket")
+///     .header("connection", "keep-alive, Upgrade")
+///     .body(())
+///     .unwrap();
+/// assert!(wsproxy::is_handshake(&handshake));
+///
+/// let page = Request::get("/chat").body(()).unwrap();
+/// assert!(!wsproxy::is_handshake(&page));
+/// ```
+pub fn is_handshake<B>(req: &Request<B>) -> bool {
     is_http1_handshake(req) || is_http2_handshake(req)
 }
 

@@ -31,6 +31,9 @@ pub struct Upstream {
     host: String,
     port: u16,
     authority: Authority,
+    /// `authority` as a header value, made once: each request to it may
+    /// carry it as `Host`.
+    host_header: HeaderValue,
     path: String,
     query: Option<String>,
     tls: bool,
@@ -59,8 +62,7 @@ impl Upstream {
     }
 
     pub(crate) fn host_header(&self) -> HeaderValue {
-        HeaderValue::from_str(self.authority.as_str())
-            .expect("an authority is a valid header value")
+        self.host_header.clone()
     }
 
     /// The request target sent to this upstream for a client request with
@@ -93,6 +95,23 @@ impl Upstream {
             (None, None) => {}
         }
         target
+    }
+
+    /// [`target`](Self::target) as an origin-form URI, for a client's
+    /// request `uri` whose path the route mapped to `rest`. When nothing
+    /// changes the client's target (`rest` is its whole path, and this
+    /// upstream has no path or query of its own) that target is taken as
+    /// it is, without copying or parsing it again.
+    pub(crate) fn target_uri(&self, uri: &Uri, rest: &str) -> Option<Uri> {
+        if self.query.is_none()
+            && self.path.trim_end_matches('/').is_empty()
+            && rest == uri.path()
+            && let Some(target) = uri.path_and_query()
+            && target.as_str().starts_with('/')
+        {
+            return Some(Uri::from(target.clone()));
+        }
+        Uri::try_from(self.target(rest, uri.query())).ok()
     }
 }
 
@@ -146,8 +165,11 @@ impl FromStr for Upstream {
         if host.is_empty() {
             return Err(InvalidUpstream::new(s, "no host"));
         }
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| InvalidUpstream::new(s, "not a URL"))?;
         Ok(Self {
             host: host.to_owned(),
+            host_header,
             port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
             path: uri.path().to_owned(),
             query: uri.query().map(str::to_owned),
@@ -253,5 +275,46 @@ mod tests {
         assert_eq!(up("ws://a/base/").target("", None), "/base/");
         assert_eq!(up("ws://a/base").target("/", None), "/base/");
         assert_eq!(up("ws://a/b?k=v").target("/x", Some("q=1")), "/b/x?k=v&q=1");
+    }
+
+    #[test]
+    fn a_target_uri_is_the_target_whether_taken_as_it_is_or_made() {
+        let upstreams = [
+            "ws://a",
+            "ws://a/",
+            "ws://a/base",
+            "ws://a/base/",
+            "ws://a?k=v",
+        ];
+        // (the client's target, the path the route mapped it to)
+        let requests = [
+            ("/", "/"),
+            ("/x/y?q=1&r", "/x/y"),
+            ("/x?", "/x"),
+            ("http://host", "/"),
+            ("http://host?q=1", "/"),
+            ("http://host/p?q", "/p"),
+            // a prefix stripped, and one rewritten to one of equal length
+            ("/api/x?q", "/x"),
+            ("/api/x?q", "/web/x"),
+            ("/api", ""),
+        ];
+        for upstream in upstreams {
+            let upstream = up(upstream);
+            for (target, rest) in requests {
+                let uri: Uri = target.parse().unwrap();
+                let made = upstream.target(rest, uri.query());
+                let got = upstream.target_uri(&uri, rest).unwrap();
+                assert_eq!(got.to_string(), made, "{upstream} {target} {rest}");
+                assert!(got.scheme().is_none() && got.authority().is_none());
+            }
+        }
+        // Taken as it is: the same bytes as the client's target.
+        let uri: Uri = "/x/y?q=1".parse().unwrap();
+        let got = up("ws://a").target_uri(&uri, "/x/y").unwrap();
+        assert_eq!(
+            got.path_and_query().unwrap().as_str().as_ptr(),
+            uri.path_and_query().unwrap().as_str().as_ptr()
+        );
     }
 }

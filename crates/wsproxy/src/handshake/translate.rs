@@ -61,6 +61,7 @@ pub(crate) fn backend_request(
     // client's headers.
     let (target, mut headers) =
         forwarded(parts, parts.headers.clone(), config, prefix, peer, upstream);
+    let target = target?;
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     // The key the answer is checked against: the client's over HTTP/1.1,
@@ -68,7 +69,7 @@ pub(crate) fn backend_request(
     headers.insert(SEC_WEBSOCKET_KEY, key.clone());
 
     let mut request = Request::new(Empty::new());
-    *request.uri_mut() = target.parse().ok()?;
+    *request.uri_mut() = target;
     *request.headers_mut() = headers;
     Some(request)
 }
@@ -77,7 +78,8 @@ pub(crate) fn backend_request(
 /// request `parts` with `headers` (its own, given up) on the route of
 /// `prefix` (a handshake's or, with
 /// [`HttpProxy`](crate::http_proxy::HttpProxy), a plain one's): its
-/// target (path and query mapped onto the upstream's) and its headers —
+/// target (path and query mapped onto the upstream's, origin-form; none
+/// if that is no URI) and its headers —
 /// hop-by-hop headers removed, cookies joined, forwarding headers and
 /// `Host` as configured.
 pub(crate) fn forwarded(
@@ -87,14 +89,14 @@ pub(crate) fn forwarded(
     prefix: Option<&str>,
     peer: Option<SocketAddr>,
     upstream: &Upstream,
-) -> (String, HeaderMap) {
+) -> (Option<http::Uri>, HeaderMap) {
     let path = route::backend_path(
         parts.uri.path(),
         prefix,
         config.strip_prefix,
         config.rewrite_prefix.as_deref(),
     );
-    let target = upstream.target(&path, parts.uri.query());
+    let target = upstream.target_uri(&parts.uri, &path);
 
     // The client's Host, before a `Connection` naming it can remove it.
     let host_header = headers.get(header::HOST).cloned();
