@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::BoxError;
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{HeaderValue, Request, Response};
 use tokio_rustls::rustls::ServerConfig;
+use tower::Service as _;
 use wsproxy::admit::{
     AdmitLayer, ConnectionLimit, ForwardAuth, JwtAuth, Key, OriginCheck, RateLimit, ResolveClient,
     SharedLimit,
@@ -217,17 +219,13 @@ struct PlainRoutes {
     hsts: Option<HeaderValue>,
 }
 
-impl tower::Service<Request<Body>> for Plain {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = PlainFuture;
-
-    #[inline]
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> PlainFuture {
+impl Plain {
+    /// The answer to `request`: an app server's, or the page's.
+    pub(crate) fn answer<B>(&self, request: Request<B>) -> PlainFuture
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let hsts = match &self.0.hsts {
             Some(value) if request.extensions().get::<wsproxy::ClientTls>().is_some() => {
                 Some(value.clone())
@@ -248,6 +246,25 @@ impl tower::Service<Request<Body>> for Plain {
             },
         };
         PlainFuture { answer, hsts }
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Plain
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = PlainFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> PlainFuture {
+        self.answer(request)
     }
 }
 

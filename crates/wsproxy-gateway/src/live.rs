@@ -24,7 +24,9 @@ use tower::Service;
 use wsproxy::Tunnels;
 use wsproxy::balance::Backends;
 
-use crate::app::{self, App, Limiters, PlainService};
+use futures_util::future::{BoxFuture, Either};
+
+use crate::app::{self, App, Limiters, PlainFuture};
 use crate::cli::Args;
 use crate::config::{Config, ConfigErrors};
 use crate::tls::Certificate;
@@ -79,9 +81,9 @@ pub(crate) struct Switch(Arc<ArcSwap<App>>);
 impl Service<Request<Incoming>> for Switch {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = futures_util::future::Either<
+    type Future = Either<
         axum::routing::future::RouteFuture<Infallible>,
-        <PlainService as Service<Request<Body>>>::Future,
+        Either<BoxFuture<'static, Result<Response<Body>, Infallible>>, PlainFuture>,
     >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -91,11 +93,15 @@ impl Service<Request<Incoming>> for Switch {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let app = self.0.load();
         if wsproxy::is_handshake(&request) {
-            futures_util::future::Either::Left(Router::clone(&app.router).call(request))
-        } else {
-            // Every layer of the router would pass it through (see `App`).
-            futures_util::future::Either::Right(app.plain.clone().call(request.map(Body::new)))
+            return Either::Left(Router::clone(&app.router).call(request));
         }
+        // Every layer of the router would pass it through (see `App`).
+        Either::Right(match &app.plain {
+            tower::util::Either::Left(traced) => {
+                Either::Left(traced.clone().call(request.map(Body::new)))
+            }
+            tower::util::Either::Right(plain) => Either::Right(plain.answer(request)),
+        })
     }
 }
 

@@ -250,15 +250,18 @@ where
         );
         return crate::plain::response(StatusCode::BAD_REQUEST, "bad request target");
     };
-    let sent = Arc::new(Sent::new());
-    let body = Tracked {
-        body,
-        guard: Guard(sent.clone()),
+    // Most requests have no body: nothing to box or to follow then.
+    let (body, sent) = if body.is_end_stream() {
+        (AppBody::Empty, None)
+    } else {
+        let sent = Arc::new(Sent::new());
+        let body = Tracked {
+            body,
+            guard: Guard(sent.clone()),
+        };
+        (AppBody::Streaming(UnsyncBoxBody::new(body)), Some(sent))
     };
-    if body.body.is_end_stream() {
-        sent.end(false);
-    }
-    let mut upstream = Request::new(UnsyncBoxBody::new(body));
+    let mut upstream = Request::new(body);
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
     *upstream.headers_mut() = headers;
@@ -274,6 +277,10 @@ where
     // The response timeout runs from the last progress: a piece of the
     // body sent, its end.
     let timeout = async {
+        let Some(sent) = &sent else {
+            tokio::time::sleep(inner.response_timeout).await;
+            return true;
+        };
         let limit = clock::nanos(inner.response_timeout);
         loop {
             let at = sent.progress.load(Ordering::Relaxed).saturating_add(limit);
@@ -291,11 +298,17 @@ where
         idle_timeout: inner.idle_timeout,
     };
     let answer = tokio::select! {
+        // The answer first, when both are ready: it came in time.
+        biased;
         answer = pool::send(inner, app, upstream) => Ok(answer),
         ended = timeout => Err(ended),
     };
     match answer {
-        Ok(Err(_)) if sent.failed.load(Ordering::Relaxed) => {
+        Ok(Err(_))
+            if sent
+                .as_ref()
+                .is_some_and(|sent| sent.failed.load(Ordering::Relaxed)) =>
+        {
             tracing::info!(
                 app = inner.upstream.authority(),
                 "the client's request body failed (the client went away?): 400"
@@ -331,6 +344,43 @@ where
                 "app server did not answer in time: 504"
             );
             crate::plain::response(StatusCode::GATEWAY_TIMEOUT, "gateway timeout")
+        }
+    }
+}
+
+/// A request's body on its way to the app.
+pub(crate) enum AppBody {
+    /// None (it ended before it was sent).
+    Empty,
+    /// The client's, saying how far it got ([`Tracked`]).
+    Streaming(UnsyncBoxBody<Bytes, BoxError>),
+}
+
+impl Body for AppBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            AppBody::Empty => Poll::Ready(None),
+            AppBody::Streaming(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AppBody::Empty => true,
+            AppBody::Streaming(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            AppBody::Empty => http_body::SizeHint::with_exact(0),
+            AppBody::Streaming(body) => body.size_hint(),
         }
     }
 }

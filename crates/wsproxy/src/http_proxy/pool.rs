@@ -21,17 +21,12 @@ use std::any::Any;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use crate::BoxError;
-
-/// A request's body on its way to the app.
-pub(super) type AppBody = UnsyncBoxBody<Bytes, BoxError>;
+use super::AppBody;
 
 /// Idle connections kept per thread for one proxy (nginx's upstream
 /// `keepalive` is per worker too); more are closed when they go idle.
