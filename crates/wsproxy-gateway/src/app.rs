@@ -14,8 +14,10 @@ use axum::BoxError;
 use axum::Router;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
 use tokio_rustls::rustls::ServerConfig;
 use tower::Service as _;
+use tower::util::BoxCloneSyncService;
 use wsproxy::admit::{
     AdmitLayer, ConnectionLimit, ForwardAuth, JwtAuth, Key, OriginCheck, RateLimit, ResolveClient,
     SharedLimit,
@@ -88,26 +90,51 @@ pub(crate) fn page_routes(config: &Config, sets: &BTreeMap<String, Backends>) ->
         .collect()
 }
 
-/// What one configuration serves. `router` has every layer: the proxy
-/// layer of each route, the admission layers, HSTS; `plain` is what they
-/// wrap. The layers pass every request but a WebSocket handshake through
-/// unchanged (`wsproxy::is_handshake`), so [`crate::live::Switch`] sends
-/// ordinary requests to `plain` at once: without the router's clones,
-/// boxed futures and layers, a small proxied request took a sixth more
-/// instructions (BENCHMARKS.md). The router's fallback is the same
-/// `plain`, so a handshake no route claims gets what any request gets.
+/// What one configuration serves. `handshakes` has every layer: the
+/// proxy layer of each route, the admission layers, HSTS; `plain` is what
+/// they wrap. The layers pass every request but a WebSocket handshake
+/// through unchanged (`wsproxy::is_handshake`), so [`crate::live::Switch`]
+/// sends ordinary requests to `plain` at once, past their clones and
+/// boxed futures. `handshakes` ends in the same `plain`, so a handshake no
+/// route claims gets what any request gets.
+///
+/// The layers are stacked as tower layers, one box each, not as an axum
+/// `Router`'s: its router (its fallback handler, a boxed clone of the
+/// route, boxed futures, URL parameters, request and response bodies
+/// boxed) cost an ordinary request a sixth more instructions, and a
+/// handshake 4k more (BENCHMARKS.md).
 #[derive(Clone)]
 pub(crate) struct App {
-    pub(crate) router: Router,
+    pub(crate) handshakes: Stack,
     pub(crate) plain: PlainService,
 }
 
 impl std::fmt::Debug for App {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("App")
-            .field("router", &self.router)
-            .finish_non_exhaustive()
+        f.debug_struct("App").finish_non_exhaustive()
     }
+}
+
+/// Layers over [`PlainService`], boxed.
+pub(crate) type Stack = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
+
+/// `layer` over `stack`, boxed again (its answers as axum's `Body`).
+fn stacked<L, B>(stack: Stack, layer: L) -> Stack
+where
+    L: tower::Layer<Stack>,
+    L::Service: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower::Service<Request<Incoming>>>::Future: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    BoxCloneSyncService::new(tower::util::MapResponse::new(
+        layer.layer(stack),
+        |response: Response<B>| response.map(Body::new),
+    ))
 }
 
 /// The app of `config`: `sets` holds the backend set of each upstream,
@@ -120,41 +147,72 @@ pub(crate) fn app(
     limiters: &mut Limiters,
 ) -> App {
     let plain = plain(config, tunnels);
-    let mut router = Router::new().fallback_service(plain.clone());
+    let mut stack = match &plain {
+        tower::util::Either::Left(traced) => BoxCloneSyncService::new(
+            tower::util::MapRequest::new(traced.clone(), |request: Request<Incoming>| {
+                request.map(Body::new)
+            }),
+        ),
+        tower::util::Either::Right(plain) => BoxCloneSyncService::new(plain.clone()),
+    };
     // The layer of the longest prefix is outermost, so it sees a
     // handshake first; a route with a host before one without.
     let mut ordered: Vec<&RouteConfig> = config.routes.iter().collect();
     ordered.sort_by_key(|route| (route.host.is_some(), route.scope().1.len()));
     for route in ordered {
-        router = router.layer(proxy_layer(config, route, &sets[&route.upstream], tunnels));
+        stack = stacked(
+            stack,
+            proxy_layer(config, route, &sets[&route.upstream], tunnels),
+        );
     }
-    let router = admission(router, &config.admission, config, limiters);
-    // `plain` sets it on its own answers (`Plain::call`); this is for the
-    // answers to handshakes.
-    let router = match config.hsts() {
-        Some(hsts) => router.layer(axum::middleware::from_fn_with_state(
-            hsts.clone(),
-            hsts_header,
-        )),
-        None => router,
-    };
-    App { router, plain }
+    let mut stack = admission(stack, &config.admission, config, limiters);
+    // `plain` sets it on its own answers (`Plain::answer`); this is for
+    // the answers to handshakes.
+    if let Some(value) = config.hsts() {
+        stack = BoxCloneSyncService::new(Hsts {
+            inner: stack,
+            value: value.clone(),
+        });
+    }
+    App {
+        handshakes: stack,
+        plain,
+    }
 }
 
 /// `Strict-Transport-Security: value` on every answer to a request that
 /// came over TLS (RFC 6797 §7.2: never over plain HTTP), unless the
 /// answer has one (a relayed refusal from a backend that sets its own).
-async fn hsts_header(
-    axum::extract::State(value): axum::extract::State<HeaderValue>,
-    request: Request<Body>,
-    next: axum::middleware::Next,
-) -> Response<Body> {
-    let tls = request.extensions().get::<wsproxy::ClientTls>().is_some();
-    let mut response = next.run(request).await;
-    if tls {
-        set_hsts(&mut response, value);
+#[derive(Clone)]
+struct Hsts {
+    inner: Stack,
+    value: HeaderValue,
+}
+
+impl tower::Service<Request<Incoming>> for Hsts {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
-    response
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let value = request
+            .extensions()
+            .get::<wsproxy::ClientTls>()
+            .map(|_| self.value.clone());
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = answer.await?;
+            if let Some(value) = value {
+                set_hsts(&mut response, value);
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// HSTS on `response`, unless it has its own.
@@ -168,10 +226,8 @@ fn set_hsts(response: &mut Response<Body>, value: HeaderValue) {
 /// What answers ordinary requests: [`Plain`], with one access-log line
 /// for each (handshakes have theirs) unless the access log is off (then no
 /// span is made for it at all, and nothing is boxed).
-pub(crate) type PlainService = tower::util::Either<
-    tower::util::BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>,
-    Plain,
->;
+pub(crate) type PlainService =
+    tower::util::Either<BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>, Plain>;
 
 fn plain(config: &Config, tunnels: &Tunnels) -> PlainService {
     let mut ordered: Vec<&RouteConfig> = config.http_routes.iter().collect();
@@ -199,9 +255,10 @@ fn plain(config: &Config, tunnels: &Tunnels) -> PlainService {
     if config.log.access {
         use tower::Layer as _;
         let traced = page::trace(config.log.query).layer(plain);
-        tower::util::Either::Left(tower::util::BoxCloneSyncService::new(
-            tower::util::MapResponse::new(traced, |response: Response<_>| response.map(Body::new)),
-        ))
+        tower::util::Either::Left(BoxCloneSyncService::new(tower::util::MapResponse::new(
+            traced,
+            |response: Response<_>| response.map(Body::new),
+        )))
     } else {
         tower::util::Either::Right(plain)
     }
@@ -386,11 +443,11 @@ fn proxy_layer(
 /// gives it back when it refuses: a slow auth service then holds leases of
 /// handshakes it has not answered yet).
 fn admission(
-    mut app: Router,
+    mut app: Stack,
     admission: &Admission,
     config: &Config,
     limiters: &mut Limiters,
-) -> Router {
+) -> Stack {
     // What a removed section kept goes with it (a JWKS stops refreshing).
     if admission.forward_auth.is_none() {
         limiters.auth = None;
@@ -449,7 +506,7 @@ fn admission(
         (connections, rates)
     };
     if let Some(limit) = connections {
-        app = app.layer(limit.layer());
+        app = stacked(app, limit.layer());
     }
     if let Some(auth) = &admission.forward_auth {
         let check = match &limiters.auth {
@@ -466,7 +523,7 @@ fn admission(
                 check
             }
         };
-        app = app.layer(check.layer());
+        app = stacked(app, check.layer());
     }
     if let Some(jwt) = &admission.jwt {
         let check = match &limiters.jwt {
@@ -478,20 +535,21 @@ fn admission(
                 check
             }
         };
-        app = app.layer(check.layer());
+        app = stacked(app, check.layer());
     }
     if let Some(limit) = rates {
-        app = app.layer(limit.layer());
+        app = stacked(app, limit.layer());
     }
     // The shared check holds the rates, so it goes where they go: before
     // authentication, which it protects. Its connection lease is then
     // taken before authentication too, and given back if that refuses
     // (one round trip for both, rather than one each).
     if let Some(shared) = shared {
-        app = app.layer(shared.layer());
+        app = stacked(app, shared.layer());
     }
     if !admission.origins.is_empty() {
-        app = app.layer(
+        app = stacked(
+            app,
             OriginCheck::new(&admission.origins)
                 .allow_missing(admission.allow_missing_origin)
                 .layer(),
@@ -500,7 +558,10 @@ fn admission(
     let trusted = &config.forwarding.trusted_proxies;
     if !trusted.is_empty() {
         // Outermost: who the client is, for every check and log after.
-        app = app.layer(AdmitLayer::new(ResolveClient::new(trusted.iter().copied())));
+        app = stacked(
+            app,
+            AdmitLayer::new(ResolveClient::new(trusted.iter().copied())),
+        );
     }
     app
 }

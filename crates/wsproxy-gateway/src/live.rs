@@ -16,7 +16,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
-use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, Response};
 use hyper::body::Incoming;
@@ -82,7 +81,7 @@ impl Service<Request<Incoming>> for Switch {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = Either<
-        axum::routing::future::RouteFuture<Infallible>,
+        BoxFuture<'static, Result<Response<Body>, Infallible>>,
         Either<BoxFuture<'static, Result<Response<Body>, Infallible>>, PlainFuture>,
     >;
 
@@ -93,7 +92,7 @@ impl Service<Request<Incoming>> for Switch {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let app = self.0.load();
         if wsproxy::is_handshake(&request) {
-            return Either::Left(Router::clone(&app.router).call(request));
+            return Either::Left(app.handshakes.clone().call(request));
         }
         // Every layer of the router would pass it through (see `App`).
         Either::Right(match &app.plain {
