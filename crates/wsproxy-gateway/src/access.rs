@@ -15,7 +15,7 @@
 //! proxies vouched for, else the peer's.
 //!
 //! It is a [`tracing_subscriber::Layer`] reading the library's `tunnel`
-//! span (and the `request` span of the plain-HTTP router): the library
+//! span (and the `request` span of `app::Plain`'s requests): the library
 //! stays free of any log format, and `--log-format json` logs the same
 //! fields as JSON events instead.
 

@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use axum::body::Body;
 use axum::http::{Request, Response};
 use hyper::body::Incoming;
-use tower::Service;
+use tower::{Service, ServiceExt as _};
 use wsproxy::Tunnels;
 use wsproxy::balance::Backends;
 
@@ -81,7 +81,7 @@ impl Service<Request<Incoming>> for Switch {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = Either<
-        BoxFuture<'static, Result<Response<Body>, Infallible>>,
+        tower::util::Oneshot<app::Stack, Request<Incoming>>,
         Either<BoxFuture<'static, Result<Response<Body>, Infallible>>, PlainFuture>,
     >;
 
@@ -92,9 +92,9 @@ impl Service<Request<Incoming>> for Switch {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let app = self.0.load();
         if wsproxy::is_handshake(&request) {
-            return Either::Left(app.handshakes.clone().call(request));
+            return Either::Left(app.handshakes.clone().oneshot(request));
         }
-        // Every layer of the router would pass it through (see `App`).
+        // Every layer of `handshakes` would pass it through (see `App`).
         Either::Right(match &app.plain {
             tower::util::Either::Left(traced) => {
                 Either::Left(traced.clone().call(request.map(Body::new)))

@@ -315,6 +315,56 @@ async fn an_app_server_and_websockets_on_one_port() {
     gateway.wait_log("\"POST /login?next=%2F HTTP/1.1\" 200 ");
 }
 
+/// The layers in front of the routes are for handshakes (wsgate sends
+/// every other request past them): an ordinary request reaches the app
+/// whatever `[admission]` says of its Origin; a handshake no route claims
+/// passes admission first, then reaches the app as any request does; a
+/// claimed one tunnels. HSTS is on the app's answers over TLS with the
+/// access log off (its answers that skip the layers), and on the 101.
+#[tokio::test]
+async fn ordinary_requests_skip_admission_and_unclaimed_handshakes_reach_the_app() {
+    use wsproxy_test_support::python_backend;
+    let backend = Backend::start().await;
+    let (_python, app) = python_backend("http_app.py").await;
+    let cert = Leaf::localhost();
+    let folder = Folder::new();
+    let gateway = start(
+        &folder,
+        &format!(
+            "[listen]\nhsts = \"max-age=60\"\n\
+             [listen.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [log]\naccess = false\n\
+             [admission]\norigins = [\"https://good.example\"]\n\n\
+             [[http_routes]]\nprefix = \"/\"\nupstream = \"http://{app}\"\n",
+            cert.files().cert.display(),
+            cert.files().key.display()
+        ),
+        &backend,
+    );
+    let evil = "Origin: https://evil.example\r\n";
+    let good = "Origin: https://good.example\r\n";
+    for (request, status, from_app) in [
+        (
+            format!("GET /b HTTP/1.1\r\nHost: localhost\r\n{evil}\r\n"),
+            200,
+            true,
+        ),
+        (handshake("/b", evil), 403, false),
+        (handshake("/b", good), 200, true),
+        (handshake("/a", good), 101, false),
+    ] {
+        let mut tls = cert.connect(gateway.addr, &[b"http/1.1"]).await;
+        let head = ask(&mut tls, &request).await;
+        assert_eq!(head.status, status, "{request:?}: {head:?}");
+        assert_eq!(head.header("x-app") == Some("python"), from_app, "{head:?}");
+        assert_eq!(
+            head.header("strict-transport-security"),
+            Some("max-age=60"),
+            "{request:?}: {head:?}"
+        );
+    }
+}
+
 /// The app server down: 502; no answer within `timeouts.http_response`:
 /// 504; each with a log line.
 #[tokio::test]

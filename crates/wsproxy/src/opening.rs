@@ -25,7 +25,8 @@ pub(crate) struct AnswerProtocol(pub(crate) HeaderValue);
 
 /// Is `req` a WebSocket opening handshake, of either kind: an HTTP/1.1
 /// `GET` with `Upgrade: websocket` and `Connection: upgrade`, or an
-/// HTTP/2 extended `CONNECT` with `:protocol` `websocket` (RFC 8441)?
+/// HTTP/2 extended `CONNECT` with `:protocol` `websocket` (RFC 8441;
+/// with the `http2` feature only, as the proxy's HTTP/2 side is)?
 ///
 /// This is the test of [`WebSocketProxy`](crate::WebSocketProxy) and of
 /// every [`Admit`](crate::admit::Admit) middleware: a request it says no

@@ -305,7 +305,13 @@ mod tests {
                 let uri: Uri = target.parse().unwrap();
                 let made = upstream.target(rest, uri.query());
                 let got = upstream.target_uri(&uri, rest).unwrap();
-                assert_eq!(got.to_string(), made, "{upstream} {target} {rest}");
+                // As the request head has it (`Uri`'s `Display` would
+                // write a `/` before a target of only a query).
+                assert_eq!(
+                    got.path_and_query().unwrap().as_str(),
+                    made,
+                    "{upstream} {target} {rest}"
+                );
                 assert!(got.scheme().is_none() && got.authority().is_none());
             }
         }
