@@ -11,7 +11,8 @@
 //! uploads; `--connections` keep-alive client connections each sending
 //! requests one after the other for `--phase`. Reported: requests/s, p99
 //! latency and the proxy's CPU time per request (user + system, its
-//! workers included), medians of the rounds.
+//! workers included), medians of the rounds, and that CPU over nginx's,
+//! HAProxy's and the floor's from the same run.
 
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
@@ -214,14 +215,15 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
         values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
     };
     println!(
-        "\n{:<12} {:<11} {:>11} {:>10} {:>12} {:>16} {:>16}",
+        "\n{:<12} {:<11} {:>11} {:>10} {:>12} {:>16} {:>16} {:>16}",
         "scenario",
         "target",
         "requests/s",
         "p99 ms",
         "CPU µs/req",
         "CPU vs nginx",
-        "CPU vs HAProxy"
+        "CPU vs HAProxy",
+        "CPU vs floor"
     );
     for (s, scenario) in SCENARIOS.iter().enumerate() {
         let figures: Vec<(f64, f64, f64)> = (0..TARGETS.len())
@@ -233,7 +235,7 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
                 (median(&mut rate), median(&mut p99), median(&mut cpu))
             })
             .collect();
-        let (nginx_cpu, haproxy_cpu) = (figures[2].2, figures[3].2);
+        let (nginx_cpu, haproxy_cpu, floor_cpu) = (figures[2].2, figures[3].2, figures[4].2);
         for (t, name) in TARGETS.iter().enumerate() {
             let (rate, p99, cpu) = figures[t];
             let ratio = |other: f64| {
@@ -244,14 +246,15 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
                 }
             };
             println!(
-                "{:<12} {:<11} {:>11.0} {:>10.2} {:>12.1} {:>16} {:>16}",
+                "{:<12} {:<11} {:>11.0} {:>10.2} {:>12.1} {:>16} {:>16} {:>16}",
                 scenario.0,
                 name,
                 rate,
                 p99 / 1e3,
                 cpu,
                 ratio(nginx_cpu),
-                ratio(haproxy_cpu)
+                ratio(haproxy_cpu),
+                ratio(floor_cpu)
             );
         }
     }
