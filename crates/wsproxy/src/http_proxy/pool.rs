@@ -168,8 +168,10 @@ async fn sweep(owner: Owner, idles: Weak<Idles>, idle_timeout: Duration) {
     }
 }
 
-/// The most recently used connection that can take a request now; the
-/// ones the app closed, or idle too long, go.
+/// The most recently used connection that can take a request now and
+/// has not rested `idle_timeout`. Only looked at, not swept: one the app
+/// closed, or one with its last response body still on its way, is not
+/// ready; the sweeper closes what rested too long.
 fn checkout<O: Send + Sync + 'static>(
     owner: &Arc<O>,
     app: App<'_>,
@@ -179,9 +181,9 @@ fn checkout<O: Send + Sync + 'static>(
     }
     with_idle(owner, app.idle_timeout, |idle| {
         let now = Instant::now();
-        idle.retain_mut(|c| c.keep(now, app.idle_timeout));
-        // One whose last response body is still on its way is not ready.
-        let at = idle.iter().rposition(|c| c.sender.is_ready())?;
+        let at = idle
+            .iter()
+            .rposition(|c| c.sender.is_ready() && now.duration_since(c.since) < app.idle_timeout)?;
         Some(idle.remove(at).sender)
     })
 }
@@ -196,8 +198,11 @@ fn put<O: Send + Sync + 'static>(owner: &Arc<O>, app: App<'_>, sender: SendReque
     }
     with_idle(owner, app.idle_timeout, |idle| {
         if idle.len() >= MAX_IDLE {
-            // The one at rest the longest makes room; with all busy, this
-            // one is not kept.
+            // Closed ones not swept yet go; else the one at rest the
+            // longest makes room; with all busy, this one is not kept.
+            idle.retain(|c| !c.sender.is_closed());
+        }
+        if idle.len() >= MAX_IDLE {
             match idle.iter().position(|c| c.sender.is_ready()) {
                 Some(at) => drop(idle.remove(at)),
                 None => return,
