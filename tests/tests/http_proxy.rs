@@ -251,6 +251,30 @@ async fn an_app_that_closes_idle_connections_does_not_cost_a_request() {
     assert_eq!(accepted.load(Ordering::SeqCst), 30);
 }
 
+/// The app always gets a `Host`: with the client's `Host` as the policy,
+/// the client's, and the app's authority for a client that sent none (an
+/// HTTP/1.0 client may not).
+#[tokio::test]
+async fn the_app_gets_a_host_where_the_client_sent_none() {
+    let (app_addr, _seen) = app().await;
+    let proxy = HttpProxy::new(&format!("http://{app_addr}"))
+        .unwrap()
+        .host_header(wsproxy::HostHeader::Client);
+    let (front, _backend) = front_of(proxy).await;
+    for (request, host) in [
+        (
+            "GET /x HTTP/1.1\r\nHost: site.example\r\n\r\n",
+            "site.example".to_owned(),
+        ),
+        ("GET /x HTTP/1.0\r\n\r\n", app_addr.to_string()),
+    ] {
+        let (head, body) = ask(front, request).await;
+        assert_eq!(head.status, 200, "{body}");
+        let hosts: Vec<&str> = body.lines().filter(|l| l.starts_with("host: ")).collect();
+        assert_eq!(hosts, [format!("host: {host}")], "{request:?}:\n{body}");
+    }
+}
+
 /// A connection whose response body is still streaming is not handed
 /// another request (it would wait behind the body): the next request
 /// gets a connection of its own.

@@ -265,13 +265,6 @@ where
     *upstream.method_mut() = parts.method;
     *upstream.uri_mut() = uri;
     *upstream.headers_mut() = headers;
-    // HTTP/1.1 needs one (the client's may have been asked for and
-    // missing): the app's authority then.
-    if !upstream.headers().contains_key(http::header::HOST) {
-        upstream
-            .headers_mut()
-            .insert(http::header::HOST, inner.upstream.host_header());
-    }
     // Whatever the client spoke, the app gets HTTP/1.1.
     *upstream.version_mut() = http::Version::HTTP_11;
     // The response timeout runs from the last progress: a piece of the

@@ -81,7 +81,8 @@ pub(crate) fn backend_request(
 /// target (path and query mapped onto the upstream's, origin-form; none
 /// if that is no URI) and its headers —
 /// hop-by-hop headers removed, cookies joined, forwarding headers and
-/// `Host` as configured.
+/// `Host` as configured (the upstream's where the policy would leave
+/// none).
 pub(crate) fn forwarded(
     parts: &http::request::Parts,
     mut headers: HeaderMap,
@@ -131,14 +132,12 @@ pub(crate) fn forwarded(
         },
     }
     .apply(&mut headers, client_host.as_ref());
+    // HTTP/1.1 wants one: the upstream's when the client sent none.
     let host = match &config.host_header {
-        HostHeader::Upstream => Some(upstream.host_header()),
-        HostHeader::Client => client_host,
-        HostHeader::Fixed(value) => Some(value.clone()),
+        HostHeader::Upstream => upstream.host_header(),
+        HostHeader::Client => client_host.unwrap_or_else(|| upstream.host_header()),
+        HostHeader::Fixed(value) => value.clone(),
     };
-    match host {
-        Some(host) => headers.insert(header::HOST, host),
-        None => headers.remove(header::HOST),
-    };
+    headers.insert(header::HOST, host);
     (target, headers)
 }
