@@ -78,6 +78,7 @@ mod connection;
 mod limits;
 mod proxy_protocol;
 mod read_ahead;
+mod read_buffer;
 mod registry;
 mod server;
 mod service;
