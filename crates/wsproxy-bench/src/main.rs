@@ -29,6 +29,7 @@ mod procs;
 mod proxy;
 mod reload;
 mod upgrade;
+mod ws_floor;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -127,6 +128,20 @@ enum Cmd {
         #[arg(long)]
         app: std::net::SocketAddr,
     },
+    /// Run the least a WebSocket proxy built on hyper's server can do,
+    /// until killed: each handshake goes to `backend` as hyper parsed it,
+    /// the answer comes back as it is, and after a `101` bytes pass both
+    /// ways with `copy_bidirectional` (no checks, routing, header
+    /// rewriting, timeouts, frame tracking or logs). `compare --floor`
+    /// measures it as `floor`.
+    WsFloor {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9005")]
+        listen: std::net::SocketAddr,
+        /// The WebSocket backend, e.g. 127.0.0.1:9001.
+        #[arg(long)]
+        backend: std::net::SocketAddr,
+    },
     /// Compare WebSockets over HTTP/2 (many streams on few connections)
     /// with HTTP/1.1 (a connection each) through one proxy, alternating
     /// rounds.
@@ -207,6 +222,7 @@ fn main() -> std::process::ExitCode {
             Cmd::Admission(options) => admission::run(options).await,
             Cmd::App { listen } => http::app(listen).await,
             Cmd::HttpFloor { listen, app } => http::floor(listen, app).await,
+            Cmd::WsFloor { listen, backend } => ws_floor::run(listen, backend).await,
             Cmd::Proxy { listen, backend } => proxy::run(listen, &backend)
                 .await
                 .map_err(|e| e.to_string().into()),

@@ -140,6 +140,17 @@ impl Proc {
         ticks as f64 / clock_ticks()
     }
 
+    /// CPU seconds in user space used by the process and its children.
+    pub(crate) fn user_cpu_seconds(&self) -> f64 {
+        let ticks: u64 = self
+            .family()
+            .into_iter()
+            .filter_map(stat_fields)
+            .filter_map(|f| f.get(11).and_then(|v| v.parse::<u64>().ok()))
+            .sum();
+        ticks as f64 / clock_ticks()
+    }
+
     /// CPU seconds (user + system) of each thread of the process (not its
     /// children), by thread ID.
     pub(crate) fn thread_cpu_seconds(&self) -> BTreeMap<u32, f64> {

@@ -76,6 +76,11 @@ impl<'a> Report<'a> {
                 "rtt64: proxy CPU per message, µs".to_owned(),
                 Median,
             ),
+            (
+                "rtt64_user",
+                "rtt64: of which user space, µs".to_owned(),
+                Median,
+            ),
             ("rtt64_p50", "rtt64: p50 round trip, µs".to_owned(), Median),
             ("rtt64_p99", "rtt64: p99 round trip, µs".to_owned(), Median),
             (
@@ -92,6 +97,11 @@ impl<'a> Report<'a> {
             (
                 "cycle32_cpu",
                 "cycle32: proxy CPU per cycle, µs".to_owned(),
+                Median,
+            ),
+            (
+                "cycle32_user",
+                "cycle32: of which user space, µs".to_owned(),
                 Median,
             ),
             ("cycle32_p50", "cycle32: p50 upgrade, µs".to_owned(), Median),

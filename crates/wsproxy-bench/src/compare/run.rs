@@ -44,6 +44,11 @@ pub(crate) struct Options {
     /// as target `baseline` with the same flags as `wsgate`.
     #[arg(long)]
     baseline: Option<PathBuf>,
+    /// Also run `ws-floor`, the least a WebSocket proxy built on hyper's
+    /// server can do, as target `floor`: what wsgate's figures would be
+    /// with nothing of its own.
+    #[arg(long)]
+    floor: bool,
     /// nginx's `proxy_buffer_size` (e.g. 64k, wsgate's read buffer),
     /// instead of its default of one page.
     #[arg(long)]
@@ -83,6 +88,8 @@ enum Kind {
     Nginx,
     /// Debian's HAProxy, with this `maxconn`.
     Haproxy(u64),
+    /// `wsproxy-bench ws-floor`.
+    Floor,
 }
 
 /// A target started for one round.
@@ -145,6 +152,9 @@ pub(crate) async fn run(options: Options) -> Result<(), Box<dyn std::error::Erro
     }
     targets.push(("nginx", Kind::Nginx));
     targets.push(("haproxy", Kind::Haproxy(maxconn)));
+    if options.floor {
+        targets.push(("floor", Kind::Floor));
+    }
 
     let settings = format!(
         "cores: {}, client threads: {}, rounds: {}, phase: {:?}, idle: {}, storm: {} ({} at a \
@@ -211,6 +221,16 @@ fn start(
             let port = procs::free_port()?;
             let proc = procs::start_haproxy(dir, port, echo_addr, Some(*maxconn), None)?;
             (Some(proc), format!("127.0.0.1:{port}"))
+        }
+        Kind::Floor => {
+            let (proc, addr) = Proc::spawn_announcing(
+                "floor",
+                Command::new(std::env::current_exe()?)
+                    .args(["ws-floor", "--listen", "127.0.0.1:0", "--backend"])
+                    .arg(echo_addr),
+                "listening on ",
+            )?;
+            (Some(proc), addr)
         }
     };
     Ok(Running {
@@ -279,6 +299,7 @@ async fn measure(name: &'static str, target: &Running, options: &Options, figure
     report_errors(name, "rtt64", &m);
     record("rtt64_rate", m.sample.rate());
     record("rtt64_cpu", m.cpu_us_per_op());
+    record("rtt64_user", m.user_us_per_op());
     record("rtt64_p50", m.sample.quantile_us(0.5));
     record("rtt64_p99", m.sample.quantile_us(0.99));
 
@@ -291,6 +312,7 @@ async fn measure(name: &'static str, target: &Running, options: &Options, figure
     report_errors(name, "cycle32", &m);
     record("cycle32_rate", m.sample.rate());
     record("cycle32_cpu", m.cpu_us_per_op());
+    record("cycle32_user", m.user_us_per_op());
     record("cycle32_p50", m.sample.quantile_us(0.5));
     record("cycle32_p99", m.sample.quantile_us(0.99));
     record("cycle32_errors", m.sample.errors as f64);

@@ -49,11 +49,21 @@ pub(super) struct Measured {
     /// CPU seconds (user + system) the proxy used while the load ran; none
     /// for the direct target.
     pub(super) proxy_cpu: Option<f64>,
+    /// Of which in user space.
+    pub(super) proxy_user: Option<f64>,
     /// The first failure, for the log.
     pub(super) first_error: Option<String>,
 }
 
 impl Measured {
+    /// Proxy CPU in user space per operation, in microseconds.
+    pub(super) fn user_us_per_op(&self) -> f64 {
+        match self.proxy_user {
+            Some(seconds) if self.sample.ops > 0 => seconds * 1e6 / self.sample.ops as f64,
+            _ => f64::NAN,
+        }
+    }
+
     /// Proxy CPU per operation, in microseconds.
     pub(super) fn cpu_us_per_op(&self) -> f64 {
         match self.proxy_cpu {
@@ -63,9 +73,27 @@ impl Measured {
     }
 }
 
+/// CPU seconds of a proxy: user and system, and user alone.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    total: f64,
+    user: f64,
+}
+
 /// CPU seconds of `proxy` so far.
-fn cpu(proxy: Option<&Proc>) -> Option<f64> {
-    proxy.map(Proc::cpu_seconds)
+fn cpu(proxy: Option<&Proc>) -> Option<Cpu> {
+    proxy.map(|proxy| Cpu {
+        total: proxy.cpu_seconds(),
+        user: proxy.user_cpu_seconds(),
+    })
+}
+
+/// CPU seconds `proxy` used since `before`.
+fn spent(before: Option<Cpu>, proxy: Option<&Proc>) -> Option<Cpu> {
+    before.zip(cpu(proxy)).map(|(a, b)| Cpu {
+        total: b.total - a.total,
+        user: b.user - a.user,
+    })
 }
 
 /// Open `count` WebSockets one after the other, counting failures.
@@ -155,11 +183,12 @@ pub(super) async fn round_trips(
         }
     }
     let sample = total.finish(start.elapsed());
-    let proxy_cpu = before.zip(cpu(proxy)).map(|(a, b)| b - a);
+    let spent = spent(before, proxy);
     close_all(open, 64).await;
     Measured {
         sample,
-        proxy_cpu,
+        proxy_cpu: spent.map(|c| c.total),
+        proxy_user: spent.map(|c| c.user),
         first_error,
     }
 }
@@ -270,11 +299,12 @@ pub(super) async fn stream(
         }
     }
     let sample = total.finish(start.elapsed());
-    let proxy_cpu = before.zip(cpu(proxy)).map(|(a, b)| b - a);
+    let spent = spent(before, proxy);
     close_all(open, 64).await;
     Measured {
         sample,
-        proxy_cpu,
+        proxy_cpu: spent.map(|c| c.total),
+        proxy_user: spent.map(|c| c.user),
         first_error,
     }
 }
@@ -340,10 +370,11 @@ pub(super) async fn cycles(
         }
     }
     let sample = total.finish(start.elapsed());
-    let proxy_cpu = before.zip(cpu(proxy)).map(|(a, b)| b - a);
+    let spent = spent(before, proxy);
     Measured {
         sample,
-        proxy_cpu,
+        proxy_cpu: spent.map(|c| c.total),
+        proxy_user: spent.map(|c| c.user),
         first_error,
     }
 }
@@ -628,7 +659,7 @@ pub(super) async fn storm(
         Some(peak.max(proxy.rss_kib()))
     };
     let ((opened, elapsed), peak_rss_kib) = tokio::join!(opening, peak);
-    let proxy_cpu = before.zip(cpu(proxy)).map(|(a, b)| b - a);
+    let spent = spent(before, proxy);
     let listen_overflows = overflows
         .zip(listen_overflows())
         .map(|(a, b)| b.saturating_sub(a));
@@ -637,7 +668,7 @@ pub(super) async fn storm(
         elapsed,
         failed: opened.failed,
         first_error: opened.first_error,
-        proxy_cpu,
+        proxy_cpu: spent.map(|c| c.total),
         peak_rss_kib,
         listen_overflows,
     }
