@@ -80,7 +80,6 @@ mod connection;
 mod limits;
 mod proxy_protocol;
 mod read_ahead;
-mod read_buffer;
 mod registry;
 mod server;
 mod service;

@@ -1,4 +1,5 @@
-//! A connection's first bytes, read once and looked at before HTTP.
+//! How a client connection is read before hyper's HTTP gets it: its
+//! first bytes read once and looked at, and HTTP/2 read in large pieces.
 //!
 //! hyper-util's `auto` server reads a connection's first 24 bytes alone to
 //! tell the HTTP/2 preface from an HTTP/1.1 request, then hands them to
@@ -8,20 +9,34 @@
 //! reads what has arrived (up to [`READ_AHEAD`] bytes) into a per-thread
 //! scratch buffer, keeps only those bytes, tells HTTP/2 from HTTP/1.1 by
 //! them ([`ReadAhead::poll_http2`]), and hands them to hyper's first read,
-//! whole: one `recvfrom` for a handshake's request, as in nginx. Other
-//! reads go straight through.
+//! whole: one `recvfrom` for a handshake's request, as in nginx.
+//!
+//! Later reads go straight through, but for HTTP/2
+//! ([`ReadAhead::buffer_reads`]): the `h2` codec under hyper reads a
+//! connection a frame at a time (8 KiB, or exactly the rest of the frame
+//! it is in), so a client streaming 16 KiB WebSocket messages cost two
+//! `recvfrom`s a message even when the socket held many. Those reads take
+//! what has arrived, up to [`READ_BUFFER`] bytes, and hand it out to the
+//! codec's smaller reads (nginx reads HTTP/2 the same way:
+//! `http2_recv_buffer_size`). The buffer is allocated when a read needs it
+//! and released once it is empty and the socket has nothing more, so an
+//! idle connection holds none.
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::{Buf as _, BytesMut};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most the first read takes: the head of a WebSocket handshake, a
 /// browser's cookies included, fits; what does not is read by hyper.
 pub(crate) const READ_AHEAD: usize = 4096;
+
+/// The most one buffered read of an HTTP/2 connection takes.
+pub(crate) const READ_BUFFER: usize = 64 * 1024;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -38,6 +53,9 @@ pin_project! {
         #[pin]
         io: IO,
         ahead: Ahead,
+        // With `buffer_reads`: read and not handed out yet, without
+        // capacity while nothing waits.
+        buffer: Option<BytesMut>,
     }
 }
 
@@ -56,7 +74,14 @@ impl<IO> ReadAhead<IO> {
         ReadAhead {
             io,
             ahead: Ahead::Unread,
+            buffer: None,
         }
+    }
+
+    /// Read up to [`READ_BUFFER`] bytes at a time from now on, for
+    /// readers that ask for less (HTTP/2's codec).
+    pub(crate) fn buffer_reads(&mut self) {
+        self.buffer.get_or_insert_with(BytesMut::new);
     }
 }
 
@@ -124,18 +149,43 @@ impl<IO: AsyncRead> AsyncRead for ReadAhead<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
+        out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let Ahead::Held { bytes, start } = this.ahead else {
-            return this.io.poll_read(cx, buf);
-        };
-        let n = (bytes.len() - *start).min(buf.remaining());
-        buf.put_slice(&bytes[*start..*start + n]);
-        *start += n;
-        if *start == bytes.len() {
-            *this.ahead = Ahead::Passed;
+        let mut this = self.project();
+        if let Ahead::Held { bytes, start } = this.ahead {
+            let n = (bytes.len() - *start).min(out.remaining());
+            out.put_slice(&bytes[*start..*start + n]);
+            *start += n;
+            if *start == bytes.len() {
+                *this.ahead = Ahead::Passed;
+            }
+            return Poll::Ready(Ok(()));
         }
+        let Some(buffer) = this.buffer else {
+            return this.io.poll_read(cx, out);
+        };
+        if buffer.is_empty() {
+            if out.remaining() >= READ_BUFFER {
+                // As large as the buffer: nothing to gain by it.
+                return this.io.poll_read(cx, out);
+            }
+            buffer.reserve(READ_BUFFER);
+            match tokio_util::io::poll_read_buf(this.io.as_mut(), cx, buffer) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    *buffer = BytesMut::new();
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => {
+                    // Nothing more has arrived: idle until it does.
+                    *buffer = BytesMut::new();
+                    return Poll::Pending;
+                }
+            }
+        }
+        let n = buffer.len().min(out.remaining());
+        out.put_slice(&buffer[..n]);
+        buffer.advance(n);
         Poll::Ready(Ok(()))
     }
 }
@@ -267,5 +317,59 @@ mod tests {
         let mut got = Vec::new();
         io.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, b"PRI * HT");
+    }
+
+    #[tokio::test]
+    async fn buffered_reads_serve_small_ones_from_one_large_one_in_order() {
+        let (mut client, server) = tokio::io::duplex(READ_BUFFER);
+        let mut io = ReadAhead::new(Counting {
+            io: server,
+            reads: 0,
+        });
+        // HTTP/2, as `Serving` starts it: the preface read ahead, then
+        // reads buffered.
+        client.write_all(PREFACE).await.unwrap();
+        assert!(http2(&mut io).await);
+        io.buffer_reads();
+        let mut preface = [0; PREFACE.len()];
+        io.read_exact(&mut preface).await.unwrap();
+        assert_eq!(io.io.reads, 1);
+        // Three 16 KiB frames' worth, arrived together.
+        let sent: Vec<u8> = (0..3 * 16_393).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        // As h2's codec asks: 8 KiB at a time.
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let mut piece = vec![0; 8192];
+            let n = io.read(&mut piece).await.unwrap();
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(got, sent);
+        assert_eq!(io.io.reads, 2, "one read of the connection for all of it");
+        // The end of the stream still reads as the end.
+        drop(client);
+        assert_eq!(io.read(&mut [0; 100]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_idle_buffered_connection_holds_no_buffer() {
+        let (mut client, server) = tokio::io::duplex(READ_BUFFER);
+        let mut io = ReadAhead::new(server);
+        io.buffer_reads();
+        let capacity = |io: &ReadAhead<_>| io.buffer.as_ref().map(BytesMut::capacity);
+        client.write_all(b"a frame").await.unwrap();
+        let mut piece = [0; 7];
+        io.read_exact(&mut piece).await.unwrap();
+        assert_eq!(&piece, b"a frame");
+        assert!(capacity(&io) > Some(0), "held while reading");
+        // The next read finds nothing: the buffer goes.
+        let mut look = Context::from_waker(std::task::Waker::noop());
+        let waiting = Pin::new(&mut io).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
+        assert!(waiting.is_pending());
+        assert_eq!(capacity(&io), Some(0), "a buffer held while idle");
+        // And comes back with the next bytes.
+        client.write_all(b"another").await.unwrap();
+        io.read_exact(&mut piece).await.unwrap();
+        assert_eq!(&piece, b"another");
     }
 }

@@ -4,8 +4,7 @@
 //! hyper-util's `auto` builder does the same, but reads the first 24 bytes
 //! alone to do it (see [`ReadAhead`]); here they are read with the rest
 //! of what arrived, and hyper's own HTTP/1.1 and HTTP/2 connections are
-//! served with the settings of [`http_builder`](super::http_builder),
-//! HTTP/2 read through a [`ReadBuffer`].
+//! served with the settings of [`http_builder`](super::http_builder).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,7 +21,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::activity::ConnExecutor;
 use super::read_ahead::ReadAhead;
-use super::read_buffer::ReadBuffer;
 use crate::BoxError;
 
 pin_project! {
@@ -40,7 +38,7 @@ pin_project! {
             keep_alive: bool,
         },
         Http1 { #[pin] conn: http1::UpgradeableConnection<TokioIo<ReadAhead<IO>>, S> },
-        Http2 { #[pin] conn: http2::Connection<TokioIo<ReadBuffer<ReadAhead<IO>>>, S, ConnExecutor> },
+        Http2 { #[pin] conn: http2::Connection<TokioIo<ReadAhead<IO>>, S, ConnExecutor> },
         /// Shut down before it said anything.
         Ended,
     }
@@ -121,7 +119,7 @@ where
         else {
             return;
         };
-        let io = io.take().expect("detecting until it serves");
+        let mut io = io.take().expect("detecting until it serves");
         let service = service.take().expect("detecting until it serves");
         let next = if http2 {
             // As `http_builder`'s.
@@ -131,9 +129,10 @@ where
                 .initial_stream_window_size(crate::HTTP2_STREAM_WINDOW)
                 .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW)
                 .max_frame_size(crate::HTTP2_MAX_FRAME_SIZE);
+            // Read in large pieces: `h2` reads a frame at a time.
+            io.buffer_reads();
             Serving::Http2 {
-                // Read in large pieces: `h2` reads a frame at a time.
-                conn: builder.serve_connection(TokioIo::new(ReadBuffer::new(io)), service),
+                conn: builder.serve_connection(TokioIo::new(io), service),
             }
         } else {
             let mut builder = http1::Builder::new();
