@@ -103,10 +103,25 @@ pub(crate) async fn floor(
     listener.set_nonblocking(true)?;
     println!("listening on {}", listener.local_addr()?);
     std::io::Write::flush(&mut std::io::stdout())?;
+    per_core(listener, move |tcp| floor_connection(tcp, app))
+}
+
+/// Serve `listener` as wsgate does, on a single-threaded runtime per core,
+/// each accepting from it and running `connection` for each connection,
+/// until an accept fails.
+pub(crate) fn per_core<F, Fut>(
+    listener: std::net::TcpListener,
+    connection: F,
+) -> Result<(), Box<dyn std::error::Error>>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut workers: Vec<std::thread::JoinHandle<std::io::Result<()>>> = Vec::new();
     for _ in 0..threads {
         let listener = listener.try_clone()?;
+        let connection = connection.clone();
         workers.push(std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -115,7 +130,7 @@ pub(crate) async fn floor(
                 let listener = tokio::net::TcpListener::from_std(listener)?;
                 loop {
                     let (tcp, _) = listener.accept().await?;
-                    tokio::spawn(floor_connection(tcp, app));
+                    tokio::spawn(connection(tcp));
                 }
             })
         }));

@@ -39,30 +39,7 @@ pub(crate) async fn run(
     let listener = socket.listen(4096)?.into_std()?;
     println!("listening on {}", listener.local_addr()?);
     std::io::Write::flush(&mut std::io::stdout())?;
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut workers: Vec<std::thread::JoinHandle<std::io::Result<()>>> = Vec::new();
-    for _ in 0..threads {
-        let listener = listener.try_clone()?;
-        workers.push(std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                loop {
-                    let (tcp, _) = listener.accept().await?;
-                    tokio::spawn(connection(tcp, backend));
-                }
-            })
-        }));
-    }
-    for worker in workers {
-        match worker.join() {
-            Ok(result) => result?,
-            Err(_) => return Err("a worker panicked".into()),
-        }
-    }
-    Ok(())
+    crate::http::per_core(listener, move |tcp| connection(tcp, backend))
 }
 
 /// One client connection.
