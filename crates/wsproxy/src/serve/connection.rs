@@ -138,7 +138,8 @@ where
     #[cfg(feature = "tls")]
     if let Some(acceptor) = &shared.tls {
         let timeout = shared.timeouts.tls_handshake;
-        let tcp = Watched::under_tls(tcp, &activity);
+        // Read in large pieces: rustls reads 4 KiB at a time.
+        let tcp = ReadAhead::buffered(Watched::under_tls(tcp, &activity));
         let tls = tokio::select! {
             result = acceptor.accept(tcp) => match result {
                 Ok(tls) => tls,
@@ -217,6 +218,8 @@ async fn http<IO, S, B>(
         service,
         ConnExecutor::new(activity.clone()),
         !timeouts.keep_alive.is_zero(),
+        // Under TLS the connection is read so beneath rustls.
+        !tls,
     );
     tokio::pin!(connection);
     // Detection is timed from here, after any TLS handshake.

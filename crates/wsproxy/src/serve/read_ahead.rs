@@ -12,15 +12,18 @@
 //! whole: one `recvfrom` for a handshake's request, as in nginx.
 //!
 //! Later reads go straight through, but for HTTP/2
-//! ([`ReadAhead::buffer_reads`]): the `h2` codec under hyper reads a
-//! connection a frame at a time (8 KiB, or exactly the rest of the frame
-//! it is in), so a client streaming 16 KiB WebSocket messages cost two
-//! `recvfrom`s a message even when the socket held many. Those reads take
-//! what has arrived, up to [`READ_BUFFER`] bytes, and hand it out to the
-//! codec's smaller reads (nginx reads HTTP/2 the same way:
-//! `http2_recv_buffer_size`). The buffer is allocated when a read needs it
-//! and released once it is empty and the socket has nothing more, so an
-//! idle connection holds none.
+//! ([`ReadAhead::buffer_reads`]) and under TLS ([`ReadAhead::buffered`]):
+//! the `h2` codec under hyper reads a connection a frame at a time (8 KiB,
+//! or exactly the rest of the frame it is in), and rustls reads its
+//! records 4 KiB at a time, so a client streaming 16 KiB WebSocket
+//! messages cost two `recvfrom`s a message over HTTP/2, four or more
+//! under TLS, even when the socket held many. Those reads take what has
+//! arrived, up to [`READ_BUFFER`] bytes, and hand it out to the smaller
+//! reads above (nginx reads HTTP/2 the same way:
+//! `http2_recv_buffer_size`). The buffer is taken when a read needs it
+//! and given back once it is empty and the socket has nothing more, to a
+//! spare the thread keeps for the next connection, so a connection at
+//! rest holds none.
 
 use std::cell::RefCell;
 use std::io;
@@ -44,6 +47,9 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 std::thread_local! {
     /// Where first reads land before what they got is kept.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_AHEAD].into_boxed_slice());
+    /// A buffered read's buffer, between reads of connections that have
+    /// nothing more to read.
+    static SPARE: std::cell::Cell<Option<BytesMut>> = const { std::cell::Cell::new(None) };
 }
 
 pin_project! {
@@ -75,6 +81,18 @@ impl<IO> ReadAhead<IO> {
             io,
             ahead: Ahead::Unread,
             buffer: None,
+        }
+    }
+
+    /// `io` read up to [`READ_BUFFER`] bytes at a time from the start,
+    /// for a reader that asks for less (rustls, 4 KiB a read), with no
+    /// first bytes looked at.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn buffered(io: IO) -> Self {
+        ReadAhead {
+            io,
+            ahead: Ahead::Passed,
+            buffer: Some(BytesMut::new()),
         }
     }
 
@@ -167,18 +185,27 @@ impl<IO: AsyncRead> AsyncRead for ReadAhead<IO> {
         if buffer.is_empty() {
             if out.remaining() >= READ_BUFFER {
                 // As large as the buffer: nothing to gain by it.
+                put_back(buffer);
                 return this.io.poll_read(cx, out);
             }
-            buffer.reserve(READ_BUFFER);
+            if !buffer.try_reclaim(READ_BUFFER) {
+                *buffer = SPARE
+                    .take()
+                    .unwrap_or_else(|| BytesMut::with_capacity(READ_BUFFER));
+            }
             match tokio_util::io::poll_read_buf(this.io.as_mut(), cx, buffer) {
+                Poll::Ready(Ok(0)) => {
+                    put_back(buffer);
+                    return Poll::Ready(Ok(()));
+                }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
-                    *buffer = BytesMut::new();
+                    put_back(buffer);
                     return Poll::Ready(Err(e));
                 }
                 Poll::Pending => {
                     // Nothing more has arrived: idle until it does.
-                    *buffer = BytesMut::new();
+                    put_back(buffer);
                     return Poll::Pending;
                 }
             }
@@ -187,6 +214,19 @@ impl<IO: AsyncRead> AsyncRead for ReadAhead<IO> {
         out.put_slice(&buffer[..n]);
         buffer.advance(n);
         Poll::Ready(Ok(()))
+    }
+}
+
+/// Give an empty `buffer`'s allocation to the thread's spare, for the
+/// next connection that needs one: a connection at rest holds none, and
+/// one woken again and again does not allocate and free 64 KiB each time
+/// (a free of that size makes glibc consolidate its heap).
+fn put_back(buffer: &mut BytesMut) {
+    buffer.clear();
+    if buffer.try_reclaim(READ_BUFFER) {
+        SPARE.set(Some(std::mem::take(buffer)));
+    } else {
+        *buffer = BytesMut::new();
     }
 }
 
@@ -367,9 +407,27 @@ mod tests {
         let waiting = Pin::new(&mut io).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
         assert!(waiting.is_pending());
         assert_eq!(capacity(&io), Some(0), "a buffer held while idle");
-        // And comes back with the next bytes.
+        // The thread keeps it for the next connection that reads...
+        let spare = SPARE.take().expect("a spare buffer");
+        assert!(spare.capacity() >= READ_BUFFER);
+        SPARE.set(Some(spare));
+        // ...which is this one again, with the next bytes.
         client.write_all(b"another").await.unwrap();
         io.read_exact(&mut piece).await.unwrap();
         assert_eq!(&piece, b"another");
+        assert!(SPARE.take().is_none(), "the spare was not taken");
+        // A read as large as the buffer goes straight through, and lets
+        // the buffer go.
+        let _ = Pin::new(&mut io).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
+        client.write_all(&[7; 10]).await.unwrap();
+        let mut large = vec![0; READ_BUFFER];
+        assert_eq!(io.read(&mut large).await.unwrap(), 10);
+        assert_eq!(capacity(&io), Some(0));
+        // So does the end of the stream.
+        client.write_all(b"last").await.unwrap();
+        drop(client);
+        io.read_exact(&mut piece[..4]).await.unwrap();
+        assert_eq!(io.read(&mut piece).await.unwrap(), 0);
+        assert_eq!(capacity(&io), Some(0), "a buffer held at the end");
     }
 }

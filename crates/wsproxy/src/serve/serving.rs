@@ -36,6 +36,7 @@ pin_project! {
             service: Option<S>,
             executor: ConnExecutor,
             keep_alive: bool,
+            buffer_http2: bool,
         },
         Http1 { #[pin] conn: http1::UpgradeableConnection<TokioIo<ReadAhead<IO>>, S> },
         Http2 { #[pin] conn: http2::Connection<TokioIo<ReadAhead<IO>>, S, ConnExecutor> },
@@ -55,18 +56,22 @@ where
 {
     /// Serve `service` on `io`, whose streams and tasks `executor` runs;
     /// without `keep_alive`, an HTTP/1.1 connection closes after one
-    /// response.
+    /// response; with `buffer_http2`, HTTP/2 is read in large pieces
+    /// ([`ReadAhead::buffer_reads`]; not wanted where `io` is already read
+    /// so, as under TLS).
     pub(crate) fn new(
         io: ReadAhead<IO>,
         service: S,
         executor: ConnExecutor,
         keep_alive: bool,
+        buffer_http2: bool,
     ) -> Self {
         Serving::Detecting {
             io: Some(io),
             service: Some(service),
             executor,
             keep_alive,
+            buffer_http2,
         }
     }
 
@@ -115,6 +120,7 @@ where
             service,
             executor,
             keep_alive,
+            buffer_http2,
         } = self.as_mut().project()
         else {
             return;
@@ -130,7 +136,9 @@ where
                 .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW)
                 .max_frame_size(crate::HTTP2_MAX_FRAME_SIZE);
             // Read in large pieces: `h2` reads a frame at a time.
-            io.buffer_reads();
+            if *buffer_http2 {
+                io.buffer_reads();
+            }
             Serving::Http2 {
                 conn: builder.serve_connection(TokioIo::new(io), service),
             }
@@ -206,7 +214,7 @@ mod tests {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"answered"))))
         });
         let executor = ConnExecutor::new(Arc::new(Activity::new()));
-        Serving::new(ReadAhead::new(io), service, executor, true)
+        Serving::new(ReadAhead::new(io), service, executor, true, true)
     }
 
     #[tokio::test]
