@@ -156,3 +156,29 @@ async fn a_vanished_backend_is_logged_with_the_close_the_client_got() {
     assert!(line.contains("client_close=1011"), "{line}");
     assert!(line.contains("backend_close=none"), "{line}");
 }
+
+/// The closing event is logged inside the tunnel's span, so a log filter
+/// scoped to that span (`[tunnel]=info` under a `warn` default) lets it
+/// through.
+#[tokio::test(flavor = "current_thread")]
+async fn a_filter_scoped_to_the_tunnel_span_keeps_its_closing_line() {
+    let (captured, _default) = Captured::start_filtered("warn,[tunnel]=info");
+    let (proxy, tunnels, _) = logged_proxy(|l| l.route(Route::prefix("/scoped"))).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{proxy}/scoped"))
+        .await
+        .unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    let echo = timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+    assert_eq!(echo.unwrap().unwrap(), Message::text("ping"));
+    ws.close(None).await.unwrap();
+    while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
+    drop(ws);
+    tunnel_closes(&tunnels).await;
+
+    let log = captured.text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("tunnel closed"))
+        .unwrap_or_else(|| panic!("no closing event in:\n{log}"));
+    assert!(line.contains("route=/scoped"), "{line}");
+}

@@ -61,6 +61,27 @@ impl Captured {
         )
     }
 
+    /// This thread's log lines that the `RUST_LOG`-style `directives`
+    /// let through (e.g. span-scoped ones: `warn,[tunnel]=info`), until
+    /// the guard drops.
+    pub fn start_filtered(directives: &str) -> (Self, Capturing) {
+        let captured = Self::default();
+        let anchor = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::new());
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(captured.clone())
+            .with_ansi(false)
+            .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
+            .finish();
+        let default = tracing::subscriber::set_default(subscriber);
+        (
+            captured,
+            Capturing {
+                _default: default,
+                _anchor: anchor,
+            },
+        )
+    }
+
     /// Everything captured so far.
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()

@@ -88,40 +88,43 @@ pub(crate) fn spawn(tunnel: Tunnel<'_>) {
                 Totals::default(),
             ),
         };
-        tunnels.record(&end, &totals);
-        open.closed(&end, &totals);
-        if let End::Proxy {
-            reason: Reason::Limit { exceeded, .. },
-            ..
-        } = &end
-        {
-            tracing::warn!(
-                parent: &span,
+        // In the handshake's span (entered here only, not on every poll
+        // of the relay): what ends with the tunnel logs with its fields,
+        // and span-scoped log filters match it.
+        span.in_scope(|| {
+            tunnels.record(&end, &totals);
+            open.closed(&end, &totals);
+            if let End::Proxy {
+                reason: Reason::Limit { exceeded, .. },
+                ..
+            } = &end
+            {
+                tracing::warn!(
+                    end = %end,
+                    close_code = exceeded.close_code(),
+                    "message limit broken, WebSocket closed"
+                );
+            }
+            let duration_ms = started.elapsed().as_millis() as u64;
+            let (up, down) = (&totals.up, &totals.down);
+            tracing::info!(
+                duration_ms,
+                bytes_up = up.bytes,
+                bytes_down = down.bytes,
+                frames_up = up.frames,
+                frames_down = down.frames,
+                messages_up = up.messages,
+                messages_down = down.messages,
+                client_close = %CloseCode(up.close_code),
+                backend_close = %CloseCode(down.close_code),
                 end = %end,
-                close_code = exceeded.close_code(),
-                "message limit broken, WebSocket closed"
+                "tunnel closed"
             );
-        }
-        let duration_ms = started.elapsed().as_millis() as u64;
-        let (up, down) = (&totals.up, &totals.down);
-        tracing::info!(
-            parent: &span,
-            duration_ms,
-            bytes_up = up.bytes,
-            bytes_down = down.bytes,
-            frames_up = up.frames,
-            frames_down = down.frames,
-            messages_up = up.messages,
-            messages_down = down.messages,
-            client_close = %CloseCode(up.close_code),
-            backend_close = %CloseCode(down.close_code),
-            end = %end,
-            "tunnel closed"
-        );
-        // The backend, its load unit and the admission permits go
-        // now; the tunnel counts open (and a shutdown waits for it)
-        // until the client's side is let go too.
-        drop((holds, load, backend));
+            // The backend, its load unit and the admission permits go
+            // now; the tunnel counts open (and a shutdown waits for it)
+            // until the client's side is let go too.
+            drop((holds, load, backend));
+        });
         if let Some(client) = &mut client {
             relay::let_go(client, carrier, &end, half_close, &drain).await;
         }
