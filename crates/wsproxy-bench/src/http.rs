@@ -91,26 +91,23 @@ pub(crate) async fn app(listen: std::net::SocketAddr) -> Result<(), Box<dyn std:
 /// `http-floor`: the least a proxy built of hyper's server and client
 /// connections does for a request, the floor under `wsgate --app` (which
 /// adds a connection pool, routes, forwarding headers and timeouts).
-/// Threaded as wsgate is: a single-threaded runtime per core, each
-/// accepting from the one listener. Each client connection gets an app
+/// Threaded as wsgate is ([`per_core`]). Each client connection gets an app
 /// connection of its own; hyper's server asks for one answer at a time,
 /// so they pair up one to one.
 pub(crate) async fn floor(
     listen: std::net::SocketAddr,
     app: std::net::SocketAddr,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = std::net::TcpListener::bind(listen)?;
-    listener.set_nonblocking(true)?;
-    println!("listening on {}", listener.local_addr()?);
-    std::io::Write::flush(&mut std::io::stdout())?;
-    per_core(listener, move |tcp| floor_connection(tcp, app))
+    per_core(listen, move |tcp| floor_connection(tcp, app)).await
 }
 
-/// Serve `listener` as wsgate does, on a single-threaded runtime per core,
-/// each accepting from it and running `connection` for each connection,
-/// until an accept fails.
-pub(crate) fn per_core<F, Fut>(
-    listener: std::net::TcpListener,
+/// Serve on `listen` as wsgate does: a single-threaded runtime per core,
+/// each accepting from a listener of its own on the one address
+/// (`SO_REUSEPORT`, wsgate's backlog of 4096), running `connection` for
+/// each connection, until an accept fails. Prints `listening on ADDR`
+/// once all listen.
+pub(crate) async fn per_core<F, Fut>(
+    listen: std::net::SocketAddr,
     connection: F,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
@@ -118,9 +115,26 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut workers: Vec<std::thread::JoinHandle<std::io::Result<()>>> = Vec::new();
+    let mut addr = listen;
+    let mut listeners = Vec::with_capacity(threads);
     for _ in 0..threads {
-        let listener = listener.try_clone()?;
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(4096)?.into_std()?;
+        // The others on the port the first one got.
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    println!("listening on {addr}");
+    std::io::Write::flush(&mut std::io::stdout())?;
+    let mut workers: Vec<std::thread::JoinHandle<std::io::Result<()>>> = Vec::new();
+    for listener in listeners {
         let connection = connection.clone();
         workers.push(std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()

@@ -4,8 +4,7 @@
 //! headers, admission, timeouts, a frame-aware relay, drain, logs and
 //! metrics). `compare --floor` runs it beside wsgate, nginx and HAProxy.
 //!
-//! Threaded as wsgate is: a single-threaded runtime per core, each
-//! accepting from the one listener. A request is sent to the backend as
+//! Threaded as wsgate is (`http::per_core`). A request is sent to the backend as
 //! hyper parsed it (its head written in one piece on a fresh TCP
 //! connection, no header changed), the answer's head read with
 //! `httparse` and returned as it is; after a `101`, the bytes pass both
@@ -28,18 +27,7 @@ pub(crate) async fn run(
     listen: SocketAddr,
     backend: SocketAddr,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    // wsgate's backlog, so that a storm measures the same queue.
-    let socket = if listen.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(listen)?;
-    let listener = socket.listen(4096)?.into_std()?;
-    println!("listening on {}", listener.local_addr()?);
-    std::io::Write::flush(&mut std::io::stdout())?;
-    crate::http::per_core(listener, move |tcp| connection(tcp, backend))
+    crate::http::per_core(listen, move |tcp| connection(tcp, backend)).await
 }
 
 /// One client connection.
