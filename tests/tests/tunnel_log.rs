@@ -19,6 +19,26 @@ async fn tunnel_closes(tunnels: &Tunnels) {
     );
 }
 
+/// The first captured line with `needle`; the whole log in the panic if
+/// none.
+fn line_with(captured: &Captured, needle: &str) -> String {
+    let log = captured.text();
+    log.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?} line in:\n{log}"))
+        .to_owned()
+}
+
+/// Read `ws` to its end, drop it, and wait for its tunnel to close.
+async fn drained<S>(mut ws: S, tunnels: &Tunnels)
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
+    drop(ws);
+    tunnel_closes(tunnels).await;
+}
+
 /// An echo backend behind a proxy configured by `configure`: the proxy's
 /// address, its tunnels and the backend's address.
 async fn logged_proxy(
@@ -55,15 +75,9 @@ async fn a_tunnel_logs_who_where_how_much_and_how_it_ended() {
     }))
     .await
     .unwrap();
-    while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
-    drop(ws);
-    tunnel_closes(&tunnels).await;
+    drained(ws, &tunnels).await;
 
-    let log = captured.text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("tunnel closed"))
-        .unwrap_or_else(|| panic!("no closing event in:\n{log}"));
+    let line = line_with(&captured, "tunnel closed");
     for expected in [
         format!("client={client_addr}"),
         "route=/logged".to_owned(),
@@ -110,15 +124,9 @@ async fn a_broken_limit_is_logged_with_the_limit_and_the_route() {
         .await
         .unwrap();
     ws.send(Message::binary(vec![0u8; 101])).await.unwrap();
-    while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
-    drop(ws);
-    tunnel_closes(&tunnels).await;
+    drained(ws, &tunnels).await;
 
-    let log = captured.text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("message limit broken"))
-        .unwrap_or_else(|| panic!("no limit warning in:\n{log}"));
+    let line = line_with(&captured, "message limit broken");
     assert!(line.contains("WARN"), "{line}");
     assert!(line.contains("route=/limited"), "{line}");
     assert!(line.contains("the client broke max_message"), "{line}");
@@ -140,11 +148,7 @@ async fn a_vanished_backend_is_logged_with_the_close_the_client_got() {
     drop(ws);
     tunnel_closes(&tunnels).await;
 
-    let log = captured.text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("tunnel closed"))
-        .unwrap_or_else(|| panic!("no closing event in:\n{log}"));
+    let line = line_with(&captured, "tunnel closed");
     assert!(
         line.contains(
             "end=backend ended without a Close frame (end of stream), Close 1011 sent to the \
@@ -171,14 +175,8 @@ async fn a_filter_scoped_to_the_tunnel_span_keeps_its_closing_line() {
     let echo = timeout(Duration::from_secs(10), ws.next()).await.unwrap();
     assert_eq!(echo.unwrap().unwrap(), Message::text("ping"));
     ws.close(None).await.unwrap();
-    while let Ok(Some(Ok(_))) = timeout(Duration::from_secs(10), ws.next()).await {}
-    drop(ws);
-    tunnel_closes(&tunnels).await;
+    drained(ws, &tunnels).await;
 
-    let log = captured.text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("tunnel closed"))
-        .unwrap_or_else(|| panic!("no closing event in:\n{log}"));
+    let line = line_with(&captured, "tunnel closed");
     assert!(line.contains("route=/scoped"), "{line}");
 }

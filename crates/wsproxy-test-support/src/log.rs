@@ -42,23 +42,7 @@ impl Captured {
     /// This thread's INFO and higher log lines until the guard drops (on a
     /// current-thread runtime, the proxy's tasks log here too).
     pub fn start() -> (Self, Capturing) {
-        let captured = Self::default();
-        // Registered as a dispatcher, interested in nothing.
-        let anchor = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::new());
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(captured.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        // Registering it judges every callsite again, by both.
-        let default = tracing::subscriber::set_default(subscriber);
-        (
-            captured,
-            Capturing {
-                _default: default,
-                _anchor: anchor,
-            },
-        )
+        Self::start_filtered("info")
     }
 
     /// This thread's log lines that the `RUST_LOG`-style `directives`
@@ -66,12 +50,14 @@ impl Captured {
     /// the guard drops.
     pub fn start_filtered(directives: &str) -> (Self, Capturing) {
         let captured = Self::default();
+        // Registered as a dispatcher, interested in nothing.
         let anchor = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::new());
         let subscriber = tracing_subscriber::fmt()
             .with_writer(captured.clone())
             .with_ansi(false)
             .with_env_filter(tracing_subscriber::EnvFilter::new(directives))
             .finish();
+        // Registering it judges every callsite again, by both.
         let default = tracing::subscriber::set_default(subscriber);
         (
             captured,
