@@ -114,6 +114,11 @@ where
     F: Fn(tokio::net::TcpStream) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    // SO_REUSEPORT would share a port another process listens on: a
+    // bind without it first fails then, as wsgate's does.
+    if listen.port() != 0 {
+        drop(std::net::TcpListener::bind(listen)?);
+    }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut addr = listen;
     let mut listeners = Vec::with_capacity(threads);

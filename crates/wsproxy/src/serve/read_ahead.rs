@@ -1,5 +1,6 @@
 //! How a client connection is read before hyper's HTTP gets it: its
-//! first bytes read once and looked at, and HTTP/2 read in large pieces.
+//! first bytes read once and looked at, and HTTP/2 and TLS read in large
+//! pieces.
 //!
 //! hyper-util's `auto` server reads a connection's first 24 bytes alone to
 //! tell the HTTP/2 preface from an HTTP/1.1 request, then hands them to
@@ -18,12 +19,13 @@
 //! records 4 KiB at a time, so a client streaming 16 KiB WebSocket
 //! messages cost two `recvfrom`s a message over HTTP/2, four or more
 //! under TLS, even when the socket held many. Those reads take what has
-//! arrived, up to [`READ_BUFFER`] bytes, and hand it out to the smaller
-//! reads above (nginx reads HTTP/2 the same way:
-//! `http2_recv_buffer_size`). The buffer is taken when a read needs it
-//! and given back once it is empty and the socket has nothing more, to a
-//! spare the thread keeps for the next connection, so a connection at
-//! rest holds none.
+//! arrived, up to [`HTTP2_READ_BUFFER`] or [`TLS_READ_BUFFER`] bytes, and
+//! hand it out to the smaller reads above (nginx reads HTTP/2 the same
+//! way: `http2_recv_buffer_size`). The buffer is taken when a read needs
+//! it and given back once it is empty and the socket has nothing more,
+//! to a spare the thread keeps for the next connection: a connection at
+//! rest holds none, one whose reader stopped reading (back-pressure)
+//! holds one.
 
 use std::cell::RefCell;
 use std::io;
@@ -38,8 +40,14 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// browser's cookies included, fits; what does not is read by hyper.
 pub(crate) const READ_AHEAD: usize = 4096;
 
-/// The most one buffered read of an HTTP/2 connection takes.
-pub(crate) const READ_BUFFER: usize = 64 * 1024;
+/// The most one buffered read of an HTTP/2 connection takes (the
+/// stream windows already let a client have far more in flight).
+pub(crate) const HTTP2_READ_BUFFER: usize = 64 * 1024;
+
+/// The most one buffered read beneath TLS takes: about two records of
+/// the largest size. It is what a connection whose reader stopped keeps
+/// in the proxy's memory on top of the kernel's buffers.
+pub(crate) const TLS_READ_BUFFER: usize = 32 * 1024;
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -48,7 +56,8 @@ std::thread_local! {
     /// Where first reads land before what they got is kept.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_AHEAD].into_boxed_slice());
     /// A buffered read's buffer, between reads of connections that have
-    /// nothing more to read.
+    /// nothing more to read (one: a thread reads one connection at a
+    /// time).
     static SPARE: std::cell::Cell<Option<BytesMut>> = const { std::cell::Cell::new(None) };
 }
 
@@ -59,9 +68,49 @@ pin_project! {
         #[pin]
         io: IO,
         ahead: Ahead,
-        // With `buffer_reads`: read and not handed out yet, without
-        // capacity while nothing waits.
-        buffer: Option<BytesMut>,
+        // Buffered reads (`buffered`, `buffer_reads`).
+        buffer: Option<Buffer>,
+    }
+}
+
+/// Read and not handed out yet, without capacity while nothing waits;
+/// reads take up to `size` bytes.
+#[derive(Debug)]
+struct Buffer {
+    bytes: BytesMut,
+    size: usize,
+}
+
+impl Buffer {
+    fn new(size: usize) -> Self {
+        Buffer {
+            bytes: BytesMut::new(),
+            size,
+        }
+    }
+
+    /// Room for a read: the allocation this buffer had, else the
+    /// thread's spare, else a new one.
+    fn take(&mut self) {
+        if self.bytes.try_reclaim(self.size) {
+            return;
+        }
+        self.bytes = SPARE
+            .take()
+            .and_then(|mut spare| spare.try_reclaim(self.size).then_some(spare))
+            .unwrap_or_else(|| BytesMut::with_capacity(self.size));
+    }
+
+    /// Give the (empty) buffer's allocation to the thread's spare, for the
+    /// next connection that reads: a connection at rest holds none, and
+    /// one woken again and again does not allocate and free a buffer each
+    /// time (a free of 64 KiB makes glibc consolidate its heap).
+    fn put_back(&mut self) {
+        debug_assert!(self.bytes.is_empty(), "unread bytes given back");
+        let mut bytes = std::mem::take(&mut self.bytes);
+        if bytes.try_reclaim(self.size) {
+            SPARE.set(Some(bytes));
+        }
     }
 }
 
@@ -84,22 +133,23 @@ impl<IO> ReadAhead<IO> {
         }
     }
 
-    /// `io` read up to [`READ_BUFFER`] bytes at a time from the start,
-    /// for a reader that asks for less (rustls, 4 KiB a read), with no
-    /// first bytes looked at.
+    /// `io` read up to [`TLS_READ_BUFFER`] bytes at a time from the
+    /// start, for rustls (which reads 4 KiB at a time), with no first
+    /// bytes looked at.
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn buffered(io: IO) -> Self {
         ReadAhead {
             io,
             ahead: Ahead::Passed,
-            buffer: Some(BytesMut::new()),
+            buffer: Some(Buffer::new(TLS_READ_BUFFER)),
         }
     }
 
-    /// Read up to [`READ_BUFFER`] bytes at a time from now on, for
-    /// readers that ask for less (HTTP/2's codec).
+    /// Read up to [`HTTP2_READ_BUFFER`] bytes at a time from now on, for
+    /// HTTP/2's codec (which reads a frame at a time).
     pub(crate) fn buffer_reads(&mut self) {
-        self.buffer.get_or_insert_with(BytesMut::new);
+        self.buffer
+            .get_or_insert_with(|| Buffer::new(HTTP2_READ_BUFFER));
     }
 }
 
@@ -182,51 +232,36 @@ impl<IO: AsyncRead> AsyncRead for ReadAhead<IO> {
         let Some(buffer) = this.buffer else {
             return this.io.poll_read(cx, out);
         };
-        if buffer.is_empty() {
-            if out.remaining() >= READ_BUFFER {
+        if buffer.bytes.is_empty() {
+            if out.remaining() >= buffer.size {
                 // As large as the buffer: nothing to gain by it.
-                put_back(buffer);
+                buffer.put_back();
                 return this.io.poll_read(cx, out);
             }
-            if !buffer.try_reclaim(READ_BUFFER) {
-                *buffer = SPARE
-                    .take()
-                    .unwrap_or_else(|| BytesMut::with_capacity(READ_BUFFER));
-            }
-            match tokio_util::io::poll_read_buf(this.io.as_mut(), cx, buffer) {
-                Poll::Ready(Ok(0)) => {
-                    put_back(buffer);
+            buffer.take();
+            let read = tokio_util::io::poll_read_buf(this.io.as_mut(), cx, &mut buffer.bytes);
+            match read {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                // The end of the stream, a failure, or nothing more for
+                // now: the buffer goes back, empty.
+                Poll::Ready(Ok(_)) => {
+                    buffer.put_back();
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
-                    put_back(buffer);
+                    buffer.put_back();
                     return Poll::Ready(Err(e));
                 }
                 Poll::Pending => {
-                    // Nothing more has arrived: idle until it does.
-                    put_back(buffer);
+                    buffer.put_back();
                     return Poll::Pending;
                 }
             }
         }
-        let n = buffer.len().min(out.remaining());
-        out.put_slice(&buffer[..n]);
-        buffer.advance(n);
+        let n = buffer.bytes.len().min(out.remaining());
+        out.put_slice(&buffer.bytes[..n]);
+        buffer.bytes.advance(n);
         Poll::Ready(Ok(()))
-    }
-}
-
-/// Give an empty `buffer`'s allocation to the thread's spare, for the
-/// next connection that needs one: a connection at rest holds none, and
-/// one woken again and again does not allocate and free 64 KiB each time
-/// (a free of that size makes glibc consolidate its heap).
-fn put_back(buffer: &mut BytesMut) {
-    buffer.clear();
-    if buffer.try_reclaim(READ_BUFFER) {
-        SPARE.set(Some(std::mem::take(buffer)));
-    } else {
-        *buffer = BytesMut::new();
     }
 }
 
@@ -361,7 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn buffered_reads_serve_small_ones_from_one_large_one_in_order() {
-        let (mut client, server) = tokio::io::duplex(READ_BUFFER);
+        let (mut client, server) = tokio::io::duplex(HTTP2_READ_BUFFER);
         let mut io = ReadAhead::new(Counting {
             io: server,
             reads: 0,
@@ -393,10 +428,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_buffered_connection_holds_no_buffer() {
-        let (mut client, server) = tokio::io::duplex(READ_BUFFER);
+        let (mut client, server) = tokio::io::duplex(HTTP2_READ_BUFFER);
         let mut io = ReadAhead::new(server);
         io.buffer_reads();
-        let capacity = |io: &ReadAhead<_>| io.buffer.as_ref().map(BytesMut::capacity);
+        let capacity = |io: &ReadAhead<_>| io.buffer.as_ref().map(|b| b.bytes.capacity());
         client.write_all(b"a frame").await.unwrap();
         let mut piece = [0; 7];
         io.read_exact(&mut piece).await.unwrap();
@@ -409,7 +444,7 @@ mod tests {
         assert_eq!(capacity(&io), Some(0), "a buffer held while idle");
         // The thread keeps it for the next connection that reads...
         let spare = SPARE.take().expect("a spare buffer");
-        assert!(spare.capacity() >= READ_BUFFER);
+        assert!(spare.capacity() >= HTTP2_READ_BUFFER);
         SPARE.set(Some(spare));
         // ...which is this one again, with the next bytes.
         client.write_all(b"another").await.unwrap();
@@ -417,17 +452,37 @@ mod tests {
         assert_eq!(&piece, b"another");
         assert!(SPARE.take().is_none(), "the spare was not taken");
         // A read as large as the buffer goes straight through, and lets
-        // the buffer go.
-        let _ = Pin::new(&mut io).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
+        // the buffer (read dry, still held) go.
+        assert!(capacity(&io) > Some(0));
         client.write_all(&[7; 10]).await.unwrap();
-        let mut large = vec![0; READ_BUFFER];
+        let mut large = vec![0; HTTP2_READ_BUFFER];
         assert_eq!(io.read(&mut large).await.unwrap(), 10);
-        assert_eq!(capacity(&io), Some(0));
+        assert_eq!(capacity(&io), Some(0), "held through a large read");
         // So does the end of the stream.
         client.write_all(b"last").await.unwrap();
         drop(client);
         io.read_exact(&mut piece[..4]).await.unwrap();
         assert_eq!(io.read(&mut piece).await.unwrap(), 0);
         assert_eq!(capacity(&io), Some(0), "a buffer held at the end");
+    }
+
+    #[tokio::test]
+    async fn beneath_tls_reads_take_two_records_at_a_time() {
+        let (mut client, server) = tokio::io::duplex(HTTP2_READ_BUFFER);
+        let sent: Vec<u8> = (0..3 * 16_401).map(|i| (i % 241) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        let mut io = ReadAhead::buffered(Counting {
+            io: server,
+            reads: 0,
+        });
+        // As rustls asks: 4 KiB at a time.
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let mut piece = vec![0; 4096];
+            let n = io.read(&mut piece).await.unwrap();
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(got, sent);
+        assert_eq!(io.io.reads, 2, "{TLS_READ_BUFFER} bytes a read");
     }
 }
