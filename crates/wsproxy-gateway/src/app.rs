@@ -153,14 +153,7 @@ pub(crate) fn app(
     limiters: &mut Limiters,
 ) -> App {
     let plain = plain(config, tunnels);
-    let mut stack = match &plain {
-        tower::util::Either::Left(traced) => BoxCloneSyncService::new(
-            tower::util::MapRequest::new(traced.clone(), |request: Request<Incoming>| {
-                request.map(Body::new)
-            }),
-        ),
-        tower::util::Either::Right(plain) => BoxCloneSyncService::new(plain.clone()),
-    };
+    let mut stack = BoxCloneSyncService::new(plain.clone());
     // The layer of the longest prefix is outermost, so it sees a
     // handshake first; a route with a host before one without.
     let mut ordered: Vec<&RouteConfig> = config.routes.iter().collect();
@@ -233,8 +226,45 @@ fn set_hsts(response: &mut Response<Body>, value: HeaderValue) {
 /// What answers ordinary requests: [`Plain`], with one access-log line
 /// for each (handshakes have theirs) unless the access log is off (then no
 /// span is made for it at all, and nothing is boxed).
-pub(crate) type PlainService =
-    tower::util::Either<BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>, Plain>;
+#[derive(Clone)]
+pub(crate) enum PlainService {
+    Traced(BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>),
+    Untraced(Plain),
+}
+
+/// The answer of [`PlainService`].
+pub(crate) type PlainServiceFuture = futures_util::future::Either<
+    futures_util::future::BoxFuture<'static, Result<Response<Body>, Infallible>>,
+    PlainFuture,
+>;
+
+impl PlainService {
+    /// The answer to `request`, as hyper gives it.
+    pub(crate) fn answer(&self, request: Request<Incoming>) -> PlainServiceFuture {
+        use futures_util::future::Either;
+        match self {
+            PlainService::Traced(traced) => {
+                Either::Left(traced.clone().call(request.map(Body::new)))
+            }
+            PlainService::Untraced(plain) => Either::Right(plain.answer(request)),
+        }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for PlainService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = PlainServiceFuture;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> PlainServiceFuture {
+        self.answer(request)
+    }
+}
 
 fn plain(config: &Config, tunnels: &Tunnels) -> PlainService {
     let mut ordered: Vec<&RouteConfig> = config.http_routes.iter().collect();
@@ -262,12 +292,12 @@ fn plain(config: &Config, tunnels: &Tunnels) -> PlainService {
     if config.log.access {
         use tower::Layer as _;
         let traced = page::trace(config.log.query).layer(plain);
-        tower::util::Either::Left(BoxCloneSyncService::new(tower::util::MapResponse::new(
+        PlainService::Traced(BoxCloneSyncService::new(tower::util::MapResponse::new(
             traced,
             |response: Response<_>| response.map(Body::new),
         )))
     } else {
-        tower::util::Either::Right(plain)
+        PlainService::Untraced(plain)
     }
 }
 

@@ -23,9 +23,9 @@ use tower::{Service, ServiceExt as _};
 use wsproxy::Tunnels;
 use wsproxy::balance::Backends;
 
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::Either;
 
-use crate::app::{self, App, Limiters, PlainFuture};
+use crate::app::{self, App, Limiters};
 use crate::cli::Args;
 use crate::config::{Config, ConfigErrors};
 use crate::tls::Certificate;
@@ -80,10 +80,8 @@ pub(crate) struct Switch(Arc<ArcSwap<App>>);
 impl Service<Request<Incoming>> for Switch {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Either<
-        tower::util::Oneshot<app::Stack, Request<Incoming>>,
-        Either<BoxFuture<'static, Result<Response<Body>, Infallible>>, PlainFuture>,
-    >;
+    type Future =
+        Either<tower::util::Oneshot<app::Stack, Request<Incoming>>, app::PlainServiceFuture>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
@@ -95,12 +93,7 @@ impl Service<Request<Incoming>> for Switch {
             return Either::Left(app.handshakes.clone().oneshot(request));
         }
         // Every layer of `handshakes` would pass it through (see `App`).
-        Either::Right(match &app.plain {
-            tower::util::Either::Left(traced) => {
-                Either::Left(traced.clone().call(request.map(Body::new)))
-            }
-            tower::util::Either::Right(plain) => Either::Right(plain.answer(request)),
-        })
+        Either::Right(app.plain.answer(request))
     }
 }
 
