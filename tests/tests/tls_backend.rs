@@ -269,3 +269,104 @@ async fn tls_goes_over_a_connector_of_the_users_for_a_wss_backend() {
     assert_eq!(hello.sni.as_deref(), Some("localhost"));
     assert_eq!(backend.sessions.load(Ordering::SeqCst), 1);
 }
+
+/// A connection to a backend that counts the reads it served and their
+/// bytes.
+#[derive(Debug)]
+struct Counting {
+    tcp: tokio::net::TcpStream,
+    reads: Arc<Reads>,
+}
+
+#[derive(Debug, Default)]
+struct Reads {
+    count: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
+impl Reads {
+    /// Bytes per read (that got any).
+    fn average(&self) -> usize {
+        self.bytes.load(Ordering::SeqCst) / self.count.load(Ordering::SeqCst).max(1)
+    }
+}
+
+impl tokio::io::AsyncRead for Counting {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.tcp).poll_read(cx, buf);
+        let got = buf.filled().len() - before;
+        if got > 0 {
+            self.reads.count.fetch_add(1, Ordering::SeqCst);
+            self.reads.bytes.fetch_add(got, Ordering::SeqCst);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Counting {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.tcp).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_wss_backend_is_read_in_larger_pieces_than_rustls_asks_for() {
+    // rustls asks for 4 KiB more than it holds at a time (8 KiB a read
+    // on average here, 8 reads for each 64 KiB echo); the proxy reads
+    // beneath it what has arrived, up to 32 KiB (19 KiB on average, 3 or
+    // 4 reads an echo). The runtime has one thread: the backend's echo
+    // is written whole before the proxy reads it.
+    let ca = Ca::new("test CA");
+    let backend = TlsBackend::start(&ca.leaf(&["localhost"]), None).await;
+    let reads = Arc::new(Reads::default());
+    let counted = reads.clone();
+    let addr = backend.addr;
+    let hop = wsproxy::connect::Connector::new(tower::service_fn(move |_: wsproxy::Upstream| {
+        let reads = counted.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            Ok::<_, std::io::Error>(Counting { tcp, reads })
+        }
+    }));
+    let layer = WebSocketProxyLayer::new(backend.url("localhost").parse().unwrap())
+        .backend_tls(BackendTls::new().add_ca_pem(&ca.pem).unwrap())
+        .connector(hop);
+    let proxy = wsproxy_e2e::proxy_with(layer).await.0;
+    let connect = tokio_tungstenite::connect_async(format!("ws://{proxy}/echo"));
+    let (mut ws, _) = within("the handshake", connect).await.unwrap();
+    let message: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    for _ in 0..8 {
+        ws.send(Message::binary(message.clone())).await.unwrap();
+        let echo = within("the echo", ws.next()).await.unwrap().unwrap();
+        assert_eq!(echo.into_data(), message);
+    }
+    ws.close(None).await.unwrap();
+    let average = reads.average();
+    assert!(
+        average >= 12 * 1024,
+        "the backend's connection was read {average} bytes at a time on average"
+    );
+}

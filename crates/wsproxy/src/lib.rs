@@ -318,6 +318,8 @@ mod plain;
 mod pooling;
 mod proxy;
 mod random;
+#[cfg(any(feature = "serve", feature = "tls"))]
+mod read_buffer;
 mod relay;
 mod route;
 #[cfg(feature = "serve")]

@@ -10,6 +10,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+#[cfg(feature = "tls")]
+use crate::read_buffer::Buffered;
+
 /// How much is read from a backend at a time before its tunnel starts
 /// (the handshake's answer, a refusal's body).
 pub(super) const READ_SIZE: usize = 4096;
@@ -29,10 +32,10 @@ impl<T> Connection for T where T: AsyncRead + AsyncWrite + Send + Unpin + fmt::D
 pub(crate) enum BackendStream {
     Tcp(TcpStream),
     #[cfg(feature = "tls")]
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Tls(Box<tokio_rustls::client::TlsStream<Buffered<TcpStream>>>),
     Custom(Box<dyn Connection>),
     #[cfg(feature = "tls")]
-    CustomTls(Box<tokio_rustls::client::TlsStream<Box<dyn Connection>>>),
+    CustomTls(Box<tokio_rustls::client::TlsStream<Buffered<Box<dyn Connection>>>>),
 }
 
 /// Both variants are `Unpin`: each call goes to the one inside.

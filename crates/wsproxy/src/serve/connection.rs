@@ -20,6 +20,8 @@ use super::serving::Serving;
 use super::{ConnectionLimits, Timeouts};
 use crate::BoxError;
 use crate::clock::{self, nanos};
+#[cfg(feature = "tls")]
+use crate::read_buffer::{Buffered, TLS_READ_BUFFER};
 
 /// What every connection of a server shares.
 #[derive(Clone)]
@@ -138,8 +140,8 @@ where
     #[cfg(feature = "tls")]
     if let Some(acceptor) = &shared.tls {
         let timeout = shared.timeouts.tls_handshake;
-        // Read in large pieces: rustls reads 4 KiB at a time.
-        let tcp = ReadAhead::buffered(Watched::under_tls(tcp, &activity));
+        // Read in large pieces: rustls asks for 4 KiB at a time.
+        let tcp = Buffered::new(Watched::under_tls(tcp, &activity), TLS_READ_BUFFER);
         let tls = tokio::select! {
             result = acceptor.accept(tcp) => match result {
                 Ok(tls) => tls,

@@ -1,6 +1,5 @@
 //! How a client connection is read before hyper's HTTP gets it: its
-//! first bytes read once and looked at, and HTTP/2 and TLS read in large
-//! pieces.
+//! first bytes read once and looked at, and HTTP/2 read in large pieces.
 //!
 //! hyper-util's `auto` server reads a connection's first 24 bytes alone to
 //! tell the HTTP/2 preface from an HTTP/1.1 request, then hands them to
@@ -13,28 +12,21 @@
 //! whole: one `recvfrom` for a handshake's request, as in nginx.
 //!
 //! Later reads go straight through, but for HTTP/2
-//! ([`ReadAhead::buffer_reads`]) and under TLS ([`ReadAhead::buffered`]):
-//! the `h2` codec under hyper reads a connection a frame at a time (8 KiB,
-//! or exactly the rest of the frame it is in), and rustls reads its
-//! records 4 KiB at a time, so a client streaming 16 KiB WebSocket
-//! messages cost two `recvfrom`s a message over HTTP/2, four or more
-//! under TLS, even when the socket held many. Those reads take what has
-//! arrived, up to [`HTTP2_READ_BUFFER`] or [`TLS_READ_BUFFER`] bytes, and
-//! hand it out to the smaller reads above (nginx reads HTTP/2 the same
-//! way: `http2_recv_buffer_size`). The buffer is taken when a read needs
-//! it and given back once it is empty and the socket has nothing more,
-//! to a spare the thread keeps for the next connection: a connection at
-//! rest holds none, one whose reader stopped reading (back-pressure)
-//! holds one.
+//! ([`ReadAhead::buffer_reads`]): the `h2` codec under hyper reads a
+//! connection a frame at a time, so its reads go through a
+//! [`ReadBuffer`] of [`HTTP2_READ_BUFFER`] bytes. (Under TLS the buffer is
+//! beneath rustls: `connection` wraps the socket in a
+//! [`Buffered`](crate::read_buffer::Buffered).)
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf as _, BytesMut};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::read_buffer::ReadBuffer;
 
 /// The most the first read takes: the head of a WebSocket handshake, a
 /// browser's cookies included, fits; what does not is read by hyper.
@@ -44,21 +36,12 @@ pub(crate) const READ_AHEAD: usize = 4096;
 /// stream windows already let a client have far more in flight).
 pub(crate) const HTTP2_READ_BUFFER: usize = 64 * 1024;
 
-/// The most one buffered read beneath TLS takes: about two records of
-/// the largest size. It is what a connection whose reader stopped keeps
-/// in the proxy's memory on top of the kernel's buffers.
-pub(crate) const TLS_READ_BUFFER: usize = 32 * 1024;
-
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 std::thread_local! {
     /// Where first reads land before what they got is kept.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; READ_AHEAD].into_boxed_slice());
-    /// A buffered read's buffer, between reads of connections that have
-    /// nothing more to read (one: a thread reads one connection at a
-    /// time).
-    static SPARE: std::cell::Cell<Option<BytesMut>> = const { std::cell::Cell::new(None) };
 }
 
 pin_project! {
@@ -68,49 +51,8 @@ pin_project! {
         #[pin]
         io: IO,
         ahead: Ahead,
-        // Buffered reads (`buffered`, `buffer_reads`).
-        buffer: Option<Buffer>,
-    }
-}
-
-/// Read and not handed out yet, without capacity while nothing waits;
-/// reads take up to `size` bytes.
-#[derive(Debug)]
-struct Buffer {
-    bytes: BytesMut,
-    size: usize,
-}
-
-impl Buffer {
-    fn new(size: usize) -> Self {
-        Buffer {
-            bytes: BytesMut::new(),
-            size,
-        }
-    }
-
-    /// Room for a read: the allocation this buffer had, else the
-    /// thread's spare, else a new one.
-    fn take(&mut self) {
-        if self.bytes.try_reclaim(self.size) {
-            return;
-        }
-        self.bytes = SPARE
-            .take()
-            .and_then(|mut spare| spare.try_reclaim(self.size).then_some(spare))
-            .unwrap_or_else(|| BytesMut::with_capacity(self.size));
-    }
-
-    /// Give the (empty) buffer's allocation to the thread's spare, for the
-    /// next connection that reads: a connection at rest holds none, and
-    /// one woken again and again does not allocate and free a buffer each
-    /// time (a free of 64 KiB makes glibc consolidate its heap).
-    fn put_back(&mut self) {
-        debug_assert!(self.bytes.is_empty(), "unread bytes given back");
-        let mut bytes = std::mem::take(&mut self.bytes);
-        if bytes.try_reclaim(self.size) {
-            SPARE.set(Some(bytes));
-        }
+        // Buffered reads (`buffer_reads`).
+        buffer: Option<ReadBuffer>,
     }
 }
 
@@ -133,23 +75,11 @@ impl<IO> ReadAhead<IO> {
         }
     }
 
-    /// `io` read up to [`TLS_READ_BUFFER`] bytes at a time from the
-    /// start, for rustls (which reads 4 KiB at a time), with no first
-    /// bytes looked at.
-    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
-    pub(crate) fn buffered(io: IO) -> Self {
-        ReadAhead {
-            io,
-            ahead: Ahead::Passed,
-            buffer: Some(Buffer::new(TLS_READ_BUFFER)),
-        }
-    }
-
     /// Read up to [`HTTP2_READ_BUFFER`] bytes at a time from now on, for
     /// HTTP/2's codec (which reads a frame at a time).
     pub(crate) fn buffer_reads(&mut self) {
         self.buffer
-            .get_or_insert_with(|| Buffer::new(HTTP2_READ_BUFFER));
+            .get_or_insert_with(|| ReadBuffer::new(HTTP2_READ_BUFFER));
     }
 }
 
@@ -219,7 +149,7 @@ impl<IO: AsyncRead> AsyncRead for ReadAhead<IO> {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let mut this = self.project();
+        let this = self.project();
         if let Ahead::Held { bytes, start } = this.ahead {
             let n = (bytes.len() - *start).min(out.remaining());
             out.put_slice(&bytes[*start..*start + n]);
@@ -229,39 +159,10 @@ impl<IO: AsyncRead> AsyncRead for ReadAhead<IO> {
             }
             return Poll::Ready(Ok(()));
         }
-        let Some(buffer) = this.buffer else {
-            return this.io.poll_read(cx, out);
-        };
-        if buffer.bytes.is_empty() {
-            if out.remaining() >= buffer.size {
-                // As large as the buffer: nothing to gain by it.
-                buffer.put_back();
-                return this.io.poll_read(cx, out);
-            }
-            buffer.take();
-            let read = tokio_util::io::poll_read_buf(this.io.as_mut(), cx, &mut buffer.bytes);
-            match read {
-                Poll::Ready(Ok(n)) if n > 0 => {}
-                // The end of the stream, a failure, or nothing more for
-                // now: the buffer goes back, empty.
-                Poll::Ready(Ok(_)) => {
-                    buffer.put_back();
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Ready(Err(e)) => {
-                    buffer.put_back();
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Pending => {
-                    buffer.put_back();
-                    return Poll::Pending;
-                }
-            }
+        match this.buffer {
+            Some(buffer) => buffer.poll_read(this.io, cx, out),
+            None => this.io.poll_read(cx, out),
         }
-        let n = buffer.bytes.len().min(out.remaining());
-        out.put_slice(&buffer.bytes[..n]);
-        buffer.bytes.advance(n);
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -424,65 +325,5 @@ mod tests {
         // The end of the stream still reads as the end.
         drop(client);
         assert_eq!(io.read(&mut [0; 100]).await.unwrap(), 0);
-    }
-
-    #[tokio::test]
-    async fn an_idle_buffered_connection_holds_no_buffer() {
-        let (mut client, server) = tokio::io::duplex(HTTP2_READ_BUFFER);
-        let mut io = ReadAhead::new(server);
-        io.buffer_reads();
-        let capacity = |io: &ReadAhead<_>| io.buffer.as_ref().map(|b| b.bytes.capacity());
-        client.write_all(b"a frame").await.unwrap();
-        let mut piece = [0; 7];
-        io.read_exact(&mut piece).await.unwrap();
-        assert_eq!(&piece, b"a frame");
-        assert!(capacity(&io) > Some(0), "held while reading");
-        // The next read finds nothing: the buffer goes.
-        let mut look = Context::from_waker(std::task::Waker::noop());
-        let waiting = Pin::new(&mut io).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
-        assert!(waiting.is_pending());
-        assert_eq!(capacity(&io), Some(0), "a buffer held while idle");
-        // The thread keeps it for the next connection that reads...
-        let spare = SPARE.take().expect("a spare buffer");
-        assert!(spare.capacity() >= HTTP2_READ_BUFFER);
-        SPARE.set(Some(spare));
-        // ...which is this one again, with the next bytes.
-        client.write_all(b"another").await.unwrap();
-        io.read_exact(&mut piece).await.unwrap();
-        assert_eq!(&piece, b"another");
-        assert!(SPARE.take().is_none(), "the spare was not taken");
-        // A read as large as the buffer goes straight through, and lets
-        // the buffer (read dry, still held) go.
-        assert!(capacity(&io) > Some(0));
-        client.write_all(&[7; 10]).await.unwrap();
-        let mut large = vec![0; HTTP2_READ_BUFFER];
-        assert_eq!(io.read(&mut large).await.unwrap(), 10);
-        assert_eq!(capacity(&io), Some(0), "held through a large read");
-        // So does the end of the stream.
-        client.write_all(b"last").await.unwrap();
-        drop(client);
-        io.read_exact(&mut piece[..4]).await.unwrap();
-        assert_eq!(io.read(&mut piece).await.unwrap(), 0);
-        assert_eq!(capacity(&io), Some(0), "a buffer held at the end");
-    }
-
-    #[tokio::test]
-    async fn beneath_tls_reads_take_two_records_at_a_time() {
-        let (mut client, server) = tokio::io::duplex(HTTP2_READ_BUFFER);
-        let sent: Vec<u8> = (0..3 * 16_401).map(|i| (i % 241) as u8).collect();
-        client.write_all(&sent).await.unwrap();
-        let mut io = ReadAhead::buffered(Counting {
-            io: server,
-            reads: 0,
-        });
-        // As rustls asks: 4 KiB at a time.
-        let mut got = Vec::new();
-        while got.len() < sent.len() {
-            let mut piece = vec![0; 4096];
-            let n = io.read(&mut piece).await.unwrap();
-            got.extend_from_slice(&piece[..n]);
-        }
-        assert_eq!(got, sent);
-        assert_eq!(io.io.reads, 2, "{TLS_READ_BUFFER} bytes a read");
     }
 }

@@ -15,6 +15,7 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use super::error::{Kind, TlsError};
 use crate::Upstream;
+use crate::read_buffer::{Buffered, TLS_READ_BUFFER};
 
 /// How the proxy talks TLS to the `wss://` backends of a set: trusted
 /// roots, the name checked, a client certificate. ALPN is always
@@ -237,12 +238,14 @@ impl BackendTls {
         self.inner.build_roots()
     }
 
-    /// Hand-shake over `tcp` with `upstream`'s server.
+    /// Hand-shake over `tcp` with `upstream`'s server. The connection is
+    /// read up to [`TLS_READ_BUFFER`] bytes at a time (rustls asks for
+    /// 4 KiB more than it holds).
     pub(crate) async fn connect<IO>(
         &self,
         upstream: &Upstream,
         tcp: IO,
-    ) -> io::Result<TlsStream<IO>>
+    ) -> io::Result<TlsStream<Buffered<IO>>>
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
@@ -258,7 +261,7 @@ impl BackendTls {
                 .to_owned(),
         };
         TlsConnector::from(self.client_config())
-            .connect(name, tcp)
+            .connect(name, Buffered::new(tcp, TLS_READ_BUFFER))
             .await
     }
 

@@ -1,0 +1,264 @@
+//! Reads of a connection taken in large pieces for a reader that asks for
+//! small ones.
+//!
+//! rustls asks for 4 KiB more than it holds at a time, and the `h2` codec
+//! under hyper reads a connection a frame at a time (8 KiB, or exactly the
+//! rest of the frame it is in): a peer streaming 16 KiB WebSocket messages
+//! cost two `recvfrom`s a message over HTTP/2 and two to five under TLS,
+//! even when the socket held many. A [`ReadBuffer`] takes what has arrived, up
+//! to its size, and hands it out to the smaller reads above (nginx reads
+//! HTTP/2 the same way: `http2_recv_buffer_size`).
+//!
+//! The buffer is taken when a read needs it and given back once it is
+//! empty and the socket has nothing more, to a spare the thread keeps for
+//! the next connection that reads: a connection at rest holds none; one
+//! whose reader stopped reading (back-pressure) holds one.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf as _, BytesMut};
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The most one read beneath TLS takes (the client's connections to
+/// `serve`, `wss://` backends): about two records of the largest size. It
+/// is what a connection whose reader stopped keeps in the proxy's memory
+/// on top of the kernel's buffers.
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub(crate) const TLS_READ_BUFFER: usize = 32 * 1024;
+
+std::thread_local! {
+    /// A buffer between reads of connections that have nothing more to
+    /// read (one: a thread reads one connection at a time).
+    static SPARE: std::cell::Cell<Option<BytesMut>> = const { std::cell::Cell::new(None) };
+}
+
+/// Read and not handed out yet, without capacity while nothing waits;
+/// reads take up to `size` bytes.
+#[derive(Debug)]
+pub(crate) struct ReadBuffer {
+    bytes: BytesMut,
+    size: usize,
+}
+
+impl ReadBuffer {
+    pub(crate) fn new(size: usize) -> Self {
+        ReadBuffer {
+            bytes: BytesMut::new(),
+            size,
+        }
+    }
+
+    /// Fill `out` from the buffer, reading `io` into it first when it is
+    /// empty (a read as large as the buffer goes straight through).
+    pub(crate) fn poll_read<IO: AsyncRead>(
+        &mut self,
+        io: Pin<&mut IO>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.bytes.is_empty() {
+            if out.remaining() >= self.size {
+                // As large as the buffer: nothing to gain by it.
+                self.put_back();
+                return io.poll_read(cx, out);
+            }
+            self.take();
+            match tokio_util::io::poll_read_buf(io, cx, &mut self.bytes) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                // The end of the stream, a failure, or nothing more for
+                // now: the buffer goes back, empty.
+                other => {
+                    self.put_back();
+                    return other.map_ok(|_| ());
+                }
+            }
+        }
+        let n = self.bytes.len().min(out.remaining());
+        out.put_slice(&self.bytes[..n]);
+        self.bytes.advance(n);
+        Poll::Ready(Ok(()))
+    }
+
+    /// The capacity held now.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.bytes.capacity()
+    }
+
+    /// Room for a read: the allocation this buffer had, else the
+    /// thread's spare, else a new one.
+    fn take(&mut self) {
+        if self.bytes.try_reclaim(self.size) {
+            return;
+        }
+        self.bytes = SPARE
+            .take()
+            .and_then(|mut spare| spare.try_reclaim(self.size).then_some(spare))
+            .unwrap_or_else(|| BytesMut::with_capacity(self.size));
+    }
+
+    /// Give the (empty) buffer's allocation to the thread's spare, for the
+    /// next connection that reads: a connection at rest holds none, and
+    /// one woken again and again does not allocate and free a buffer each
+    /// time (a free of 64 KiB makes glibc consolidate its heap).
+    fn put_back(&mut self) {
+        debug_assert!(self.bytes.is_empty(), "unread bytes given back");
+        let mut bytes = std::mem::take(&mut self.bytes);
+        if bytes.try_reclaim(self.size) {
+            SPARE.set(Some(bytes));
+        }
+    }
+}
+
+pin_project! {
+    /// `io` read through a [`ReadBuffer`]; writes go straight to it.
+    #[derive(Debug)]
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) struct Buffered<IO> {
+        #[pin]
+        io: IO,
+        buffer: ReadBuffer,
+    }
+}
+
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+impl<IO> Buffered<IO> {
+    /// `io` read up to `size` bytes at a time.
+    pub(crate) fn new(io: IO, size: usize) -> Self {
+        Buffered {
+            io,
+            buffer: ReadBuffer::new(size),
+        }
+    }
+}
+
+impl<IO: AsyncRead> AsyncRead for Buffered<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        this.buffer.poll_read(this.io, cx, out)
+    }
+}
+
+impl<IO: AsyncWrite> AsyncWrite for Buffered<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().io.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().io.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Counts the reads that reach it.
+    struct Counting<IO> {
+        io: IO,
+        reads: usize,
+    }
+
+    impl<IO: AsyncRead + Unpin> AsyncRead for Counting<IO> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+            if polled.is_ready() {
+                this.reads += 1;
+            }
+            polled
+        }
+    }
+
+    #[tokio::test]
+    async fn small_reads_are_served_from_one_large_one_in_order() {
+        let (mut peer, io) = tokio::io::duplex(64 * 1024);
+        let sent: Vec<u8> = (0..3 * 16_401).map(|i| (i % 241) as u8).collect();
+        peer.write_all(&sent).await.unwrap();
+        let mut io = Buffered::new(Counting { io, reads: 0 }, TLS_READ_BUFFER);
+        // As rustls asks: 4 KiB at a time.
+        let mut got = Vec::new();
+        while got.len() < sent.len() {
+            let mut piece = vec![0; 4096];
+            let n = io.read(&mut piece).await.unwrap();
+            got.extend_from_slice(&piece[..n]);
+        }
+        assert_eq!(got, sent);
+        assert_eq!(io.io.reads, 2, "{TLS_READ_BUFFER} bytes a read");
+        // The end of the stream still reads as the end.
+        drop(peer);
+        assert_eq!(io.read(&mut [0; 100]).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connection_at_rest_holds_no_buffer() {
+        const SIZE: usize = 64 * 1024;
+        let (mut peer, io) = tokio::io::duplex(SIZE);
+        let mut io = Buffered::new(io, SIZE);
+        peer.write_all(b"a frame").await.unwrap();
+        let mut piece = [0; 7];
+        io.read_exact(&mut piece).await.unwrap();
+        assert_eq!(&piece, b"a frame");
+        assert!(io.buffer.capacity() > 0, "held while reading");
+        // The next read finds nothing: the buffer goes.
+        let mut look = Context::from_waker(std::task::Waker::noop());
+        let waiting = Pin::new(&mut io).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
+        assert!(waiting.is_pending());
+        assert_eq!(io.buffer.capacity(), 0, "a buffer held while idle");
+        // The thread keeps it for the next connection that reads...
+        let spare = SPARE.take().expect("a spare buffer");
+        assert!(spare.capacity() >= SIZE);
+        SPARE.set(Some(spare));
+        // ...which is this one again, with the next bytes.
+        peer.write_all(b"another").await.unwrap();
+        io.read_exact(&mut piece).await.unwrap();
+        assert_eq!(&piece, b"another");
+        assert!(SPARE.take().is_none(), "the spare was not taken");
+        // A read as large as the buffer goes straight through, and lets
+        // the buffer (read dry, still held) go.
+        assert!(io.buffer.capacity() > 0);
+        peer.write_all(&[7; 10]).await.unwrap();
+        let mut large = vec![0; SIZE];
+        assert_eq!(io.read(&mut large).await.unwrap(), 10);
+        assert_eq!(io.buffer.capacity(), 0, "held through a large read");
+        // So does the end of the stream.
+        peer.write_all(b"last").await.unwrap();
+        drop(peer);
+        io.read_exact(&mut piece[..4]).await.unwrap();
+        assert_eq!(io.read(&mut piece).await.unwrap(), 0);
+        assert_eq!(io.buffer.capacity(), 0, "a buffer held at the end");
+    }
+}
