@@ -4,21 +4,22 @@
 //! rustls asks for 4 KiB more than it holds at a time, and the `h2` codec
 //! under hyper reads a connection a frame at a time (8 KiB, or exactly the
 //! rest of the frame it is in): a peer streaming 16 KiB WebSocket messages
-//! cost two `recvfrom`s a message over HTTP/2 and two to five under TLS,
+//! cost two `recvfrom`s a message over HTTP/2 and up to five under TLS,
 //! even when the socket held many. A [`ReadBuffer`] takes what has arrived, up
 //! to its size, and hands it out to the smaller reads above (nginx reads
 //! HTTP/2 the same way: `http2_recv_buffer_size`).
 //!
 //! The buffer is taken when a read needs it and given back once it is
-//! empty and the socket has nothing more, to a spare the thread keeps for
-//! the next connection that reads: a connection at rest holds none; one
-//! whose reader stopped reading (back-pressure) holds one.
+//! empty and the socket has nothing more, to a spare the thread keeps (one
+//! of each size) for the next connection that reads: a connection at rest
+//! holds none; one whose reader stopped reading (back-pressure) holds one.
 
+use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf as _, BytesMut};
+use bytes::{Buf as _, BufMut as _, BytesMut};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -30,9 +31,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub(crate) const TLS_READ_BUFFER: usize = 32 * 1024;
 
 std::thread_local! {
-    /// A buffer between reads of connections that have nothing more to
-    /// read (one: a thread reads one connection at a time).
-    static SPARE: std::cell::Cell<Option<BytesMut>> = const { std::cell::Cell::new(None) };
+    /// Buffers between reads of connections that have nothing more to
+    /// read, with their sizes: one of each size (a thread reads one
+    /// connection at a time, and a tunnel's task reads both of its ends,
+    /// over TLS both buffered).
+    static SPARES: RefCell<Vec<(usize, BytesMut)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Read and not handed out yet, without capacity while nothing waits;
@@ -59,6 +62,9 @@ impl ReadBuffer {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         if self.bytes.is_empty() {
             if out.remaining() >= self.size {
                 // As large as the buffer: nothing to gain by it.
@@ -66,7 +72,8 @@ impl ReadBuffer {
                 return io.poll_read(cx, out);
             }
             self.take();
-            match tokio_util::io::poll_read_buf(io, cx, &mut self.bytes) {
+            let mut room = (&mut self.bytes).limit(self.size);
+            match tokio_util::io::poll_read_buf(io, cx, &mut room) {
                 Poll::Ready(Ok(n)) if n > 0 => {}
                 // The end of the stream, a failure, or nothing more for
                 // now: the buffer goes back, empty.
@@ -89,27 +96,38 @@ impl ReadBuffer {
     }
 
     /// Room for a read: the allocation this buffer had, else the
-    /// thread's spare, else a new one.
+    /// thread's spare of its size, else a new one.
     fn take(&mut self) {
         if self.bytes.try_reclaim(self.size) {
             return;
         }
-        self.bytes = SPARE
-            .take()
-            .and_then(|mut spare| spare.try_reclaim(self.size).then_some(spare))
-            .unwrap_or_else(|| BytesMut::with_capacity(self.size));
+        let size = self.size;
+        self.bytes = SPARES
+            .with_borrow_mut(|spares| {
+                let at = spares.iter().position(|(of, _)| *of == size)?;
+                Some(spares.swap_remove(at).1)
+            })
+            .filter(|spare| spare.capacity() >= size)
+            .unwrap_or_else(|| BytesMut::with_capacity(size));
     }
 
-    /// Give the (empty) buffer's allocation to the thread's spare, for the
-    /// next connection that reads: a connection at rest holds none, and
-    /// one woken again and again does not allocate and free a buffer each
-    /// time (a free of 64 KiB makes glibc consolidate its heap).
+    /// Give the (empty) buffer's allocation to the thread's spare of its
+    /// size, for the next connection that reads: a connection at rest
+    /// holds none, and one woken again and again does not allocate and
+    /// free a buffer each time (a free of 64 KiB makes glibc consolidate
+    /// its heap).
     fn put_back(&mut self) {
         debug_assert!(self.bytes.is_empty(), "unread bytes given back");
         let mut bytes = std::mem::take(&mut self.bytes);
-        if bytes.try_reclaim(self.size) {
-            SPARE.set(Some(bytes));
+        if !bytes.try_reclaim(self.size) {
+            return;
         }
+        let size = self.size;
+        SPARES.with_borrow_mut(|spares| {
+            if spares.iter().all(|(of, _)| *of != size) {
+                spares.push((size, bytes));
+            }
+        });
     }
 }
 
@@ -177,15 +195,15 @@ impl<IO: AsyncWrite> AsyncWrite for Buffered<IO> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
 
     /// Counts the reads that reach it.
-    struct Counting<IO> {
-        io: IO,
-        reads: usize,
+    pub(crate) struct Counting<IO> {
+        pub(crate) io: IO,
+        pub(crate) reads: usize,
     }
 
     impl<IO: AsyncRead + Unpin> AsyncRead for Counting<IO> {
@@ -201,6 +219,16 @@ mod tests {
             }
             polled
         }
+    }
+
+    /// The thread's spare buffers: their sizes and capacities.
+    fn spares() -> Vec<(usize, usize)> {
+        SPARES.with_borrow(|spares| {
+            spares
+                .iter()
+                .map(|(size, b)| (*size, b.capacity()))
+                .collect()
+        })
     }
 
     #[tokio::test]
@@ -239,14 +267,12 @@ mod tests {
         assert!(waiting.is_pending());
         assert_eq!(io.buffer.capacity(), 0, "a buffer held while idle");
         // The thread keeps it for the next connection that reads...
-        let spare = SPARE.take().expect("a spare buffer");
-        assert!(spare.capacity() >= SIZE);
-        SPARE.set(Some(spare));
+        assert_eq!(spares(), [(SIZE, SIZE)], "no spare buffer");
         // ...which is this one again, with the next bytes.
         peer.write_all(b"another").await.unwrap();
         io.read_exact(&mut piece).await.unwrap();
         assert_eq!(&piece, b"another");
-        assert!(SPARE.take().is_none(), "the spare was not taken");
+        assert_eq!(spares(), [], "the spare was not taken");
         // A read as large as the buffer goes straight through, and lets
         // the buffer (read dry, still held) go.
         assert!(io.buffer.capacity() > 0);
@@ -260,5 +286,38 @@ mod tests {
         io.read_exact(&mut piece[..4]).await.unwrap();
         assert_eq!(io.read(&mut piece).await.unwrap(), 0);
         assert_eq!(io.buffer.capacity(), 0, "a buffer held at the end");
+    }
+
+    #[tokio::test]
+    async fn buffers_of_another_size_are_kept_apart() {
+        const LARGE: usize = 64 * 1024;
+        // A connection read through a 64 KiB buffer goes to rest...
+        let (mut peer, io) = tokio::io::duplex(LARGE);
+        let mut large = Buffered::new(io, LARGE);
+        peer.write_all(b"h2").await.unwrap();
+        large.read_exact(&mut [0; 2]).await.unwrap();
+        let mut look = Context::from_waker(std::task::Waker::noop());
+        let mut piece = [0; 2];
+        let waiting = Pin::new(&mut large).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
+        assert!(waiting.is_pending());
+        assert_eq!(spares(), [(LARGE, LARGE)]);
+        // ...and one beneath TLS reads 32 KiB at a time all the same, in
+        // a buffer of its own, which it keeps beside the first at rest.
+        let (mut peer, io) = tokio::io::duplex(LARGE);
+        let sent = vec![7; 48 * 1024];
+        peer.write_all(&sent).await.unwrap();
+        let mut tls = Buffered::new(Counting { io, reads: 0 }, TLS_READ_BUFFER);
+        let mut got = vec![0; sent.len()];
+        for piece in got.chunks_mut(4096) {
+            tls.read_exact(piece).await.unwrap();
+        }
+        assert_eq!(got, sent);
+        assert_eq!(tls.io.reads, 2, "{TLS_READ_BUFFER} bytes a read");
+        let waiting = Pin::new(&mut tls).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
+        assert!(waiting.is_pending());
+        assert_eq!(
+            spares(),
+            [(LARGE, LARGE), (TLS_READ_BUFFER, TLS_READ_BUFFER)]
+        );
     }
 }

@@ -140,7 +140,7 @@ where
     #[cfg(feature = "tls")]
     if let Some(acceptor) = &shared.tls {
         let timeout = shared.timeouts.tls_handshake;
-        // Read in large pieces: rustls asks for 4 KiB at a time.
+        // Read in large pieces: rustls asks for 4 KiB more than it holds.
         let tcp = Buffered::new(Watched::under_tls(tcp, &activity), TLS_READ_BUFFER);
         let tls = tokio::select! {
             result = acceptor.accept(tcp) => match result {

@@ -203,27 +203,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-
-    /// Counts the reads that reach it.
-    struct Counting<IO> {
-        io: IO,
-        reads: usize,
-    }
-
-    impl<IO: AsyncRead + Unpin> AsyncRead for Counting<IO> {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            let this = &mut *self;
-            let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-            if polled.is_ready() {
-                this.reads += 1;
-            }
-            polled
-        }
-    }
+    use crate::read_buffer::tests::Counting;
 
     async fn http2<IO: AsyncRead + Unpin>(io: &mut ReadAhead<IO>) -> bool {
         poll_fn(|cx| Pin::new(&mut *io).poll_http2(cx))
