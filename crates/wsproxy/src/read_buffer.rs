@@ -17,7 +17,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf as _, BufMut as _, BytesMut};
 use pin_project_lite::pin_project;
@@ -82,6 +82,11 @@ impl ReadBuffer {
                     return other.map_ok(|_| ());
                 }
             }
+        } else {
+            // Served without the socket, whose read takes a unit of the
+            // task's budget: one is taken here too, so a connection with
+            // bytes buffered still yields to the thread's others in turn.
+            ready!(tokio::task::coop::poll_proceed(cx)).made_progress();
         }
         let n = self.bytes.len().min(out.remaining());
         out.put_slice(&self.bytes[..n]);
@@ -319,5 +324,31 @@ pub(crate) mod tests {
             spares(),
             [(LARGE, LARGE), (TLS_READ_BUFFER, TLS_READ_BUFFER)]
         );
+    }
+
+    #[tokio::test]
+    async fn reads_from_the_buffer_take_the_tasks_budget() {
+        let (mut peer, io) = tokio::io::duplex(64 * 1024);
+        peer.write_all(&[1; 16 * 1024]).await.unwrap();
+        let mut io = Buffered::new(io, TLS_READ_BUFFER);
+        // Byte by byte, as fast as the reads are ready: tokio's budget (128
+        // a turn) ends the run with a yield long before 16 KiB.
+        let mut run = 0;
+        let yielded = std::future::poll_fn(|cx| {
+            let mut byte = [0; 1];
+            loop {
+                match Pin::new(&mut io).poll_read(cx, &mut ReadBuf::new(&mut byte)) {
+                    Poll::Ready(result) => result.unwrap(),
+                    Poll::Pending => return Poll::Ready(true),
+                }
+                run += 1;
+                if run == 16 * 1024 {
+                    return Poll::Ready(false);
+                }
+            }
+        })
+        .await;
+        assert!(yielded, "{run} reads without a yield");
+        assert!(run < 1024, "{run} reads before the yield");
     }
 }
