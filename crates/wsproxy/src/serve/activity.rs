@@ -338,7 +338,9 @@ impl<IO: AsyncRead> AsyncRead for Watched<IO> {
                     _ => {}
                 }
             }
-            Poll::Pending if !*this.waited => {
+            // Nothing to read (not the task's spent budget, after which
+            // every read waits, whatever the socket holds).
+            Poll::Pending if !*this.waited && tokio::task::coop::has_budget_remaining() => {
                 *this.waited = true;
                 reads.waited.store(true, Ordering::Release);
             }
@@ -482,5 +484,31 @@ mod tests {
         let mut buf = [0; 8];
         let _ = server.read(&mut buf).await.unwrap();
         assert_eq!(activity.protocol(), Protocol::Http2);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_waits_only_for_the_tasks_budget_has_not_waited() {
+        let activity = Arc::new(Activity::new());
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = Watched::new(server, &activity);
+        client.write_all(b"GET").await.unwrap();
+        let mut buf = [0; 8];
+        std::future::poll_fn(|cx| {
+            while let Poll::Ready(unit) = tokio::task::coop::poll_proceed(cx) {
+                unit.made_progress();
+            }
+            let read = Pin::new(&mut server).poll_read(cx, &mut ReadBuf::new(&mut buf));
+            assert!(read.is_pending(), "read past a spent budget");
+            Poll::Ready(())
+        })
+        .await;
+        assert!(!activity.has_waited(), "a request unread counted as none");
+        // A read that finds nothing has waited.
+        assert_eq!(server.read(&mut buf).await.unwrap(), 3);
+        let nothing = futures_util::poll!(std::future::poll_fn(|cx| {
+            Pin::new(&mut server).poll_read(cx, &mut ReadBuf::new(&mut buf))
+        }));
+        assert!(nothing.is_pending());
+        assert!(activity.has_waited());
     }
 }

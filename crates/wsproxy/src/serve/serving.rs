@@ -84,10 +84,17 @@ where
     pub(crate) fn graceful_shutdown(mut self: Pin<&mut Self>) -> bool {
         match self.as_mut().project() {
             ServingProj::Detecting { io, .. } => {
-                // A look without waiting: have bytes arrived?
+                // A look without waiting: have bytes arrived? (Outside
+                // tokio's budget: in a task that spent it, every read
+                // waits, and a request on its way would be ended.)
                 let mut look = Context::from_waker(std::task::Waker::noop());
-                let reading = io.as_mut().expect("detecting until it serves");
-                match Pin::new(reading).poll_http2(&mut look) {
+                let looked = {
+                    let reading = io.as_mut().expect("detecting until it serves");
+                    let look_ahead =
+                        std::future::poll_fn(|cx| Pin::new(&mut *reading).poll_http2(cx));
+                    std::pin::pin!(tokio::task::coop::unconstrained(look_ahead)).poll(&mut look)
+                };
+                match looked {
                     Poll::Ready(Ok(http2)) => {
                         self.start(http2);
                         false
@@ -285,5 +292,25 @@ mod tests {
             futures_util::poll!(serving.as_mut()),
             Poll::Ready(Ok(()))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_request_that_arrived_is_seen_by_a_stop_in_a_task_out_of_budget() {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
+            .await
+            .unwrap();
+        let mut serving = std::pin::pin!(serving(server));
+        // The stop comes in a task that spent its budget, after which a
+        // read (of the socket, or of a buffer beneath TLS) would wait.
+        let applied = std::future::poll_fn(|cx| {
+            while let Poll::Ready(unit) = tokio::task::coop::poll_proceed(cx) {
+                unit.made_progress();
+            }
+            Poll::Ready(serving.as_mut().graceful_shutdown())
+        })
+        .await;
+        assert!(!applied, "a request on its way was ended");
     }
 }
