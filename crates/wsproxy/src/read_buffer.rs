@@ -226,6 +226,13 @@ pub(crate) mod tests {
         }
     }
 
+    /// A read of `io` finds nothing now.
+    fn finds_nothing<IO: AsyncRead + Unpin>(io: &mut Buffered<IO>) {
+        let mut look = Context::from_waker(std::task::Waker::noop());
+        let read = Pin::new(io).poll_read(&mut look, &mut ReadBuf::new(&mut [0; 8]));
+        assert!(read.is_pending(), "{read:?}");
+    }
+
     /// The thread's spare buffers: their sizes and capacities.
     fn spares() -> Vec<(usize, usize)> {
         SPARES.with_borrow(|spares| {
@@ -267,9 +274,7 @@ pub(crate) mod tests {
         assert_eq!(&piece, b"a frame");
         assert!(io.buffer.capacity() > 0, "held while reading");
         // The next read finds nothing: the buffer goes.
-        let mut look = Context::from_waker(std::task::Waker::noop());
-        let waiting = Pin::new(&mut io).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
-        assert!(waiting.is_pending());
+        finds_nothing(&mut io);
         assert_eq!(io.buffer.capacity(), 0, "a buffer held while idle");
         // The thread keeps it for the next connection that reads...
         assert_eq!(spares(), [(SIZE, SIZE)], "no spare buffer");
@@ -301,10 +306,7 @@ pub(crate) mod tests {
         let mut large = Buffered::new(io, LARGE);
         peer.write_all(b"h2").await.unwrap();
         large.read_exact(&mut [0; 2]).await.unwrap();
-        let mut look = Context::from_waker(std::task::Waker::noop());
-        let mut piece = [0; 2];
-        let waiting = Pin::new(&mut large).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
-        assert!(waiting.is_pending());
+        finds_nothing(&mut large);
         assert_eq!(spares(), [(LARGE, LARGE)]);
         // ...and one beneath TLS reads 32 KiB at a time all the same, in
         // a buffer of its own, which it keeps beside the first at rest.
@@ -318,8 +320,7 @@ pub(crate) mod tests {
         }
         assert_eq!(got, sent);
         assert_eq!(tls.io.reads, 2, "{TLS_READ_BUFFER} bytes a read");
-        let waiting = Pin::new(&mut tls).poll_read(&mut look, &mut ReadBuf::new(&mut piece));
-        assert!(waiting.is_pending());
+        finds_nothing(&mut tls);
         assert_eq!(
             spares(),
             [(LARGE, LARGE), (TLS_READ_BUFFER, TLS_READ_BUFFER)]

@@ -32,8 +32,8 @@
 //!   `ConnectInfo<SocketAddr>`), [`ClientTls`](crate::ClientTls) on TLS;
 //!   HTTP/2 and TLS connections read up to 64 and 32 KiB at a time (`h2`
 //!   alone reads a frame at a time, rustls 4 KiB more than it holds),
-//!   through a buffer held
-//!   while the connection has bytes to read, or its reader stopped;
+//!   through a buffer held while the connection has bytes to read, or its
+//!   reader stopped;
 //! - the [PROXY protocol](ProxyProtocol) v1/v2 for clients behind an L4
 //!   load balancer, only where enabled and from the peers allowed;
 //! - a graceful shutdown that also drains the proxy's

@@ -224,29 +224,35 @@ mod tests {
         Serving::new(ReadAhead::new(io), service, executor, true, true)
     }
 
+    /// A connection whose client sent `bytes`: the client's end, the
+    /// server's.
+    async fn sent(bytes: &[u8]) -> (tokio::io::DuplexStream, tokio::io::DuplexStream) {
+        let (mut client, server) = tokio::io::duplex(4096);
+        client.write_all(bytes).await.unwrap();
+        (client, server)
+    }
+
+    /// What the client reads up to the service's answer.
+    async fn answer(client: &mut tokio::io::DuplexStream) -> String {
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"answered") {
+            let mut chunk = [0; 1024];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(answer).unwrap()
+    }
+
     #[tokio::test]
     async fn a_request_that_arrived_before_a_graceful_stop_is_answered() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
-            .await
-            .unwrap();
+        let (mut client, server) = sent(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n").await;
         let mut serving = std::pin::pin!(serving(server));
         // Stopped before anything was read: the request was on its way,
         // so the stop waits (the caller asks again once it is answered).
         assert!(!serving.as_mut().graceful_shutdown(), "applied at once");
-        let answered = async {
-            let mut answer = Vec::new();
-            while !answer.ends_with(b"answered") {
-                let mut chunk = [0; 1024];
-                let n = client.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "closed before the answer");
-                answer.extend_from_slice(&chunk[..n]);
-            }
-            String::from_utf8(answer).unwrap()
-        };
         let answer = tokio::select! {
-            answer = answered => answer,
+            answer = answer(&mut client) => answer,
             ended = serving.as_mut() => panic!("ended unanswered: {ended:?}"),
         };
         assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
@@ -259,32 +265,22 @@ mod tests {
     #[tokio::test]
     async fn a_request_that_begins_like_the_preface_is_on_its_way_too() {
         // `P` could start HTTP/2's `PRI`: undecided, but not nothing.
-        let (mut client, server) = tokio::io::duplex(4096);
-        client.write_all(b"P").await.unwrap();
+        let (mut client, server) = sent(b"P").await;
         let mut serving = std::pin::pin!(serving(server));
         assert!(!serving.as_mut().graceful_shutdown(), "ended a request");
         client
             .write_all(b"UT / HTTP/1.1\r\nHost: example\r\nContent-Length: 0\r\n\r\n")
             .await
             .unwrap();
-        let answered = async {
-            let mut answer = Vec::new();
-            while !answer.ends_with(b"answered") {
-                let mut chunk = [0; 1024];
-                let n = client.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "closed before the answer");
-                answer.extend_from_slice(&chunk[..n]);
-            }
-        };
         tokio::select! {
-            () = answered => {}
+            _ = answer(&mut client) => {}
             ended = serving.as_mut() => panic!("ended unanswered: {ended:?}"),
         }
     }
 
     #[tokio::test]
     async fn a_connection_that_sent_nothing_ends_at_a_graceful_stop() {
-        let (_client, server) = tokio::io::duplex(4096);
+        let (_client, server) = sent(b"").await;
         let mut serving = std::pin::pin!(serving(server));
         assert!(serving.as_mut().graceful_shutdown());
         // Ends at once: nothing arrived, nothing to answer.
@@ -296,11 +292,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_that_arrived_is_seen_by_a_stop_in_a_task_out_of_budget() {
-        let (mut client, server) = tokio::io::duplex(4096);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n")
-            .await
-            .unwrap();
+        let (_client, server) = sent(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n").await;
         let mut serving = std::pin::pin!(serving(server));
         // The stop comes in a task that spent its budget, after which a
         // read (of the socket, or of a buffer beneath TLS) would wait.
